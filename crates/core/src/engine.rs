@@ -1,0 +1,98 @@
+//! The boundary between the jobs service and inference.
+//!
+//! A [`Generator`] receives a resolved spec and its model entry, reports
+//! progress through an observer and checks a cancel token between steps. It
+//! knows nothing of HTTP, SQL or job ids: the same pipeline serves the
+//! server, the CLI and the benchmarks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::model::ModelEntry;
+use crate::spec::GenerationSpec;
+
+/// Shared flag a caller trips to stop a generation at the next step.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// For the engine's step loop: `token.check()?` between steps.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.is_cancelled() {
+            Err(EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressUpdate {
+    /// Weights are being read or moved to the device.
+    LoadingModel,
+    /// `done` of `total` denoising steps finished, counted over the whole
+    /// request (all images).
+    Step { done: u32, total: u32 },
+    /// Latents are being decoded to pixels.
+    Decoding,
+}
+
+pub trait ProgressObserver: Send + Sync {
+    fn on_progress(&self, update: ProgressUpdate);
+}
+
+/// An observer that ignores everything, for callers that do not care.
+pub struct NoProgress;
+
+impl ProgressObserver for NoProgress {
+    fn on_progress(&self, _: ProgressUpdate) {}
+}
+
+/// One finished image: 8-bit RGB pixels, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratedImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+    pub seed: u64,
+    /// Engine-specific facts worth keeping with the image (scheduler, dtype,
+    /// engine version), written into the PNG metadata.
+    pub extra_metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("generation was cancelled")]
+    Cancelled,
+    /// The weights are not where we looked; the message says what is missing
+    /// and how to get it.
+    #[error("{0}")]
+    ModelUnavailable(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("generation failed: {0}")]
+    Failed(String),
+}
+
+pub trait Generator: Send + Sync {
+    /// Runs on a dedicated OS thread, never on the async runtime.
+    fn generate(
+        &self,
+        model: &ModelEntry,
+        spec: &GenerationSpec,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError>;
+}

@@ -1,0 +1,20 @@
+//! Domain types shared by every CyberImage crate.
+//!
+//! Nothing here knows about HTTP, SQL or tensors: this crate is the common
+//! language of the request adapters, the jobs service, the engine and the
+//! stores. Keeping it dependency-light keeps every other crate honest.
+
+pub mod engine;
+pub mod ids;
+pub mod job;
+pub mod model;
+pub mod spec;
+pub mod time;
+
+pub use engine::{
+    CancelToken, EngineError, GeneratedImage, Generator, ProgressObserver, ProgressUpdate,
+};
+pub use ids::{IdError, ImageId, JobId};
+pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};
+pub use model::{Catalogue, ModelDefaults, ModelEntry, ModelFamily};
+pub use spec::{GenerationSpec, Limits, SpecRequest, ValidationError};

@@ -1,0 +1,206 @@
+//! The model catalogue: which models a user can ask for, where their weights
+//! live, and the settings each one defaults to.
+
+use serde::{Deserialize, Serialize};
+
+/// The key the seed contract prefers as default when it is configured.
+pub const PREFERRED_DEFAULT_MODEL: &str = "flux-1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelFamily {
+    FluxDev,
+    FluxSchnell,
+    Sd3,
+    Sdxl,
+    Sd15,
+    Sd21,
+    SdTurbo,
+}
+
+impl ModelFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FluxDev => "flux-dev",
+            Self::FluxSchnell => "flux-schnell",
+            Self::Sd3 => "sd3",
+            Self::Sdxl => "sdxl",
+            Self::Sd15 => "sd15",
+            Self::Sd21 => "sd21",
+            Self::SdTurbo => "sd-turbo",
+        }
+    }
+
+    /// Width and height must be multiples of this. Transformer families
+    /// patchify the 8×-downsampled latent in 2×2 patches, hence 16; the
+    /// UNet families only need the VAE's factor of 8.
+    pub fn size_multiple(self) -> u32 {
+        match self {
+            Self::FluxDev | Self::FluxSchnell | Self::Sd3 => 16,
+            Self::Sdxl | Self::Sd15 | Self::Sd21 | Self::SdTurbo => 8,
+        }
+    }
+
+    /// Whether a negative prompt changes anything: FLUX distils guidance
+    /// into the model and has no unconditional branch.
+    pub fn supports_negative_prompt(self) -> bool {
+        !matches!(self, Self::FluxDev | Self::FluxSchnell)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelDefaults {
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    /// What users type: `flux-1`, `sd-3.5`, …
+    pub key: String,
+    /// A Hugging Face repo id (`owner/name`) or a local directory or file.
+    pub source: String,
+    pub family: ModelFamily,
+    pub description: String,
+    pub defaults: ModelDefaults,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Catalogue {
+    models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogueError {
+    #[error("the model catalogue is empty: configure at least one [[models]] entry")]
+    Empty,
+    #[error("model key {0:?} is configured twice")]
+    DuplicateKey(String),
+    #[error("model key {0:?} may only hold letters, digits, '.', '_' and '-'")]
+    BadKey(String),
+}
+
+impl Catalogue {
+    pub fn new(models: Vec<ModelEntry>) -> Result<Self, CatalogueError> {
+        if models.is_empty() {
+            return Err(CatalogueError::Empty);
+        }
+        for (i, m) in models.iter().enumerate() {
+            let key_ok = !m.key.is_empty()
+                && m.key.len() <= 64
+                && m.key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !key_ok {
+                return Err(CatalogueError::BadKey(m.key.clone()));
+            }
+            if models[..i].iter().any(|o| o.key == m.key) {
+                return Err(CatalogueError::DuplicateKey(m.key.clone()));
+            }
+        }
+        Ok(Self { models })
+    }
+
+    pub fn models(&self) -> &[ModelEntry] {
+        &self.models
+    }
+
+    pub fn get(&self, key: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.key == key)
+    }
+
+    /// `flux-1` when configured, otherwise the first configured model —
+    /// the rule the seed contract states.
+    pub fn default_key(&self) -> &str {
+        self.get(PREFERRED_DEFAULT_MODEL)
+            .map(|m| m.key.as_str())
+            .unwrap_or_else(|| self.models[0].key.as_str())
+    }
+
+    /// The four models the seed contract lists, in the seed's order.
+    pub fn seed_models() -> Vec<ModelEntry> {
+        let flux = ModelDefaults {
+            steps: 30,
+            guidance_scale: 3.5,
+            width: 1024,
+            height: 1024,
+        };
+        let entry = |key: &str, source: &str, family, description: &str, defaults| ModelEntry {
+            key: key.into(),
+            source: source.into(),
+            family,
+            description: description.into(),
+            defaults,
+        };
+        vec![
+            entry(
+                "flux-2",
+                "black-forest-labs/FLUX.1-dev",
+                ModelFamily::FluxDev,
+                "FP8 quantized version of FLUX-1 for memory efficiency",
+                flux,
+            ),
+            entry(
+                "flux-1",
+                "black-forest-labs/FLUX.1-dev",
+                ModelFamily::FluxDev,
+                "High-quality image generation model optimized for detailed outputs",
+                flux,
+            ),
+            entry(
+                "sd-3.5",
+                "stabilityai/stable-diffusion-3.5-large",
+                ModelFamily::Sd3,
+                "Latest Stable Diffusion model with improved quality and speed",
+                ModelDefaults {
+                    steps: 28,
+                    guidance_scale: 4.5,
+                    width: 1024,
+                    height: 1024,
+                },
+            ),
+            entry(
+                "flux-abliterated",
+                "aoxo/flux.1dev-abliteratedv2",
+                ModelFamily::FluxDev,
+                "Modified FLUX model with enhanced capabilities",
+                flux,
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefers_flux_1_then_first() {
+        let seed = Catalogue::new(Catalogue::seed_models()).unwrap();
+        assert_eq!(seed.default_key(), "flux-1");
+        let without: Vec<_> = Catalogue::seed_models()
+            .into_iter()
+            .filter(|m| m.key != "flux-1")
+            .collect();
+        assert_eq!(Catalogue::new(without).unwrap().default_key(), "flux-2");
+    }
+
+    #[test]
+    fn catalogue_rejects_bad_configs() {
+        assert_eq!(Catalogue::new(vec![]), Err(CatalogueError::Empty));
+        let mut twice = Catalogue::seed_models();
+        twice.push(twice[0].clone());
+        assert!(matches!(
+            Catalogue::new(twice),
+            Err(CatalogueError::DuplicateKey(_))
+        ));
+        let mut bad = Catalogue::seed_models();
+        bad[0].key = "../x".into();
+        assert!(matches!(
+            Catalogue::new(bad),
+            Err(CatalogueError::BadKey(_))
+        ));
+    }
+}

@@ -1,0 +1,395 @@
+//! What a user asks for, the limits it must respect, and the fully resolved
+//! spec a worker runs. Every adapter (REST, JSON-RPC, MCP, OpenAI) fills a
+//! [`SpecRequest`]; [`SpecRequest::resolve`] is the single place where
+//! defaults are applied and input is judged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Catalogue;
+
+/// Seeds stay below 2^53 so that JavaScript clients, which read JSON numbers
+/// as doubles, see the exact seed that made an image.
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_prompt_chars: usize,
+    pub min_dimension: u32,
+    pub max_dimension: u32,
+    pub max_steps: u32,
+    pub max_guidance_scale: f32,
+    pub max_num_images: u32,
+    /// Width × height × num_images of one job: bounds memory and time.
+    pub max_job_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_prompt_chars: 4000,
+            min_dimension: 64,
+            max_dimension: 2048,
+            max_steps: 150,
+            max_guidance_scale: 30.0,
+            max_num_images: 8,
+            max_job_pixels: 4 * 2048 * 2048,
+        }
+    }
+}
+
+/// A request as an adapter decoded it. Numbers are wide and signed so that a
+/// negative or huge value reaches validation and gets a precise message
+/// instead of a generic decoding error.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecRequest {
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub model: Option<String>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub steps: Option<i64>,
+    pub guidance_scale: Option<f64>,
+    pub num_images: Option<i64>,
+    pub seed: Option<i64>,
+}
+
+/// A fully resolved, validated request: what the worker runs and what the
+/// database stores. Per-image seeds are `seed + index`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSpec {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub num_images: u32,
+    pub seed: u64,
+}
+
+impl GenerationSpec {
+    pub fn total_steps(&self) -> u32 {
+        self.steps * self.num_images
+    }
+
+    pub fn image_seed(&self, index: u32) -> u64 {
+        (self.seed + u64::from(index)) & MAX_SEED
+    }
+}
+
+/// Which field was wrong and why, in words meant for the caller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+    /// The request named a model the catalogue does not have.
+    pub unknown_model: bool,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+            unknown_model: false,
+        }
+    }
+}
+
+fn in_range(field: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ValidationError> {
+    if v < lo || v > hi {
+        return Err(ValidationError::new(
+            field,
+            format!("{field} must be between {lo} and {hi}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_text(field: &'static str, text: &str, max_chars: usize) -> Result<(), ValidationError> {
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(ValidationError::new(
+            field,
+            format!("{field} is {chars} characters long; the limit is {max_chars}"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl SpecRequest {
+    /// Applies the model's defaults and checks every field against `limits`.
+    /// `random_seed` is called only when the request names no seed.
+    pub fn resolve(
+        self,
+        catalogue: &Catalogue,
+        limits: &Limits,
+        random_seed: impl FnOnce() -> u64,
+    ) -> Result<GenerationSpec, ValidationError> {
+        let prompt = self
+            .prompt
+            .ok_or_else(|| ValidationError::new("prompt", "prompt is required"))?;
+        if prompt.trim().is_empty() {
+            return Err(ValidationError::new("prompt", "prompt must not be empty"));
+        }
+        check_text("prompt", &prompt, limits.max_prompt_chars)?;
+        let negative_prompt = match self.negative_prompt {
+            Some(n) if n.trim().is_empty() => None,
+            Some(n) => {
+                check_text("negative_prompt", &n, limits.max_prompt_chars)?;
+                Some(n)
+            }
+            None => None,
+        };
+
+        let model_key = self
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| catalogue.default_key().to_owned());
+        let model = catalogue.get(&model_key).ok_or_else(|| {
+            let known: Vec<_> = catalogue.models().iter().map(|m| m.key.as_str()).collect();
+            ValidationError {
+                field: "model",
+                message: format!(
+                    "unknown model {model_key:?}; available: {}",
+                    known.join(", ")
+                ),
+                unknown_model: true,
+            }
+        })?;
+        let d = model.defaults;
+
+        let multiple = model.family.size_multiple();
+        let dim = |field: &'static str, v: Option<i64>, default: u32| {
+            let v = in_range(
+                field,
+                v.unwrap_or(default.into()),
+                limits.min_dimension.into(),
+                limits.max_dimension.into(),
+            )?;
+            if v % i64::from(multiple) != 0 {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "{field} must be a multiple of {multiple} for {} models, got {v}",
+                        model.family.as_str()
+                    ),
+                ));
+            }
+            Ok(v as u32)
+        };
+        let width = dim("width", self.width, d.width)?;
+        let height = dim("height", self.height, d.height)?;
+        let steps = in_range(
+            "num_inference_steps",
+            self.steps.unwrap_or(d.steps.into()),
+            1,
+            limits.max_steps.into(),
+        )? as u32;
+        let num_images = in_range(
+            "num_images",
+            self.num_images.unwrap_or(1),
+            1,
+            limits.max_num_images.into(),
+        )? as u32;
+
+        let guidance = self.guidance_scale.unwrap_or(d.guidance_scale.into());
+        let max_g = f64::from(limits.max_guidance_scale);
+        if !guidance.is_finite() || !(0.0..=max_g).contains(&guidance) {
+            return Err(ValidationError::new(
+                "guidance_scale",
+                format!("guidance_scale must be between 0 and {max_g}, got {guidance}"),
+            ));
+        }
+
+        let pixels = u64::from(width) * u64::from(height) * u64::from(num_images);
+        if pixels > limits.max_job_pixels {
+            return Err(ValidationError::new(
+                "num_images",
+                format!(
+                    "width × height × num_images is {pixels} pixels; the limit per job is {}",
+                    limits.max_job_pixels
+                ),
+            ));
+        }
+
+        let seed = match self.seed {
+            Some(s) => in_range("seed", s, 0, MAX_SEED as i64)? as u64,
+            None => random_seed() & MAX_SEED,
+        };
+
+        Ok(GenerationSpec {
+            prompt,
+            negative_prompt,
+            model: model.key.clone(),
+            width,
+            height,
+            steps,
+            guidance_scale: guidance as f32,
+            num_images,
+            seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(req: SpecRequest) -> Result<GenerationSpec, ValidationError> {
+        let cat = Catalogue::new(Catalogue::seed_models()).unwrap();
+        req.resolve(&cat, &Limits::default(), || 42)
+    }
+
+    fn prompt(p: &str) -> SpecRequest {
+        SpecRequest {
+            prompt: Some(p.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_default_model() {
+        let spec = resolve(prompt("a cat")).unwrap();
+        assert_eq!(spec.model, "flux-1");
+        assert_eq!((spec.width, spec.height, spec.steps), (1024, 1024, 30));
+        assert_eq!(spec.guidance_scale, 3.5);
+        assert_eq!(spec.num_images, 1);
+        assert_eq!(spec.seed, 42);
+        assert_eq!(spec.negative_prompt, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases: Vec<(SpecRequest, &str)> = vec![
+            (SpecRequest::default(), "prompt"),
+            (prompt("   "), "prompt"),
+            (prompt(&"x".repeat(4001)), "prompt"),
+            (prompt("a\u{0}b"), "prompt"),
+            (
+                SpecRequest {
+                    model: Some("nope".into()),
+                    ..prompt("a")
+                },
+                "model",
+            ),
+            (
+                SpecRequest {
+                    width: Some(-512),
+                    ..prompt("a")
+                },
+                "width",
+            ),
+            (
+                SpecRequest {
+                    width: Some(4096),
+                    ..prompt("a")
+                },
+                "width",
+            ),
+            (
+                SpecRequest {
+                    height: Some(1000),
+                    ..prompt("a")
+                },
+                "height",
+            ),
+            (
+                SpecRequest {
+                    steps: Some(0),
+                    ..prompt("a")
+                },
+                "num_inference_steps",
+            ),
+            (
+                SpecRequest {
+                    steps: Some(151),
+                    ..prompt("a")
+                },
+                "num_inference_steps",
+            ),
+            (
+                SpecRequest {
+                    guidance_scale: Some(-0.1),
+                    ..prompt("a")
+                },
+                "guidance_scale",
+            ),
+            (
+                SpecRequest {
+                    guidance_scale: Some(f64::NAN),
+                    ..prompt("a")
+                },
+                "guidance_scale",
+            ),
+            (
+                SpecRequest {
+                    num_images: Some(9),
+                    ..prompt("a")
+                },
+                "num_images",
+            ),
+            (
+                SpecRequest {
+                    num_images: Some(0),
+                    ..prompt("a")
+                },
+                "num_images",
+            ),
+            (
+                SpecRequest {
+                    seed: Some(-1),
+                    ..prompt("a")
+                },
+                "seed",
+            ),
+            (
+                SpecRequest {
+                    width: Some(2048),
+                    height: Some(2048),
+                    num_images: Some(8),
+                    ..prompt("a")
+                },
+                "num_images",
+            ),
+        ];
+        for (req, field) in cases {
+            let err = resolve(req.clone()).expect_err(&format!("{req:?} must fail"));
+            assert_eq!(err.field, field, "{req:?}: {err}");
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn exactly_the_limit_is_accepted() {
+        let spec = resolve(SpecRequest {
+            prompt: Some("é".repeat(4000)),
+            width: Some(64),
+            height: Some(2048),
+            steps: Some(150),
+            guidance_scale: Some(30.0),
+            num_images: Some(4),
+            seed: Some(MAX_SEED as i64),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(spec.total_steps(), 600);
+        assert_eq!(
+            spec.image_seed(1),
+            0,
+            "per-image seeds wrap inside the safe range"
+        );
+    }
+}

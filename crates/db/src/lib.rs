@@ -1,0 +1,125 @@
+//! Job and image records behind repository traits.
+//!
+//! The database holds the truth about every job: the queue *is* the `jobs`
+//! table, and every state change is a guarded `UPDATE … WHERE status = …` so
+//! that two workers, a cancel and a crash-recovery pass can race without a
+//! job ever being run twice or resurrected. SQLite is the default backend;
+//! other backends implement the same traits and pass the same contract tests
+//! (`tests/contract.rs`).
+
+mod rows;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
+
+pub use sqlite::SqliteDb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the queue is full")]
+    QueueFull,
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// What a cancel request found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    NotFound,
+    /// The job had already finished; nothing changed.
+    AlreadyFinished(JobStatus),
+    /// The job is now `cancelled`; `was` tells whether a worker may still be
+    /// running it and has to be told.
+    Cancelled {
+        was: JobStatus,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub requeued: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub processing: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GalleryQuery {
+    /// 1-based.
+    pub page: u32,
+    pub per_page: u32,
+    pub model: Option<String>,
+    /// Case-insensitive substring of the prompt.
+    pub search: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GalleryPage {
+    pub images: Vec<ImageRecord>,
+    pub total: u64,
+}
+
+#[async_trait]
+pub trait JobRepo: Send + Sync {
+    /// Inserts a `pending` job unless `max_pending` jobs already wait; the
+    /// count and the insert are one atomic statement.
+    async fn insert_job(&self, job: &Job, max_pending: u32) -> Result<(), DbError>;
+
+    /// The job with its images (if completed).
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, DbError>;
+
+    /// Atomically moves the oldest `pending` job to `processing` for `worker`
+    /// and counts the attempt. Two workers never get the same job.
+    async fn claim_next(&self, worker: &str) -> Result<Option<Job>, DbError>;
+
+    /// Persists progress of a `processing` job. Returns `false` when the job
+    /// is no longer processing (cancelled elsewhere): the worker must stop.
+    async fn update_progress(&self, id: JobId, progress: Progress) -> Result<bool, DbError>;
+
+    /// `processing → completed` together with its image rows, in one
+    /// transaction. Returns `false` (and stores nothing) if the job was no
+    /// longer processing.
+    async fn complete_job(&self, id: JobId, images: &[ImageRecord]) -> Result<bool, DbError>;
+
+    /// `pending|processing → failed` with a reason. `false` if already final.
+    async fn fail_job(&self, id: JobId, reason: &str) -> Result<bool, DbError>;
+
+    /// `pending|processing → cancelled`.
+    async fn cancel_job(&self, id: JobId, reason: &str) -> Result<CancelOutcome, DbError>;
+
+    /// `processing → pending`, giving the attempt back: for a graceful
+    /// shutdown that interrupts a job through no fault of the job.
+    async fn requeue_job(&self, id: JobId) -> Result<bool, DbError>;
+
+    /// Start-up pass over jobs a crash left `processing`: back to `pending`
+    /// while they have attempts left, otherwise `failed` with a reason.
+    async fn recover_interrupted(&self, max_attempts: u32) -> Result<RecoveryReport, DbError>;
+
+    async fn queue_counts(&self) -> Result<QueueCounts, DbError>;
+
+    /// Jobs in any of `statuses`: oldest first for active states, newest
+    /// first for finished ones. Images are not loaded.
+    async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError>;
+}
+
+#[async_trait]
+pub trait ImageRepo: Send + Sync {
+    async fn get_image(&self, id: ImageId) -> Result<Option<ImageRecord>, DbError>;
+
+    /// Newest first.
+    async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError>;
+
+    async fn delete_image(&self, id: ImageId) -> Result<bool, DbError>;
+}
+
+/// Everything the jobs service needs from a backend.
+pub trait Database: JobRepo + ImageRepo {}
+
+impl<T: JobRepo + ImageRepo> Database for T {}

@@ -1,0 +1,114 @@
+//! Conversions between records and the column values every SQL backend
+//! stores: text, 64-bit integers (timestamps as Unix milliseconds) and reals.
+
+use chrono::DateTime;
+use cyberimage_core::time::Timestamp;
+use cyberimage_core::{
+    GenerationSpec, ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage,
+};
+
+use crate::DbError;
+
+pub fn millis(t: &Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> Result<Timestamp, DbError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| DbError::Corrupt(format!("timestamp {ms}")))
+}
+
+pub fn opt_from_millis(ms: Option<i64>) -> Result<Option<Timestamp>, DbError> {
+    ms.map(from_millis).transpose()
+}
+
+/// The columns of one `jobs` row, backend-neutral.
+pub struct JobRow {
+    pub id: String,
+    pub status: String,
+    pub spec: String,
+    pub stage: String,
+    pub step: i64,
+    pub total_steps: i64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub error: Option<String>,
+    pub attempts: i64,
+}
+
+impl JobRow {
+    pub fn into_job(self) -> Result<Job, DbError> {
+        let corrupt = |what: &str| DbError::Corrupt(format!("job {}: {what}", self.id));
+        Ok(Job {
+            id: JobId::parse(&self.id).map_err(|_| corrupt("id"))?,
+            spec: serde_json::from_str::<GenerationSpec>(&self.spec)
+                .map_err(|e| corrupt(&format!("spec: {e}")))?,
+            status: JobStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?,
+            progress: Progress {
+                stage: Stage::parse(&self.stage).ok_or_else(|| corrupt("stage"))?,
+                step: u32::try_from(self.step).map_err(|_| corrupt("step"))?,
+                total_steps: u32::try_from(self.total_steps).map_err(|_| corrupt("total_steps"))?,
+            },
+            created_at: from_millis(self.created_at)?,
+            started_at: opt_from_millis(self.started_at)?,
+            completed_at: opt_from_millis(self.completed_at)?,
+            error: self.error,
+            attempts: u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
+            images: Vec::new(),
+        })
+    }
+}
+
+pub fn spec_json(spec: &GenerationSpec) -> String {
+    serde_json::to_string(spec).expect("a spec always serialises")
+}
+
+pub struct ImageRow {
+    pub id: String,
+    pub job_id: String,
+    pub idx: i64,
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: i64,
+    pub height: i64,
+    pub steps: i64,
+    pub guidance_scale: f64,
+    pub seed: i64,
+    pub created_at: i64,
+}
+
+impl ImageRow {
+    pub fn into_record(self) -> Result<ImageRecord, DbError> {
+        let corrupt = |what: &str| DbError::Corrupt(format!("image {}: {what}", self.id));
+        let small = |v: i64, what: &str| u32::try_from(v).map_err(|_| corrupt(what));
+        Ok(ImageRecord {
+            id: ImageId::parse(&self.id).map_err(|_| corrupt("id"))?,
+            job_id: JobId::parse(&self.job_id).map_err(|_| corrupt("job id"))?,
+            index: small(self.idx, "index")?,
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            width: small(self.width, "width")?,
+            height: small(self.height, "height")?,
+            steps: small(self.steps, "steps")?,
+            guidance_scale: self.guidance_scale as f32,
+            seed: u64::try_from(self.seed).map_err(|_| corrupt("seed"))?,
+            created_at: from_millis(self.created_at)?,
+        })
+    }
+}
+
+/// Escapes `%`, `_` and the escape character itself for `LIKE … ESCAPE '\'`.
+pub fn like_pattern(search: &str) -> String {
+    let mut p = String::with_capacity(search.len() + 2);
+    p.push('%');
+    for c in search.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}

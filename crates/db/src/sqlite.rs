@@ -1,0 +1,490 @@
+//! The SQLite backend: one real file in WAL mode, migrated on open.
+//!
+//! SQLite serialises writers, so each state change is a single guarded
+//! statement (or a short transaction) and is atomic against other workers and
+//! processes sharing the file.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cyberimage_core::time::now;
+use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use crate::rows::{like_pattern, millis, spec_json, ImageRow, JobRow};
+use crate::{
+    CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
+    RecoveryReport,
+};
+
+/// Schema versions, applied in order and recorded in `schema_migrations`.
+/// Never edit a shipped entry: append a new one.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE jobs (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        status        TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        spec          TEXT NOT NULL,
+        stage         TEXT NOT NULL,
+        step          INTEGER NOT NULL DEFAULT 0,
+        total_steps   INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        started_at    INTEGER,
+        completed_at  INTEGER,
+        error         TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        worker        TEXT,
+        heartbeat_at  INTEGER
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, seq);
+
+    CREATE TABLE images (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        job_id          TEXT NOT NULL REFERENCES jobs (id),
+        idx             INTEGER NOT NULL,
+        model           TEXT NOT NULL,
+        prompt          TEXT NOT NULL,
+        negative_prompt TEXT,
+        width           INTEGER NOT NULL,
+        height          INTEGER NOT NULL,
+        steps           INTEGER NOT NULL,
+        guidance_scale  REAL NOT NULL,
+        seed            INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE INDEX images_by_job ON images (job_id, idx);
+    CREATE INDEX images_by_model ON images (model, seq);
+    "#,
+)];
+
+const JOB_COLUMNS: &str = "id, status, spec, stage, step, total_steps, created_at, started_at, \
+                           completed_at, error, attempts";
+const IMAGE_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, height, \
+                             steps, guidance_scale, seed, created_at";
+
+#[derive(Clone)]
+pub struct SqliteDb {
+    pool: SqlitePool,
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, DbError> {
+    JobRow {
+        id: row.try_get("id")?,
+        status: row.try_get("status")?,
+        spec: row.try_get("spec")?,
+        stage: row.try_get("stage")?,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        error: row.try_get("error")?,
+        attempts: row.try_get("attempts")?,
+    }
+    .into_job()
+}
+
+fn image_from_row(row: &SqliteRow) -> Result<ImageRecord, DbError> {
+    ImageRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        idx: row.try_get("idx")?,
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
+        negative_prompt: row.try_get("negative_prompt")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+        steps: row.try_get("steps")?,
+        guidance_scale: row.try_get("guidance_scale")?,
+        seed: row.try_get("seed")?,
+        created_at: row.try_get("created_at")?,
+    }
+    .into_record()
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database file and brings its schema up
+    /// to date.
+    pub async fn open(path: &Path) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL survives a killed process; only an OS crash or
+            // power cut can lose the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// `sqlite://path` or `sqlite:path` URLs, as in `database_url`.
+    pub async fn open_url(url: &str) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, DbError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let db = Self { pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(millis(&now()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`, for `doctor` and the crash tests.
+    pub async fn integrity_check(&self) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn images_of(&self, job: JobId) -> Result<Vec<ImageRecord>, DbError> {
+        let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = ? ORDER BY idx");
+        sqlx::query(&sql)
+            .bind(job.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(image_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobRepo for SqliteDb {
+    async fn insert_job(&self, job: &Job, max_pending: u32) -> Result<(), DbError> {
+        let result = sqlx::query(
+            "INSERT INTO jobs (id, status, model, prompt, spec, stage, step, total_steps, created_at, attempts)
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+             WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'pending') < ?",
+        )
+        .bind(job.id.to_string())
+        .bind(job.status.as_str())
+        .bind(&job.spec.model)
+        .bind(&job.spec.prompt)
+        .bind(spec_json(&job.spec))
+        .bind(job.progress.stage.as_str())
+        .bind(i64::from(job.progress.step))
+        .bind(i64::from(job.progress.total_steps))
+        .bind(millis(&job.created_at))
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(max_pending))
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(DbError::QueueFull);
+        }
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, DbError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut job = job_from_row(&row)?;
+        if job.status == JobStatus::Completed {
+            job.images = self.images_of(id).await?;
+        }
+        Ok(Some(job))
+    }
+
+    async fn claim_next(&self, worker: &str) -> Result<Option<Job>, DbError> {
+        let t = millis(&now());
+        let sql = format!(
+            "UPDATE jobs SET status = 'processing', stage = 'preparing', step = 0,
+                    started_at = ?, attempts = attempts + 1, worker = ?, heartbeat_at = ?
+             WHERE seq = (SELECT seq FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1)
+               AND status = 'pending'
+             RETURNING {JOB_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(t)
+            .bind(worker)
+            .bind(t)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn update_progress(&self, id: JobId, progress: Progress) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET stage = ?, step = ?, total_steps = ?, heartbeat_at = ?
+             WHERE id = ? AND status = 'processing'",
+        )
+        .bind(progress.stage.as_str())
+        .bind(i64::from(progress.step))
+        .bind(i64::from(progress.total_steps))
+        .bind(millis(&now()))
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn complete_job(&self, id: JobId, images: &[ImageRecord]) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'completed', stage = 'completed', step = total_steps,
+                    completed_at = ?, error = NULL
+             WHERE id = ? AND status = 'processing'",
+        )
+        .bind(millis(&now()))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for img in images {
+            sqlx::query(&format!(
+                "INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(img.id.as_str())
+            .bind(img.job_id.to_string())
+            .bind(i64::from(img.index))
+            .bind(&img.model)
+            .bind(&img.prompt)
+            .bind(&img.negative_prompt)
+            .bind(i64::from(img.width))
+            .bind(i64::from(img.height))
+            .bind(i64::from(img.steps))
+            .bind(f64::from(img.guidance_scale))
+            .bind(i64::try_from(img.seed).map_err(|_| DbError::Corrupt("seed".into()))?)
+            .bind(millis(&img.created_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail_job(&self, id: JobId, reason: &str) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'failed', stage = 'failed', completed_at = ?, error = ?
+             WHERE id = ? AND status IN ('pending', 'processing')",
+        )
+        .bind(millis(&now()))
+        .bind(reason)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn cancel_job(&self, id: JobId, reason: &str) -> Result<CancelOutcome, DbError> {
+        // RETURNING reports the row after the update, so read the old status
+        // in the same transaction first; the guarded UPDATE keeps it honest.
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(before) = before else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let was = JobStatus::parse(&before)
+            .ok_or_else(|| DbError::Corrupt(format!("job {id}: status")))?;
+        if was.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(was));
+        }
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?
+             WHERE id = ? AND status = ?",
+        )
+        .bind(millis(&now()))
+        .bind(reason)
+        .bind(id.to_string())
+        .bind(was.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if r.rows_affected() == 1 {
+            Ok(CancelOutcome::Cancelled { was })
+        } else {
+            // It moved on between the read and the update: report what it is now.
+            match self.get_job(id).await? {
+                Some(job) if job.status.is_terminal() => {
+                    Ok(CancelOutcome::AlreadyFinished(job.status))
+                }
+                Some(_) => Box::pin(self.cancel_job(id, reason)).await,
+                None => Ok(CancelOutcome::NotFound),
+            }
+        }
+    }
+
+    async fn requeue_job(&self, id: JobId) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'pending', stage = 'preparing', step = 0, started_at = NULL,
+                    attempts = MAX(attempts - 1, 0), worker = NULL
+             WHERE id = ? AND status = 'processing'",
+        )
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn recover_interrupted(&self, max_attempts: u32) -> Result<RecoveryReport, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let failed = sqlx::query(
+            "UPDATE jobs SET status = 'failed', stage = 'failed', completed_at = ?,
+                    error = 'interrupted ' || attempts || ' times (server stopped while generating); giving up'
+             WHERE status = 'processing' AND attempts >= ?",
+        )
+        .bind(millis(&now()))
+        .bind(i64::from(max_attempts))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let requeued = sqlx::query(
+            "UPDATE jobs SET status = 'pending', stage = 'preparing', step = 0, started_at = NULL, worker = NULL
+             WHERE status = 'processing'",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(RecoveryReport { requeued, failed })
+    }
+
+    async fn queue_counts(&self) -> Result<QueueCounts, DbError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(status = 'pending'), 0) AS pending,
+                    COALESCE(SUM(status = 'processing'), 0) AS processing
+             FROM jobs WHERE status IN ('pending', 'processing')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name: &str| -> Result<u64, DbError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+        };
+        Ok(QueueCounts {
+            pending: count("pending")?,
+            processing: count("processing")?,
+        })
+    }
+
+    async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let active = statuses.iter().all(|s| !s.is_terminal());
+        let placeholders = vec!["?"; statuses.len()].join(", ");
+        let order = if active { "seq ASC" } else { "seq DESC" };
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({placeholders}) ORDER BY {order} LIMIT ?"
+        );
+        let mut q = sqlx::query(&sql);
+        for s in statuses {
+            q = q.bind(s.as_str());
+        }
+        q.bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ImageRepo for SqliteDb {
+    async fn get_image(&self, id: ImageId) -> Result<Option<ImageRecord>, DbError> {
+        let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?");
+        sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(image_from_row)
+            .transpose()
+    }
+
+    async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError> {
+        let pattern = query.search.as_deref().map(like_pattern);
+        let filter = "(?1 IS NULL OR model = ?1) AND (?2 IS NULL OR prompt LIKE ?2 ESCAPE '\\')";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM images WHERE {filter}"))
+            .bind(&query.model)
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await?;
+        let per_page = i64::from(query.per_page.max(1));
+        let offset = i64::from(query.page.max(1) - 1) * per_page;
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE {filter} ORDER BY seq DESC LIMIT ?3 OFFSET ?4"
+        );
+        let images = sqlx::query(&sql)
+            .bind(&query.model)
+            .bind(&pattern)
+            .bind(per_page)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(image_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(GalleryPage {
+            images,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn delete_image(&self, id: ImageId) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM images WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,399 @@
+//! The repository contract: every backend must pass these checks. They run
+//! against a real SQLite file here; other backends plug into `backends()`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use cyberimage_core::time::now;
+use cyberimage_core::{
+    GenerationSpec, ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage,
+};
+use cyberimage_db::{CancelOutcome, Database, GalleryQuery, JobRepo, RecoveryReport, SqliteDb};
+
+struct Backend {
+    db: Arc<dyn Database>,
+    _dir: tempfile::TempDir,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&dir.path().join("contract.db"))
+        .await
+        .unwrap();
+    Backend {
+        db: Arc::new(db),
+        _dir: dir,
+    }
+}
+
+fn spec(prompt: &str, model: &str) -> GenerationSpec {
+    GenerationSpec {
+        prompt: prompt.into(),
+        negative_prompt: Some("blurry".into()),
+        model: model.into(),
+        width: 512,
+        height: 512,
+        steps: 4,
+        guidance_scale: 7.5,
+        num_images: 2,
+        seed: 1234,
+    }
+}
+
+fn new_job(prompt: &str, model: &str) -> Job {
+    let spec = spec(prompt, model);
+    Job {
+        id: JobId::new(),
+        progress: Progress::queued(spec.total_steps()),
+        spec,
+        status: JobStatus::Pending,
+        created_at: now(),
+        started_at: None,
+        completed_at: None,
+        error: None,
+        attempts: 0,
+        images: vec![],
+    }
+}
+
+fn images_for(job: &Job) -> Vec<ImageRecord> {
+    (0..job.spec.num_images)
+        .map(|i| ImageRecord {
+            id: ImageId::new(),
+            job_id: job.id,
+            index: i,
+            model: job.spec.model.clone(),
+            prompt: job.spec.prompt.clone(),
+            negative_prompt: job.spec.negative_prompt.clone(),
+            width: job.spec.width,
+            height: job.spec.height,
+            steps: job.spec.steps,
+            guidance_scale: job.spec.guidance_scale,
+            seed: job.spec.image_seed(i),
+            created_at: now(),
+        })
+        .collect()
+}
+
+async fn insert(db: &dyn Database, prompt: &str, model: &str) -> Job {
+    let job = new_job(prompt, model);
+    db.insert_job(&job, 1000).await.unwrap();
+    job
+}
+
+/// Runs a job through claim → complete and returns its images.
+async fn complete(db: &dyn Database, prompt: &str, model: &str) -> Vec<ImageRecord> {
+    let job = insert(db, prompt, model).await;
+    let claimed = db.claim_next("w").await.unwrap().unwrap();
+    assert_eq!(claimed.id, job.id);
+    let images = images_for(&job);
+    assert!(db.complete_job(job.id, &images).await.unwrap());
+    images
+}
+
+async fn round_trip_and_state_machine(db: &dyn Database) {
+    let job = insert(db, "a red fox", "m1").await;
+    let stored = db.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(stored, job, "a job reads back exactly as written");
+    assert_eq!(db.get_job(JobId::new()).await.unwrap(), None);
+
+    let claimed = db.claim_next("worker-a").await.unwrap().unwrap();
+    assert_eq!(claimed.status, JobStatus::Processing);
+    assert_eq!(claimed.attempts, 1);
+    assert!(claimed.started_at.is_some());
+    assert!(
+        db.claim_next("worker-b").await.unwrap().is_none(),
+        "queue is empty"
+    );
+
+    let p = Progress {
+        stage: Stage::Generating,
+        step: 3,
+        total_steps: 8,
+    };
+    assert!(db.update_progress(job.id, p).await.unwrap());
+    assert_eq!(db.get_job(job.id).await.unwrap().unwrap().progress, p);
+
+    let images = images_for(&job);
+    assert!(db.complete_job(job.id, &images).await.unwrap());
+    let done = db.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.progress.stage, Stage::Completed);
+    assert_eq!(done.progress.step, 8);
+    assert!(done.completed_at.is_some());
+    assert_eq!(done.images, images);
+
+    // Finished is final.
+    assert!(!db.complete_job(job.id, &images_for(&job)).await.unwrap());
+    assert!(!db.fail_job(job.id, "late").await.unwrap());
+    assert!(!db.update_progress(job.id, p).await.unwrap());
+    assert!(!db.requeue_job(job.id).await.unwrap());
+    assert_eq!(
+        db.cancel_job(job.id, "x").await.unwrap(),
+        CancelOutcome::AlreadyFinished(JobStatus::Completed)
+    );
+}
+
+async fn fifo_and_queue_bound(db: &dyn Database) {
+    let a = new_job("first", "m");
+    let b = new_job("second", "m");
+    db.insert_job(&a, 2).await.unwrap();
+    db.insert_job(&b, 2).await.unwrap();
+    let c = new_job("third", "m");
+    assert!(matches!(
+        db.insert_job(&c, 2).await,
+        Err(cyberimage_db::DbError::QueueFull)
+    ));
+    assert_eq!(
+        db.get_job(c.id).await.unwrap(),
+        None,
+        "a refused job is not stored"
+    );
+    assert_eq!(db.queue_counts().await.unwrap().pending, 2);
+    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, a.id);
+    // A running job no longer counts against the pending bound.
+    db.insert_job(&c, 2).await.unwrap();
+    let counts = db.queue_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processing), (2, 1));
+    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, b.id);
+    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, c.id);
+}
+
+async fn concurrent_claims_never_share_a_job(db: Arc<dyn Database>) {
+    let mut ids = HashSet::new();
+    for i in 0..40 {
+        ids.insert(insert(&*db, &format!("job {i}"), "m").await.id);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(job) = db.claim_next(&format!("worker-{w}")).await.unwrap() {
+                mine.push(job.id);
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    assert_eq!(claimed.len(), 40, "every job claimed exactly once");
+    assert_eq!(claimed.iter().copied().collect::<HashSet<_>>(), ids);
+}
+
+async fn cancel_pending_and_running(db: &dyn Database) {
+    let pending = insert(db, "p", "m").await;
+    assert_eq!(
+        db.cancel_job(pending.id, "user asked").await.unwrap(),
+        CancelOutcome::Cancelled {
+            was: JobStatus::Pending
+        }
+    );
+    let j = db.get_job(pending.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Cancelled);
+    assert_eq!(j.error.as_deref(), Some("user asked"));
+    assert!(
+        db.claim_next("w").await.unwrap().is_none(),
+        "a cancelled job is never claimed"
+    );
+
+    let running = insert(db, "r", "m").await;
+    db.claim_next("w").await.unwrap().unwrap();
+    assert_eq!(
+        db.cancel_job(running.id, "stop").await.unwrap(),
+        CancelOutcome::Cancelled {
+            was: JobStatus::Processing
+        }
+    );
+    // The worker finds out through its next progress write, and cannot
+    // complete the job any more.
+    assert!(!db
+        .update_progress(running.id, Progress::queued(8))
+        .await
+        .unwrap());
+    assert!(!db
+        .complete_job(running.id, &images_for(&running))
+        .await
+        .unwrap());
+    let j = db.get_job(running.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Cancelled);
+    assert!(j.images.is_empty());
+    let gallery = db
+        .list_images(&GalleryQuery {
+            page: 1,
+            per_page: 10,
+            model: None,
+            search: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(gallery.total, 0, "no image rows from a cancelled job");
+    assert_eq!(
+        db.cancel_job(JobId::new(), "x").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}
+
+async fn restart_recovery(db: &dyn Database) {
+    let job = insert(db, "interrupted", "m").await;
+    db.claim_next("crashed-worker").await.unwrap().unwrap();
+    // Simulated restart: the job was left processing.
+    assert_eq!(
+        db.recover_interrupted(2).await.unwrap(),
+        RecoveryReport {
+            requeued: 1,
+            failed: 0
+        }
+    );
+    let j = db.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Pending);
+    assert_eq!(j.started_at, None);
+    let again = db.claim_next("w").await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (job.id, 2));
+    // Second crash: the attempt budget (2) is spent.
+    assert_eq!(
+        db.recover_interrupted(2).await.unwrap(),
+        RecoveryReport {
+            requeued: 0,
+            failed: 1
+        }
+    );
+    let j = db.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Failed);
+    assert!(j.error.unwrap().contains("interrupted 2 times"));
+
+    // A graceful shutdown gives the attempt back.
+    let polite = insert(db, "shutdown", "m").await;
+    db.claim_next("w").await.unwrap().unwrap();
+    assert!(db.requeue_job(polite.id).await.unwrap());
+    let j = db.get_job(polite.id).await.unwrap().unwrap();
+    assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
+}
+
+async fn gallery_pagination_search_and_delete(db: &dyn Database) {
+    let mut all = Vec::new();
+    for (i, model) in ["m1", "m2", "m1"].iter().enumerate() {
+        all.extend(complete(db, &format!("Neon city {i} at 100%_off"), model).await);
+    }
+    all.extend(complete(db, "a quiet lake", "m2").await);
+    let q = |page, per_page, model: Option<&str>, search: Option<&str>| GalleryQuery {
+        page,
+        per_page,
+        model: model.map(str::to_owned),
+        search: search.map(str::to_owned),
+    };
+
+    let p1 = db.list_images(&q(1, 3, None, None)).await.unwrap();
+    assert_eq!(p1.total, 8);
+    assert_eq!(p1.images.len(), 3);
+    let p3 = db.list_images(&q(3, 3, None, None)).await.unwrap();
+    assert_eq!(p3.images.len(), 2);
+    let mut paged = Vec::new();
+    for page in 1..=3 {
+        paged.extend(
+            db.list_images(&q(page, 3, None, None))
+                .await
+                .unwrap()
+                .images,
+        );
+    }
+    let newest_first: Vec<_> = all.iter().rev().map(|i| i.id).collect();
+    assert_eq!(paged.iter().map(|i| i.id).collect::<Vec<_>>(), newest_first);
+    assert!(db
+        .list_images(&q(9, 3, None, None))
+        .await
+        .unwrap()
+        .images
+        .is_empty());
+
+    let neon = db
+        .list_images(&q(1, 50, None, Some("neon CITY")))
+        .await
+        .unwrap();
+    assert_eq!(neon.total, 6, "search is case-insensitive");
+    let literal = db
+        .list_images(&q(1, 50, None, Some("100%_")))
+        .await
+        .unwrap();
+    assert_eq!(literal.total, 6, "% and _ are literal");
+    let none = db.list_images(&q(1, 50, None, Some("1%0"))).await.unwrap();
+    assert_eq!(none.total, 0, "a % in the search is not a wildcard");
+    let m2 = db.list_images(&q(1, 50, Some("m2"), None)).await.unwrap();
+    assert_eq!(m2.total, 4);
+    let both = db
+        .list_images(&q(1, 50, Some("m2"), Some("lake")))
+        .await
+        .unwrap();
+    assert_eq!(both.total, 2);
+
+    let victim = all[0].id;
+    assert_eq!(db.get_image(victim).await.unwrap().unwrap(), all[0]);
+    assert!(db.delete_image(victim).await.unwrap());
+    assert!(!db.delete_image(victim).await.unwrap());
+    assert_eq!(db.get_image(victim).await.unwrap(), None);
+    assert_eq!(db.list_images(&q(1, 3, None, None)).await.unwrap().total, 7);
+}
+
+async fn list_jobs_by_state(db: &dyn Database) {
+    let a = insert(db, "a", "m").await;
+    let b = insert(db, "b", "m").await;
+    db.claim_next("w").await.unwrap();
+    let f = insert(db, "f", "m").await;
+    db.fail_job(f.id, "boom").await.unwrap();
+    let active = db
+        .list_jobs(&[JobStatus::Pending, JobStatus::Processing], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        active.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a.id, b.id]
+    );
+    let failed = db.list_jobs(&[JobStatus::Failed], 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("boom"));
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let backend = sqlite().await;
+                super::$name(&*backend.db).await;
+            }
+        )*
+    };
+}
+
+mod on_sqlite {
+    use super::*;
+
+    contract!(
+        round_trip_and_state_machine,
+        fifo_and_queue_bound,
+        cancel_pending_and_running,
+        restart_recovery,
+        gallery_pagination_search_and_delete,
+        list_jobs_by_state,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_never_share_a_job() {
+        let backend = sqlite().await;
+        super::concurrent_claims_never_share_a_job(backend.db.clone()).await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reopen.db");
+        let db = SqliteDb::open(&path).await.unwrap();
+        let job = insert(&db, "persist me", "m").await;
+        db.close().await;
+        let db = SqliteDb::open(&path).await.unwrap();
+        assert_eq!(db.get_job(job.id).await.unwrap().unwrap(), job);
+        assert_eq!(db.integrity_check().await.unwrap(), "ok");
+    }
+}
