@@ -1,1 +1,25 @@
-//! placeholder
+//! The one jobs service every protocol adapter calls.
+//!
+//! REST, the seed's JSON-RPC methods, MCP and the CLI all build a
+//! [`SpecRequest`](cyberimage_core::SpecRequest) and call [`JobService`];
+//! none of them touches the engine. Workers claim jobs from the database,
+//! run the engine on its own OS thread ([`EngineThread`]), save images and
+//! record the outcome. The database holds the truth; the event bus and the
+//! wake-up signal only make things faster.
+
+mod engine_thread;
+mod error;
+mod events;
+mod metadata;
+mod service;
+mod worker;
+
+pub use engine_thread::EngineThread;
+pub use error::JobsError;
+pub use events::JobEvent;
+pub use metadata::png_text_chunks;
+pub use service::{JobService, JobsConfig, QueueView};
+pub use worker::WorkerHandle;
+
+pub use cyberimage_db::{GalleryPage, GalleryQuery, QueueCounts, RecoveryReport};
+pub use cyberimage_store::Variant as ImageVariant;

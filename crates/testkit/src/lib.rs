@@ -1,1 +1,93 @@
-//! placeholder
+//! Test-only helpers. Nothing here is linked into the `cyberimage` binary.
+//!
+//! [`ScriptedGenerator`] is a *test double* of the engine: it paints a
+//! deterministic gradient (a function of seed and size) while walking through
+//! the same progress and cancel protocol a real pipeline follows, so the jobs
+//! service and the HTTP adapters can be tested without model weights.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cyberimage_core::{
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
+    ProgressObserver, ProgressUpdate,
+};
+
+#[derive(Debug, Default)]
+pub struct ScriptedGenerator {
+    /// Sleep between denoising steps, so tests can catch a job mid-run.
+    pub step_delay: Duration,
+    /// When set, every generation fails with this engine error message.
+    pub fail_with: Option<String>,
+    /// How many generations were started (including failed/cancelled).
+    pub calls: AtomicU32,
+}
+
+impl ScriptedGenerator {
+    pub fn new(step_delay: Duration) -> Self {
+        Self {
+            step_delay,
+            ..Default::default()
+        }
+    }
+
+    pub fn failing(message: &str) -> Self {
+        Self {
+            fail_with: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The pixels the double paints for `seed`: tests compare against this.
+    pub fn paint(width: u32, height: u32, seed: u64) -> Vec<u8> {
+        let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+        let tint = (seed % 251) as u8;
+        for y in 0..height {
+            for x in 0..width {
+                rgb.push((x * 255 / width.max(1)) as u8);
+                rgb.push((y * 255 / height.max(1)) as u8);
+                rgb.push(tint);
+            }
+        }
+        rgb
+    }
+}
+
+impl Generator for ScriptedGenerator {
+    fn generate(
+        &self,
+        _model: &ModelEntry,
+        spec: &GenerationSpec,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        observer.on_progress(ProgressUpdate::LoadingModel);
+        if let Some(msg) = &self.fail_with {
+            return Err(EngineError::Failed(msg.clone()));
+        }
+        let total = spec.total_steps();
+        let mut images = Vec::new();
+        for index in 0..spec.num_images {
+            for step in 0..spec.steps {
+                cancel.check()?;
+                std::thread::sleep(self.step_delay);
+                observer.on_progress(ProgressUpdate::Step {
+                    done: index * spec.steps + step + 1,
+                    total,
+                });
+            }
+            observer.on_progress(ProgressUpdate::Decoding);
+            let seed = spec.image_seed(index);
+            images.push(GeneratedImage {
+                width: spec.width,
+                height: spec.height,
+                rgb: Self::paint(spec.width, spec.height, seed),
+                seed,
+                extra_metadata: vec![("engine".into(), "scripted test double".into())],
+            });
+        }
+        cancel.check()?;
+        Ok(images)
+    }
+}

@@ -1,0 +1,76 @@
+//! Runs a [`Generator`] on a dedicated OS thread, behind an async handle.
+//!
+//! Tensor work would starve the async runtime's few threads (this machine
+//! has two cores), so the engine never runs on tokio: requests cross a
+//! channel, and the result comes back through a oneshot.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use cyberimage_core::{
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
+    ProgressObserver,
+};
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Sender<Result<Vec<GeneratedImage>, EngineError>>;
+
+struct Work {
+    model: ModelEntry,
+    spec: GenerationSpec,
+    observer: Box<dyn ProgressObserver>,
+    cancel: CancelToken,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct EngineThread {
+    tx: mpsc::Sender<Work>,
+}
+
+impl EngineThread {
+    pub fn spawn(generator: Arc<dyn Generator>, name: &str) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Work>();
+        thread::Builder::new()
+            .name(format!("engine-{name}"))
+            .spawn(move || {
+                for work in rx {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        generator.generate(&work.model, &work.spec, &*work.observer, &work.cancel)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let msg = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(EngineError::Failed(format!("engine panicked: {msg}")))
+                    });
+                    let _ = work.reply.send(result);
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    pub async fn generate(
+        &self,
+        model: ModelEntry,
+        spec: GenerationSpec,
+        observer: Box<dyn ProgressObserver>,
+        cancel: CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Work {
+                model,
+                spec,
+                observer,
+                cancel,
+                reply,
+            })
+            .map_err(|_| EngineError::Failed("engine thread is gone".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Failed("engine thread dropped the request".into()))?
+    }
+}

@@ -1,0 +1,55 @@
+//! The text chunks written into every PNG: the A1111 `parameters` line that
+//! Civitai, SwarmUI and ComfyUI read, and a versioned JSON record with
+//! everything needed to reproduce the image.
+
+use cyberimage_core::{GeneratedImage, ImageRecord};
+
+const METADATA_VERSION: u32 = 1;
+
+pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(String, String)> {
+    let mut parameters = record.prompt.clone();
+    if let Some(neg) = &record.negative_prompt {
+        parameters.push_str("\nNegative prompt: ");
+        parameters.push_str(neg);
+    }
+    let sampler = image
+        .extra_metadata
+        .iter()
+        .find(|(k, _)| k == "sampler")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("default");
+    parameters.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+        record.steps,
+        sampler,
+        record.guidance_scale,
+        record.seed,
+        record.width,
+        record.height,
+        record.model
+    ));
+    let extra: serde_json::Map<String, serde_json::Value> = image
+        .extra_metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let json = serde_json::json!({
+        "version": METADATA_VERSION,
+        "generator": format!("cyberimage {}", env!("CARGO_PKG_VERSION")),
+        "image_id": record.id,
+        "job_id": record.job_id,
+        "model": record.model,
+        "prompt": record.prompt,
+        "negative_prompt": record.negative_prompt,
+        "width": record.width,
+        "height": record.height,
+        "steps": record.steps,
+        "guidance_scale": record.guidance_scale,
+        "seed": record.seed,
+        "engine": extra,
+    });
+    vec![
+        ("parameters".into(), parameters),
+        ("cyberimage".into(), json.to_string()),
+    ]
+}

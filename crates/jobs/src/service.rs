@@ -1,0 +1,239 @@
+//! [`JobService`]: submit, inspect, cancel and browse, for every adapter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cyberimage_core::time::now;
+use cyberimage_core::{
+    CancelToken, Catalogue, ImageId, ImageRecord, Job, JobId, JobStatus, Limits, Progress,
+    SpecRequest,
+};
+use cyberimage_db::{CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts};
+use cyberimage_store::{ImageStore, Variant};
+use tokio::sync::{broadcast, Notify};
+
+use crate::{JobEvent, JobsError};
+
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    pub limits: Limits,
+    /// Pending jobs beyond this are refused with `QueueFull`.
+    pub max_queue: u32,
+    /// Claims a job may use before a crash-interrupted job is failed.
+    pub max_attempts: u32,
+    /// How often idle workers look for jobs submitted by other processes.
+    pub poll_interval: Duration,
+    /// Seconds a refused client is told to wait per queued job (at least 1 s).
+    pub retry_after_per_job_secs: f64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_queue: 100,
+            max_attempts: 3,
+            poll_interval: Duration::from_millis(1000),
+            retry_after_per_job_secs: 0.5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueView {
+    pub counts: QueueCounts,
+    /// Pending and processing jobs, oldest first.
+    pub active: Vec<Job>,
+    /// The most recent failed jobs, newest first.
+    pub recent_failures: Vec<Job>,
+}
+
+pub struct JobService {
+    pub(crate) db: Arc<dyn Database>,
+    pub(crate) store: ImageStore,
+    catalogue: Arc<Catalogue>,
+    pub(crate) config: JobsConfig,
+    events: broadcast::Sender<JobEvent>,
+    pub(crate) wake: Notify,
+    /// Cancel tokens of jobs running in this process.
+    pub(crate) running: Mutex<HashMap<JobId, CancelToken>>,
+    pub(crate) shutting_down: AtomicBool,
+}
+
+impl JobService {
+    pub fn new(
+        db: Arc<dyn Database>,
+        store: ImageStore,
+        catalogue: Arc<Catalogue>,
+        config: JobsConfig,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            db,
+            store,
+            catalogue,
+            config,
+            events,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn publish(
+        &self,
+        job_id: JobId,
+        status: JobStatus,
+        progress: Progress,
+        error: Option<String>,
+    ) {
+        // No listeners is the normal case, not an error.
+        let _ = self.events.send(JobEvent {
+            job_id,
+            status,
+            progress,
+            error,
+        });
+    }
+
+    /// Start-up pass: re-queue (or fail) jobs a crash left running, and drop
+    /// half-written files.
+    pub async fn recover(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
+        let report = self
+            .db
+            .recover_interrupted(self.config.max_attempts)
+            .await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.clean_tmp())
+            .await
+            .expect("clean_tmp does not panic")?;
+        Ok(report)
+    }
+
+    pub async fn submit(&self, request: SpecRequest) -> Result<Job, JobsError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(JobsError::ShuttingDown);
+        }
+        let spec = request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
+        let job = Job {
+            id: JobId::new(),
+            progress: Progress::queued(spec.total_steps()),
+            spec,
+            status: JobStatus::Pending,
+            created_at: now(),
+            started_at: None,
+            completed_at: None,
+            error: None,
+            attempts: 0,
+            images: Vec::new(),
+        };
+        match self.db.insert_job(&job, self.config.max_queue).await {
+            Ok(()) => {}
+            Err(cyberimage_db::DbError::QueueFull) => {
+                let pending = self.db.queue_counts().await?.pending;
+                let secs = (pending as f64 * self.config.retry_after_per_job_secs).ceil();
+                return Err(JobsError::QueueFull {
+                    pending,
+                    retry_after_secs: (secs as u64).max(1),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.publish(job.id, job.status, job.progress, None);
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Job, JobsError> {
+        self.db.get_job(id).await?.ok_or(JobsError::JobNotFound)
+    }
+
+    /// Cancels a pending or running job. A running job stops at its next
+    /// step; its worker stores nothing.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, JobsError> {
+        match self.db.cancel_job(id, "cancelled by request").await? {
+            CancelOutcome::NotFound => Err(JobsError::JobNotFound),
+            CancelOutcome::AlreadyFinished(status) => Err(JobsError::AlreadyFinished(status)),
+            CancelOutcome::Cancelled { .. } => {
+                if let Some(token) = self.running.lock().expect("running map").get(&id) {
+                    token.cancel();
+                }
+                let job = self.job(id).await?;
+                self.publish(id, job.status, job.progress, job.error.clone());
+                Ok(job)
+            }
+        }
+    }
+
+    pub async fn queue(&self, recent_failures: u32) -> Result<QueueView, JobsError> {
+        Ok(QueueView {
+            counts: self.db.queue_counts().await?,
+            active: self
+                .db
+                .list_jobs(&[JobStatus::Pending, JobStatus::Processing], 200)
+                .await?,
+            recent_failures: self
+                .db
+                .list_jobs(&[JobStatus::Failed], recent_failures)
+                .await?,
+        })
+    }
+
+    pub async fn gallery(&self, query: &GalleryQuery) -> Result<GalleryPage, JobsError> {
+        Ok(self.db.list_images(query).await?)
+    }
+
+    pub async fn image(&self, id: ImageId) -> Result<ImageRecord, JobsError> {
+        self.db.get_image(id).await?.ok_or(JobsError::ImageNotFound)
+    }
+
+    /// PNG bytes of an image that has a database row; files without a row
+    /// are never served.
+    pub async fn image_bytes(&self, id: ImageId, variant: Variant) -> Result<Vec<u8>, JobsError> {
+        self.image(id).await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.read(id, variant))
+            .await
+            .expect("store read does not panic")?
+            .ok_or(JobsError::ImageNotFound)
+    }
+
+    /// Deletes the row first: a crash in between leaves an unreferenced
+    /// file (invisible, and removed by reconciliation), never a row that
+    /// points at nothing.
+    pub async fn delete_image(&self, id: ImageId) -> Result<(), JobsError> {
+        if !self.db.delete_image(id).await? {
+            return Err(JobsError::ImageNotFound);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.delete(id))
+            .await
+            .expect("store delete does not panic")?;
+        Ok(())
+    }
+
+    /// Stops taking jobs and interrupts running ones; their workers put them
+    /// back in the queue with the attempt refunded.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for token in self.running.lock().expect("running map").values() {
+            token.cancel();
+        }
+        self.wake.notify_waiters();
+    }
+}

@@ -1,0 +1,264 @@
+//! The worker loop: claim a job, run the engine, save the images, record
+//! the outcome.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cyberimage_core::time::now;
+use cyberimage_core::{
+    CancelToken, EngineError, GeneratedImage, Generator, ImageId, ImageRecord, Job, JobStatus,
+    Progress, ProgressObserver, ProgressUpdate, Stage,
+};
+use cyberimage_store::{encode_png, thumbnail_png, StoreError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::engine_thread::EngineThread;
+use crate::metadata::png_text_chunks;
+use crate::JobService;
+
+pub struct WorkerHandle {
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Waits for the worker to put its current job down after
+    /// [`JobService::begin_shutdown`].
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Forwards engine progress (from the engine thread) into the async world.
+struct ChannelObserver(mpsc::UnboundedSender<ProgressUpdate>);
+
+impl ProgressObserver for ChannelObserver {
+    fn on_progress(&self, update: ProgressUpdate) {
+        let _ = self.0.send(update);
+    }
+}
+
+impl JobService {
+    pub fn spawn_worker(
+        self: &Arc<Self>,
+        generator: Arc<dyn Generator>,
+        name: &str,
+    ) -> std::io::Result<WorkerHandle> {
+        let engine = EngineThread::spawn(generator, name)?;
+        let service = self.clone();
+        let worker_id = format!("{}:{}:{name}", hostname(), std::process::id());
+        let task = tokio::spawn(async move { service.worker_loop(engine, worker_id).await });
+        Ok(WorkerHandle { task })
+    }
+
+    async fn worker_loop(self: Arc<Self>, engine: EngineThread, worker_id: String) {
+        loop {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            // Register interest before looking, so a submit between the
+            // empty claim and the wait is not missed.
+            let notified = self.wake.notified();
+            match self.db.claim_next(&worker_id).await {
+                Ok(Some(job)) => self.run_job(&engine, job).await,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(self.config.poll_interval, notified).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming a job failed; retrying");
+                    tokio::time::sleep(self.config.poll_interval).await;
+                }
+            }
+        }
+    }
+
+    async fn run_job(&self, engine: &EngineThread, job: Job) {
+        let id = job.id;
+        tracing::info!(job = %id, model = %job.spec.model, attempt = job.attempts, "job started");
+        let Some(model) = self.catalogue().get(&job.spec.model).cloned() else {
+            let reason = format!("model {:?} is no longer configured", job.spec.model);
+            self.finish_failed(&job, reason).await;
+            return;
+        };
+        let cancel = CancelToken::new();
+        self.running
+            .lock()
+            .expect("running map")
+            .insert(id, cancel.clone());
+        self.publish(id, JobStatus::Processing, job.progress, None);
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let generation = engine.generate(
+            model,
+            job.spec.clone(),
+            Box::new(ChannelObserver(tx)),
+            cancel.clone(),
+        );
+        tokio::pin!(generation);
+        let total = job.spec.total_steps();
+        let mut last = job.progress;
+        let outcome = loop {
+            // Biased towards progress, so the last steps are recorded before
+            // the result is handled.
+            tokio::select! {
+                biased;
+                Some(update) = rx.recv() => {
+                    // Coalesce a burst of updates into one database write.
+                    let mut progress = to_progress(update, total, last);
+                    while let Ok(next) = rx.try_recv() {
+                        progress = to_progress(next, total, progress);
+                    }
+                    if progress != last {
+                        last = progress;
+                        self.record_progress(&job, progress, &cancel).await;
+                    }
+                }
+                result = &mut generation => break result,
+            }
+        };
+
+        let outcome = match outcome {
+            Ok(images) => {
+                let saving = Progress {
+                    stage: Stage::Saving,
+                    step: total,
+                    total_steps: total,
+                };
+                self.record_progress(&job, saving, &cancel).await;
+                self.save_and_complete(&job, images).await
+            }
+            Err(e) => Err(e),
+        };
+        self.running.lock().expect("running map").remove(&id);
+
+        match outcome {
+            Ok(()) => {}
+            Err(EngineError::Cancelled) if self.shutting_down.load(Ordering::SeqCst) => {
+                match self.db.requeue_job(id).await {
+                    Ok(true) => tracing::info!(job = %id, "interrupted by shutdown; re-queued"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(job = %id, error = %e, "re-queue failed"),
+                }
+            }
+            Err(EngineError::Cancelled) => tracing::info!(job = %id, "job cancelled"),
+            Err(e) => self.finish_failed(&job, e.to_string()).await,
+        }
+    }
+
+    /// Persists progress and publishes it. A job that is no longer
+    /// `processing` in the database was cancelled, perhaps by another
+    /// process: trip the token so the engine stops at its next step.
+    async fn record_progress(&self, job: &Job, progress: Progress, cancel: &CancelToken) {
+        match self.db.update_progress(job.id, progress).await {
+            Ok(true) => self.publish(job.id, JobStatus::Processing, progress, None),
+            Ok(false) => cancel.cancel(),
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "progress not persisted"),
+        }
+    }
+
+    async fn save_and_complete(
+        &self,
+        job: &Job,
+        images: Vec<GeneratedImage>,
+    ) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        let spec = job.spec.clone();
+        let job_id = job.id;
+        let saved = tokio::task::spawn_blocking(move || -> Result<Vec<ImageRecord>, StoreError> {
+            let mut records = Vec::with_capacity(images.len());
+            for (index, image) in images.iter().enumerate() {
+                let record = ImageRecord {
+                    id: ImageId::new(),
+                    job_id,
+                    index: index as u32,
+                    model: spec.model.clone(),
+                    prompt: spec.prompt.clone(),
+                    negative_prompt: spec.negative_prompt.clone(),
+                    width: image.width,
+                    height: image.height,
+                    steps: spec.steps,
+                    guidance_scale: spec.guidance_scale,
+                    seed: image.seed,
+                    created_at: now(),
+                };
+                let png = encode_png(image, &png_text_chunks(&record, image))?;
+                let thumb = thumbnail_png(image)?;
+                if let Err(e) = store.save(record.id, &png, &thumb) {
+                    for r in records.iter().chain(std::iter::once(&record)) {
+                        let _ = store.delete(r.id);
+                    }
+                    return Err(e);
+                }
+                records.push(record);
+            }
+            Ok(records)
+        })
+        .await
+        .expect("saving does not panic");
+
+        let records =
+            saved.map_err(|e| EngineError::Failed(format!("could not save image: {e}")))?;
+        match self.db.complete_job(job.id, &records).await {
+            Ok(true) => {
+                tracing::info!(job = %job.id, images = records.len(), "job completed");
+                let done = Progress {
+                    stage: Stage::Completed,
+                    step: job.spec.total_steps(),
+                    total_steps: job.spec.total_steps(),
+                };
+                self.publish(job.id, JobStatus::Completed, done, None);
+                Ok(())
+            }
+            outcome => {
+                // Cancelled while saving, or the database refused: the files
+                // must not outlive the missing rows.
+                for r in &records {
+                    let _ = self.store.delete(r.id);
+                }
+                match outcome {
+                    Ok(_) => Err(EngineError::Cancelled),
+                    Err(e) => Err(EngineError::Failed(format!("could not record images: {e}"))),
+                }
+            }
+        }
+    }
+
+    async fn finish_failed(&self, job: &Job, reason: String) {
+        tracing::warn!(job = %job.id, %reason, "job failed");
+        match self.db.fail_job(job.id, &reason).await {
+            Ok(_) => {
+                let failed = Progress {
+                    stage: Stage::Failed,
+                    ..job.progress
+                };
+                self.publish(job.id, JobStatus::Failed, failed, Some(reason));
+            }
+            Err(e) => tracing::error!(job = %job.id, error = %e, "could not record failure"),
+        }
+    }
+}
+
+fn to_progress(update: ProgressUpdate, total: u32, last: Progress) -> Progress {
+    match update {
+        ProgressUpdate::LoadingModel => Progress {
+            stage: Stage::LoadingModel,
+            step: last.step,
+            total_steps: total,
+        },
+        ProgressUpdate::Step { done, .. } => Progress {
+            stage: Stage::Generating,
+            step: done.min(total),
+            total_steps: total,
+        },
+        ProgressUpdate::Decoding => Progress {
+            stage: Stage::Generating,
+            ..last
+        },
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,353 @@
+//! The jobs service end to end on a real SQLite file and image folder, with
+//! the engine replaced by the testkit's `ScriptedGenerator` double.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyberimage_core::{
+    Catalogue, Job, JobId, JobStatus, ModelDefaults, ModelEntry, ModelFamily, SpecRequest, Stage,
+};
+use cyberimage_db::{Database, JobRepo, SqliteDb};
+use cyberimage_jobs::{ImageVariant, JobService, JobsConfig, JobsError};
+use cyberimage_store::{read_png_text, ImageStore};
+use cyberimage_testkit::ScriptedGenerator;
+
+struct Harness {
+    service: Arc<JobService>,
+    db: Arc<SqliteDb>,
+    dir: tempfile::TempDir,
+}
+
+fn catalogue() -> Arc<Catalogue> {
+    Arc::new(
+        Catalogue::new(vec![ModelEntry {
+            key: "tiny".into(),
+            source: "test/tiny".into(),
+            family: ModelFamily::Sd15,
+            description: "test".into(),
+            defaults: ModelDefaults {
+                steps: 4,
+                guidance_scale: 7.5,
+                width: 64,
+                height: 64,
+            },
+        }])
+        .unwrap(),
+    )
+}
+
+async fn harness_in(dir: tempfile::TempDir, max_queue: u32) -> Harness {
+    let db = Arc::new(SqliteDb::open(&dir.path().join("jobs.db")).await.unwrap());
+    let store = ImageStore::open(dir.path()).unwrap();
+    let config = JobsConfig {
+        max_queue,
+        max_attempts: 2,
+        poll_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let service = JobService::new(db.clone() as Arc<dyn Database>, store, catalogue(), config);
+    Harness { service, db, dir }
+}
+
+async fn harness(max_queue: u32) -> Harness {
+    harness_in(tempfile::tempdir().unwrap(), max_queue).await
+}
+
+fn request(prompt: &str) -> SpecRequest {
+    SpecRequest {
+        prompt: Some(prompt.into()),
+        ..Default::default()
+    }
+}
+
+/// Polls the database (the source of truth) until `pred` holds.
+async fn wait_for(service: &JobService, id: JobId, pred: impl Fn(&Job) -> bool) -> Job {
+    for _ in 0..2000 {
+        let job = service.job(id).await.unwrap();
+        if pred(&job) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "job {id} never reached the expected state: {:?}",
+        service.job(id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_to_completion_with_images_and_metadata() {
+    let h = harness(10).await;
+    let mut events = h.service.subscribe();
+    h.service
+        .spawn_worker(Arc::new(ScriptedGenerator::default()), "w")
+        .unwrap();
+    let job = h
+        .service
+        .submit(SpecRequest {
+            num_images: Some(2),
+            seed: Some(99),
+            negative_prompt: Some("fog".into()),
+            ..request("a lighthouse")
+        })
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Pending);
+    let done = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.progress.stage, Stage::Completed);
+    assert_eq!((done.progress.step, done.progress.total_steps), (8, 8));
+    assert!(done.started_at.is_some() && done.completed_at.is_some());
+    assert_eq!(done.images.len(), 2);
+    assert_eq!(
+        done.images.iter().map(|i| i.seed).collect::<Vec<_>>(),
+        vec![99, 100]
+    );
+
+    let png = h
+        .service
+        .image_bytes(done.images[0].id, ImageVariant::Full)
+        .await
+        .unwrap();
+    let decoded = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(decoded.into_raw(), ScriptedGenerator::paint(64, 64, 99));
+    let text = read_png_text(&png).unwrap();
+    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(
+        params.starts_with("a lighthouse\nNegative prompt: fog\nSteps: 4,"),
+        "{params}"
+    );
+    assert!(
+        params.contains("Seed: 99, Size: 64x64, Model: tiny"),
+        "{params}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&text.iter().find(|(k, _)| k == "cyberimage").unwrap().1).unwrap();
+    assert_eq!(json["seed"], 99);
+    assert_eq!(json["job_id"], job.id.to_string());
+    assert!(h
+        .service
+        .image_bytes(done.images[1].id, ImageVariant::Thumbnail)
+        .await
+        .is_ok());
+
+    // Progress events rose step by step and ended in `completed`.
+    let mut steps = Vec::new();
+    let mut last_status = JobStatus::Pending;
+    // The database may say `completed` a moment before the event is sent.
+    while last_status != JobStatus::Completed {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("events keep coming until completion")
+            .unwrap();
+        if ev.job_id == job.id {
+            if ev.progress.stage == Stage::Generating {
+                steps.push(ev.progress.step);
+            }
+            last_status = ev.status;
+        }
+    }
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    assert_eq!(steps.last(), Some(&8));
+    assert_eq!(last_status, JobStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_a_pending_job_and_a_running_one() {
+    let h = harness(10).await;
+    let generator = Arc::new(ScriptedGenerator::new(Duration::from_millis(40)));
+    let running = h
+        .service
+        .submit(SpecRequest {
+            steps: Some(100),
+            ..request("long")
+        })
+        .await
+        .unwrap();
+    let pending = h.service.submit(request("waiting")).await.unwrap();
+
+    // Pending: cancelled before any worker exists.
+    let cancelled = h.service.cancel(pending.id).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(matches!(
+        h.service.cancel(pending.id).await,
+        Err(JobsError::AlreadyFinished(JobStatus::Cancelled))
+    ));
+
+    h.service.spawn_worker(generator.clone(), "w").unwrap();
+    wait_for(&h.service, running.id, |j| {
+        j.status == JobStatus::Processing && j.progress.step >= 2
+    })
+    .await;
+    h.service.cancel(running.id).await.unwrap();
+    // The engine thread stops at its next step; nothing is stored.
+    let end = wait_for(&h.service, running.id, |j| j.status.is_terminal()).await;
+    assert_eq!(end.status, JobStatus::Cancelled);
+    for _ in 0..500 {
+        if h.service.queue(5).await.unwrap().counts.processing == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let step_at_end = h.service.job(running.id).await.unwrap().progress.step;
+    assert!(step_at_end < 100, "stopped early, at step {step_at_end}");
+    assert!(end.images.is_empty());
+    assert_eq!(
+        generator.calls.load(Ordering::SeqCst),
+        1,
+        "the cancelled pending job never ran"
+    );
+    assert!(std::fs::read_dir(h.dir.path().join("images"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(matches!(
+        h.service.cancel(JobId::new()).await,
+        Err(JobsError::JobNotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_a_retry_hint_and_stores_nothing() {
+    let h = harness(2).await;
+    h.service.submit(request("one")).await.unwrap();
+    h.service.submit(request("two")).await.unwrap();
+    match h.service.submit(request("three")).await {
+        Err(JobsError::QueueFull {
+            pending,
+            retry_after_secs,
+        }) => {
+            assert_eq!(pending, 2);
+            assert!(retry_after_secs >= 1);
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    assert_eq!(h.service.queue(5).await.unwrap().active.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused_before_storage() {
+    let h = harness(10).await;
+    let err = h
+        .service
+        .submit(SpecRequest {
+            width: Some(65),
+            ..request("x")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JobsError::Invalid(ref v) if v.field == "width"),
+        "{err}"
+    );
+    assert_eq!(h.service.queue(5).await.unwrap().counts.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_by_a_crash_is_requeued_then_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let id = {
+        let h = harness_in(dir, 10).await;
+        let job = h.service.submit(request("survivor")).await.unwrap();
+        // A worker claims it, then the process "dies" without finishing.
+        h.db.claim_next("doomed").await.unwrap().unwrap();
+        h.db.close().await;
+        std::mem::forget(h.dir); // keep the files for the restart
+        job.id
+    };
+    let dir = tempfile::TempDir::with_prefix_in("restart", path.parent().unwrap()).unwrap();
+    std::fs::remove_dir(dir.path()).unwrap();
+    std::fs::rename(&path, dir.path()).unwrap();
+    let h = harness_in(dir, 10).await;
+    assert_eq!(
+        h.service.job(id).await.unwrap().status,
+        JobStatus::Processing
+    );
+    let report = h.service.recover().await.unwrap();
+    assert_eq!((report.requeued, report.failed), (1, 0));
+    h.service
+        .spawn_worker(Arc::new(ScriptedGenerator::default()), "w")
+        .unwrap();
+    let done = wait_for(&h.service, id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_failures_and_panics_fail_the_job_with_the_reason() {
+    let h = harness(10).await;
+    h.service
+        .spawn_worker(
+            Arc::new(ScriptedGenerator::failing(
+                "weights missing: run `cyberimage models pull tiny`",
+            )),
+            "w",
+        )
+        .unwrap();
+    let job = h.service.submit(request("doomed")).await.unwrap();
+    let end = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(end.status, JobStatus::Failed);
+    assert_eq!(end.progress.stage, Stage::Failed);
+    assert!(end.error.unwrap().contains("models pull tiny"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_puts_the_running_job_back_in_the_queue() {
+    let h = harness(10).await;
+    let worker = h
+        .service
+        .spawn_worker(
+            Arc::new(ScriptedGenerator::new(Duration::from_millis(30))),
+            "w",
+        )
+        .unwrap();
+    let job = h
+        .service
+        .submit(SpecRequest {
+            steps: Some(100),
+            ..request("interrupted politely")
+        })
+        .await
+        .unwrap();
+    wait_for(&h.service, job.id, |j| j.progress.step >= 1).await;
+    h.service.begin_shutdown();
+    worker.join().await;
+    let j = h.service.job(job.id).await.unwrap();
+    assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
+    assert!(matches!(
+        h.service.submit(request("late")).await,
+        Err(JobsError::ShuttingDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_image_removes_row_and_files() {
+    let h = harness(10).await;
+    h.service
+        .spawn_worker(Arc::new(ScriptedGenerator::default()), "w")
+        .unwrap();
+    let job = h.service.submit(request("ephemeral")).await.unwrap();
+    let done = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
+    let img = done.images[0].id;
+    h.service.delete_image(img).await.unwrap();
+    assert!(matches!(
+        h.service.image(img).await,
+        Err(JobsError::ImageNotFound)
+    ));
+    assert!(matches!(
+        h.service.image_bytes(img, ImageVariant::Full).await,
+        Err(JobsError::ImageNotFound)
+    ));
+    assert!(!h
+        .dir
+        .path()
+        .join("images")
+        .join(format!("{img}.png"))
+        .exists());
+    assert!(matches!(
+        h.service.delete_image(img).await,
+        Err(JobsError::ImageNotFound)
+    ));
+}
