@@ -1,1 +1,57 @@
-//! placeholder
+//! HTTP adapters over the jobs service: the REST API, the seed's JSON-RPC
+//! methods at `/api/mcp`, and the one table that maps service errors to
+//! HTTP statuses and JSON-RPC codes. Adapters build a `SpecRequest` and call
+//! `JobService`; they never touch the engine.
+
+mod body;
+mod error_table;
+mod jsonrpc;
+mod params;
+mod rest;
+mod views;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use cyberimage_jobs::JobService;
+
+pub use error_table::ApiError;
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub service: Arc<JobService>,
+}
+
+pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
+    let state = AppState { service };
+    rest::routes()
+        .merge(jsonrpc::routes())
+        .fallback(|| async { ApiError::new_not_found("no such route") })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

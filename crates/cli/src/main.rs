@@ -1,1 +1,159 @@
-fn main() {}
+//! `cyberimage`: the server, the CLI and the wiring between the crates.
+
+mod config;
+mod generate_cmd;
+mod no_engine;
+mod wiring;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cyberimage_api::{router, ApiConfig};
+
+use crate::config::{Config, FlagOverrides};
+
+#[derive(Parser)]
+#[command(
+    name = "cyberimage",
+    version,
+    about = "Self-hosted AI image generation server"
+)]
+struct Cli {
+    /// TOML config file (default: $CYBERIMAGE_CONFIG, then ./cyberimage.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the web UI, REST API and JSON-RPC endpoint.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:5050 (port 0 picks a free port).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Generate images in-process, with a progress bar.
+    Generate(generate_cmd::GenerateArgs),
+    /// Inspect the model catalogue.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List configured models; the default is marked with `*`.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let default = if std::env::var("DEBUG").is_ok_and(|v| !v.is_empty() && v != "0") {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { bind, data_dir } => {
+            let config = Config::load(cli.config.as_deref(), FlagOverrides { bind, data_dir })?;
+            serve(config).await
+        }
+        Command::Generate(args) => {
+            let flags = FlagOverrides {
+                bind: None,
+                data_dir: args.data_dir.clone(),
+            };
+            let config = Config::load(cli.config.as_deref(), flags)?;
+            generate_cmd::run(config, args).await
+        }
+        Command::Models {
+            command: ModelsCommand::List { json },
+        } => {
+            let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
+            let catalogue = cyberimage_core::Catalogue::new(config.models)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(catalogue.models())?);
+            } else {
+                for m in catalogue.models() {
+                    let mark = if m.key == catalogue.default_key() {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        "{mark} {:<20} {:<14} {:<45} {}",
+                        m.key,
+                        m.family.as_str(),
+                        m.source,
+                        m.description
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let system = wiring::build(&config, true).await?;
+    let app = router(
+        system.service.clone(),
+        &ApiConfig {
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address: anyone who can reach it can use this server");
+    }
+    // Tests and scripts read this line to find a port-0 server.
+    println!("cyberimage listening on http://{addr}");
+    tracing::info!(data_dir = %config.data_dir.display(), "serving");
+    cyberimage_api::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("shutting down: re-queueing running jobs");
+    system.service.begin_shutdown();
+    for w in system.workers {
+        w.join().await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

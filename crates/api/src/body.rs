@@ -1,0 +1,36 @@
+//! Reading JSON request bodies so that every failure (too large, not JSON,
+//! wrong content) becomes our JSON error shape instead of axum's plain text.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::error_table::{rpc, ApiError};
+
+pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                rpc::INVALID_REQUEST,
+                "request body is larger than the server accepts",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read request body: {rejection}"))
+        }
+    })
+}
+
+pub fn json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            rpc::PARSE_ERROR,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
+}

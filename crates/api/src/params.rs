@@ -1,0 +1,144 @@
+//! Decoding generation parameters from JSON into a `SpecRequest`, with an
+//! error that names the field. Shared by REST and JSON-RPC so both accept
+//! exactly the same inputs: the seed's nested `settings` object, or the same
+//! fields at the top level.
+
+use cyberimage_core::SpecRequest;
+use serde_json::{Map, Value};
+
+fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{field} must be a string")),
+    }
+}
+
+fn integer(v: &Value, name: &str) -> Result<i64, String> {
+    let Value::Number(n) = v else {
+        return Err(format!("{name} must be an integer"));
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // Beyond i64 is beyond every limit: saturate so the range check
+        // reports it in the usual words.
+        Some(f) if f.fract() == 0.0 && f.is_finite() => {
+            Ok(f.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+        }
+        _ if n.is_u64() => Ok(i64::MAX),
+        _ => Err(format!("{name} must be an integer, got {n}")),
+    }
+}
+
+fn number(v: &Value, name: &str) -> Result<f64, String> {
+    v.as_f64().ok_or_else(|| format!("{name} must be a number"))
+}
+
+/// Looks `names` up in `settings` first, then at the top level.
+fn lookup<'a>(
+    top: &'a Map<String, Value>,
+    settings: Option<&'a Map<String, Value>>,
+    names: &[&str],
+) -> Option<(&'a Value, String)> {
+    for n in names {
+        if let Some(v) = settings.and_then(|s| s.get(*n)).filter(|v| !v.is_null()) {
+            return Some((v, format!("settings.{n}")));
+        }
+    }
+    for n in names {
+        if let Some(v) = top.get(*n).filter(|v| !v.is_null()) {
+            return Some((v, (*n).to_owned()));
+        }
+    }
+    None
+}
+
+pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
+    let top = match params {
+        Value::Object(m) => m,
+        _ => return Err("params must be an object".into()),
+    };
+    let settings = match top.get("settings") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(s)) => Some(s),
+        Some(_) => return Err("settings must be an object".into()),
+    };
+    let int = |names: &[&str]| -> Result<Option<i64>, String> {
+        lookup(top, settings, names)
+            .map(|(v, name)| integer(v, &name))
+            .transpose()
+    };
+    Ok(SpecRequest {
+        prompt: text(top, "prompt")?,
+        negative_prompt: text(top, "negative_prompt")?,
+        model: text(top, "model")?,
+        width: int(&["width"])?,
+        height: int(&["height"])?,
+        steps: int(&["num_inference_steps", "steps"])?,
+        num_images: int(&["num_images"])?,
+        seed: int(&["seed"])?,
+        guidance_scale: lookup(top, settings, &["guidance_scale", "guidance"])
+            .map(|(v, name)| number(v, &name))
+            .transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seed_shape_and_flat_shape_agree() {
+        let nested = spec_request(&json!({
+            "prompt": "p", "model": "m",
+            "settings": {"num_images": 2, "num_inference_steps": 30, "guidance_scale": 7.5, "height": 1024, "width": 512}
+        }))
+        .unwrap();
+        let flat = spec_request(&json!({
+            "prompt": "p", "model": "m", "num_images": 2, "steps": 30, "guidance_scale": 7.5, "height": 1024, "width": 512
+        }))
+        .unwrap();
+        assert_eq!(nested, flat);
+        assert_eq!(nested.width, Some(512));
+        assert_eq!(nested.guidance_scale, Some(7.5));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        for (params, needle) in [
+            (json!([1, 2]), "params must be an object"),
+            (json!({"prompt": 5}), "prompt must be a string"),
+            (
+                json!({"prompt": "p", "settings": 3}),
+                "settings must be an object",
+            ),
+            (
+                json!({"prompt": "p", "settings": {"width": "512"}}),
+                "settings.width must be an integer",
+            ),
+            (
+                json!({"prompt": "p", "settings": {"width": 512.5}}),
+                "settings.width must be an integer",
+            ),
+            (
+                json!({"prompt": "p", "guidance_scale": "high"}),
+                "guidance_scale must be a number",
+            ),
+        ] {
+            let err = spec_request(&params).unwrap_err();
+            assert!(err.contains(needle), "{params}: {err}");
+        }
+    }
+
+    #[test]
+    fn huge_numbers_saturate_into_range_errors() {
+        let r =
+            spec_request(&json!({"prompt": "p", "width": 1e300, "seed": 18446744073709551615u64}))
+                .unwrap();
+        assert_eq!(r.width, Some(i64::MAX));
+        assert_eq!(r.seed, Some(i64::MAX));
+    }
+}

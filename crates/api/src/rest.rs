@@ -1,0 +1,215 @@
+//! The REST API. JSON in and out; errors as `{"error":{"code","message"}}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use cyberimage_core::{ImageId, JobId};
+use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error_table::ApiError;
+use crate::{body, params, views, AppState};
+
+const MAX_PER_PAGE: u32 = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/generate", post(generate))
+        .route("/api/status/{job_id}", get(status))
+        .route("/api/cancel/{job_id}", post(cancel))
+        .route("/api/get_image/{image_id}", get(full_image))
+        .route("/api/images/{image_id}/thumbnail", get(thumbnail))
+        .route(
+            "/api/images/{image_id}",
+            delete(delete_image).get(image_info),
+        )
+        .route("/api/gallery", get(gallery))
+        .route("/api/models", get(models))
+        .route("/api/queue", get(queue))
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).map_err(|_| JobsError::JobNotFound.into())
+}
+
+/// Ids that are not well-formed never reach the filesystem: 404 at once.
+fn image_id(raw: &str) -> Result<ImageId, ApiError> {
+    ImageId::parse(raw).map_err(|_| JobsError::ImageNotFound.into())
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn generate(
+    State(state): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let value = body::json(raw)?;
+    let request = params::spec_request(&value).map_err(ApiError::bad_request)?;
+    let job = state.service.submit(request).await?;
+    let location = format!("/api/status/{}", job.id);
+    let mut resp = (StatusCode::ACCEPTED, Json(views::job_submitted(&job))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state.service.job(job_id(&raw)?).await?;
+    Ok(Json(views::job_status(&job)))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state.service.cancel(job_id(&raw)?).await?;
+    Ok(Json(views::job_status(&job)))
+}
+
+async fn png_response(
+    state: &AppState,
+    raw: &str,
+    variant: ImageVariant,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = image_id(raw)?;
+    // An image never changes once written, so its id is a perfect ETag.
+    let etag = format!("\"{id}-{}\"", matches!(variant, ImageVariant::Full) as u8);
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let bytes = state.service.image_bytes(id, variant).await?;
+    let headers = [
+        (header::CONTENT_TYPE, "image/png".to_owned()),
+        (
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable".to_owned(),
+        ),
+        (header::ETAG, etag),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("inline; filename=\"{id}.png\""),
+        ),
+    ];
+    if cached {
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    Ok((headers, bytes).into_response())
+}
+
+async fn full_image(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    png_response(&state, &raw, ImageVariant::Full, &headers).await
+}
+
+async fn thumbnail(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    png_response(&state, &raw, ImageVariant::Thumbnail, &headers).await
+}
+
+async fn image_info(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state.service.image(image_id(&raw)?).await?;
+    Ok(Json(views::image(&record)))
+}
+
+async fn delete_image(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = image_id(&raw)?;
+    state.service.delete_image(id).await?;
+    Ok(Json(json!({"deleted": id})))
+}
+
+#[derive(Deserialize)]
+struct GalleryParams {
+    page: Option<String>,
+    per_page: Option<String>,
+    model: Option<String>,
+    q: Option<String>,
+}
+
+fn positive(name: &str, raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(default);
+    };
+    match raw.parse::<u32>() {
+        Ok(v) if (1..=max).contains(&v) => Ok(v),
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be an integer between 1 and {max}, got {raw:?}"
+        ))),
+    }
+}
+
+async fn gallery(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p): Query<GalleryParams> = Query::try_from_uri(
+        &format!("/?{}", raw.unwrap_or_default())
+            .parse()
+            .map_err(|_| ApiError::bad_request("malformed query string"))?,
+    )
+    .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let page = positive("page", p.page.as_deref(), 1, 1_000_000)?;
+    let per_page = positive("per_page", p.per_page.as_deref(), 24, MAX_PER_PAGE)?;
+    let query = GalleryQuery {
+        page,
+        per_page,
+        model: p.model.filter(|m| !m.is_empty()),
+        search: p.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()),
+    };
+    if query
+        .search
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > 500)
+    {
+        return Err(ApiError::bad_request("q is limited to 500 characters"));
+    }
+    let result = state.service.gallery(&query).await?;
+    let total_pages = result.total.div_ceil(u64::from(per_page));
+    Ok(Json(json!({
+        "images": result.images.iter().map(views::image).collect::<Vec<_>>(),
+        "page": page,
+        "per_page": per_page,
+        "total": result.total,
+        "total_pages": total_pages,
+    })))
+}
+
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(views::models(state.service.catalogue(), true))
+}
+
+async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let q = state.service.queue(20).await?;
+    Ok(Json(json!({
+        "pending": q.counts.pending,
+        "processing": q.counts.processing,
+        "jobs": q.active.iter().map(views::job_summary).collect::<Vec<_>>(),
+        "recent_failures": q.recent_failures.iter().map(views::job_summary).collect::<Vec<_>>(),
+    })))
+}

@@ -1,0 +1,96 @@
+//! JSON shapes of jobs and images, exactly as the seed contract shows them.
+//! REST and JSON-RPC share these so the two never drift apart.
+
+use cyberimage_core::time::{rfc3339, rfc3339_opt};
+use cyberimage_core::{Catalogue, ImageRecord, Job, JobStatus};
+use serde_json::{json, Map, Value};
+
+pub fn image_url(id: &cyberimage_core::ImageId) -> String {
+    format!("/api/get_image/{id}")
+}
+
+/// The seed's image object: `id`, `url`, `metadata{model_id, prompt,
+/// settings}`; we add the seed and negative prompt, which a user needs to
+/// reproduce the image.
+pub fn image(img: &ImageRecord) -> Value {
+    json!({
+        "id": img.id,
+        "url": image_url(&img.id),
+        "thumbnail_url": format!("/api/images/{}/thumbnail", img.id),
+        "created_at": rfc3339(&img.created_at),
+        "metadata": {
+            "model_id": img.model,
+            "prompt": img.prompt,
+            "negative_prompt": img.negative_prompt,
+            "settings": {
+                "num_inference_steps": img.steps,
+                "guidance_scale": img.guidance_scale,
+                "height": img.height,
+                "width": img.width,
+                "seed": img.seed,
+            }
+        }
+    })
+}
+
+/// The seed's status result.
+pub fn job_status(job: &Job) -> Value {
+    let mut v = json!({
+        "job_id": job.id,
+        "status": job.status.as_str(),
+        "model": job.spec.model,
+        "prompt": job.spec.prompt,
+        "created_at": rfc3339(&job.created_at),
+        "started_at": rfc3339_opt(&job.started_at),
+        "completed_at": rfc3339_opt(&job.completed_at),
+        "progress": job.progress.to_seed_json(),
+    });
+    let obj = v.as_object_mut().expect("object");
+    match job.status {
+        JobStatus::Completed => {
+            obj.insert(
+                "images".into(),
+                Value::Array(job.images.iter().map(image).collect()),
+            );
+        }
+        JobStatus::Failed | JobStatus::Cancelled => {
+            obj.insert("error".into(), json!(job.error));
+        }
+        _ => {}
+    }
+    v
+}
+
+/// The seed's submit result.
+pub fn job_submitted(job: &Job) -> Value {
+    json!({
+        "job_id": job.id,
+        "status": job.status.as_str(),
+        "num_images": job.spec.num_images,
+    })
+}
+
+/// A job in queue listings: status plus the settings it runs with.
+pub fn job_summary(job: &Job) -> Value {
+    let mut v = job_status(job);
+    let obj = v.as_object_mut().expect("object");
+    obj.insert("settings".into(), json!(job.spec));
+    obj.insert("attempts".into(), json!(job.attempts));
+    v
+}
+
+/// The seed's models result: `{models: {key: {id, description}}, default}`;
+/// REST adds each model's family and defaults.
+pub fn models(catalogue: &Catalogue, detailed: bool) -> Value {
+    let mut models = Map::new();
+    for m in catalogue.models() {
+        let mut entry = json!({"id": m.source, "description": m.description});
+        if detailed {
+            let obj = entry.as_object_mut().expect("object");
+            obj.insert("family".into(), json!(m.family));
+            obj.insert("defaults".into(), json!(m.defaults));
+        }
+        models.insert(m.key.clone(), entry);
+    }
+    json!({"models": models, "default": catalogue.default_key()})
+}

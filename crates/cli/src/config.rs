@@ -1,0 +1,170 @@
+//! The one `Config` type, layered: defaults < TOML file < `CYBERIMAGE_*`
+//! environment < command-line flags. `config.example.toml` documents every
+//! option.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cyberimage_core::{Catalogue, Limits, ModelEntry};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on. Localhost by default.
+    pub bind: SocketAddr,
+    /// Where the database and images live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…`; empty means `sqlite://{data_dir}/cyberimage.db`.
+    pub database_url: String,
+    pub max_body_bytes: usize,
+    pub queue: QueueConfig,
+    pub limits: Limits,
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Pending jobs beyond this get 429 with Retry-After.
+    pub max_pending: u32,
+    /// Claims before a job interrupted by crashes is failed.
+    pub max_attempts: u32,
+    /// Worker processes' engine threads in this process.
+    pub workers: u32,
+    pub poll_interval_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_pending: 100,
+            max_attempts: 3,
+            workers: 1,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:5050".parse().expect("valid address"),
+            data_dir: PathBuf::from("./data"),
+            database_url: String::new(),
+            max_body_bytes: 1024 * 1024,
+            queue: QueueConfig::default(),
+            limits: Limits::default(),
+            models: Catalogue::seed_models(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// `file` is `--config`, else `$CYBERIMAGE_CONFIG`, else `./cyberimage.toml`
+    /// when it exists.
+    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Self, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let env_file = std::env::var_os("CYBERIMAGE_CONFIG").map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file).or_else(|| {
+            let default = PathBuf::from("cyberimage.toml");
+            default.exists().then_some(default)
+        });
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig.merge(Env::prefixed("CYBERIMAGE_").ignore(&["CONFIG"]).split("__"))
+            .merge(Serialized::defaults(flags))
+            .extract()
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("cyberimage.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "bind = \"127.0.0.1:6000\"\ndata_dir = \"/from/toml\"\n[queue]\nmax_pending = 7\n",
+            )?;
+            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())?;
+            assert_eq!(c.bind.port(), 6000);
+            assert_eq!(c.queue.max_pending, 7);
+            assert_eq!(c.queue.max_attempts, 3, "untouched defaults survive");
+
+            jail.set_env("CYBERIMAGE_DATA_DIR", "/from/env");
+            jail.set_env("CYBERIMAGE_QUEUE__MAX_PENDING", "9");
+            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())?;
+            assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+            assert_eq!(c.queue.max_pending, 9);
+
+            let c = Config::load(
+                Some(Path::new("c.toml")),
+                FlagOverrides {
+                    bind: Some("127.0.0.1:7000".parse().unwrap()),
+                    data_dir: Some("/from/flag".into()),
+                },
+            )?;
+            assert_eq!(c.bind.port(), 7000);
+            assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_are_safe_and_match_the_seed() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None, FlagOverrides::default())?;
+            assert!(c.bind.ip().is_loopback());
+            assert_eq!(c.bind.port(), 5050);
+            assert_eq!(c.data_dir, PathBuf::from("./data"));
+            assert_eq!(Catalogue::new(c.models).unwrap().default_key(), "flux-1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_parses_and_is_complete() {
+        let example = include_str!("../../../config.example.toml");
+        let c: Config = toml::from_str(example).expect("config.example.toml parses");
+        assert_eq!(c.bind.port(), 5050);
+        assert!(!c.models.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silence() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "bnd = \"127.0.0.1:1\"\n")?;
+            assert!(Config::load(Some(Path::new("c.toml")), FlagOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

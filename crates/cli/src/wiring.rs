@@ -1,0 +1,63 @@
+//! Building the running system from a `Config`: database, image store,
+//! catalogue, jobs service and workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cyberimage_core::{Catalogue, Generator};
+use cyberimage_db::{Database, SqliteDb};
+use cyberimage_jobs::{JobService, JobsConfig, WorkerHandle};
+use cyberimage_store::ImageStore;
+
+use crate::config::Config;
+use crate::no_engine::NoEngine;
+
+pub struct System {
+    pub service: Arc<JobService>,
+    pub workers: Vec<WorkerHandle>,
+}
+
+pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    anyhow::ensure!(
+        url.starts_with("sqlite:"),
+        "database_url {url:?} is not supported by this build; use sqlite://PATH"
+    );
+    let db = SqliteDb::open_url(&url)
+        .await
+        .with_context(|| format!("cannot open database {url}"))?;
+    let store = ImageStore::open(&config.data_dir).context("cannot open the image folder")?;
+    let catalogue = Arc::new(Catalogue::new(config.models.clone())?);
+    let jobs_config = JobsConfig {
+        limits: config.limits.clone(),
+        max_queue: config.queue.max_pending,
+        max_attempts: config.queue.max_attempts,
+        poll_interval: Duration::from_millis(config.queue.poll_interval_ms.max(10)),
+        ..Default::default()
+    };
+    let service = JobService::new(
+        Arc::new(db) as Arc<dyn Database>,
+        store,
+        catalogue,
+        jobs_config,
+    );
+    let report = service.recover().await?;
+    if report.requeued + report.failed > 0 {
+        tracing::warn!(
+            requeued = report.requeued,
+            failed = report.failed,
+            "recovered jobs interrupted by an earlier stop"
+        );
+    }
+    let mut workers = Vec::new();
+    if with_workers {
+        let generator: Arc<dyn Generator> = Arc::new(NoEngine);
+        for i in 0..config.queue.workers.max(1) {
+            workers.push(service.spawn_worker(generator.clone(), &format!("w{i}"))?);
+        }
+    }
+    Ok(System { service, workers })
+}
