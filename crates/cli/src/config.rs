@@ -74,7 +74,7 @@ pub struct FlagOverrides {
 impl Config {
     /// `file` is `--config`, else `$CYBERIMAGE_CONFIG`, else `./cyberimage.toml`
     /// when it exists.
-    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Self, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         let env_file = std::env::var_os("CYBERIMAGE_CONFIG").map(PathBuf::from);
         let file = file.map(Path::to_path_buf).or(env_file).or_else(|| {
@@ -83,16 +83,17 @@ impl Config {
         });
         if let Some(path) = file {
             if !path.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "config file {} does not exist",
                     path.display()
-                )));
+                ))));
             }
             fig = fig.merge(Toml::file(path));
         }
         fig.merge(Env::prefixed("CYBERIMAGE_").ignore(&["CONFIG"]).split("__"))
             .merge(Serialized::defaults(flags))
             .extract()
+            .map_err(Box::new)
     }
 
     pub fn database_url(&self) -> String {
@@ -105,6 +106,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail fixes the closures' error type; its size is not ours to pick.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -115,14 +118,16 @@ mod tests {
                 "c.toml",
                 "bind = \"127.0.0.1:6000\"\ndata_dir = \"/from/toml\"\n[queue]\nmax_pending = 7\n",
             )?;
-            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())?;
+            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())
+                .map_err(|e| *e)?;
             assert_eq!(c.bind.port(), 6000);
             assert_eq!(c.queue.max_pending, 7);
             assert_eq!(c.queue.max_attempts, 3, "untouched defaults survive");
 
             jail.set_env("CYBERIMAGE_DATA_DIR", "/from/env");
             jail.set_env("CYBERIMAGE_QUEUE__MAX_PENDING", "9");
-            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())?;
+            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default())
+                .map_err(|e| *e)?;
             assert_eq!(c.data_dir, PathBuf::from("/from/env"));
             assert_eq!(c.queue.max_pending, 9);
 
@@ -132,7 +137,8 @@ mod tests {
                     bind: Some("127.0.0.1:7000".parse().unwrap()),
                     data_dir: Some("/from/flag".into()),
                 },
-            )?;
+            )
+            .map_err(|e| *e)?;
             assert_eq!(c.bind.port(), 7000);
             assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
             Ok(())
@@ -142,7 +148,7 @@ mod tests {
     #[test]
     fn defaults_are_safe_and_match_the_seed() {
         figment::Jail::expect_with(|_| {
-            let c = Config::load(None, FlagOverrides::default())?;
+            let c = Config::load(None, FlagOverrides::default()).map_err(|e| *e)?;
             assert!(c.bind.ip().is_loopback());
             assert_eq!(c.bind.port(), 5050);
             assert_eq!(c.data_dir, PathBuf::from("./data"));

@@ -1,0 +1,227 @@
+//! The real `cyberimage` binary as a child process: start-up on port 0,
+//! the seed's catalogue, honest failure without an engine, persistence
+//! across restarts, and the CLI subcommands.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cyberimage");
+
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &Path) -> Running {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("CYBERIMAGE_CONFIG")
+        .current_dir(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("cyberimage listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Running { child, base }
+}
+
+fn rpc(base: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "t"});
+    let client = reqwest::blocking_client();
+    client.post(format!("{base}/api/mcp"), body)
+}
+
+mod reqwest {
+    //! A tiny blocking wrapper so these tests need no async runtime.
+    pub fn blocking_client() -> Client {
+        Client(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    pub struct Client(tokio::runtime::Runtime);
+
+    impl Client {
+        pub fn post(&self, url: String, body: serde_json::Value) -> serde_json::Value {
+            self.0.block_on(async {
+                ::reqwest::Client::new()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            })
+        }
+
+        pub fn get(&self, url: String) -> (u16, serde_json::Value) {
+            self.0.block_on(async {
+                let r = ::reqwest::Client::new().get(url).send().await.unwrap();
+                (r.status().as_u16(), r.json().await.unwrap())
+            })
+        }
+    }
+}
+
+#[test]
+fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let client = reqwest::blocking_client();
+    let (status, health) = client.get(format!("{}/health", server.base));
+    assert_eq!((status, health["status"].clone()), (200, json!("ok")));
+
+    let models = rpc(&server.base, "context.image_generation.models", json!({}));
+    let result = &models["result"];
+    assert_eq!(result["default"], "flux-1");
+    let keys: Vec<_> = result["models"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, vec!["flux-2", "flux-1", "sd-3.5", "flux-abliterated"]);
+    assert_eq!(
+        result["models"]["sd-3.5"]["id"],
+        "stabilityai/stable-diffusion-3.5-large"
+    );
+
+    let submitted = rpc(
+        &server.base,
+        "context.image_generation.generate",
+        json!({"prompt": "A beautiful sunset over mountains"}),
+    );
+    let job_id = submitted["result"]["job_id"].as_str().unwrap().to_owned();
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        last = rpc(
+            &server.base,
+            "context.image_generation.status",
+            json!({"job_id": job_id}),
+        )["result"]
+            .clone();
+        if last["status"] == "failed" || last["status"] == "completed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // This build has no engine: the job must fail and say why, not hand
+    // back a placeholder picture.
+    assert_eq!(last["status"], "failed", "{last}");
+    assert_eq!(last["model"], "flux-1");
+    assert_eq!(last["progress"]["failed"], true);
+    assert!(last["error"]
+        .as_str()
+        .unwrap()
+        .contains("no inference engine"));
+    assert!(last.get("images").is_none());
+    assert!(std::fs::read_dir(dir.path().join("images"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn jobs_and_their_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_id = {
+        let server = serve(dir.path());
+        let r = rpc(
+            &server.base,
+            "context.image_generation.generate",
+            json!({"prompt": "remember me", "model": "sd-3.5"}),
+        );
+        r["result"]["job_id"].as_str().unwrap().to_owned()
+        // dropped: the process is killed
+    };
+    let server = serve(dir.path());
+    let status = rpc(
+        &server.base,
+        "context.image_generation.status",
+        json!({"job_id": job_id}),
+    );
+    assert_eq!(status["result"]["prompt"], "remember me");
+    assert_eq!(status["result"]["model"], "sd-3.5");
+}
+
+#[test]
+fn models_list_marks_the_default() {
+    let out = Command::new(BIN)
+        .args(["models", "list"])
+        .env_remove("CYBERIMAGE_CONFIG")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
+    assert!(default_line.contains("flux-1"), "{text}");
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[test]
+fn generate_without_an_engine_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.png");
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "--prompt",
+            "a cat",
+            "--model",
+            "sd-3.5",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out_file)
+        .env_remove("CYBERIMAGE_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no inference engine"), "{stderr}");
+    assert!(!out_file.exists());
+
+    let bad = Command::new(BIN)
+        .args([
+            "generate",
+            "--prompt",
+            "a cat",
+            "--width",
+            "100",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("width must be a multiple of 16"));
+}
