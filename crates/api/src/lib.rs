@@ -5,6 +5,7 @@
 
 mod body;
 mod error_table;
+mod events;
 mod jsonrpc;
 mod params;
 mod rest;
@@ -40,6 +41,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
     let state = AppState { service };
     rest::routes()
         .merge(jsonrpc::routes())
+        .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)

@@ -661,3 +661,52 @@ async fn cancel_a_running_job_over_rest_and_see_the_queue() {
     assert_eq!(models["models"]["tiny"]["family"], "sd15");
     assert_eq!(models["models"]["tiny"]["defaults"]["steps"], 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_stream_progress_until_the_job_finishes() {
+    let s = start(10, Some(Duration::from_millis(20))).await;
+    let r: Value = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "streamed", "model": "tiny", "steps": 10}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["job_id"].as_str().unwrap();
+    let resp = s.get(&format!("/api/events?job_id={id}")).await;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // The stream ends by itself after the job's final event.
+    let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("stream closes when the job is done")
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(events.len() >= 3, "{text}");
+    assert!(events.iter().all(|e| e["job_id"] == id));
+    let steps: Vec<u64> = events
+        .iter()
+        .map(|e| e["progress"]["step"].as_u64().unwrap())
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    assert!(
+        steps.iter().any(|&s| s > 0 && s < 10),
+        "intermediate steps arrive: {steps:?}"
+    );
+    assert_eq!(events.last().unwrap()["status"], "completed");
+
+    // A finished job's stream is its final state alone.
+    let again = s
+        .get(&format!("/api/events?job_id={id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(again.lines().filter(|l| l.starts_with("data: ")).count(), 1);
+    assert_error(s.get("/api/events?job_id=nope").await, 404, "job_not_found").await;
+}

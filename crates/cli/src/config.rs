@@ -35,6 +35,11 @@ pub struct QueueConfig {
     /// Worker processes' engine threads in this process.
     pub workers: u32,
     pub poll_interval_ms: u64,
+    /// How often a worker marks its running job alive.
+    pub heartbeat_interval_ms: u64,
+    /// A running job without a heartbeat for this long is recovered
+    /// (its worker died): re-queued, or failed after `max_attempts`.
+    pub stale_after_secs: u64,
 }
 
 impl Default for QueueConfig {
@@ -44,6 +49,8 @@ impl Default for QueueConfig {
             max_attempts: 3,
             workers: 1,
             poll_interval_ms: 1000,
+            heartbeat_interval_ms: 5000,
+            stale_after_secs: 30,
         }
     }
 }

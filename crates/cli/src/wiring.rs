@@ -36,6 +36,11 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
         max_queue: config.queue.max_pending,
         max_attempts: config.queue.max_attempts,
         poll_interval: Duration::from_millis(config.queue.poll_interval_ms.max(10)),
+        heartbeat_interval: Duration::from_millis(config.queue.heartbeat_interval_ms.max(100)),
+        // Below a few heartbeats, live jobs would look dead.
+        stale_after: Duration::from_secs(config.queue.stale_after_secs).max(Duration::from_millis(
+            config.queue.heartbeat_interval_ms.max(100) * 3,
+        )),
         ..Default::default()
     };
     let service = JobService::new(

@@ -98,9 +98,20 @@ pub trait JobRepo: Send + Sync {
     /// shutdown that interrupts a job through no fault of the job.
     async fn requeue_job(&self, id: JobId) -> Result<bool, DbError>;
 
-    /// Start-up pass over jobs a crash left `processing`: back to `pending`
+    /// Marks a `processing` job as alive. `false` when it is no longer
+    /// processing (cancelled elsewhere): the worker must stop.
+    async fn heartbeat(&self, id: JobId) -> Result<bool, DbError>;
+
+    /// Recovery pass over `processing` jobs whose worker has not shown life
+    /// since `stale_before` (it crashed or was killed): back to `pending`
     /// while they have attempts left, otherwise `failed` with a reason.
-    async fn recover_interrupted(&self, max_attempts: u32) -> Result<RecoveryReport, DbError>;
+    /// Jobs with a fresh heartbeat belong to a live worker, perhaps in
+    /// another process, and are left alone.
+    async fn recover_interrupted(
+        &self,
+        max_attempts: u32,
+        stale_before: cyberimage_core::time::Timestamp,
+    ) -> Result<RecoveryReport, DbError>;
 
     async fn queue_counts(&self) -> Result<QueueCounts, DbError>;
 
@@ -117,6 +128,9 @@ pub trait ImageRepo: Send + Sync {
     async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError>;
 
     async fn delete_image(&self, id: ImageId) -> Result<bool, DbError>;
+
+    /// Every image id with a row, for reconciling rows against files.
+    async fn all_image_ids(&self) -> Result<Vec<ImageId>, DbError>;
 }
 
 /// Everything the jobs service needs from a backend.

@@ -375,22 +375,39 @@ impl JobRepo for SqliteDb {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn recover_interrupted(&self, max_attempts: u32) -> Result<RecoveryReport, DbError> {
+    async fn heartbeat(&self, id: JobId) -> Result<bool, DbError> {
+        let r =
+            sqlx::query("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND status = 'processing'")
+                .bind(millis(&now()))
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn recover_interrupted(
+        &self,
+        max_attempts: u32,
+        stale_before: cyberimage_core::time::Timestamp,
+    ) -> Result<RecoveryReport, DbError> {
+        let stale = millis(&stale_before);
         let mut tx = self.pool.begin().await?;
         let failed = sqlx::query(
             "UPDATE jobs SET status = 'failed', stage = 'failed', completed_at = ?,
                     error = 'interrupted ' || attempts || ' times (server stopped while generating); giving up'
-             WHERE status = 'processing' AND attempts >= ?",
+             WHERE status = 'processing' AND attempts >= ? AND COALESCE(heartbeat_at, 0) < ?",
         )
         .bind(millis(&now()))
         .bind(i64::from(max_attempts))
+        .bind(stale)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let requeued = sqlx::query(
             "UPDATE jobs SET status = 'pending', stage = 'preparing', step = 0, started_at = NULL, worker = NULL
-             WHERE status = 'processing'",
+             WHERE status = 'processing' AND COALESCE(heartbeat_at, 0) < ?",
         )
+        .bind(stale)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -486,5 +503,14 @@ impl ImageRepo for SqliteDb {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn all_image_ids(&self) -> Result<Vec<ImageId>, DbError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM images ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter()
+            .map(|s| ImageId::parse(s).map_err(|_| DbError::Corrupt(format!("image id {s:?}"))))
+            .collect()
     }
 }

@@ -236,12 +236,36 @@ async fn cancel_pending_and_running(db: &dyn Database) {
     );
 }
 
+/// A moment after now: every heartbeat so far counts as stale.
+fn later() -> cyberimage_core::time::Timestamp {
+    now() + chrono::Duration::seconds(1)
+}
+
 async fn restart_recovery(db: &dyn Database) {
+    // A job whose worker is alive (fresh heartbeat) is not touched.
+    let alive = insert(db, "alive elsewhere", "m").await;
+    db.claim_next("live-worker").await.unwrap().unwrap();
+    assert!(db.heartbeat(alive.id).await.unwrap());
+    let long_ago = now() - chrono::Duration::seconds(60);
+    assert_eq!(
+        db.recover_interrupted(2, long_ago).await.unwrap(),
+        RecoveryReport::default()
+    );
+    assert_eq!(
+        db.get_job(alive.id).await.unwrap().unwrap().status,
+        JobStatus::Processing
+    );
+    db.fail_job(alive.id, "test cleanup").await.unwrap();
+    assert!(
+        !db.heartbeat(alive.id).await.unwrap(),
+        "no heartbeat for a finished job"
+    );
+
     let job = insert(db, "interrupted", "m").await;
     db.claim_next("crashed-worker").await.unwrap().unwrap();
     // Simulated restart: the job was left processing.
     assert_eq!(
-        db.recover_interrupted(2).await.unwrap(),
+        db.recover_interrupted(2, later()).await.unwrap(),
         RecoveryReport {
             requeued: 1,
             failed: 0
@@ -254,7 +278,7 @@ async fn restart_recovery(db: &dyn Database) {
     assert_eq!((again.id, again.attempts), (job.id, 2));
     // Second crash: the attempt budget (2) is spent.
     assert_eq!(
-        db.recover_interrupted(2).await.unwrap(),
+        db.recover_interrupted(2, later()).await.unwrap(),
         RecoveryReport {
             requeued: 0,
             failed: 1
@@ -327,6 +351,12 @@ async fn gallery_pagination_search_and_delete(db: &dyn Database) {
         .await
         .unwrap();
     assert_eq!(both.total, 2);
+
+    let mut ids = db.all_image_ids().await.unwrap();
+    ids.sort();
+    let mut expected: Vec<_> = all.iter().map(|i| i.id).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
 
     let victim = all[0].id;
     assert_eq!(db.get_image(victim).await.unwrap().unwrap(), all[0]);

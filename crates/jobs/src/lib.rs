@@ -18,7 +18,7 @@ pub use engine_thread::EngineThread;
 pub use error::JobsError;
 pub use events::JobEvent;
 pub use metadata::png_text_chunks;
-pub use service::{JobService, JobsConfig, QueueView};
+pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};
 pub use worker::WorkerHandle;
 
 pub use cyberimage_db::{GalleryPage, GalleryQuery, QueueCounts, RecoveryReport};

@@ -1,6 +1,6 @@
 //! [`JobService`]: submit, inspect, cancel and browse, for every adapter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,11 @@ pub struct JobsConfig {
     pub poll_interval: Duration,
     /// Seconds a refused client is told to wait per queued job (at least 1 s).
     pub retry_after_per_job_secs: f64,
+    /// How often a running job's worker proves it is alive.
+    pub heartbeat_interval: Duration,
+    /// A `processing` job without a heartbeat for this long belongs to a
+    /// dead worker and is recovered.
+    pub stale_after: Duration,
 }
 
 impl Default for JobsConfig {
@@ -37,8 +42,16 @@ impl Default for JobsConfig {
             max_attempts: 3,
             poll_interval: Duration::from_millis(1000),
             retry_after_per_job_secs: 0.5,
+            heartbeat_interval: Duration::from_secs(5),
+            stale_after: Duration::from_secs(30),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub orphan_files_removed: u64,
+    pub dangling_rows_removed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -110,17 +123,61 @@ impl JobService {
         });
     }
 
-    /// Start-up pass: re-queue (or fail) jobs a crash left running, and drop
-    /// half-written files.
-    pub async fn recover(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
-        let report = self
+    /// Re-queues (or fails) jobs whose worker stopped heart-beating.
+    pub async fn recover_stale_jobs(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
+        let stale_after =
+            chrono::Duration::from_std(self.config.stale_after).unwrap_or(chrono::Duration::MAX);
+        Ok(self
             .db
-            .recover_interrupted(self.config.max_attempts)
-            .await?;
+            .recover_interrupted(self.config.max_attempts, now() - stale_after)
+            .await?)
+    }
+
+    /// Start-up pass: recover jobs a crash left running, drop half-written
+    /// files, and reconcile image files with image rows.
+    pub async fn recover(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
+        let report = self.recover_stale_jobs().await?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.clean_tmp())
             .await
             .expect("clean_tmp does not panic")?;
+        let fixed = self.reconcile_files().await?;
+        if fixed.orphan_files_removed + fixed.dangling_rows_removed > 0 {
+            tracing::warn!(?fixed, "reconciled image files with the database");
+        }
+        Ok(report)
+    }
+
+    /// Removes files no row points at (a crash between file and row) and
+    /// rows whose file is gone. Files younger than `stale_after` are left
+    /// alone: another process may be about to insert their rows.
+    pub async fn reconcile_files(&self) -> Result<ReconcileReport, JobsError> {
+        let rows: HashSet<ImageId> = self.db.all_image_ids().await?.into_iter().collect();
+        let store = self.store.clone();
+        let min_age = self.config.stale_after;
+        let (on_disk, young) = tokio::task::spawn_blocking(move || {
+            let ids = store.list_ids()?;
+            let young: HashSet<ImageId> = ids
+                .iter()
+                .copied()
+                .filter(|id| store.age(*id, Variant::Full).is_some_and(|a| a < min_age))
+                .collect();
+            Ok::<_, cyberimage_store::StoreError>((ids, young))
+        })
+        .await
+        .expect("listing does not panic")?;
+        let on_disk: HashSet<ImageId> = on_disk.into_iter().collect();
+        let mut report = ReconcileReport::default();
+        for id in on_disk.difference(&rows).filter(|id| !young.contains(id)) {
+            self.store.delete(*id)?;
+            report.orphan_files_removed += 1;
+        }
+        for id in rows.difference(&on_disk) {
+            if self.db.delete_image(*id).await? {
+                self.store.delete(*id)?;
+                report.dangling_rows_removed += 1;
+            }
+        }
         Ok(report)
     }
 

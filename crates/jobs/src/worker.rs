@@ -52,9 +52,23 @@ impl JobService {
     }
 
     async fn worker_loop(self: Arc<Self>, engine: EngineThread, worker_id: String) {
+        let mut last_recovery = tokio::time::Instant::now();
         loop {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
+            }
+            // Jobs of workers that died (in any process) go back to the queue.
+            if last_recovery.elapsed() >= self.config.stale_after {
+                last_recovery = tokio::time::Instant::now();
+                match self.recover_stale_jobs().await {
+                    Ok(r) if r.requeued + r.failed > 0 => tracing::warn!(
+                        requeued = r.requeued,
+                        failed = r.failed,
+                        "recovered jobs of dead workers"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "recovery pass failed"),
+                }
             }
             // Register interest before looking, so a submit between the
             // empty claim and the wait is not missed.
@@ -97,6 +111,8 @@ impl JobService {
         tokio::pin!(generation);
         let total = job.spec.total_steps();
         let mut last = job.progress;
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             // Biased towards progress, so the last steps are recorded before
             // the result is handled.
@@ -111,6 +127,13 @@ impl JobService {
                     if progress != last {
                         last = progress;
                         self.record_progress(&job, progress, &cancel).await;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    // Long stretches without steps (model loading) still
+                    // show this worker alive; a cancel elsewhere stops it.
+                    if let Ok(false) = self.db.heartbeat(id).await {
+                        cancel.cancel();
                     }
                 }
                 result = &mut generation => break result,

@@ -81,6 +81,12 @@ impl ImageStore {
         }
     }
 
+    /// How long ago the file was last written; `None` if it does not exist.
+    pub fn age(&self, id: ImageId, variant: Variant) -> Option<std::time::Duration> {
+        let modified = fs::metadata(self.path(id, variant)).ok()?.modified().ok()?;
+        Some(modified.elapsed().unwrap_or_default())
+    }
+
     /// Removes both files; missing files are not an error.
     pub fn delete(&self, id: ImageId) -> Result<(), StoreError> {
         for variant in [Variant::Full, Variant::Thumbnail] {
