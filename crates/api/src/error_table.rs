@@ -18,6 +18,7 @@ pub mod rpc {
     pub const IMAGE_NOT_FOUND: i64 = -32003;
     pub const CONFLICT: i64 = -32004;
     pub const UNAVAILABLE: i64 = -32005;
+    pub const UNAUTHORIZED: i64 = -32006;
 }
 
 #[derive(Debug)]

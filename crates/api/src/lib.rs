@@ -3,6 +3,7 @@
 //! HTTP statuses and JSON-RPC codes. Adapters build a `SpecRequest` and call
 //! `JobService`; they never touch the engine.
 
+mod auth;
 mod body;
 mod error_table;
 mod events;
@@ -17,17 +18,20 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use cyberimage_jobs::JobService;
 
+pub use auth::{digest_hex, ApiKeys, BadDigest};
 pub use error_table::ApiError;
 
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
     pub max_body_bytes: usize,
+    pub api_keys: ApiKeys,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            api_keys: ApiKeys::default(),
         }
     }
 }
@@ -44,6 +48,10 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            config.api_keys.clone(),
+            auth::require_key,
+        ))
         .with_state(state)
 }
 

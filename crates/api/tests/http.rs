@@ -710,3 +710,76 @@ async fn job_events_stream_progress_until_the_job_finishes() {
     assert_eq!(again.lines().filter(|l| l.starts_with("data: ")).count(), 1);
     assert_error(s.get("/api/events?job_id=nope").await, 404, "job_not_found").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_every_route_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&dir.path().join("k.db")).await.unwrap();
+    let service = JobService::new(
+        Arc::new(db) as Arc<dyn Database>,
+        ImageStore::open(dir.path()).unwrap(),
+        Arc::new(Catalogue::new(vec![model("tiny", ModelFamily::Sd15)]).unwrap()),
+        JobsConfig::default(),
+    );
+    let keys = cyberimage_api::ApiKeys::from_hex_digests(
+        &[cyberimage_api::digest_hex("correct horse")],
+        true,
+    )
+    .unwrap();
+    let app = router(
+        service,
+        &ApiConfig {
+            api_keys: keys,
+            ..ApiConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
+    let http = reqwest::Client::new();
+
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "liveness stays open");
+    for path in [
+        "/api/models",
+        "/api/queue",
+        "/api/gallery",
+        "/api/get_image/img_0123456789abcdef0123456789abcdef",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert_error(r, 401, "unauthorized").await;
+        let wrong = http
+            .get(format!("{base}{path}"))
+            .bearer_auth("correct horse!")
+            .send()
+            .await
+            .unwrap();
+        assert_error(wrong, 401, "unauthorized").await;
+    }
+    let rpc = http
+        .post(format!("{base}/api/mcp"))
+        .json(&json!({"jsonrpc": "2.0", "method": "context.image_generation.models", "id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(rpc, 401, "unauthorized").await;
+
+    let bearer = http
+        .get(format!("{base}/api/models"))
+        .bearer_auth("correct horse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let header_key = http
+        .post(format!("{base}/api/mcp"))
+        .header("x-api-key", "correct horse")
+        .json(&json!({"jsonrpc": "2.0", "method": "context.image_generation.models", "id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_key.status(), 200);
+    let v: Value = header_key.json().await.unwrap();
+    assert_eq!(v["result"]["default"], "tiny");
+}

@@ -21,6 +21,7 @@ pub struct Config {
     pub database_url: String,
     pub max_body_bytes: usize,
     pub queue: QueueConfig,
+    pub auth: AuthConfig,
     pub limits: Limits,
     pub models: Vec<ModelEntry>,
 }
@@ -55,6 +56,25 @@ impl Default for QueueConfig {
     }
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// SHA-256 hex digests of accepted API keys (`cyberimage hash-key KEY`
+    /// prints one). Empty: no key needed.
+    pub api_key_sha256: Vec<String>,
+    /// With keys configured, whether image downloads need a key too.
+    pub private_images: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_key_sha256: Vec::new(),
+            private_images: true,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -63,6 +83,7 @@ impl Default for Config {
             database_url: String::new(),
             max_body_bytes: 1024 * 1024,
             queue: QueueConfig::default(),
+            auth: AuthConfig::default(),
             limits: Limits::default(),
             models: Catalogue::seed_models(),
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cyberimage_api::{router, ApiConfig};
+use cyberimage_api::{router, ApiConfig, ApiKeys};
 
 use crate::config::{Config, FlagOverrides};
 
@@ -40,6 +40,11 @@ enum Command {
     },
     /// Generate images in-process, with a progress bar.
     Generate(generate_cmd::GenerateArgs),
+    /// Print the SHA-256 digest of an API key, for `auth.api_key_sha256`.
+    HashKey {
+        /// The key; read from standard input when omitted.
+        key: Option<String>,
+    },
     /// Inspect the model catalogue.
     Models {
         #[command(subcommand)]
@@ -88,6 +93,19 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), flags)?;
             generate_cmd::run(config, args).await
         }
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            anyhow::ensure!(!key.is_empty(), "an empty key would protect nothing");
+            println!("{}", cyberimage_api::digest_hex(&key));
+            Ok(())
+        }
         Command::Models {
             command: ModelsCommand::List { json },
         } => {
@@ -118,18 +136,25 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let system = wiring::build(&config, true).await?;
+    let api_keys =
+        ApiKeys::from_hex_digests(&config.auth.api_key_sha256, config.auth.private_images)?;
     let app = router(
         system.service.clone(),
         &ApiConfig {
             max_body_bytes: config.max_body_bytes,
+            api_keys: api_keys.clone(),
         },
     );
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address: anyone who can reach it can use this server");
+    if !addr.ip().is_loopback() && !api_keys.enabled() {
+        tracing::warn!(
+            %addr,
+            "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AN API KEY: anyone who can reach it can \
+             generate, read and delete images; set auth.api_key_sha256"
+        );
     }
     // Tests and scripts read this line to find a port-0 server.
     println!("cyberimage listening on http://{addr}");

@@ -225,3 +225,51 @@ fn generate_without_an_engine_fails_clearly_and_writes_nothing() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("width must be a multiple of 16"));
 }
+
+#[test]
+fn hash_key_prints_the_sha256_digest_the_config_takes() {
+    let out = Command::new(BIN)
+        .args(["hash-key", "abc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn api_keys_from_the_environment_protect_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "CYBERIMAGE_AUTH__API_KEY_SHA256",
+            r#"["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]"#,
+        )
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Running {
+        base: line
+            .trim()
+            .trim_start_matches("cyberimage listening on ")
+            .to_owned(),
+        child,
+    };
+    let client = reqwest::blocking_client();
+    assert_eq!(client.get(format!("{}/health", server.base)).0, 200);
+    let (status, body) = client.get(format!("{}/api/models", server.base));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("unauthorized"))
+    );
+}
