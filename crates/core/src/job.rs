@@ -154,6 +154,24 @@ pub struct Job {
     pub images: Vec<ImageRecord>,
 }
 
+impl Job {
+    /// A new job waiting in the queue, created now.
+    pub fn pending(spec: GenerationSpec) -> Self {
+        Self {
+            id: JobId::new(),
+            progress: Progress::queued(spec.total_steps()),
+            spec,
+            status: JobStatus::Pending,
+            created_at: crate::time::now(),
+            started_at: None,
+            completed_at: None,
+            error: None,
+            attempts: 0,
+            images: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub id: ImageId,

@@ -116,8 +116,16 @@ impl SqliteDb {
     /// Opens (creating if needed) the database file and brings its schema up
     /// to date.
     pub async fn open(path: &Path) -> Result<Self, DbError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
+        Self::connect(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// `sqlite://path` or `sqlite:path` URLs, as in `database_url`.
+    pub async fn open_url(url: &str) -> Result<Self, DbError> {
+        Self::connect(SqliteConnectOptions::from_str(url)?).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, DbError> {
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL survives a killed process; only an OS crash or
@@ -125,21 +133,6 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        Self::connect(options).await
-    }
-
-    /// `sqlite://path` or `sqlite:path` URLs, as in `database_url`.
-    pub async fn open_url(url: &str) -> Result<Self, DbError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(options).await
-    }
-
-    async fn connect(options: SqliteConnectOptions) -> Result<Self, DbError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)

@@ -41,19 +41,7 @@ fn spec(prompt: &str, model: &str) -> GenerationSpec {
 }
 
 fn new_job(prompt: &str, model: &str) -> Job {
-    let spec = spec(prompt, model);
-    Job {
-        id: JobId::new(),
-        progress: Progress::queued(spec.total_steps()),
-        spec,
-        status: JobStatus::Pending,
-        created_at: now(),
-        started_at: None,
-        completed_at: None,
-        error: None,
-        attempts: 0,
-        images: vec![],
-    }
+    Job::pending(spec(prompt, model))
 }
 
 fn images_for(job: &Job) -> Vec<ImageRecord> {

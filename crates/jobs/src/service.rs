@@ -186,18 +186,7 @@ impl JobService {
             return Err(JobsError::ShuttingDown);
         }
         let spec = request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
-        let job = Job {
-            id: JobId::new(),
-            progress: Progress::queued(spec.total_steps()),
-            spec,
-            status: JobStatus::Pending,
-            created_at: now(),
-            started_at: None,
-            completed_at: None,
-            error: None,
-            attempts: 0,
-            images: Vec::new(),
-        };
+        let job = Job::pending(spec);
         match self.db.insert_job(&job, self.config.max_queue).await {
             Ok(()) => {}
             Err(cyberimage_db::DbError::QueueFull) => {
