@@ -14,7 +14,7 @@ fi
 .venv/bin/python -c 'import requests' 2>/dev/null || .venv/bin/pip install -q requests
 if [ -f ../shared/seed/MCP_INTEGRATION.md ]; then
   cargo build --bin cyberimage
-  .venv/bin/python tests/seed/run_seed_example.py target/debug/cyberimage
+  .venv/bin/python tests/seed/run_seed_example.py "${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 elif [ "${CI:-}" = "true" ]; then
   echo "../shared/seed/MCP_INTEGRATION.md is missing: the seed contract test cannot run" >&2
   exit 1

@@ -139,6 +139,15 @@ impl JobService {
                 result = &mut generation => break result,
             }
         };
+        // A fast engine can finish within the poll that hands it the work,
+        // before the progress branch ever saw an update: record what is left.
+        let mut rest = last;
+        while let Ok(update) = rx.try_recv() {
+            rest = to_progress(update, total, rest);
+        }
+        if rest != last && outcome.is_ok() {
+            self.record_progress(&job, rest, &cancel).await;
+        }
 
         let outcome = match outcome {
             Ok(images) => {

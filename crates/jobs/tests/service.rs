@@ -154,12 +154,11 @@ async fn a_job_runs_to_completion_with_images_and_metadata() {
             last_status = ev.status;
         }
     }
-    // With no delay between steps the worker may coalesce every step into
-    // one write (or none before saving); what it sends must still rise.
-    // Step-by-step delivery is checked with a slower engine in the API's
-    // event-stream test.
+    // With no delay between steps the worker may coalesce steps into one
+    // write, but the last step is always recorded. Step-by-step delivery is
+    // checked with a slower engine in the API's event-stream test.
     assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
-    assert!(steps.iter().all(|&s| s <= 8), "{steps:?}");
+    assert_eq!(steps.last(), Some(&8), "{steps:?}");
     assert_eq!(last_status, JobStatus::Completed);
 }
 
