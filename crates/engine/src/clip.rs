@@ -1,0 +1,235 @@
+//! The CLIP text encoder of the Stable Diffusion families, built from a
+//! transformers `config.json`.
+//!
+//! Written for parity with transformers' `CLIPTextModel`: pre-norm encoder
+//! layers, causal self-attention, `quick_gelu` (SD 1.x) or exact `gelu`
+//! (SD 2.x, SDXL's second encoder), and a final layer norm. Checkpoints are
+//! accepted with or without the `text_model.` prefix (transformers 5 saves
+//! without it; the released SD checkpoints have it).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::weights::{read_config, var_builder};
+use crate::EngineLoadError;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self, EngineLoadError> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            other => Err(EngineLoadError::Unsupported(format!(
+                "CLIP hidden_act {other:?}"
+            ))),
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            q: linear(h, h, vb.pp("q_proj"))?,
+            k: linear(h, h, vb.pp("k_proj"))?,
+            v: linear(h, h, vb.pp("v_proj"))?,
+            out: linear(h, h, vb.pp("out_proj"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, causal_mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, seq, hidden) = x.dims3()?;
+        // (b, seq, hidden) -> (b * heads, seq, head_dim), contiguous: candle's
+        // CPU batched matmul mishandles some strided operands.
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, seq, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .reshape((b * self.heads, seq, self.head_dim))?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q.forward(x)? * scale)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
+        let scores = scores
+            .reshape((b, self.heads, seq, seq))?
+            .broadcast_add(causal_mask)?
+            .reshape((b * self.heads, seq, seq))?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = weights
+            .matmul(&v)?
+            .reshape((b, self.heads, seq, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, seq, hidden))?;
+        self.out.forward(&context)
+    }
+}
+
+struct EncoderLayer {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(vb: VarBuilder, cfg: &ClipTextConfig, act: Activation) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: Attention::new(vb.pp("self_attn"), cfg)?,
+            norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: linear(h, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: linear(cfg.intermediate_size, h, vb.pp("mlp.fc2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?, mask)?)?;
+        let mlp = self.fc2.forward(
+            &self
+                .act
+                .apply(&self.fc1.forward(&self.norm2.forward(&x)?)?)?,
+        )?;
+        x + mlp
+    }
+}
+
+pub struct ClipTextEncoder {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_norm: LayerNorm,
+    device: Device,
+}
+
+/// What the pipelines need from the encoder.
+pub struct ClipTextOutput {
+    /// `last_hidden_state`: after the final layer norm (SD 1.x, SD 2.x).
+    pub last_hidden_state: Tensor,
+    /// The hidden state before the last layer, without the final norm
+    /// (SDXL conditions on this).
+    pub penultimate_hidden_state: Tensor,
+}
+
+impl ClipTextEncoder {
+    /// Loads a transformers `text_encoder/` folder.
+    pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
+        let cfg: ClipTextConfig = read_config(&folder.join("config.json"))?;
+        let vb = var_builder(folder, dtype, device)?;
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        Self::new(vb, &cfg)
+    }
+
+    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self, EngineLoadError> {
+        let act = Activation::parse(&cfg.hidden_act)?;
+        let emb = vb.pp("embeddings");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), cfg, act))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            token_embedding: embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
+            position_embedding: embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                emb.pp("position_embedding"),
+            )?,
+            layers,
+            final_norm: layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
+            device: vb.device().clone(),
+        })
+    }
+
+    fn causal_mask(&self, seq: usize, dtype: DType) -> candle_core::Result<Tensor> {
+        let mask: Vec<f32> = (0..seq)
+            .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(mask, (seq, seq), &self.device)?.to_dtype(dtype)
+    }
+
+    /// `input_ids`: (batch, seq) of u32 token ids.
+    pub fn forward(&self, input_ids: &Tensor) -> candle_core::Result<ClipTextOutput> {
+        let (_, seq) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, &self.device)?;
+        let mut x = self
+            .token_embedding
+            .forward(input_ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = self.causal_mask(seq, x.dtype())?;
+        let mut penultimate = x.clone();
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == last {
+                penultimate = x.clone();
+            }
+            x = layer.forward(&x, &mask)?;
+        }
+        Ok(ClipTextOutput {
+            last_hidden_state: self.final_norm.forward(&x)?,
+            penultimate_hidden_state: penultimate,
+        })
+    }
+}
+
+/// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
+/// hold to 1e-4 in f32.
+pub fn relative_error(actual: &Tensor, expected: &Tensor) -> candle_core::Result<f32> {
+    let diff = (actual - expected)?.abs()?.flatten_all()?.max(D::Minus1)?;
+    let scale = expected.abs()?.flatten_all()?.max(D::Minus1)?;
+    Ok(diff.to_scalar::<f32>()? / scale.to_scalar::<f32>()?.max(f32::MIN_POSITIVE))
+}

@@ -1,0 +1,17 @@
+//! Diffusion pipelines on candle.
+//!
+//! Models are built from the diffusers folder layout: every size comes from
+//! the model's own `config.json`, so the real checkpoints, fine-tunes and the
+//! tiny random test models in `fixtures/` load through the same code. The
+//! engine knows nothing of HTTP, SQL or job ids.
+//!
+//! Status: the CLIP text encoder and the CLIP tokenizer are implemented and
+//! checked for parity with transformers; UNet, VAE, schedulers and the
+//! pipelines that implement `cyberimage_core::Generator` are still to come.
+
+pub mod clip;
+pub mod error;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::EngineLoadError;

@@ -1,0 +1,68 @@
+//! Parity of the CLIP tokenizer and text encoder with transformers, on the
+//! tiny random SD1.5-class model in `fixtures/tiny/tiny-sd15`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use cyberimage_engine::clip::{relative_error, ClipTextEncoder};
+use cyberimage_engine::tokenizer::ClipTokenizer;
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
+}
+
+fn references() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+fn prompts() -> (String, String) {
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir().join("references.json")).unwrap(),
+    )
+    .unwrap();
+    (
+        meta["prompt"].as_str().unwrap().to_owned(),
+        meta["negative_prompt"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn token_ids() -> Tensor {
+    let tok = ClipTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
+    let (prompt, negative) = prompts();
+    let ids: Vec<u32> = [prompt, negative]
+        .iter()
+        .flat_map(|p| tok.encode(p).unwrap())
+        .collect();
+    Tensor::from_vec(ids, (2, 77), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn tokenizer_matches_transformers_ids_exactly() {
+    let expected = references()["input_ids"].to_dtype(DType::U32).unwrap();
+    let ours = token_ids();
+    assert_eq!(
+        ours.to_vec2::<u32>().unwrap(),
+        expected.to_vec2::<u32>().unwrap()
+    );
+}
+
+#[test]
+fn text_encoder_matches_transformers() {
+    let encoder =
+        ClipTextEncoder::load(&model_dir().join("text_encoder"), DType::F32, &Device::Cpu).unwrap();
+    let out = encoder.forward(&token_ids()).unwrap();
+    let expected = &references()["text_embeddings"];
+    assert_eq!(out.last_hidden_state.dims(), expected.dims());
+    let err = relative_error(&out.last_hidden_state, expected).unwrap();
+    eprintln!("CLIP relative error {err:e}");
+    assert!(err <= 1e-4, "relative error {err}");
+}
+
+#[test]
+fn the_parity_measure_catches_a_wrong_layer() {
+    // Guard against a vacuous comparison: a perturbed output must fail.
+    let expected = &references()["text_embeddings"];
+    let broken = (expected * 1.01).unwrap();
+    assert!(relative_error(&broken, expected).unwrap() > 1e-4);
+}
