@@ -5,13 +5,15 @@
 //! tiny random test models in `fixtures/` load through the same code. The
 //! engine knows nothing of HTTP, SQL or job ids.
 //!
-//! Status: the CLIP text encoder and the CLIP tokenizer are implemented and
-//! checked for parity with transformers; UNet, VAE, schedulers and the
-//! pipelines that implement `cyberimage_core::Generator` are still to come.
+//! Status: the CLIP tokenizer, CLIP text encoder and VAE decoder are
+//! implemented and checked for parity with transformers/diffusers; the UNet,
+//! the schedulers and the pipelines that implement
+//! `cyberimage_core::Generator` are still to come.
 
 pub mod clip;
 pub mod error;
 pub mod tokenizer;
+pub mod vae;
 pub mod weights;
 
 pub use error::EngineLoadError;
