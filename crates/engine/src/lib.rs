@@ -10,6 +10,7 @@
 //! the schedulers and the pipelines that implement
 //! `cyberimage_core::Generator` are still to come.
 
+pub mod blocks;
 pub mod clip;
 pub mod error;
 pub mod tokenizer;

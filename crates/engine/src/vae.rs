@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+
+use crate::blocks::{attention, conv3x3, ResnetBlock};
 use serde::Deserialize;
 
 use crate::weights::{read_config, var_builder};
@@ -32,54 +34,6 @@ pub struct VaeConfig {
 
 fn yes() -> bool {
     true
-}
-
-fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    conv2d(cin, cout, 3, cfg, vb)
-}
-
-struct Resnet {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
-}
-
-impl Resnet {
-    fn new(cin: usize, cout: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        let shortcut = if cin != cout {
-            Some(conv2d(
-                cin,
-                cout,
-                1,
-                Default::default(),
-                vb.pp("conv_shortcut"),
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
-            norm1: group_norm(groups, cin, NORM_EPS, vb.pp("norm1"))?,
-            conv1: conv3x3(cin, cout, vb.pp("conv1"))?,
-            norm2: group_norm(groups, cout, NORM_EPS, vb.pp("norm2"))?,
-            conv2: conv3x3(cout, cout, vb.pp("conv2"))?,
-            shortcut,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
-        match &self.shortcut {
-            Some(s) => s.forward(x)? + h,
-            None => x + h,
-        }
-    }
 }
 
 /// Single-head self-attention over all pixels, as in the VAE mid block.
@@ -113,26 +67,23 @@ impl SpatialAttention {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        let scale = (c as f64).powf(-0.5);
-        // Contiguous operands throughout: candle 0.11's CPU batched matmul is
-        // wrong for a transposed left operand with batch > 1 (issue #3744).
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attended = self.out.forward(&weights.matmul(&v)?)?;
+        let attended = self
+            .out
+            .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5))?)?;
         let attended = attended.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + attended
     }
 }
 
 struct UpBlock {
-    resnets: Vec<Resnet>,
+    resnets: Vec<ResnetBlock>,
     upsample: Option<Conv2d>,
 }
 
 pub struct VaeDecoder {
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
-    mid_resnets: [Resnet; 2],
+    mid_resnets: [ResnetBlock; 2],
     mid_attention: Option<SpatialAttention>,
     up_blocks: Vec<UpBlock>,
     norm_out: GroupNorm,
@@ -166,8 +117,8 @@ impl VaeDecoder {
         };
         let mid = dec.pp("mid_block");
         let mid_resnets = [
-            Resnet::new(top, top, groups, mid.pp("resnets.0"))?,
-            Resnet::new(top, top, groups, mid.pp("resnets.1"))?,
+            ResnetBlock::new(top, top, groups, NORM_EPS, None, mid.pp("resnets.0"))?,
+            ResnetBlock::new(top, top, groups, NORM_EPS, None, mid.pp("resnets.1"))?,
         ];
         let mid_attention = if cfg.mid_block_add_attention {
             Some(SpatialAttention::new(top, groups, mid.pp("attentions.0"))?)
@@ -181,7 +132,14 @@ impl VaeDecoder {
             let resnets = (0..=cfg.layers_per_block)
                 .map(|j| {
                     let cin = if j == 0 { prev } else { cout };
-                    Resnet::new(cin, cout, groups, vb_block.pp(format!("resnets.{j}")))
+                    ResnetBlock::new(
+                        cin,
+                        cout,
+                        groups,
+                        NORM_EPS,
+                        None,
+                        vb_block.pp(format!("resnets.{j}")),
+                    )
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let upsample = if i + 1 < channels.len() {
@@ -221,14 +179,14 @@ impl VaeDecoder {
             None => z.clone(),
         };
         let mut x = self.conv_in.forward(&z)?;
-        x = self.mid_resnets[0].forward(&x)?;
+        x = self.mid_resnets[0].forward(&x, None)?;
         if let Some(attn) = &self.mid_attention {
             x = attn.forward(&x)?;
         }
-        x = self.mid_resnets[1].forward(&x)?;
+        x = self.mid_resnets[1].forward(&x, None)?;
         for block in &self.up_blocks {
             for r in &block.resnets {
-                x = r.forward(&x)?;
+                x = r.forward(&x, None)?;
             }
             if let Some(conv) = &block.upsample {
                 let (_, _, h, w) = x.dims4()?;
