@@ -5,15 +5,16 @@
 //! tiny random test models in `fixtures/` load through the same code. The
 //! engine knows nothing of HTTP, SQL or job ids.
 //!
-//! Status: the CLIP tokenizer, CLIP text encoder and VAE decoder are
-//! implemented and checked for parity with transformers/diffusers; the UNet,
-//! the schedulers and the pipelines that implement
+//! Status: the CLIP tokenizer, CLIP text encoder, SD 1.x/2.x UNet and VAE
+//! decoder are implemented and checked for parity with transformers and
+//! diffusers; the schedulers and the pipelines that implement
 //! `cyberimage_core::Generator` are still to come.
 
 pub mod blocks;
 pub mod clip;
 pub mod error;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
 pub mod weights;
 
