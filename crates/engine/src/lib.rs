@@ -12,7 +12,9 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod ddim;
 pub mod error;
+pub mod sd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -1,0 +1,165 @@
+//! The DDIM scheduler (deterministic, eta = 0), read from a diffusers
+//! `scheduler/scheduler_config.json`, with diffusers' "leading",
+//! "trailing" and "linspace" timestep spacings and epsilon or v prediction.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use crate::weights::read_config;
+use crate::EngineLoadError;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DdimConfig {
+    #[serde(default = "default_train_steps")]
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "default_prediction")]
+    pub prediction_type: String,
+    #[serde(default = "default_spacing")]
+    pub timestep_spacing: String,
+}
+
+fn default_train_steps() -> usize {
+    1000
+}
+fn default_prediction() -> String {
+    "epsilon".into()
+}
+fn default_spacing() -> String {
+    "leading".into()
+}
+
+pub struct Ddim {
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f64,
+    timesteps: Vec<usize>,
+    step_ratio: usize,
+    v_prediction: bool,
+}
+
+impl Ddim {
+    pub fn load(folder: &Path, steps: usize) -> Result<Self, EngineLoadError> {
+        let cfg: DdimConfig = read_config(&folder.join("scheduler_config.json"))?;
+        Self::new(&cfg, steps)
+    }
+
+    pub fn new(cfg: &DdimConfig, steps: usize) -> Result<Self, EngineLoadError> {
+        let n = cfg.num_train_timesteps;
+        if steps == 0 || steps > n {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{steps} steps with {n} training timesteps"
+            )));
+        }
+        // diffusers computes the schedule in float32; do the same so the
+        // trajectories agree to the last bits that matter.
+        let betas: Vec<f32> = match cfg.beta_schedule.as_str() {
+            "scaled_linear" => linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
+                .map(|b| (b as f32) * (b as f32))
+                .collect(),
+            "linear" => linspace(cfg.beta_start, cfg.beta_end, n)
+                .map(|b| b as f32)
+                .collect(),
+            other => {
+                return Err(EngineLoadError::Unsupported(format!(
+                    "beta_schedule {other:?}"
+                )))
+            }
+        };
+        let mut acc = 1f32;
+        let alphas_cumprod: Vec<f64> = betas
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - b;
+                f64::from(acc)
+            })
+            .collect();
+        let final_alpha_cumprod = if cfg.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        let step_ratio = n / steps;
+        let timesteps: Vec<usize> = match cfg.timestep_spacing.as_str() {
+            "leading" => (0..steps)
+                .rev()
+                .map(|i| i * step_ratio + cfg.steps_offset)
+                .collect(),
+            "trailing" => {
+                let ratio = n as f64 / steps as f64;
+                (1..=steps)
+                    .rev()
+                    .map(|i| ((i as f64 * ratio).round() as usize).saturating_sub(1))
+                    .collect()
+            }
+            "linspace" => linspace(0.0, (n - 1) as f64, steps)
+                .map(|t| t.round() as usize)
+                .rev()
+                .collect(),
+            other => {
+                return Err(EngineLoadError::Unsupported(format!(
+                    "timestep_spacing {other:?}"
+                )))
+            }
+        };
+        Ok(Self {
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            step_ratio,
+            v_prediction: cfg.prediction_type == "v_prediction",
+        })
+    }
+
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// DDIM needs no input scaling and starts from unit-variance noise.
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// One denoising step from `t`: the model's output → the previous sample.
+    pub fn step(
+        &self,
+        model_output: &Tensor,
+        t: usize,
+        sample: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let alpha_t = self.alphas_cumprod[t];
+        let alpha_prev = t
+            .checked_sub(self.step_ratio)
+            .map(|p| self.alphas_cumprod[p])
+            .unwrap_or(self.final_alpha_cumprod);
+        let beta_t = 1.0 - alpha_t;
+        let (pred_x0, pred_eps) = if self.v_prediction {
+            (
+                ((sample * alpha_t.sqrt())? - (model_output * beta_t.sqrt())?)?,
+                ((model_output * alpha_t.sqrt())? + (sample * beta_t.sqrt())?)?,
+            )
+        } else {
+            (
+                ((sample - (model_output * beta_t.sqrt())?)? / alpha_t.sqrt())?,
+                model_output.clone(),
+            )
+        };
+        (pred_x0 * alpha_prev.sqrt())? + (pred_eps * (1.0 - alpha_prev).sqrt())?
+    }
+}
+
+fn linspace(start: f64, end: f64, n: usize) -> impl DoubleEndedIterator<Item = f64> {
+    let step = if n > 1 {
+        (end - start) / (n - 1) as f64
+    } else {
+        0.0
+    };
+    (0..n).map(move |i| start + step * i as f64)
+}

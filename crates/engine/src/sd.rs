@@ -1,0 +1,111 @@
+//! The Stable Diffusion 1.x/2.x text-to-image pipeline: CLIP conditioning
+//! with classifier-free guidance, DDIM denoising, VAE decoding.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::clip::ClipTextEncoder;
+use crate::ddim::Ddim;
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
+use crate::vae::VaeDecoder;
+use crate::EngineLoadError;
+
+pub struct StableDiffusion {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextEncoder,
+    unet: UNet,
+    vae: VaeDecoder,
+    device: Device,
+    model_dir: std::path::PathBuf,
+}
+
+/// Called after each denoising step with (steps done, latents); returning
+/// `false` stops the run.
+pub type StepCallback<'a> = dyn FnMut(usize, &Tensor) -> bool + 'a;
+
+impl StableDiffusion {
+    /// Loads a diffusers folder (`model_index.json` beside the components).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Ok(Self {
+            tokenizer: ClipTokenizer::load(&dir.join("tokenizer"), 77)?,
+            text_encoder: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
+            unet: UNet::load(&dir.join("unet"), DType::F32, device)?,
+            vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            device: device.clone(),
+            model_dir: dir.to_path_buf(),
+        })
+    }
+
+    /// VAE downsampling factor: 2^(blocks - 1), 8 for every real SD model.
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.config.block_out_channels.len() - 1)
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.unet.config.in_channels
+    }
+
+    /// (uncond, cond) text embeddings, stacked in that order.
+    pub fn encode_prompts(&self, prompt: &str, negative: &str) -> Result<Tensor, EngineLoadError> {
+        let ids: Vec<u32> = [negative, prompt]
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        let ids = Tensor::from_vec(ids, (2, 77), &self.device)?;
+        Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
+    }
+
+    /// Denoises `latents` (1, c, h, w) for `steps` DDIM steps with guidance
+    /// `guidance`; returns the final latents.
+    pub fn denoise(
+        &self,
+        context: &Tensor,
+        latents: Tensor,
+        steps: usize,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let scheduler = Ddim::load(&self.model_dir.join("scheduler"), steps)?;
+        let mut latents = (latents * scheduler.init_noise_sigma())?;
+        for (i, &t) in scheduler.timesteps().iter().enumerate() {
+            let input = Tensor::cat(&[&latents, &latents], 0)?;
+            let eps = self.unet.forward(&input, t as f64, context)?;
+            let uncond = eps.narrow(0, 0, 1)?;
+            let cond = eps.narrow(0, 1, 1)?;
+            let guided = (&uncond + ((cond - &uncond)? * guidance)?)?;
+            latents = scheduler.step(&guided, t, &latents)?;
+            if !on_step(i + 1, &latents) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(latents))
+    }
+
+    /// Latents → RGB8 pixels (row-major HWC), as diffusers' `output_type`
+    /// "pil": `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded.
+    pub fn decode_rgb8(
+        &self,
+        latents: &Tensor,
+    ) -> Result<(usize, usize, Vec<u8>), EngineLoadError> {
+        let image = self.decode_unit(latents)?;
+        let (h, w, _) = image.dims3()?;
+        let pixels = (image * 255.0)?
+            .round()?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
+        Ok((w, h, pixels))
+    }
+
+    /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.
+    pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
+        let image = self.vae.decode(latents)?;
+        let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+        Ok(image.squeeze(0)?.permute((1, 2, 0))?.contiguous()?)
+    }
+}
