@@ -1,12 +1,14 @@
-"""Runs the Python example of the seed contract (MCP_INTEGRATION.md), byte for
-byte as the document prints it, against a live `cyberimage serve` on the
-address the example hard-codes (localhost:5050).
+"""Runs the Python example of the seed contract (MCP_INTEGRATION.md) against a
+live `cyberimage serve` on the address the example hard-codes
+(localhost:5050), twice:
 
-Until an inference engine is built in, every job must FAIL with a reason, so
-the example has to print "Generation failed" and never an image URL: this
-checks the whole submit/poll protocol with the seed's own client, and that no
-placeholder image is ever handed out. When the engine lands, this test flips
-to demanding a real PNG.
+1. byte for byte as the document prints it. Its models (flux-1 by default,
+   then sd-3.5) have no weights on this machine and no pipeline yet, so both
+   jobs must FAIL with a reason: the example prints "Generation failed" and
+   never an image URL. No placeholder image is ever handed out.
+2. unchanged except for the model key: `model="sd-3.5"` becomes the built-in
+   random-weight test model. That job must succeed, and the URL the example
+   prints must serve a real PNG made by the diffusion pipeline.
 
 usage: python tests/seed/run_seed_example.py path/to/cyberimage
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +47,21 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
     raise SystemExit("server did not start listening")
 
 
+def run_example(code: str, data: str) -> subprocess.CompletedProcess:
+    script = Path(data) / "seed_example.py"
+    script.write_text(code)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+
+
 def main() -> int:
     binary = sys.argv[1]
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 5050)) == 0:
             print("port 5050 is taken; the seed example hard-codes it", file=sys.stderr)
             return 1
+    code = example_code()
+    tiny = code.replace('model="sd-3.5"', 'model="tiny-sd15-random"')
+    assert tiny != code, "the example no longer names sd-3.5"
     with tempfile.TemporaryDirectory() as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CYBERIMAGE_")}
         server = subprocess.Popen(
@@ -57,29 +69,35 @@ def main() -> int:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(5050, server)
-            script = Path(data) / "seed_example.py"
-            script.write_text(example_code())
-            run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+            unchanged = run_example(code, data)
+            with_tiny = run_example(tiny, data)
+            urls = re.findall(r"Success! Image available at: (\S+)", with_tiny.stdout)
+            png = urllib.request.urlopen(urls[0]).read() if urls else b""
         finally:
             server.terminate()
             server.wait(timeout=30)
-        out = run.stdout
-        print(out)
-        checks = {
-            "exits cleanly": run.returncode == 0,
-            "default model is flux-1": "Using system default model: flux-1" in out,
-            "two jobs were submitted": len(re.findall(r"Job submitted with ID: [0-9a-f-]{36}", out)) == 2,
-            "both jobs end failed": out.count("Status: failed") == 2 and out.count("Generation failed") == 2,
-            "no image is claimed": "Image available at" not in out and "Success!" not in out,
-            "no request errors": "Error:" not in out and "Error checking status" not in out,
-        }
-        for name, ok in checks.items():
-            print(f"{'ok' if ok else 'FAILED'}: {name}")
+    print(unchanged.stdout)
+    print(with_tiny.stdout)
+    out = unchanged.stdout
+    checks = {
+        "unchanged: exits cleanly": unchanged.returncode == 0,
+        "unchanged: default model is flux-1": "Using system default model: flux-1" in out,
+        "unchanged: two jobs were submitted": len(re.findall(r"Job submitted with ID: [0-9a-f-]{36}", out)) == 2,
+        "unchanged: both jobs end failed": out.count("Status: failed") == 2 and out.count("Generation failed") == 2,
+        "unchanged: no image is claimed": "Image available at" not in out and "Success!" not in out,
+        "no request errors": "Error:" not in out + with_tiny.stdout and "Error checking status" not in out + with_tiny.stdout,
+        "tiny model: exits cleanly": with_tiny.returncode == 0,
+        "tiny model: the job completes": "Status: completed" in with_tiny.stdout and len(urls) == 1,
+        "tiny model: the URL serves a PNG": png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000,
+    }
+    for name, ok in checks.items():
+        print(f"{'ok' if ok else 'FAILED'}: {name}")
+    for run in (unchanged, with_tiny):
         if run.stderr:
             print(run.stderr, file=sys.stderr)
-        passed = sum(checks.values())
-        print(f"{passed} passed, {len(checks) - passed} failed")
-        return 0 if passed == len(checks) else 1
+    passed = sum(checks.values())
+    print(f"{passed} passed, {len(checks) - passed} failed")
+    return 0 if passed == len(checks) else 1
 
 
 if __name__ == "__main__":

@@ -85,7 +85,10 @@ impl Default for Config {
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
-            models: Catalogue::seed_models(),
+            models: Catalogue::seed_models()
+                .into_iter()
+                .chain(Catalogue::builtin_test_models())
+                .collect(),
         }
     }
 }

@@ -2,7 +2,6 @@
 
 mod config;
 mod generate_cmd;
-mod no_engine;
 mod wiring;
 
 use std::net::SocketAddr;

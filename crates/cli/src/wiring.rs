@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use cyberimage_core::{Catalogue, Generator};
 use cyberimage_db::{Database, SqliteDb};
+use cyberimage_engine::CandleGenerator;
 use cyberimage_jobs::{JobService, JobsConfig, WorkerHandle};
 use cyberimage_store::ImageStore;
 
 use crate::config::Config;
-use crate::no_engine::NoEngine;
 
 pub struct System {
     pub service: Arc<JobService>,
@@ -59,7 +59,8 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
     }
     let mut workers = Vec::new();
     if with_workers {
-        let generator: Arc<dyn Generator> = Arc::new(NoEngine);
+        let generator: Arc<dyn Generator> =
+            Arc::new(CandleGenerator::new(config.data_dir.join("models")));
         for i in 0..config.queue.workers.max(1) {
             workers.push(service.spawn_worker(generator.clone(), &format!("w{i}"))?);
         }

@@ -119,6 +119,26 @@ impl Catalogue {
             .unwrap_or_else(|| self.models[0].key.as_str())
     }
 
+    /// Models that ship inside the binary. They are random-weight TEST
+    /// models with real architectures: the whole pipeline runs, offline,
+    /// and the pictures mean nothing.
+    pub fn builtin_test_models() -> Vec<ModelEntry> {
+        vec![ModelEntry {
+            key: "tiny-sd15-random".into(),
+            source: "builtin:tiny-sd15".into(),
+            family: ModelFamily::Sd15,
+            description: "TEST MODEL with random weights (SD 1.5 architecture, 4.5 MB, built in): \
+                          real diffusion, meaningless pictures"
+                .into(),
+            defaults: ModelDefaults {
+                steps: 4,
+                guidance_scale: 7.5,
+                width: 64,
+                height: 64,
+            },
+        }]
+    }
+
     /// The four models the seed contract lists, in the seed's order.
     pub fn seed_models() -> Vec<ModelEntry> {
         let flux = ModelDefaults {

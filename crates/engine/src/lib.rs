@@ -11,9 +11,12 @@
 //! `cyberimage_core::Generator` are still to come.
 
 pub mod blocks;
+pub mod builtin;
 pub mod clip;
 pub mod ddim;
 pub mod error;
+pub mod generator;
+pub mod noise;
 pub mod sd;
 pub mod tokenizer;
 pub mod unet;
@@ -21,3 +24,4 @@ pub mod vae;
 pub mod weights;
 
 pub use error::EngineLoadError;
+pub use generator::CandleGenerator;

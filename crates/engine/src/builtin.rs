@@ -1,0 +1,64 @@
+//! Models compiled into the binary, so a fresh install can produce a real
+//! (if meaningless) image offline: the tiny random-weight SD1.5-architecture
+//! test model from `fixtures/tiny/tiny-sd15` (4.5 MB). Its files are written
+//! out to a folder on first use and loaded like any diffusers folder.
+
+use std::path::{Path, PathBuf};
+
+use crate::EngineLoadError;
+
+macro_rules! tiny_sd15_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_bytes!(concat!("../../../fixtures/tiny/tiny-sd15/", $path)) as &[u8])),*]
+    };
+}
+
+const TINY_SD15: &[(&str, &[u8])] = tiny_sd15_files!(
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+);
+
+/// The names `builtin:NAME` sources may use.
+pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15"];
+
+/// Writes built-in model `name` under `root/name` (once) and returns that
+/// folder. Files are compared by size, so a damaged copy is rewritten.
+pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> {
+    let files = match name {
+        "tiny-sd15" => TINY_SD15,
+        other => {
+            return Err(EngineLoadError::Unsupported(format!(
+                "no built-in model {other:?}; built in: {}",
+                BUILTIN_MODELS.join(", ")
+            )))
+        }
+    };
+    let dir = root.join(name);
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        let current = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if current == Some(bytes.len() as u64) {
+            continue;
+        }
+        let io = |source| EngineLoadError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(path.parent().expect("file has a folder")).map_err(io)?;
+        let tmp = path.with_extension("part");
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    Ok(dir)
+}
