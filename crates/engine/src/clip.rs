@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -224,12 +224,4 @@ impl ClipTextEncoder {
             penultimate_hidden_state: penultimate,
         })
     }
-}
-
-/// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
-/// hold to 1e-4 in f32.
-pub fn relative_error(actual: &Tensor, expected: &Tensor) -> candle_core::Result<f32> {
-    let diff = (actual - expected)?.abs()?.flatten_all()?.max(D::Minus1)?;
-    let scale = expected.abs()?.flatten_all()?.max(D::Minus1)?;
-    Ok(diff.to_scalar::<f32>()? / scale.to_scalar::<f32>()?.max(f32::MIN_POSITIVE))
 }

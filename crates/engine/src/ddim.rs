@@ -1,13 +1,10 @@
-//! The DDIM scheduler (deterministic, eta = 0), read from a diffusers
+//! The DDIM scheduler (deterministic, eta = 0), configured by a diffusers
 //! `scheduler/scheduler_config.json`, with diffusers' "leading",
 //! "trailing" and "linspace" timestep spacings and epsilon or v prediction.
-
-use std::path::Path;
 
 use candle_core::Tensor;
 use serde::Deserialize;
 
-use crate::weights::read_config;
 use crate::EngineLoadError;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -46,11 +43,6 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn load(folder: &Path, steps: usize) -> Result<Self, EngineLoadError> {
-        let cfg: DdimConfig = read_config(&folder.join("scheduler_config.json"))?;
-        Self::new(&cfg, steps)
-    }
-
     pub fn new(cfg: &DdimConfig, steps: usize) -> Result<Self, EngineLoadError> {
         let n = cfg.num_train_timesteps;
         if steps == 0 || steps > n {

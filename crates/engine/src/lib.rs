@@ -25,3 +25,17 @@ pub mod weights;
 
 pub use error::EngineLoadError;
 pub use generator::CandleGenerator;
+
+/// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
+/// hold to 1e-4 in f32.
+pub fn relative_error(
+    actual: &candle_core::Tensor,
+    expected: &candle_core::Tensor,
+) -> candle_core::Result<f32> {
+    let diff = (actual - expected)?
+        .abs()?
+        .flatten_all()?
+        .max(candle_core::D::Minus1)?;
+    let scale = expected.abs()?.flatten_all()?.max(candle_core::D::Minus1)?;
+    Ok(diff.to_scalar::<f32>()? / scale.to_scalar::<f32>()?.max(f32::MIN_POSITIVE))
+}

@@ -6,10 +6,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip::ClipTextEncoder;
-use crate::ddim::Ddim;
+use crate::ddim::{Ddim, DdimConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::VaeDecoder;
+use crate::weights::read_config;
 use crate::EngineLoadError;
 
 pub struct StableDiffusion {
@@ -17,8 +18,8 @@ pub struct StableDiffusion {
     text_encoder: ClipTextEncoder,
     unet: UNet,
     vae: VaeDecoder,
+    scheduler_config: DdimConfig,
     device: Device,
-    model_dir: std::path::PathBuf,
 }
 
 /// Called after each denoising step with (steps done, latents); returning
@@ -33,8 +34,8 @@ impl StableDiffusion {
             text_encoder: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
             unet: UNet::load(&dir.join("unet"), DType::F32, device)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
-            model_dir: dir.to_path_buf(),
         })
     }
 
@@ -68,7 +69,7 @@ impl StableDiffusion {
         guidance: f64,
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
-        let scheduler = Ddim::load(&self.model_dir.join("scheduler"), steps)?;
+        let scheduler = Ddim::new(&self.scheduler_config, steps)?;
         let mut latents = (latents * scheduler.init_noise_sigma())?;
         for (i, &t) in scheduler.timesteps().iter().enumerate() {
             let input = Tensor::cat(&[&latents, &latents], 0)?;

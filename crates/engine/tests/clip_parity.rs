@@ -1,26 +1,16 @@
 //! Parity of the CLIP tokenizer and text encoder with transformers, on the
 //! tiny random SD1.5-class model in `fixtures/tiny/tiny-sd15`.
 
-use std::path::PathBuf;
+mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::clip::{relative_error, ClipTextEncoder};
+use cyberimage_engine::clip::ClipTextEncoder;
+use cyberimage_engine::relative_error;
 use cyberimage_engine::tokenizer::ClipTokenizer;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
-}
-
-fn references() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
-        .unwrap()
-}
+use support::{model_dir, reference_settings, references};
 
 fn prompts() -> (String, String) {
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(model_dir().join("references.json")).unwrap(),
-    )
-    .unwrap();
+    let meta = reference_settings();
     (
         meta["prompt"].as_str().unwrap().to_owned(),
         meta["negative_prompt"].as_str().unwrap().to_owned(),

@@ -1,25 +1,17 @@
 //! End-to-end parity of the SD pipeline with diffusers on the tiny
 //! SD1.5-class model: the DDIM trajectory step by step and the final image.
 
-use std::path::PathBuf;
+mod support;
 
 use candle_core::Device;
-use cyberimage_engine::clip::relative_error;
+use cyberimage_engine::relative_error;
 use cyberimage_engine::sd::StableDiffusion;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
-}
+use support::{model_dir, reference_settings, references};
 
 #[test]
 fn ddim_trajectory_and_final_image_match_diffusers() {
-    let refs =
-        candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
-            .unwrap();
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(model_dir().join("references.json")).unwrap(),
-    )
-    .unwrap();
+    let refs = references();
+    let meta = reference_settings();
     let sd = StableDiffusion::load(&model_dir(), &Device::Cpu).unwrap();
     let context = sd
         .encode_prompts(

@@ -1,21 +1,16 @@
 //! Parity of the UNet with diffusers on the tiny SD1.5-class model: one
 //! CFG-batched forward (batch 2, uncond then cond) at t = 500.
 
-use std::path::PathBuf;
+mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::clip::relative_error;
+use cyberimage_engine::relative_error;
 use cyberimage_engine::unet::UNet;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
-}
+use support::{model_dir, references};
 
 #[test]
 fn unet_forward_matches_diffusers() {
-    let refs =
-        candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
-            .unwrap();
+    let refs = references();
     let unet = UNet::load(&model_dir().join("unet"), DType::F32, &Device::Cpu).unwrap();
     let emb = &refs["text_embeddings"];
     // references: row 0 = prompt, row 1 = negative; CFG order is uncond, cond.

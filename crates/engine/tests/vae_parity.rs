@@ -1,21 +1,16 @@
 //! Parity of the VAE decoder with diffusers on the tiny SD1.5-class model,
 //! at batch 1 and batch 2 (candle's batched-matmul defect hits batch 2).
 
-use std::path::PathBuf;
+mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::clip::relative_error;
+use cyberimage_engine::relative_error;
 use cyberimage_engine::vae::VaeDecoder;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
-}
+use support::{model_dir, references};
 
 #[test]
 fn vae_decode_matches_diffusers_at_batch_1_and_2() {
-    let refs =
-        candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
-            .unwrap();
+    let refs = references();
     let vae = VaeDecoder::load(&model_dir().join("vae"), DType::F32, &Device::Cpu).unwrap();
     let latents = &refs["initial_latents"];
     let expected = &refs["vae_decode_of_initial"];
