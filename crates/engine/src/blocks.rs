@@ -71,9 +71,44 @@ impl ResnetBlock {
 }
 
 /// Scaled dot-product attention over (batch·heads, tokens, head_dim)
-/// operands. Everything is made contiguous: candle 0.11's CPU batched matmul
-/// is wrong for a transposed left operand with batch > 1 (issue #3744).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+/// operands, with an optional additive mask broadcast over the scores.
+/// Everything is made contiguous: candle 0.11's CPU batched matmul is wrong
+/// for a transposed left operand with batch > 1 (issue #3744).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+}
+
+/// Multi-head attention on projected (batch, tokens, dim) queries, keys and
+/// values: splits `heads`, attends with scale head_dim^-0.5, merges back.
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, n, dim) = q.dims3()?;
+    let head_dim = dim / heads;
+    let split = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let tokens = t.dim(1)?;
+        t.reshape((b, tokens, heads, head_dim))?
+            .transpose(1, 2)?
+            .reshape((b * heads, tokens, head_dim))?
+            .contiguous()
+    };
+    let scale = (head_dim as f64).powf(-0.5);
+    attention(&split(q)?, &split(k)?, &split(v)?, scale, mask)?
+        .reshape((b, heads, n, head_dim))?
+        .transpose(1, 2)?
+        .reshape((b, n, dim))
 }

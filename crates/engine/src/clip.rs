@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use crate::blocks::multi_head_attention;
 use crate::weights::{read_config, var_builder};
 use crate::EngineLoadError;
 
@@ -64,7 +65,6 @@ struct Attention {
     v: Linear,
     out: Linear,
     heads: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -76,35 +76,14 @@ impl Attention {
             v: linear(h, h, vb.pp("v_proj"))?,
             out: linear(h, h, vb.pp("out_proj"))?,
             heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
         })
     }
 
     fn forward(&self, x: &Tensor, causal_mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, seq, hidden) = x.dims3()?;
-        // (b, seq, hidden) -> (b * heads, seq, head_dim), contiguous: candle's
-        // CPU batched matmul mishandles some strided operands.
-        let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, seq, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((b * self.heads, seq, self.head_dim))?
-                .contiguous()
-        };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = split((self.q.forward(x)? * scale)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?.contiguous()?)?;
-        let scores = scores
-            .reshape((b, self.heads, seq, seq))?
-            .broadcast_add(causal_mask)?
-            .reshape((b * self.heads, seq, seq))?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = weights
-            .matmul(&v)?
-            .reshape((b, self.heads, seq, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, seq, hidden))?;
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(x)?;
+        let v = self.v.forward(x)?;
+        let context = multi_head_attention(&q, &k, &v, self.heads, Some(causal_mask))?;
         self.out.forward(&context)
     }
 }

@@ -15,7 +15,7 @@ use candle_nn::{
 };
 use serde::Deserialize;
 
-use crate::blocks::{attention, conv3x3, ResnetBlock};
+use crate::blocks::{conv3x3, multi_head_attention, ResnetBlock};
 use crate::weights::{read_config, var_builder};
 use crate::EngineLoadError;
 
@@ -96,25 +96,12 @@ impl MultiHeadAttention {
         })
     }
 
-    fn split_heads(&self, t: Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, dim) = t.dims3()?;
-        t.reshape((b, n, self.heads, dim / self.heads))?
-            .transpose(1, 2)?
-            .reshape((b * self.heads, n, dim / self.heads))?
-            .contiguous()
-    }
-
     fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, dim) = x.dims3()?;
-        let q = self.split_heads(self.q.forward(x)?)?;
-        let k = self.split_heads(self.k.forward(context)?)?;
-        let v = self.split_heads(self.v.forward(context)?)?;
-        let head_dim = dim / self.heads;
-        let out = attention(&q, &k, &v, (head_dim as f64).powf(-0.5))?
-            .reshape((b, self.heads, n, head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, n, dim))?;
-        self.out.forward(&out)
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(context)?;
+        let v = self.v.forward(context)?;
+        self.out
+            .forward(&multi_head_attention(&q, &k, &v, self.heads, None)?)
     }
 }
 

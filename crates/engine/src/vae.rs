@@ -69,7 +69,7 @@ impl SpatialAttention {
         let v = self.v.forward(&tokens)?;
         let attended = self
             .out
-            .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5))?)?;
+            .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5), None)?)?;
         let attended = attended.transpose(1, 2)?.reshape((b, c, h, w))?;
         x + attended
     }
