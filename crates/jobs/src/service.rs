@@ -200,7 +200,8 @@ impl JobService {
             Err(e) => return Err(e.into()),
         }
         self.publish(job.id, job.status, job.progress, None);
-        self.wake.notify_waiters();
+        // One job needs one worker; if none is idle the permit is kept for
+        // the next one to look.
         self.wake.notify_one();
         Ok(job)
     }
