@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The project's test command: format, lints, every Rust test in the
-# workspace, then the seed contract's own Python example against the binary.
+# workspace, then real Python clients against the binary: the seed contract's
+# own example, and the official MCP SDK over HTTP and stdio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --workspace
 
-# The seed's example client needs `requests`; keep it in a project venv.
+# The Python clients live in a project venv, pinned in tests/requirements.txt.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -c 'import requests' 2>/dev/null || .venv/bin/pip install -q requests
+if ! cmp -s tests/requirements.txt .venv/installed-requirements.txt; then
+  .venv/bin/pip install -q -r tests/requirements.txt
+  cp tests/requirements.txt .venv/installed-requirements.txt
+fi
+cargo build --bin cyberimage
+BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
+.venv/bin/python tests/mcp/test_mcp_clients.py "$BIN"
 if [ -f ../shared/seed/MCP_INTEGRATION.md ]; then
-  cargo build --bin cyberimage
-  .venv/bin/python tests/seed/run_seed_example.py "${CARGO_TARGET_DIR:-target}/debug/cyberimage"
+  .venv/bin/python tests/seed/run_seed_example.py "$BIN"
 elif [ "${CI:-}" = "true" ]; then
   echo "../shared/seed/MCP_INTEGRATION.md is missing: the seed contract test cannot run" >&2
   exit 1

@@ -19,6 +19,12 @@ pub mod rpc {
     pub const CONFLICT: i64 = -32004;
     pub const UNAVAILABLE: i64 = -32005;
     pub const UNAUTHORIZED: i64 = -32006;
+    /// Standard MCP fixes -32002 as "resource not found" for
+    /// `resources/read`. It shares the number with `QUEUE_FULL` of the
+    /// seed's methods; standard MCP never reports a full queue as a
+    /// protocol error (tools answer it as an `isError` result), so the two
+    /// cannot meet on one surface.
+    pub const MCP_RESOURCE_NOT_FOUND: i64 = -32002;
 }
 
 #[derive(Debug)]

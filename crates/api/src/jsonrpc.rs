@@ -4,11 +4,16 @@
 //! Batches are answered per the JSON-RPC spec: one response per request
 //! that has an id, in order; an empty batch is itself invalid; a batch of
 //! notifications gets no body at all.
+//!
+//! Standard MCP shares this endpoint: a message that carries MCP's session
+//! or version headers, or names a standard MCP method, goes to the
+//! Streamable HTTP transport; the seed's methods are answered here, exactly
+//! as before.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -22,14 +27,47 @@ use crate::{body, params, views, AppState};
 const MAX_BATCH: usize = 100;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/mcp", post(endpoint))
+    Router::new().route(
+        "/api/mcp",
+        post(endpoint)
+            .get(crate::mcp::http::get_stream)
+            .delete(crate::mcp::http::end_session),
+    )
+}
+
+/// Whether a message belongs to standard MCP rather than the seed's methods.
+fn is_standard_mcp(headers: &HeaderMap, message: &Value) -> bool {
+    if headers.contains_key(crate::mcp::http::SESSION_HEADER)
+        || headers.contains_key("mcp-protocol-version")
+    {
+        return true;
+    }
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        return false;
+    };
+    matches!(method, "initialize" | "ping")
+        || [
+            "notifications/",
+            "tools/",
+            "resources/",
+            "prompts/",
+            "server/",
+            "logging/",
+            "completion/",
+        ]
+        .iter()
+        .any(|prefix| method.starts_with(prefix))
 }
 
 fn error(id: Value, code: i64, message: impl Into<String>) -> Value {
     json!({"jsonrpc": "2.0", "error": {"code": code, "message": message.into()}, "id": id})
 }
 
-async fn endpoint(State(state): State<AppState>, raw: Result<Bytes, BytesRejection>) -> Response {
+async fn endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
     let bytes = match body::bytes(raw) {
         Ok(b) => b,
         Err(e) => {
@@ -52,6 +90,9 @@ async fn endpoint(State(state): State<AppState>, raw: Result<Bytes, BytesRejecti
             .into_response()
         }
     };
+    if is_standard_mcp(&headers, &message) {
+        return crate::mcp::http::handle_post(&state, &headers, message).await;
+    }
     match message {
         Value::Array(batch) if batch.is_empty() => {
             Json(error(Value::Null, rpc::INVALID_REQUEST, "empty batch")).into_response()

@@ -1,13 +1,16 @@
-//! HTTP adapters over the jobs service: the REST API, the seed's JSON-RPC
-//! methods at `/api/mcp`, and the one table that maps service errors to
-//! HTTP statuses and JSON-RPC codes. Adapters build a `SpecRequest` and call
-//! `JobService`; they never touch the engine.
+//! Protocol adapters over the jobs service: the REST API, the seed's
+//! JSON-RPC methods at `/api/mcp`, standard MCP (Streamable HTTP at `/mcp`
+//! and `/api/mcp`, and stdio), and the one table that maps service errors
+//! to HTTP statuses and JSON-RPC codes. Adapters build a `SpecRequest` and
+//! call `JobService`; they never touch the engine.
 
 mod auth;
 mod body;
 mod error_table;
 mod events;
 mod jsonrpc;
+pub mod mcp;
+mod origin;
 mod params;
 mod rest;
 mod views;
@@ -20,11 +23,16 @@ use cyberimage_jobs::JobService;
 
 pub use auth::{digest_hex, ApiKeys, BadDigest};
 pub use error_table::ApiError;
+pub use mcp::{McpOptions, McpServer};
+pub use origin::OriginPolicy;
 
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
     pub max_body_bytes: usize,
     pub api_keys: ApiKeys,
+    /// Browser origins allowed besides loopback pages (see `origin.rs`).
+    pub allowed_origins: Vec<String>,
+    pub mcp: McpOptions,
 }
 
 impl Default for ApiConfig {
@@ -32,6 +40,8 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             api_keys: ApiKeys::default(),
+            allowed_origins: Vec::new(),
+            mcp: McpOptions::default(),
         }
     }
 }
@@ -39,18 +49,26 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub service: Arc<JobService>,
+    pub mcp: Arc<McpServer>,
 }
 
 pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
-    let state = AppState { service };
+    let mcp = McpServer::new(service.clone(), config.mcp.clone());
+    let state = AppState { service, mcp };
     rest::routes()
         .merge(jsonrpc::routes())
+        .merge(mcp::http::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             config.api_keys.clone(),
             auth::require_key,
+        ))
+        // Outermost: a refused origin learns nothing, not even whether a key is needed.
+        .layer(axum::middleware::from_fn_with_state(
+            OriginPolicy::new(&config.allowed_origins),
+            origin::check,
         ))
         .with_state(state)
 }

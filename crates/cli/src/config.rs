@@ -20,6 +20,10 @@ pub struct Config {
     /// `sqlite://…`; empty means `sqlite://{data_dir}/cyberimage.db`.
     pub database_url: String,
     pub max_body_bytes: usize,
+    /// Browser origins (`https://host:port`) allowed to call the API and
+    /// MCP besides pages served from loopback; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    pub mcp: McpConfig,
     pub queue: QueueConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -58,6 +62,22 @@ impl Default for QueueConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Images larger than this (PNG bytes) are inlined in tool results as
+    /// their thumbnail; the full image stays a resource link away.
+    pub max_inline_image_bytes: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            max_inline_image_bytes: cyberimage_api::McpOptions::default().max_inline_image_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// SHA-256 hex digests of accepted API keys (`cyberimage hash-key KEY`
     /// prints one). Empty: no key needed.
@@ -82,6 +102,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: String::new(),
             max_body_bytes: 1024 * 1024,
+            allowed_origins: Vec::new(),
+            mcp: McpConfig::default(),
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),

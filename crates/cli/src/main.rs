@@ -44,6 +44,12 @@ enum Command {
         /// The key; read from standard input when omitted.
         key: Option<String>,
     },
+    /// Speak MCP on stdin/stdout for AI assistants (Claude Desktop, Cursor,
+    /// VS Code…), running jobs in-process on the data dir.
+    Mcp {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Inspect the model catalogue.
     Models {
         #[command(subcommand)]
@@ -91,6 +97,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let config = Config::load(cli.config.as_deref(), flags)?;
             generate_cmd::run(config, args).await
+        }
+        Command::Mcp { data_dir } => {
+            let flags = FlagOverrides {
+                bind: None,
+                data_dir,
+            };
+            let config = Config::load(cli.config.as_deref(), flags)?;
+            mcp_stdio(config).await
         }
         Command::HashKey { key } => {
             let key = match key {
@@ -142,6 +156,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &ApiConfig {
             max_body_bytes: config.max_body_bytes,
             api_keys: api_keys.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            mcp: mcp_options(&config),
         },
     );
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -160,6 +176,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(data_dir = %config.data_dir.display(), "serving");
     cyberimage_api::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("shutting down: re-queueing running jobs");
+    system.service.begin_shutdown();
+    for w in system.workers {
+        w.join().await;
+    }
+    Ok(())
+}
+
+fn mcp_options(config: &Config) -> cyberimage_api::McpOptions {
+    cyberimage_api::McpOptions {
+        max_inline_image_bytes: config.mcp.max_inline_image_bytes,
+    }
+}
+
+/// MCP over stdio with the jobs service and workers in this process; ends
+/// when the client closes stdin, re-queueing a job still running.
+async fn mcp_stdio(config: Config) -> anyhow::Result<()> {
+    let system = wiring::build(&config, true).await?;
+    let server = cyberimage_api::McpServer::new(system.service.clone(), mcp_options(&config));
+    tracing::info!(data_dir = %config.data_dir.display(), "serving MCP on stdio");
+    cyberimage_api::mcp::stdio::serve(server, tokio::io::stdin(), tokio::io::stdout()).await?;
     system.service.begin_shutdown();
     for w in system.workers {
         w.join().await;

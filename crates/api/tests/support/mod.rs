@@ -36,12 +36,15 @@ pub fn model(key: &str, family: ModelFamily) -> ModelEntry {
     }
 }
 
-pub async fn start(max_queue: u32, step_delay: Option<Duration>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let db = SqliteDb::open(&dir.path().join("cyberimage.db"))
-        .await
-        .unwrap();
-    let store = ImageStore::open(dir.path()).unwrap();
+/// A jobs service on a real SQLite file and image folder in `dir`, with a
+/// scripted worker when `step_delay` is given.
+pub async fn service(
+    dir: &std::path::Path,
+    max_queue: u32,
+    step_delay: Option<Duration>,
+) -> Arc<JobService> {
+    let db = SqliteDb::open(&dir.join("cyberimage.db")).await.unwrap();
+    let store = ImageStore::open(dir).unwrap();
     let catalogue = Catalogue::new(vec![
         model("tiny", ModelFamily::Sd15),
         model("flux-1", ModelFamily::FluxDev),
@@ -63,6 +66,12 @@ pub async fn start(max_queue: u32, step_delay: Option<Duration>) -> Server {
             .spawn_worker(Arc::new(ScriptedGenerator::new(delay)), "w")
             .unwrap();
     }
+    service
+}
+
+pub async fn start(max_queue: u32, step_delay: Option<Duration>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(dir.path(), max_queue, step_delay).await;
     let app = router(service, &ApiConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

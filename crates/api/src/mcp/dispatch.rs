@@ -1,0 +1,97 @@
+//! Routing one MCP request to its handler, and the server's self-description
+//! (`initialize`, `server/discover`).
+
+use serde_json::{json, Value};
+
+use super::protocol::{self, Era};
+use super::{resources, tool_schemas, tools, CallContext, McpError, McpServer, Outcome};
+
+const INSTRUCTIONS: &str = "CyberImage turns text prompts into images on this machine. \
+Call list_models to see which models are installed. generate_image waits for the image \
+and reports progress per denoising step; for long generations with clients that time out, \
+use submit_generation and poll get_generation. Every image is also a resource at \
+cyberimage://image/{id}.";
+
+pub fn server_info() -> Value {
+    json!({
+        "name": "cyberimage",
+        "title": "CyberImage",
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": false},
+        "resources": {"listChanged": false, "subscribe": false},
+        "prompts": {"listChanged": false},
+    })
+}
+
+/// The `initialize` result for a client offering `offered`.
+pub fn initialize_result(offered: Option<&str>) -> Value {
+    json!({
+        "protocolVersion": protocol::negotiate(offered),
+        "capabilities": capabilities(),
+        "serverInfo": server_info(),
+        "instructions": INSTRUCTIONS,
+    })
+}
+
+fn discover_result() -> Value {
+    json!({
+        "supportedVersions": protocol::all_versions(),
+        "capabilities": capabilities(),
+        "instructions": INSTRUCTIONS,
+        "_meta": {protocol::SERVER_INFO_KEY: server_info()},
+    })
+}
+
+impl McpServer {
+    /// Answers one request. Transports handle sessions and cancellation;
+    /// this is the same for every transport and era.
+    pub async fn handle(
+        &self,
+        ctx: &CallContext,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, Outcome> {
+        let result = match method {
+            "initialize" => {
+                if ctx.era.is_modern() {
+                    return Err(McpError::invalid_request(
+                        "initialize is not part of the 2026-07-28 protocol; use server/discover",
+                    )
+                    .into());
+                }
+                initialize_result(params.get("protocolVersion").and_then(Value::as_str))
+            }
+            "server/discover" => discover_result(),
+            "ping" => json!({}),
+            // We send no log messages, so any level is already honoured.
+            "logging/setLevel" => json!({}),
+            "tools/list" => json!({"tools": tool_schemas::definitions(self)}),
+            "tools/call" => tools::call(self, ctx, params).await?,
+            "resources/list" => resources::list(self, params).await?,
+            "resources/templates/list" => resources::templates(),
+            "resources/read" => resources::read(self, params).await?,
+            "prompts/list" => resources::prompts(),
+            "prompts/get" => resources::get_prompt(params)?,
+            other => return Err(McpError::method_not_found(other).into()),
+        };
+        Ok(protocol::finish_result(&ctx.era, method, result))
+    }
+
+    /// The era a request on a stream transport (stdio) is answered in: the
+    /// modern envelope when present, else the session's negotiated version.
+    pub fn era_for(params: &Value, session_version: Option<&str>) -> Result<Era, McpError> {
+        if protocol::envelope_version(params).is_some() {
+            return protocol::check_envelope(params).map(Era::Modern);
+        }
+        Ok(Era::Handshake(
+            session_version
+                .unwrap_or(protocol::HTTP_DEFAULT_VERSION)
+                .to_owned(),
+        ))
+    }
+}

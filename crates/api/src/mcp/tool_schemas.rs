@@ -1,0 +1,192 @@
+//! The tools' JSON Schemas and descriptions, as `tools/list` shows them.
+//! Limits and model names come from the running configuration, so the
+//! schema a client validates against is the one the server enforces.
+
+use serde_json::{json, Map, Value};
+
+use super::McpServer;
+
+pub const GALLERY_MAX_PER_PAGE: u32 = 50;
+
+fn generation_properties(server: &McpServer) -> Map<String, Value> {
+    let catalogue = server.service.catalogue();
+    let keys: Vec<&str> = catalogue.models().iter().map(|m| m.key.as_str()).collect();
+    let limits = server.service.limits();
+    let props = json!({
+        "prompt": {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars,
+                   "description": "What the image should show."},
+        "negative_prompt": {"type": "string", "description": "What the image should not show (ignored by models without classifier-free guidance)."},
+        "model": {"type": "string", "enum": keys, "default": catalogue.default_key(),
+                  "description": "Model key from list_models; the server's default when omitted."},
+        "width": {"type": "integer", "minimum": limits.min_dimension, "maximum": limits.max_dimension, "description": "Pixels; a multiple of 8 or 16 depending on the model. Model default when omitted."},
+        "height": {"type": "integer", "minimum": limits.min_dimension, "maximum": limits.max_dimension, "description": "Pixels; as width."},
+        "steps": {"type": "integer", "minimum": 1, "maximum": limits.max_steps, "description": "Denoising steps; model default when omitted."},
+        "guidance": {"type": "number", "minimum": 0, "maximum": limits.max_guidance_scale, "description": "Guidance scale; model default when omitted."},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991_u64, "description": "Same seed and settings give the same image; random when omitted."},
+        "num_images": {"type": "integer", "minimum": 1, "maximum": limits.max_num_images, "default": 1},
+    });
+    match props {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+fn image_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "uri": {"type": "string"},
+            "url": {"type": "string"},
+            "thumbnail_url": {"type": "string"},
+            "model": {"type": "string"},
+            "prompt": {"type": "string"},
+            "negative_prompt": {"type": ["string", "null"]},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "steps": {"type": "integer"},
+            "guidance_scale": {"type": "number"},
+            "seed": {"type": "integer"},
+            "created_at": {"type": "string"},
+        },
+        "required": ["id", "uri", "url", "width", "height", "seed"],
+    })
+}
+
+fn job_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+            "model": {"type": "string"},
+            "prompt": {"type": "string"},
+            "num_images": {"type": "integer"},
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "stage": {"type": "string"},
+                    "step": {"type": "integer"},
+                    "total_steps": {"type": "integer"},
+                },
+            },
+            "images": {"type": "array", "items": image_schema()},
+            "error": {"type": ["string", "null"]},
+        },
+        "required": ["job_id", "status"],
+    })
+}
+
+fn object_schema(properties: Map<String, Value>, required: &[&str]) -> Value {
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+fn job_id_args() -> Value {
+    let mut p = Map::new();
+    p.insert(
+        "job_id".into(),
+        json!({"type": "string", "description": "The job_id a generation tool returned."}),
+    );
+    object_schema(p, &["job_id"])
+}
+
+pub fn definitions(server: &McpServer) -> Vec<Value> {
+    let mut generate_props = generation_properties(server);
+    generate_props.insert(
+        "inline_preview".into(),
+        json!({"type": "boolean", "default": true,
+               "description": "Return the image inline (downscaled when large) as well as a link to it."}),
+    );
+    let mut gallery_props = Map::new();
+    gallery_props.insert(
+        "query".into(),
+        json!({"type": "string", "maxLength": 500, "description": "Words the prompt contains."}),
+    );
+    gallery_props.insert("model".into(), json!({"type": "string"}));
+    gallery_props.insert(
+        "page".into(),
+        json!({"type": "integer", "minimum": 1, "default": 1}),
+    );
+    gallery_props.insert(
+        "per_page".into(),
+        json!({"type": "integer", "minimum": 1, "maximum": GALLERY_MAX_PER_PAGE, "default": 12}),
+    );
+    let annotations = |title: &str, read_only: bool, destructive: bool, idempotent: bool| {
+        json!({"title": title, "readOnlyHint": read_only, "destructiveHint": destructive,
+               "idempotentHint": idempotent, "openWorldHint": false})
+    };
+    vec![
+        json!({
+            "name": "generate_image",
+            "title": "Generate image",
+            "description": "Generate images from a text prompt and wait for them. Sends progress notifications per denoising step when the request has a progressToken. Returns the images inline, a resource link per image and the job record.",
+            "inputSchema": object_schema(generate_props, &["prompt"]),
+            "outputSchema": job_schema(),
+            "annotations": annotations("Generate image", false, false, false),
+        }),
+        json!({
+            "name": "submit_generation",
+            "title": "Submit generation",
+            "description": "Queue an image generation and return its job_id at once; poll it with get_generation. For clients whose tool calls time out before a generation ends.",
+            "inputSchema": object_schema(generation_properties(server), &["prompt"]),
+            "outputSchema": job_schema(),
+            "annotations": annotations("Submit generation", false, false, false),
+        }),
+        json!({
+            "name": "get_generation",
+            "title": "Get generation",
+            "description": "Status, progress and, once completed, the images of a generation job.",
+            "inputSchema": job_id_args(),
+            "outputSchema": job_schema(),
+            "annotations": annotations("Get generation", true, false, true),
+        }),
+        json!({
+            "name": "cancel_generation",
+            "title": "Cancel generation",
+            "description": "Cancel a pending or running generation job.",
+            "inputSchema": job_id_args(),
+            "outputSchema": job_schema(),
+            "annotations": annotations("Cancel generation", false, true, true),
+        }),
+        json!({
+            "name": "list_models",
+            "title": "List models",
+            "description": "The models this server can generate with, their families and default settings, and which one is the default.",
+            "inputSchema": object_schema(Map::new(), &[]),
+            "outputSchema": {
+                "type": "object",
+                "properties": {
+                    "default": {"type": "string"},
+                    "models": {"type": "array", "items": {"type": "object", "properties": {
+                        "key": {"type": "string"}, "source": {"type": "string"},
+                        "family": {"type": "string"}, "description": {"type": "string"},
+                        "defaults": {"type": "object"}, "is_default": {"type": "boolean"}},
+                        "required": ["key", "family"]}},
+                },
+                "required": ["default", "models"],
+            },
+            "annotations": annotations("List models", true, false, true),
+        }),
+        json!({
+            "name": "search_gallery",
+            "title": "Search gallery",
+            "description": "Find generated images, newest first, by words in their prompt and by model.",
+            "inputSchema": object_schema(gallery_props, &[]),
+            "outputSchema": {
+                "type": "object",
+                "properties": {
+                    "images": {"type": "array", "items": image_schema()},
+                    "total": {"type": "integer"}, "page": {"type": "integer"},
+                    "per_page": {"type": "integer"},
+                },
+                "required": ["images", "total", "page", "per_page"],
+            },
+            "annotations": annotations("Search gallery", true, false, true),
+        }),
+    ]
+}

@@ -1,0 +1,469 @@
+//! The MCP tools: generate (waiting, with progress), submit and poll,
+//! cancel, list models, search the gallery. Bad arguments and failed jobs
+//! come back as `isError` results the model can read and correct, never as
+//! protocol errors; only an unknown tool name is a protocol error.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Stage};
+use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::tool_schemas::GALLERY_MAX_PER_PAGE;
+use super::{CallContext, McpError, McpServer, Outcome};
+use crate::error_table::ApiError;
+use crate::params;
+
+/// How often a waiting `generate_image` re-reads the job from the
+/// database, in case it runs in another process whose events we do not see.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+
+const GENERATION_ARGS: [&str; 10] = [
+    "prompt",
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "guidance_scale",
+    "seed",
+    "num_images",
+];
+
+pub fn image_uri(id: &ImageId) -> String {
+    format!("cyberimage://image/{id}")
+}
+
+/// A tool's outcome: structured content plus the blocks shown to the model.
+struct ToolResult {
+    content: Vec<Value>,
+    structured: Value,
+    is_error: bool,
+}
+
+impl ToolResult {
+    fn error(message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            content: vec![json!({"type": "text", "text": message})],
+            structured: json!({"error": message}),
+            is_error: true,
+        }
+    }
+
+    fn into_value(self, ctx: &CallContext) -> Value {
+        let mut content = self.content;
+        let structured = ctx.era.supports_structured_content();
+        if structured && !self.is_error {
+            // Older clients read only `content`: give them the data as text too.
+            content.push(json!({"type": "text", "text": self.structured.to_string()}));
+        }
+        let mut v = json!({"content": content, "isError": self.is_error});
+        if structured && !self.is_error {
+            v["structuredContent"] = self.structured;
+        }
+        v
+    }
+}
+
+impl From<JobsError> for ToolResult {
+    fn from(e: JobsError) -> Self {
+        ToolResult::error(ApiError::from(e).message)
+    }
+}
+
+pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Result<Value, Outcome> {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return Err(McpError::invalid_params("tools/call needs a tool name").into());
+    };
+    let args = match params.get("arguments") {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Ok(ToolResult::error("arguments must be an object").into_value(ctx));
+        }
+    };
+    let result = match name {
+        "generate_image" => generate(server, ctx, &args, true).await?,
+        "submit_generation" => generate(server, ctx, &args, false).await?,
+        "get_generation" => get_generation(server, ctx, &args).await,
+        "cancel_generation" => cancel_generation(server, ctx, &args).await,
+        "list_models" => list_models(server, &args),
+        "search_gallery" => search_gallery(server, ctx, &args).await,
+        other => {
+            return Err(McpError::invalid_params(format!("unknown tool: {other}")).into());
+        }
+    };
+    Ok(result.into_value(ctx))
+}
+
+fn check_known(args: &Value, known: &[&str]) -> Result<(), ToolResult> {
+    let unknown: Vec<&str> = args
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .map(String::as_str)
+                .filter(|k| !known.contains(k))
+                .collect()
+        })
+        .unwrap_or_default();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ToolResult::error(format!(
+            "unknown argument(s): {}; accepted: {}",
+            unknown.join(", "),
+            known.join(", ")
+        )))
+    }
+}
+
+fn image_view(img: &ImageRecord, ctx: &CallContext) -> Value {
+    let path = crate::views::image_url(&img.id);
+    let thumb = format!("/api/images/{}/thumbnail", img.id);
+    let base = ctx.base_url.as_deref().unwrap_or("");
+    json!({
+        "id": img.id,
+        "uri": image_uri(&img.id),
+        "url": format!("{base}{path}"),
+        "thumbnail_url": format!("{base}{thumb}"),
+        "model": img.model,
+        "prompt": img.prompt,
+        "negative_prompt": img.negative_prompt,
+        "width": img.width,
+        "height": img.height,
+        "steps": img.steps,
+        "guidance_scale": img.guidance_scale,
+        "seed": img.seed,
+        "created_at": cyberimage_core::time::rfc3339(&img.created_at),
+    })
+}
+
+fn job_view(job: &Job, ctx: &CallContext) -> Value {
+    json!({
+        "job_id": job.id,
+        "status": job.status.as_str(),
+        "model": job.spec.model,
+        "prompt": job.spec.prompt,
+        "num_images": job.spec.num_images,
+        "progress": {
+            "stage": job.progress.stage.as_str(),
+            "step": job.progress.step,
+            "total_steps": job.progress.total_steps,
+        },
+        "images": job.images.iter().map(|i| image_view(i, ctx)).collect::<Vec<_>>(),
+        "error": job.error,
+    })
+}
+
+/// A `resource_link` block, or for clients older than 2025-06-18 (which
+/// do not know that block) the same facts as text.
+fn link_block(img: &ImageRecord, ctx: &CallContext) -> Value {
+    let uri = image_uri(&img.id);
+    if ctx.era.supports_structured_content() {
+        json!({
+            "type": "resource_link",
+            "uri": uri,
+            "name": img.id.to_string(),
+            "title": truncate(&img.prompt, 80),
+            "description": format!("{}×{} PNG, model {}, seed {}", img.width, img.height, img.model, img.seed),
+            "mimeType": "image/png",
+        })
+    } else {
+        json!({"type": "text", "text": format!("image {uri} ({}×{} PNG)", img.width, img.height)})
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max_chars - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn job_id_arg(args: &Value) -> Result<JobId, ToolResult> {
+    check_known(args, &["job_id"])?;
+    let raw = match args.get("job_id") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ToolResult::error("job_id must be a string")),
+        None => return Err(ToolResult::error("job_id is required")),
+    };
+    JobId::parse(raw).map_err(|_| ToolResult::error(format!("no job has the id {raw:?}")))
+}
+
+async fn generate(
+    server: &McpServer,
+    ctx: &CallContext,
+    args: &Value,
+    wait: bool,
+) -> Result<ToolResult, Outcome> {
+    let mut known: Vec<&str> = GENERATION_ARGS.to_vec();
+    if wait {
+        known.push("inline_preview");
+    }
+    if let Err(e) = check_known(args, &known) {
+        return Ok(e);
+    }
+    let inline_preview = match args.get("inline_preview") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Ok(ToolResult::error("inline_preview must be a boolean")),
+    };
+    let request = match params::spec_request(args) {
+        Ok(r) => r,
+        Err(message) => return Ok(ToolResult::error(message)),
+    };
+    // Subscribe before submitting, so no event of the job can slip past.
+    let mut events = server.service.subscribe();
+    let job = match server.service.submit(request).await {
+        Ok(job) => job,
+        Err(e) => return Ok(e.into()),
+    };
+    if !wait {
+        return Ok(ToolResult {
+            content: vec![json!({"type": "text", "text": format!(
+                "Queued job {} ({} image(s) with {}). Poll it with get_generation.",
+                job.id, job.spec.num_images, job.spec.model)})],
+            structured: job_view(&job, ctx),
+            is_error: false,
+        });
+    }
+    let mut reported: Option<u32> = None;
+    let total = f64::from(job.progress.total_steps);
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    loop {
+        let progress = tokio::select! {
+            _ = ctx.cancel.cancelled() => {
+                // The client gave up on the call: the job is not wanted either.
+                let _ = server.service.cancel(job.id).await;
+                return Err(Outcome::Cancelled);
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) if ev.job_id == job.id => {
+                    if ev.status.is_terminal() { break; }
+                    Some(ev.progress)
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => break,
+            },
+            _ = poll.tick() => match server.service.job(job.id).await {
+                Ok(j) if j.status.is_terminal() => break,
+                Ok(j) => Some(j.progress),
+                Err(e) => return Ok(e.into()),
+            },
+        };
+        let Some(p) = progress else { continue };
+        // Progress must rise strictly: report a step count once, and stage
+        // changes only when they come with a new step count.
+        if reported.is_some_and(|r| p.step <= r) {
+            continue;
+        }
+        let message = match p.stage {
+            Stage::Preparing => "queued".to_owned(),
+            Stage::LoadingModel => "loading model".to_owned(),
+            Stage::Generating => format!("step {}/{}", p.step, p.total_steps),
+            Stage::Saving => "saving".to_owned(),
+            Stage::Completed | Stage::Failed => continue,
+        };
+        if p.step == 0 && !matches!(p.stage, Stage::LoadingModel | Stage::Generating) {
+            continue;
+        }
+        reported = Some(p.step);
+        // The job id lets a client that gives up look the job up later.
+        ctx.progress(f64::from(p.step), total, &format!("{message} ({})", job.id));
+    }
+    let job = match server.service.job(job.id).await {
+        Ok(job) => job,
+        Err(e) => return Ok(e.into()),
+    };
+    Ok(finished_job(server, ctx, &job, inline_preview).await)
+}
+
+async fn finished_job(
+    server: &McpServer,
+    ctx: &CallContext,
+    job: &Job,
+    inline_preview: bool,
+) -> ToolResult {
+    match job.status {
+        JobStatus::Completed => {}
+        JobStatus::Failed => {
+            return ToolResult::error(format!(
+                "generation failed: {}",
+                job.error.as_deref().unwrap_or("no reason recorded")
+            ))
+        }
+        JobStatus::Cancelled => return ToolResult::error(format!("job {} was cancelled", job.id)),
+        JobStatus::Pending | JobStatus::Processing => {
+            return ToolResult::error(format!("job {} has not finished", job.id))
+        }
+    }
+    let seeds: Vec<String> = job.images.iter().map(|i| i.seed.to_string()).collect();
+    let mut content = vec![json!({"type": "text", "text": format!(
+        "Generated {} image(s) with {} ({}×{}, {} steps, guidance {}, seed {}).",
+        job.images.len(), job.spec.model, job.spec.width, job.spec.height,
+        job.spec.steps, job.spec.guidance_scale, seeds.join(", "))})];
+    for img in &job.images {
+        if inline_preview {
+            match preview_png(server, img.id).await {
+                Ok(png) => content.push(json!({
+                    "type": "image",
+                    "data": base64::engine::general_purpose::STANDARD.encode(png),
+                    "mimeType": "image/png",
+                })),
+                Err(e) => return e.into(),
+            }
+        }
+        content.push(link_block(img, ctx));
+    }
+    ToolResult {
+        content,
+        structured: job_view(job, ctx),
+        is_error: false,
+    }
+}
+
+/// The full PNG when it is small enough to inline, else its thumbnail.
+async fn preview_png(server: &McpServer, id: ImageId) -> Result<Vec<u8>, JobsError> {
+    let full = server.service.image_bytes(id, ImageVariant::Full).await?;
+    if full.len() <= server.options.max_inline_image_bytes {
+        return Ok(full);
+    }
+    server
+        .service
+        .image_bytes(id, ImageVariant::Thumbnail)
+        .await
+}
+
+async fn get_generation(server: &McpServer, ctx: &CallContext, args: &Value) -> ToolResult {
+    let id = match job_id_arg(args) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let job = match server.service.job(id).await {
+        Ok(job) => job,
+        Err(e) => return e.into(),
+    };
+    let mut content = vec![json!({"type": "text", "text": match job.status {
+        JobStatus::Pending => format!("Job {} is queued.", job.id),
+        JobStatus::Processing => format!("Job {} is {}: step {}/{}.", job.id,
+            job.progress.stage.as_str().replace('_', " "), job.progress.step, job.progress.total_steps),
+        JobStatus::Completed => format!("Job {} completed with {} image(s).", job.id, job.images.len()),
+        JobStatus::Failed => format!("Job {} failed: {}", job.id, job.error.as_deref().unwrap_or("no reason recorded")),
+        JobStatus::Cancelled => format!("Job {} was cancelled.", job.id),
+    }})];
+    content.extend(job.images.iter().map(|i| link_block(i, ctx)));
+    ToolResult {
+        content,
+        structured: job_view(&job, ctx),
+        is_error: false,
+    }
+}
+
+async fn cancel_generation(server: &McpServer, ctx: &CallContext, args: &Value) -> ToolResult {
+    let id = match job_id_arg(args) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    match server.service.cancel(id).await {
+        Ok(job) => ToolResult {
+            content: vec![json!({"type": "text", "text": format!("Job {} is cancelled.", job.id)})],
+            structured: job_view(&job, ctx),
+            is_error: false,
+        },
+        Err(e) => e.into(),
+    }
+}
+
+fn list_models(server: &McpServer, args: &Value) -> ToolResult {
+    if let Err(e) = check_known(args, &[]) {
+        return e;
+    }
+    let catalogue = server.service.catalogue();
+    let default = catalogue.default_key();
+    let models: Vec<Value> = catalogue
+        .models()
+        .iter()
+        .map(|m| {
+            json!({
+                "key": m.key, "source": m.source, "family": m.family,
+                "description": m.description, "defaults": m.defaults,
+                "is_default": m.key == default,
+            })
+        })
+        .collect();
+    let lines: Vec<String> = catalogue
+        .models()
+        .iter()
+        .map(|m| format!("- {} ({}): {}", m.key, m.family.as_str(), m.description))
+        .collect();
+    ToolResult {
+        content: vec![json!({"type": "text", "text": format!(
+            "Models (default {default}):\n{}", lines.join("\n"))})],
+        structured: json!({"default": default, "models": models}),
+        is_error: false,
+    }
+}
+
+fn positive_arg(args: &Value, name: &str, default: u32, max: u32) -> Result<u32, ToolResult> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 && n <= u64::from(max) => Ok(n as u32),
+            _ => Err(ToolResult::error(format!(
+                "{name} must be an integer from 1 to {max}"
+            ))),
+        },
+    }
+}
+
+fn text_arg(args: &Value, name: &str) -> Result<Option<String>, ToolResult> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+        Some(_) => Err(ToolResult::error(format!("{name} must be a string"))),
+    }
+}
+
+async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> ToolResult {
+    let parsed = (|| {
+        check_known(args, &["query", "model", "page", "per_page"])?;
+        let search = text_arg(args, "query")?;
+        if search.as_ref().is_some_and(|q| q.chars().count() > 500) {
+            return Err(ToolResult::error("query is limited to 500 characters"));
+        }
+        Ok(GalleryQuery {
+            page: positive_arg(args, "page", 1, 1_000_000)?,
+            per_page: positive_arg(args, "per_page", 12, GALLERY_MAX_PER_PAGE)?,
+            model: text_arg(args, "model")?,
+            search,
+        })
+    })();
+    let query = match parsed {
+        Ok(q) => q,
+        Err(e) => return e,
+    };
+    let page = match server.service.gallery(&query).await {
+        Ok(p) => p,
+        Err(e) => return e.into(),
+    };
+    let mut content = vec![json!({"type": "text", "text": format!(
+        "{} image(s) match; page {} shows {}.", page.total, query.page, page.images.len())})];
+    content.extend(page.images.iter().map(|i| link_block(i, ctx)));
+    ToolResult {
+        content,
+        structured: json!({
+            "images": page.images.iter().map(|i| image_view(i, ctx)).collect::<Vec<_>>(),
+            "total": page.total,
+            "page": query.page,
+            "per_page": query.per_page,
+        }),
+        is_error: false,
+    }
+}

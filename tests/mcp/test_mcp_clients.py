@@ -1,0 +1,270 @@
+"""Standard MCP, checked with the official MCP Python SDK (`mcp` on PyPI)
+against the real binary and the real engine (the built-in random-weight
+tiny SD 1.5 model):
+
+- Streamable HTTP at /mcp and /api/mcp, in the handshake era (`legacy`)
+  and the stateless 2026-07-28 era (`auto` negotiates it via server/discover);
+- stdio through `cyberimage mcp`, in both eras.
+
+Per transport: connect, list tools, generate an image with a progress
+token (notifications arrive, progress rises to the total), read the image
+resource, cancel a running generation by abandoning the call (the job ends
+cancelled), the explicit submit/cancel tools, bad arguments as tool errors,
+an unknown tool as a protocol error, models, gallery search, prompts.
+Raw HTTP checks cover what the SDK never does wrong on purpose: Origin
+refusal, session errors, modern header mismatches, and the seed's methods
+still answered at /api/mcp.
+
+usage: python tests/mcp/test_mcp_clients.py path/to/cyberimage
+Prints "N passed, M failed"; exits non-zero on any failure.
+"""
+
+import asyncio
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import httpx2 as httpx  # the HTTP client the MCP SDK itself depends on
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
+from PIL import Image
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
+TINY = "tiny-sd15-random"
+RESULTS = {"passed": 0, "failed": 0}
+
+
+def check(name, condition, detail=""):
+    if condition:
+        RESULTS["passed"] += 1
+        print(f"PASS {name}")
+    else:
+        RESULTS["failed"] += 1
+        print(f"FAIL {name} {detail}")
+
+
+def start_server(data_dir):
+    proc = subprocess.Popen(
+        [BINARY, "serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def png_size(data: bytes):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return Image.open(io.BytesIO(data)).size
+
+
+async def scenario(label, target, mode, http_base=None):
+    progress = []
+
+    async def on_progress(value, total, message):
+        progress.append((value, total, message))
+
+    async with Client(target, mode=mode) as client:
+        expected = "2026-07-28" if mode == "auto" else "2025-11-25"
+        check(f"{label}: negotiated {expected}", client.protocol_version == expected, client.protocol_version)
+        check(f"{label}: server names itself", client.server_info and client.server_info.name == "cyberimage")
+
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        wanted = {"generate_image", "submit_generation", "get_generation", "cancel_generation", "list_models", "search_gallery"}
+        check(f"{label}: tools listed", wanted <= set(tools), sorted(tools))
+        check(f"{label}: schemas present", all(tools[n].output_schema for n in wanted) and tools["generate_image"].input_schema["required"] == ["prompt"])
+
+        prompt = f"a lighthouse at dusk {label}"
+        result = await client.call_tool(
+            "generate_image",
+            {"prompt": prompt, "model": TINY, "seed": 42, "steps": 4},
+            progress_callback=on_progress,
+        )
+        check(f"{label}: generate_image succeeded", not result.is_error, result.content)
+        values = [p[0] for p in progress]
+        check(f"{label}: progress notifications arrived", len(values) >= 4, progress)
+        check(f"{label}: progress rises strictly to the total",
+              values == sorted(set(values)) and values and values[-1] == progress[-1][1] == 4, progress)
+        images = [b for b in result.content if b.type == "image"]
+        links = [b for b in result.content if b.type == "resource_link"]
+        check(f"{label}: inline PNG is a real 64x64 image",
+              len(images) == 1 and images[0].mime_type == "image/png" and png_size(base64.b64decode(images[0].data)) == (64, 64))
+        structured = result.structured_content or {}
+        check(f"{label}: structured job result", structured.get("status") == "completed" and len(structured.get("images", [])) == 1, structured)
+        image = structured["images"][0]
+        check(f"{label}: seed reported", image["seed"] == 42, image)
+        check(f"{label}: resource link", len(links) == 1 and str(links[0].uri) == image["uri"], links)
+
+        read = await client.read_resource(image["uri"])
+        blob = base64.b64decode(read.contents[0].blob)
+        check(f"{label}: resource read returns the PNG", read.contents[0].mime_type == "image/png" and png_size(blob) == (64, 64))
+        if http_base:
+            served = httpx.get(image["url"]).content
+            check(f"{label}: resource equals the served file", served == blob and image["url"].startswith(http_base))
+        thumb = await client.read_resource(image["uri"] + "/thumbnail")
+        check(f"{label}: thumbnail resource", thumb.contents[0].mime_type == "image/png")
+
+        # Abandoning a call cancels it: notifications/cancelled (handshake
+        # era) or closing the response stream (2026-07-28 over HTTP).
+        long_progress = []
+        first_step = asyncio.Event()
+
+        async def on_long_progress(value, total, message):
+            long_progress.append(message)
+            if value >= 1:
+                first_step.set()
+
+        call = asyncio.create_task(client.call_tool(
+            "generate_image",
+            {"prompt": "a very long generation", "model": TINY, "steps": 150, "width": 256, "height": 256},
+            progress_callback=on_long_progress,
+        ))
+        await asyncio.wait_for(first_step.wait(), 120)
+        call.cancel()
+        try:
+            await call
+        except (asyncio.CancelledError, MCPError):
+            pass
+        job_id = re.search(r"\(([0-9a-f-]{36})\)", long_progress[-1]).group(1)
+        status = None
+        for _ in range(120):
+            got = await client.call_tool("get_generation", {"job_id": job_id})
+            status = got.structured_content["status"]
+            if status in ("cancelled", "completed", "failed"):
+                break
+            await asyncio.sleep(0.25)
+        check(f"{label}: abandoned generation is cancelled", status == "cancelled", status)
+
+        submitted = await client.call_tool("submit_generation", {"prompt": "queued then cancelled", "model": TINY, "steps": 150, "width": 256, "height": 256})
+        sid = submitted.structured_content["job_id"]
+        check(f"{label}: submit_generation returns at once", submitted.structured_content["status"] in ("pending", "processing"))
+        cancelled = await client.call_tool("cancel_generation", {"job_id": sid})
+        check(f"{label}: cancel_generation", not cancelled.is_error and cancelled.structured_content["status"] == "cancelled", cancelled.content)
+        again = await client.call_tool("cancel_generation", {"job_id": sid})
+        check(f"{label}: cancelling twice is a tool error", again.is_error and "already cancelled" in again.content[0].text, again.content)
+
+        for args, needle in [
+            ({"prompt": "x", "width": -5}, "width"),
+            ({"prompt": "x", "steps": "many"}, "steps must be an integer"),
+            ({"prompt": ""}, "prompt"),
+            ({"prompt": "x", "model": "no-such-model"}, "no-such-model"),
+            ({"prompt": "x", "colour": "red"}, "unknown argument"),
+        ]:
+            bad = await client.call_tool("generate_image", args)
+            check(f"{label}: bad arguments {sorted(args)} are a tool error",
+                  bad.is_error and needle in bad.content[0].text, bad.content)
+        missing = await client.call_tool("get_generation", {"job_id": "job_nope"})
+        check(f"{label}: unknown job is a tool error", missing.is_error)
+        try:
+            await client.call_tool("no_such_tool", {})
+            check(f"{label}: unknown tool is a protocol error", False, "no error raised")
+        except MCPError as e:
+            check(f"{label}: unknown tool is a protocol error", e.error.code == -32602, e.error)
+        try:
+            await client.read_resource("cyberimage://image/img_" + "0" * 32)
+            check(f"{label}: missing resource errors", False, "no error raised")
+        except MCPError as e:
+            check(f"{label}: missing resource errors", e.error.code == -32002, e.error)
+
+        models = await client.call_tool("list_models", {})
+        keys = [m["key"] for m in models.structured_content["models"]]
+        check(f"{label}: list_models", TINY in keys and models.structured_content["default"] in keys)
+        found = await client.call_tool("search_gallery", {"query": label})
+        check(f"{label}: search_gallery finds the image",
+              [i["id"] for i in found.structured_content["images"]] == [image["id"]], found.structured_content)
+        listed = await client.list_resources()
+        check(f"{label}: image listed as a resource", image["uri"] in [str(r.uri) for r in listed.resources])
+        prompts = await client.list_prompts()
+        got = await client.get_prompt("make_image", {"subject": "a cat", "style": "ukiyo-e"})
+        check(f"{label}: prompt template", [p.name for p in prompts.prompts] == ["make_image"] and "a cat in the style of ukiyo-e" in got.messages[0].content.text)
+
+
+def raw_http_checks(base):
+    h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+    r = httpx.post(f"{base}/mcp", json=init, headers={**h, "Origin": "https://evil.example"})
+    check("http: foreign Origin refused with 403", r.status_code == 403, r.status_code)
+    r = httpx.post(f"{base}/mcp", json=init, headers={**h, "Origin": "http://localhost:5173"})
+    check("http: loopback Origin allowed", r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-06-18")
+    session = r.headers.get("mcp-session-id", "")
+    check("http: session id issued", len(session) >= 16)
+    tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    r = httpx.post(f"{base}/mcp", json=tools, headers=h)
+    check("http: request without session is 400", r.status_code == 400)
+    r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": "nope"})
+    check("http: unknown session is 404", r.status_code == 404)
+    r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
+    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 6)
+    r = httpx.post(f"{base}/mcp", content=b"{not json", headers=h)
+    check("http: parse error -32700", r.status_code == 400 and r.json()["error"]["code"] == -32700)
+    r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "Mcp-Session-Id": session})
+    check("http: notification accepted with 202", r.status_code == 202)
+    r = httpx.delete(f"{base}/mcp", headers={"Mcp-Session-Id": session})
+    check("http: DELETE ends the session", r.status_code == 204)
+    r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
+    check("http: ended session is 404", r.status_code == 404)
+    r = httpx.get(f"{base}/mcp", headers={"Accept": "text/event-stream"})
+    check("http: no GET stream (405)", r.status_code == 405)
+
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    modern = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}
+    mh = {**h, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/list"}
+    r = httpx.post(f"{base}/mcp", json=modern, headers=mh)
+    check("http: modern request without session", r.status_code == 200 and r.json()["result"]["resultType"] == "complete")
+    r = httpx.post(f"{base}/mcp", json=modern, headers={**mh, "Mcp-Method": "tools/call"})
+    check("http: modern header mismatch is 400/-32020", r.status_code == 400 and r.json()["error"]["code"] == -32020)
+    old = {**modern, "params": {"_meta": {**meta, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}}}
+    r = httpx.post(f"{base}/mcp", json=old, headers={**mh, "MCP-Protocol-Version": "2099-01-01"})
+    check("http: unsupported version is 400/-32022 naming ours",
+          r.status_code == 400 and r.json()["error"]["code"] == -32022 and "2026-07-28" in r.json()["error"]["data"]["supported"])
+    r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "nope/nope", "params": {"_meta": meta}},
+                   headers={**mh, "Mcp-Method": "nope/nope"})
+    check("http: modern unknown method is 404/-32601", r.status_code == 404 and r.json()["error"]["code"] == -32601)
+
+    seed = httpx.post(f"{base}/api/mcp", json={"jsonrpc": "2.0", "id": 5, "method": "context.image_generation.models", "params": {}})
+    check("http: the seed's methods still answer at /api/mcp", seed.status_code == 200 and "models" in seed.json()["result"])
+    r = httpx.post(f"{base}/api/mcp", json={"jsonrpc": "2.0", "id": 6, "method": "context.image_generation.models"},
+                   headers={"Origin": "https://evil.example"})
+    check("http: /api/mcp refuses a foreign Origin", r.status_code == 403)
+
+
+async def main():
+    with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
+        proc, base = start_server(http_data)
+        try:
+            runs = [
+                ("http-legacy", f"{base}/mcp", "legacy", base),
+                ("http-modern", f"{base}/mcp", "auto", base),
+                ("api-mcp-legacy", f"{base}/api/mcp", "legacy", base),
+                ("stdio-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "legacy", None),
+                ("stdio-modern", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "auto", None),
+            ]
+            for label, target, mode, http_base in runs:
+                started = time.time()
+                try:
+                    await scenario(label, target, mode, http_base)
+                except Exception:
+                    traceback.print_exc()
+                    check(f"{label}: scenario ran to the end", False)
+                print(f"-- {label} took {time.time() - started:.1f} s")
+            raw_http_checks(base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    sys.exit(1 if RESULTS["failed"] else 0)
+
+
+asyncio.run(main())
