@@ -4,7 +4,8 @@ tiny SD 1.5 model):
 
 - Streamable HTTP at /mcp and /api/mcp, in the handshake era (`legacy`)
   and the stateless 2026-07-28 era (`auto` negotiates it via server/discover);
-- stdio through `cyberimage mcp`, in both eras.
+- stdio through `cyberimage mcp`, in both eras, in-process and as a proxy
+  to the HTTP server (`cyberimage mcp --url`).
 
 Per transport: connect, list tools, generate an image with a progress
 token (notifications arrive, progress rises to the total), read the image
@@ -250,6 +251,8 @@ async def main():
                 ("api-mcp-legacy", f"{base}/api/mcp", "legacy", base),
                 ("stdio-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "legacy", None),
                 ("stdio-modern", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "auto", None),
+                ("proxy-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "legacy", base),
+                ("proxy-modern", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "auto", base),
             ]
             for label, target, mode, http_base in runs:
                 started = time.time()

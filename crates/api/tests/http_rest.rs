@@ -360,6 +360,28 @@ async fn api_keys_guard_every_route_but_health() {
         .await
         .unwrap();
     assert_error(rpc, 401, "unauthorized").await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    for path in ["/mcp", "/api/mcp"] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 401, "unauthorized").await;
+        let ok = http
+            .post(format!("{base}{path}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("x-api-key", "correct horse")
+            .json(&initialize)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "standard MCP at {path} with the key");
+        assert!(ok.headers().contains_key("mcp-session-id"));
+    }
 
     let bearer = http
         .get(format!("{base}/api/models"))

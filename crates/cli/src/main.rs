@@ -2,6 +2,7 @@
 
 mod config;
 mod generate_cmd;
+mod mcp_proxy;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -45,10 +46,17 @@ enum Command {
         key: Option<String>,
     },
     /// Speak MCP on stdin/stdout for AI assistants (Claude Desktop, Cursor,
-    /// VS Code…), running jobs in-process on the data dir.
+    /// VS Code…): jobs run in-process on the data dir, or on a running
+    /// server with --url.
     Mcp {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "url")]
         data_dir: Option<PathBuf>,
+        /// Forward to a running server, e.g. http://gpu-box:5050.
+        #[arg(long)]
+        url: Option<String>,
+        /// API key for --url, when the server requires one.
+        #[arg(long, env = "CYBERIMAGE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Inspect the model catalogue.
     Models {
@@ -98,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), flags)?;
             generate_cmd::run(config, args).await
         }
-        Command::Mcp { data_dir } => {
+        Command::Mcp {
+            url: Some(url),
+            api_key,
+            ..
+        } => mcp_proxy::run(&url, api_key).await,
+        Command::Mcp { data_dir, .. } => {
             let flags = FlagOverrides {
                 bind: None,
                 data_dir,
