@@ -210,6 +210,39 @@ impl JobService {
         self.db.get_job(id).await?.ok_or(JobsError::JobNotFound)
     }
 
+    /// Waits until job `id` is finished and returns it, calling
+    /// `on_progress` as it advances. Events make it prompt; a periodic
+    /// re-read covers jobs run by other processes, whose events this
+    /// process never sees. Dropping the future stops waiting, nothing else.
+    pub async fn wait_until_finished(
+        &self,
+        id: JobId,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Job, JobsError> {
+        // Subscribe before the first read, so no event falls in between.
+        let mut events = self.events.subscribe();
+        let mut poll =
+            tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(200)));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.job_id == id && !ev.status.is_terminal() => {
+                        on_progress(&ev.progress);
+                        continue;
+                    }
+                    Ok(ev) if ev.job_id != id => continue,
+                    // Finished, lagged or closed: the database decides.
+                    _ => {}
+                },
+                _ = poll.tick() => {}
+            }
+            let job = self.job(id).await?;
+            if job.status.is_terminal() {
+                return Ok(job);
+            }
+        }
+    }
+
     /// Cancels a pending or running job. A running job stops at its next
     /// step; its worker stores nothing.
     pub async fn cancel(&self, id: JobId) -> Result<Job, JobsError> {

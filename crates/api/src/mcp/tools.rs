@@ -3,22 +3,15 @@
 //! come back as `isError` results the model can read and correct, never as
 //! protocol errors; only an unknown tool name is a protocol error.
 
-use std::time::Duration;
-
 use base64::Engine as _;
-use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Stage};
+use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage};
 use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::tool_schemas::GALLERY_MAX_PER_PAGE;
 use super::{CallContext, McpError, McpServer, Outcome};
 use crate::error_table::ApiError;
 use crate::params;
-
-/// How often a waiting `generate_image` re-reads the job from the
-/// database, in case it runs in another process whose events we do not see.
-const POLL_EVERY: Duration = Duration::from_secs(2);
 
 const GENERATION_ARGS: [&str; 10] = [
     "prompt",
@@ -219,8 +212,6 @@ async fn generate(
         Ok(r) => r,
         Err(message) => return Ok(ToolResult::error(message)),
     };
-    // Subscribe before submitting, so no event of the job can slip past.
-    let mut events = server.service.subscribe();
     let job = match server.service.submit(request).await {
         Ok(job) => job,
         Err(e) => return Ok(e.into()),
@@ -234,55 +225,36 @@ async fn generate(
             is_error: false,
         });
     }
-    let mut reported: Option<u32> = None;
     let total = f64::from(job.progress.total_steps);
-    let mut poll = tokio::time::interval(POLL_EVERY);
-    loop {
-        let progress = tokio::select! {
-            _ = ctx.cancel.cancelled() => {
-                // The client gave up on the call: the job is not wanted either.
-                let _ = server.service.cancel(job.id).await;
-                return Err(Outcome::Cancelled);
-            }
-            ev = events.recv() => match ev {
-                Ok(ev) if ev.job_id == job.id => {
-                    if ev.status.is_terminal() { break; }
-                    Some(ev.progress)
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => None,
-                Err(RecvError::Closed) => break,
-            },
-            _ = poll.tick() => match server.service.job(job.id).await {
-                Ok(j) if j.status.is_terminal() => break,
-                Ok(j) => Some(j.progress),
-                Err(e) => return Ok(e.into()),
-            },
-        };
-        let Some(p) = progress else { continue };
-        // Progress must rise strictly: report a step count once, and stage
-        // changes only when they come with a new step count.
+    let mut reported: Option<u32> = None;
+    let report = |p: &Progress| {
+        // Progress must rise strictly: each step count is reported once;
+        // the loading stage is reported as 0 before any step.
         if reported.is_some_and(|r| p.step <= r) {
-            continue;
+            return;
         }
         let message = match p.stage {
-            Stage::Preparing => "queued".to_owned(),
             Stage::LoadingModel => "loading model".to_owned(),
-            Stage::Generating => format!("step {}/{}", p.step, p.total_steps),
-            Stage::Saving => "saving".to_owned(),
-            Stage::Completed | Stage::Failed => continue,
+            Stage::Generating if p.step > 0 => format!("step {}/{}", p.step, p.total_steps),
+            Stage::Saving if p.step > 0 => "saving".to_owned(),
+            _ => return,
         };
-        if p.step == 0 && !matches!(p.stage, Stage::LoadingModel | Stage::Generating) {
-            continue;
-        }
         reported = Some(p.step);
         // The job id lets a client that gives up look the job up later.
         ctx.progress(f64::from(p.step), total, &format!("{message} ({})", job.id));
-    }
-    let job = match server.service.job(job.id).await {
-        Ok(job) => job,
-        Err(e) => return Ok(e.into()),
     };
-    Ok(finished_job(server, ctx, &job, inline_preview).await)
+    let finished = tokio::select! {
+        _ = ctx.cancel.cancelled() => {
+            // The client gave up on the call: the job is not wanted either.
+            let _ = server.service.cancel(job.id).await;
+            return Err(Outcome::Cancelled);
+        }
+        finished = server.service.wait_until_finished(job.id, report) => finished,
+    };
+    Ok(match finished {
+        Ok(job) => finished_job(server, ctx, &job, inline_preview).await,
+        Err(e) => e.into(),
+    })
 }
 
 async fn finished_job(
