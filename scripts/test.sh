@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: format, lints, every Rust test in the
 # workspace, then real Python clients against the binary: the seed contract's
-# own example, and the official MCP SDK over HTTP and stdio.
+# own example, the official MCP SDK over HTTP and stdio, the official OpenAI
+# client, and Pillow reading our PNG metadata.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
@@ -19,6 +20,7 @@ fi
 cargo build --bin cyberimage
 BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/mcp/test_mcp_clients.py "$BIN"
+.venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 if [ -f ../shared/seed/MCP_INTEGRATION.md ]; then
   .venv/bin/python tests/seed/run_seed_example.py "$BIN"
 elif [ "${CI:-}" = "true" ]; then

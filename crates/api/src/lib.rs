@@ -2,7 +2,8 @@
 //! JSON-RPC methods at `/api/mcp`, standard MCP (Streamable HTTP at `/mcp`
 //! and `/api/mcp`, and stdio), and the one table that maps service errors
 //! to HTTP statuses and JSON-RPC codes. Adapters build a `SpecRequest` and
-//! call `JobService`; they never touch the engine.
+//! call `JobService`; they never touch the engine. The OpenAI-compatible
+//! Images API (`/v1/…`) is one more such adapter.
 
 mod auth;
 mod body;
@@ -10,8 +11,10 @@ mod error_table;
 mod events;
 mod jsonrpc;
 pub mod mcp;
+mod openai;
 mod origin;
 mod params;
+pub mod png_info;
 mod rest;
 mod views;
 
@@ -58,6 +61,8 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
     rest::routes()
         .merge(jsonrpc::routes())
         .merge(mcp::http::routes())
+        .merge(openai::routes())
+        .merge(png_info::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -70,6 +75,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
             OriginPolicy::new(&config.allowed_origins),
             origin::check,
         ))
+        .layer(axum::middleware::from_fn(openai::reshape_errors))
         .with_state(state)
 }
 

@@ -40,6 +40,13 @@ enum Command {
     },
     /// Generate images in-process, with a progress bar.
     Generate(generate_cmd::GenerateArgs),
+    /// Show the generation parameters stored in a PNG (ours or A1111's).
+    Inspect {
+        file: PathBuf,
+        /// Print the full JSON, including every text chunk.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the SHA-256 digest of an API key, for `auth.api_key_sha256`.
     HashKey {
         /// The key; read from standard input when omitted.
@@ -119,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), flags)?;
             mcp_stdio(config).await
         }
+        Command::Inspect { file, json } => inspect(&file, json),
         Command::HashKey { key } => {
             let key = match key {
                 Some(k) => k,
@@ -192,6 +200,47 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     system.service.begin_shutdown();
     for w in system.workers {
         w.join().await;
+    }
+    Ok(())
+}
+
+fn inspect(file: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let info = cyberimage_api::png_info::describe(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message))?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    if info["source"].is_null() {
+        println!("{}: no generation parameters", file.display());
+        return Ok(());
+    }
+    let field = |k: &str| match &info[k] {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    println!("source:          {}", field("source"));
+    println!("prompt:          {}", field("prompt"));
+    println!("negative prompt: {}", field("negative_prompt"));
+    println!(
+        "model:           {} (hash {})",
+        field("model"),
+        field("model_hash")
+    );
+    println!("size:            {}x{}", field("width"), field("height"));
+    println!(
+        "steps {}, sampler {}, guidance {}, seed {}",
+        field("steps"),
+        field("sampler"),
+        field("guidance_scale"),
+        field("seed")
+    );
+    if let Some(extra) = info["extra"].as_object().filter(|e| !e.is_empty()) {
+        for (k, v) in extra {
+            println!("{k}: {}", v.as_str().unwrap_or_default());
+        }
     }
     Ok(())
 }

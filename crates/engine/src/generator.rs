@@ -21,7 +21,13 @@ pub struct CandleGenerator {
     device: Device,
     /// The last model used stays loaded; another model replaces it (the old
     /// one is dropped first, so two never share memory).
-    loaded: Mutex<Option<(String, StableDiffusion)>>,
+    loaded: Mutex<Option<LoadedModel>>,
+}
+
+struct LoadedModel {
+    key: String,
+    pipeline: StableDiffusion,
+    weights_sha256: String,
 }
 
 impl CandleGenerator {
@@ -105,14 +111,23 @@ impl Generator for CandleGenerator {
             .loaded
             .lock()
             .map_err(|_| failed("model cache poisoned"))?;
-        if loaded.as_ref().is_none_or(|(key, _)| key != &model.key) {
+        if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            let sd = StableDiffusion::load(&dir, &self.device).map_err(|e| {
+            let pipeline = StableDiffusion::load(&dir, &self.device).map_err(|e| {
                 EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
             })?;
-            *loaded = Some((model.key.clone(), sd));
+            let weights_sha256 =
+                crate::digest::weights_sha256(&dir, &self.models_dir).map_err(|e| {
+                    failed(format!("cannot hash the weights in {}: {e}", dir.display()))
+                })?;
+            *loaded = Some(LoadedModel {
+                key: model.key.clone(),
+                pipeline,
+                weights_sha256,
+            });
         }
-        let (_, sd) = loaded.as_ref().expect("just loaded");
+        let loaded_model = loaded.as_ref().expect("just loaded");
+        let sd = &loaded_model.pipeline;
         cancel.check()?;
 
         let context = sd
@@ -163,6 +178,7 @@ impl Generator for CandleGenerator {
                     ("sampler".into(), "DDIM".into()),
                     ("dtype".into(), "f32".into()),
                     ("noise".into(), "chacha8-box-muller".into()),
+                    ("weights_sha256".into(), loaded_model.weights_sha256.clone()),
                     (
                         "engine".into(),
                         format!(

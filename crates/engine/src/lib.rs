@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod builtin;
 pub mod clip;
 pub mod ddim;
+mod digest;
 pub mod error;
 pub mod generator;
 pub mod noise;

@@ -11,6 +11,7 @@ mod engine_thread;
 mod error;
 mod events;
 mod metadata;
+mod png_info;
 mod service;
 mod worker;
 
@@ -18,6 +19,7 @@ pub use engine_thread::EngineThread;
 pub use error::JobsError;
 pub use events::JobEvent;
 pub use metadata::png_text_chunks;
+pub use png_info::{parse_a1111, parse_png_info, png_info_from_bytes, PngInfo};
 pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};
 pub use worker::WorkerHandle;
 

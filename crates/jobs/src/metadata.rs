@@ -18,16 +18,20 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         .find(|(k, _)| k == "sampler")
         .map(|(_, v)| v.as_str())
         .unwrap_or("default");
+    let weights = image
+        .extra_metadata
+        .iter()
+        .find(|(k, _)| k == "weights_sha256")
+        .map(|(_, v)| v.clone());
     parameters.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-        record.steps,
-        sampler,
-        record.guidance_scale,
-        record.seed,
-        record.width,
-        record.height,
-        record.model
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, ",
+        record.steps, sampler, record.guidance_scale, record.seed, record.width, record.height,
     ));
+    // A1111 writes the first 10 hex digits of the checkpoint's SHA-256.
+    if let Some(hash) = weights.as_deref().and_then(|w| w.get(..10)) {
+        parameters.push_str(&format!("Model hash: {hash}, "));
+    }
+    parameters.push_str(&format!("Model: {}", record.model));
     let extra: serde_json::Map<String, serde_json::Value> = image
         .extra_metadata
         .iter()
@@ -46,6 +50,7 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         "steps": record.steps,
         "guidance_scale": record.guidance_scale,
         "seed": record.seed,
+        "weights_sha256": weights,
         "engine": extra,
     });
     vec![

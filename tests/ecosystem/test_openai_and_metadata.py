@@ -1,0 +1,176 @@
+"""Ecosystem clients against the real binary and the real engine (the
+built-in random-weight tiny SD 1.5 model):
+
+- the official `openai` Python client: images.generate with url and
+  b64_json responses, extras (seed, steps, negative_prompt) through
+  extra_body, OpenAI model names mapped to our default, models.list, and
+  OpenAI-shaped errors raised as the client's own exception classes;
+- Pillow reading the PNG text chunks we write (A1111 `parameters` and the
+  versioned `cyberimage` JSON), and our reader (`POST /api/png-info`,
+  `cyberimage inspect`) parsing both our PNG and an A1111-style one
+  written here by Pillow.
+
+usage: python tests/ecosystem/test_openai_and_metadata.py path/to/cyberimage
+"""
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+import tempfile
+
+import openai
+import requests
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
+TINY = "tiny-sd15-random"
+RESULTS = {"passed": 0, "failed": 0}
+
+
+def check(name, condition, detail=""):
+    if condition:
+        RESULTS["passed"] += 1
+        print(f"PASS {name}")
+    else:
+        RESULTS["failed"] += 1
+        print(f"FAIL {name} {detail}")
+
+
+def start_server(data_dir, *extra):
+    proc = subprocess.Popen(
+        [BINARY, "serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def openai_checks(base):
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused-locally", max_retries=0)
+    ids = [m.id for m in client.models.list().data]
+    check("openai: models.list names our models", TINY in ids, ids)
+
+    r = client.images.generate(model=TINY, prompt="a paper boat", n=2, size="64x64",
+                               extra_body={"seed": 11, "steps": 3, "negative_prompt": "blurry"})
+    check("openai: two urls", len(r.data) == 2 and all(d.url and d.url.startswith(base) for d in r.data), r)
+    check("openai: created is a unix time", isinstance(r.created, int) and r.created > 1_600_000_000)
+    png = requests.get(r.data[0].url).content
+    check("openai: url serves a 64x64 PNG", Image.open(io.BytesIO(png)).size == (64, 64))
+    check("openai: revised_prompt echoes the prompt", r.data[0].revised_prompt == "a paper boat")
+
+    r = client.images.generate(model="dall-e-3", prompt="a paper boat", size="64x64",
+                               response_format="b64_json", extra_body={"seed": 11, "steps": 3, "negative_prompt": "blurry", "model": TINY})
+    data = base64.b64decode(r.data[0].b64_json)
+    same_pixels = Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(png)).tobytes()
+    check("openai: b64_json gives the same pixels for the same seed", same_pixels)
+    # OpenAI's model names map to the default model (flux-1 here), whose
+    # weights are absent: the job fails honestly, as an OpenAI server error.
+    try:
+        client.images.generate(model="dall-e-3", prompt="a kite", response_format="b64_json", extra_body={"steps": 2})
+        check("openai: dall-e-3 runs the default model", False, "no error")
+    except openai.InternalServerError as e:
+        check("openai: dall-e-3 runs the default model, whose failure is an OpenAI-shaped 500",
+              e.body.get("type") == "server_error" and "flux-1" in e.body.get("message", ""), e.body)
+
+    for kwargs, exc, param in [
+        (dict(model=TINY, prompt="x", size="huge"), openai.BadRequestError, "size"),
+        (dict(model=TINY, prompt="x", size="64x50"), openai.BadRequestError, "size"),
+        (dict(model=TINY, prompt="x", n=99), openai.BadRequestError, "n"),
+        (dict(model="no-such-model", prompt="x"), openai.BadRequestError, "model"),
+        (dict(model=TINY, prompt="x", response_format="svg"), openai.BadRequestError, "response_format"),
+        (dict(model=TINY, prompt="x", output_format="webp"), openai.BadRequestError, "output_format"),
+        (dict(model=TINY, prompt=""), openai.BadRequestError, "prompt"),
+    ]:
+        try:
+            client.images.generate(**kwargs)
+            check(f"openai: {kwargs} refused", False, "no error")
+        except exc as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            check(f"openai: {sorted(kwargs)} refused with param {param}",
+                  e.status_code == 400 and body.get("param") == param and body.get("type") == "invalid_request_error" and body.get("message"),
+                  e.body)
+    raw = requests.post(f"{base}/v1/images/generations", data=b"{oops", headers={"Content-Type": "application/json"})
+    err = raw.json().get("error", {})
+    check("openai: malformed JSON is an OpenAI-shaped 400", raw.status_code == 400 and err.get("type") == "invalid_request_error" and "param" in err, raw.text)
+    raw = requests.get(f"{base}/v1/nothing-here")
+    check("openai: unknown /v1 route is an OpenAI-shaped 404", raw.status_code == 404 and raw.json()["error"]["type"] == "not_found_error", raw.text)
+
+
+def metadata_checks(base, binary):
+    job = requests.post(f"{base}/api/generate", json={
+        "prompt": "a castle, \"quoted\", ünïcode", "negative_prompt": "fog", "model": TINY,
+        "settings": {"seed": 99, "num_inference_steps": 3, "guidance_scale": 6.5}}).json()
+    for _ in range(600):
+        status = requests.get(f"{base}/api/status/{job['job_id']}").json()
+        if status["status"] in ("completed", "failed"):
+            break
+        import time
+        time.sleep(0.1)
+    check("metadata: job completed", status["status"] == "completed", status)
+    png = requests.get(f"{base}{status['images'][0]['url']}").content
+    img = Image.open(io.BytesIO(png))
+    params = img.text.get("parameters", "")
+    check("metadata: Pillow reads the A1111 parameters chunk",
+          params.startswith("a castle, \"quoted\", ünïcode\nNegative prompt: fog\nSteps: 3, Sampler: DDIM, CFG scale: 6.5, Seed: 99, Size: 64x64, ")
+          and "Model: tiny-sd15-random" in params, params)
+    ours = json.loads(img.text.get("cyberimage", "{}"))
+    check("metadata: Pillow reads the versioned JSON chunk",
+          ours.get("version") == 1 and ours.get("seed") == 99 and ours.get("model") == TINY
+          and ours.get("engine", {}).get("sampler") == "DDIM" and len(ours.get("weights_sha256", "")) == 64, ours)
+    check("metadata: A1111 Model hash present", re.search(r"Model hash: [0-9a-f]{10}", params) is not None, params)
+
+    info = requests.post(f"{base}/api/png-info", data=png, headers={"Content-Type": "image/png"}).json()
+    check("png-info: reads our PNG", info.get("source") == "cyberimage" and info["prompt"] == "a castle, \"quoted\", ünïcode"
+          and info["negative_prompt"] == "fog" and info["seed"] == 99 and info["steps"] == 3 and info["width"] == 64, info)
+
+    # An A1111-style PNG written by Pillow, not by us.
+    a1111 = PngInfo()
+    a1111.add_text("parameters", "masterpiece, a red dragon, (detailed:1.2)\nNegative prompt: lowres, bad hands\n"
+                   "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234567890, Size: 512x768, "
+                   "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.7, Clip skip: 2")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "PNG", pnginfo=a1111)
+    info = requests.post(f"{base}/api/png-info", data=buf.getvalue()).json()
+    check("png-info: parses A1111's format", info.get("source") == "a1111" and info["prompt"] == "masterpiece, a red dragon, (detailed:1.2)"
+          and info["negative_prompt"] == "lowres, bad hands" and info["steps"] == 28 and info["sampler"] == "DPM++ 2M Karras"
+          and info["guidance_scale"] == 7 and info["seed"] == 1234567890 and info["width"] == 512 and info["height"] == 768
+          and info["model"] == "v1-5-pruned-emaonly" and info["extra"].get("Clip skip") == "2", info)
+    bad = requests.post(f"{base}/api/png-info", data=b"not a png")
+    check("png-info: non-PNG is a 400 with our error shape", bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_png", bad.text)
+
+    with tempfile.NamedTemporaryFile(suffix=".png") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        out = subprocess.run([binary, "inspect", f.name, "--json"], capture_output=True, text=True)
+        parsed = json.loads(out.stdout or "{}")
+        check("inspect: CLI reads an A1111 PNG", out.returncode == 0 and parsed.get("seed") == 1234567890, out.stderr)
+        human = subprocess.run([binary, "inspect", f.name], capture_output=True, text=True)
+        check("inspect: human output names the prompt", human.returncode == 0 and "masterpiece, a red dragon" in human.stdout, human.stdout)
+    missing = subprocess.run([binary, "inspect", "/nonexistent.png"], capture_output=True, text=True)
+    check("inspect: missing file fails clearly", missing.returncode != 0 and "nonexistent.png" in missing.stderr, missing.stderr)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as data:
+        proc, base = start_server(data)
+        try:
+            openai_checks(base)
+            metadata_checks(base, BINARY)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    sys.exit(1 if RESULTS["failed"] else 0)
+
+
+main()
