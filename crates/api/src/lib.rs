@@ -11,6 +11,7 @@ mod error_table;
 mod events;
 mod jsonrpc;
 pub mod mcp;
+mod metrics;
 mod openai;
 mod origin;
 mod params;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use cyberimage_jobs::JobService;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use auth::{digest_hex, ApiKeys, BadDigest};
 pub use error_table::ApiError;
@@ -53,16 +56,23 @@ impl Default for ApiConfig {
 pub(crate) struct AppState {
     pub service: Arc<JobService>,
     pub mcp: Arc<McpServer>,
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
     let mcp = McpServer::new(service.clone(), config.mcp.clone());
-    let state = AppState { service, mcp };
+    let http_metrics = metrics::HttpMetrics::default();
+    let state = AppState {
+        service,
+        mcp,
+        http_metrics: http_metrics.clone(),
+    };
     rest::routes()
         .merge(jsonrpc::routes())
         .merge(mcp::http::routes())
         .merge(openai::routes())
         .merge(png_info::routes())
+        .merge(metrics::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -76,6 +86,28 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
             origin::check,
         ))
         .layer(axum::middleware::from_fn(openai::reshape_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            metrics::count_requests,
+        ))
+        // Every request gets an `x-request-id` (the client's, or a new
+        // UUID), which is in every log line of the request and echoed in
+        // the response.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                        let id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ mod engine_thread;
 mod error;
 mod events;
 mod metadata;
+pub mod metrics;
 mod png_info;
 mod service;
 mod worker;

@@ -73,6 +73,7 @@ pub struct JobService {
     /// Cancel tokens of jobs running in this process.
     pub(crate) running: Mutex<HashMap<JobId, CancelToken>>,
     pub(crate) shutting_down: AtomicBool,
+    pub(crate) metrics: crate::metrics::JobMetrics,
 }
 
 impl JobService {
@@ -92,7 +93,17 @@ impl JobService {
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            metrics: Default::default(),
         })
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::JobMetrics {
+        &self.metrics
+    }
+
+    /// Whether the database answers a query now.
+    pub async fn database_ready(&self) -> Result<QueueCounts, JobsError> {
+        Ok(self.db.queue_counts().await?)
     }
 
     pub fn catalogue(&self) -> &Catalogue {

@@ -29,12 +29,39 @@ impl WorkerHandle {
     }
 }
 
-/// Forwards engine progress (from the engine thread) into the async world.
-struct ChannelObserver(mpsc::UnboundedSender<ProgressUpdate>);
+/// Forwards engine progress (from the engine thread) into the async world,
+/// timing the denoising steps on the way.
+struct ChannelObserver {
+    tx: mpsc::UnboundedSender<ProgressUpdate>,
+    service: Arc<JobService>,
+    model: String,
+    last_step: std::sync::Mutex<Option<std::time::Instant>>,
+}
 
 impl ProgressObserver for ChannelObserver {
     fn on_progress(&self, update: ProgressUpdate) {
-        let _ = self.0.send(update);
+        if let ProgressUpdate::Step { .. } = update {
+            let now = std::time::Instant::now();
+            let mut last = self.last_step.lock().expect("step clock");
+            // Step-to-step only: the first step also paid for text encoding.
+            if let Some(prev) = last.replace(now) {
+                self.service
+                    .metrics
+                    .observe_step(&self.model, (now - prev).as_secs_f64());
+            }
+        } else {
+            *self.last_step.lock().expect("step clock") = None;
+        }
+        let _ = self.tx.send(update);
+    }
+}
+
+/// Keeps the live-worker gauge true however the worker loop ends.
+struct AliveGuard(Arc<JobService>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.metrics.workers_alive.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -47,7 +74,13 @@ impl JobService {
         let engine = EngineThread::spawn(generator, name)?;
         let service = self.clone();
         let worker_id = format!("{}:{}:{name}", hostname(), std::process::id());
-        let task = tokio::spawn(async move { service.worker_loop(engine, worker_id).await });
+        self.metrics.workers_spawned.fetch_add(1, Ordering::SeqCst);
+        self.metrics.workers_alive.fetch_add(1, Ordering::SeqCst);
+        let guard = AliveGuard(self.clone());
+        let task = tokio::spawn(async move {
+            let _alive = guard;
+            service.worker_loop(engine, worker_id).await
+        });
         Ok(WorkerHandle { task })
     }
 
@@ -86,8 +119,9 @@ impl JobService {
         }
     }
 
-    async fn run_job(&self, engine: &EngineThread, job: Job) {
+    async fn run_job(self: &Arc<Self>, engine: &EngineThread, job: Job) {
         let id = job.id;
+        let started = std::time::Instant::now();
         tracing::info!(job = %id, model = %job.spec.model, attempt = job.attempts, "job started");
         let Some(model) = self.catalogue().get(&job.spec.model).cloned() else {
             let reason = format!("model {:?} is no longer configured", job.spec.model);
@@ -105,7 +139,12 @@ impl JobService {
         let generation = engine.generate(
             model,
             job.spec.clone(),
-            Box::new(ChannelObserver(tx)),
+            Box::new(ChannelObserver {
+                tx,
+                service: self.clone(),
+                model: job.spec.model.clone(),
+                last_step: std::sync::Mutex::new(None),
+            }),
             cancel.clone(),
         );
         tokio::pin!(generation);
@@ -163,6 +202,17 @@ impl JobService {
         };
         self.running.lock().expect("running map").remove(&id);
 
+        let model = job.spec.model.as_str();
+        match &outcome {
+            Ok(()) => {
+                self.metrics.job_finished(model, "completed");
+                self.metrics
+                    .observe_generation(model, started.elapsed().as_secs_f64());
+            }
+            Err(EngineError::Cancelled) if self.shutting_down.load(Ordering::SeqCst) => {}
+            Err(EngineError::Cancelled) => self.metrics.job_finished(model, "cancelled"),
+            Err(_) => self.metrics.job_finished(model, "failed"),
+        }
         match outcome {
             Ok(()) => {}
             Err(EngineError::Cancelled) if self.shutting_down.load(Ordering::SeqCst) => {
