@@ -13,6 +13,7 @@ mod jsonrpc;
 pub mod mcp;
 mod metrics;
 mod openai;
+pub mod openapi;
 mod origin;
 mod params;
 pub mod png_info;
@@ -73,6 +74,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(openai::routes())
         .merge(png_info::routes())
         .merge(metrics::routes())
+        .merge(openapi::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

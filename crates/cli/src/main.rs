@@ -47,6 +47,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the OpenAPI document of the HTTP API (as served at /api/openapi.json).
+    Openapi,
     /// Print the SHA-256 digest of an API key, for `auth.api_key_sha256`.
     HashKey {
         /// The key; read from standard input when omitted.
@@ -127,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
             mcp_stdio(config).await
         }
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Openapi => {
+            print!("{}", cyberimage_api::openapi::document_text());
+            Ok(())
+        }
         Command::HashKey { key } => {
             let key = match key {
                 Some(k) => k,

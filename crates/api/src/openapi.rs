@@ -1,0 +1,390 @@
+//! The OpenAPI 3.1 description of every HTTP route, served at
+//! `/api/openapi.json` with a self-contained reference page at `/api/docs`
+//! (no CDN: the machine may be offline). The committed `openapi.json` at
+//! the repository root is this document; a test fails when they differ,
+//! and another calls every documented operation on a live server.
+
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/openapi.json", get(|| async { Json(document()) }))
+        .route("/api/docs", get(docs_page))
+}
+
+fn error_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Error"})
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn error_response(description: &str) -> Value {
+    json_response(description, error_ref())
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+fn query_param(name: &str, kind: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": kind}})
+}
+
+fn png_response(description: &str) -> Value {
+    json!({"description": description, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}})
+}
+
+fn schemas() -> Value {
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "description": "Stable machine-readable code, e.g. invalid_parameter, queue_full, job_not_found."},
+                "message": {"type": "string"}}}},
+        },
+        "OpenAiError": {
+            "type": "object",
+            "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"},
+                "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+        },
+        "GenerateRequest": {
+            "type": "object",
+            "required": ["prompt"],
+            "description": "Settings may be given in `settings` (the seed's shape) or at the top level.",
+            "properties": {
+                "prompt": {"type": "string", "maxLength": 4000},
+                "negative_prompt": {"type": "string"},
+                "model": {"type": "string", "description": "Model key; the server default when omitted."},
+                "settings": {"type": "object", "properties": {
+                    "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
+                    "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 150},
+                    "guidance_scale": {"type": "number", "minimum": 0, "maximum": 30},
+                    "height": {"type": "integer", "minimum": 64, "maximum": 2048},
+                    "width": {"type": "integer", "minimum": 64, "maximum": 2048},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991_u64}}},
+            },
+        },
+        "JobSubmitted": {
+            "type": "object",
+            "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}, "num_images": {"type": "integer"}},
+        },
+        "Image": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "pattern": "^img_[0-9a-f]{32}$"},
+                "url": {"type": "string"}, "thumbnail_url": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "metadata": {"type": "object", "properties": {
+                    "model_id": {"type": "string"}, "prompt": {"type": "string"},
+                    "negative_prompt": {"type": ["string", "null"]},
+                    "settings": {"type": "object"}}},
+            },
+        },
+        "JobStatus": {
+            "type": "object",
+            "properties": {
+                "job_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+                "model": {"type": "string"}, "prompt": {"type": "string"},
+                "created_at": {"type": "string"}, "started_at": {"type": ["string", "null"]},
+                "completed_at": {"type": ["string", "null"]},
+                "progress": {"type": "object"},
+                "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+                "error": {"type": ["string", "null"]},
+            },
+        },
+        "OpenAiImageRequest": {
+            "type": "object",
+            "required": ["prompt"],
+            "properties": {
+                "prompt": {"type": "string"}, "model": {"type": "string"},
+                "n": {"type": "integer", "minimum": 1, "maximum": 8},
+                "size": {"type": "string", "description": "WIDTHxHEIGHT or auto"},
+                "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                "output_format": {"type": "string", "enum": ["png"]},
+                "negative_prompt": {"type": "string"}, "seed": {"type": "integer"},
+                "steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
+                "width": {"type": "integer"}, "height": {"type": "integer"},
+            },
+        },
+        "JsonRpcRequest": {
+            "type": "object",
+            "required": ["jsonrpc", "method"],
+            "properties": {"jsonrpc": {"const": "2.0"}, "method": {"type": "string"},
+                           "params": {"type": "object"}, "id": {"type": ["string", "integer", "null"]}},
+        },
+    })
+}
+
+/// Every operation: (method, path, summary, extra fields of the operation).
+fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
+    let job_id = path_param("job_id", "The job id returned at submission.");
+    let image_id = path_param("image_id", "`img_` and 32 hex digits.");
+    let ok_json = |d: &str| json!({"200": json_response(d, json!({"type": "object"}))});
+    vec![
+        ("get", "/health", "Liveness", ok_json("Alive")),
+        (
+            "get",
+            "/ready",
+            "Readiness: database reachable and workers alive",
+            json!({"200": json_response("Ready", json!({"type": "object"})), "503": json_response("Not ready", json!({"type": "object"}))}),
+        ),
+        (
+            "get",
+            "/metrics",
+            "Prometheus metrics",
+            json!({"200": {"description": "Text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}),
+        ),
+        (
+            "post",
+            "/api/generate",
+            "Submit a generation job",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}}},
+            "responses": {
+                "202": json_response("Queued", json!({"$ref": "#/components/schemas/JobSubmitted"})),
+                "400": error_response("Invalid parameters"), "413": error_response("Body too large"),
+                "429": error_response("Queue full (Retry-After)")}}),
+        ),
+        (
+            "get",
+            "/api/status/{job_id}",
+            "Job status and, when completed, its images",
+            json!({
+            "parameters": [job_id.clone()],
+            "responses": {"200": json_response("The job", json!({"$ref": "#/components/schemas/JobStatus"})),
+                          "404": error_response("No such job")}}),
+        ),
+        (
+            "post",
+            "/api/cancel/{job_id}",
+            "Cancel a pending or running job",
+            json!({
+            "parameters": [job_id],
+            "responses": {"200": json_response("Cancelled", json!({"$ref": "#/components/schemas/JobStatus"})),
+                          "404": error_response("No such job"), "409": error_response("Already finished")}}),
+        ),
+        (
+            "get",
+            "/api/get_image/{image_id}",
+            "The full PNG (immutable; ETag)",
+            json!({
+            "parameters": [image_id.clone()],
+            "responses": {"200": png_response("PNG with generation parameters in its text chunks"), "304": {"description": "Not modified"},
+                          "404": error_response("No such image")}}),
+        ),
+        (
+            "get",
+            "/api/images/{image_id}/thumbnail",
+            "A PNG thumbnail, at most 384 px a side",
+            json!({
+            "parameters": [image_id.clone()],
+            "responses": {"200": png_response("Thumbnail"), "404": error_response("No such image")}}),
+        ),
+        (
+            "get",
+            "/api/images/{image_id}",
+            "Image metadata",
+            json!({
+            "parameters": [image_id.clone()],
+            "responses": {"200": json_response("The image", json!({"$ref": "#/components/schemas/Image"})),
+                          "404": error_response("No such image")}}),
+        ),
+        (
+            "delete",
+            "/api/images/{image_id}",
+            "Delete an image (row, file, thumbnail)",
+            json!({
+            "parameters": [image_id],
+            "responses": {"200": json_response("Deleted", json!({"type": "object"})), "404": error_response("No such image")}}),
+        ),
+        (
+            "get",
+            "/api/gallery",
+            "Images, newest first, paginated, searchable",
+            json!({
+            "parameters": [query_param("page", "integer", "1-based page"),
+                           query_param("per_page", "integer", "1 to 100; default 24"),
+                           query_param("model", "string", "Only this model"),
+                           query_param("q", "string", "Case-insensitive words of the prompt")],
+            "responses": {"200": json_response("A page", json!({"type": "object", "properties": {
+                "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+                "page": {"type": "integer"}, "per_page": {"type": "integer"},
+                "total": {"type": "integer"}, "total_pages": {"type": "integer"}}})),
+                          "400": error_response("Bad query")}}),
+        ),
+        (
+            "get",
+            "/api/models",
+            "The model catalogue and the default model",
+            ok_json("Models"),
+        ),
+        (
+            "get",
+            "/api/queue",
+            "Queue counts, active jobs and recent failures",
+            ok_json("Queue"),
+        ),
+        (
+            "get",
+            "/api/events",
+            "Server-sent job events",
+            json!({
+            "parameters": [query_param("job_id", "string", "Only this job: starts from its state, ends when it finishes")],
+            "responses": {"200": {"description": "`event: job` with JSON data", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          "404": error_response("No such job")}}),
+        ),
+        (
+            "post",
+            "/api/png-info",
+            "Generation parameters stored in a PNG (ours or A1111's)",
+            json!({
+            "requestBody": {"required": true, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": json_response("Parsed parameters and all text chunks", json!({"type": "object"})),
+                          "400": error_response("Not a PNG")}}),
+        ),
+        (
+            "post",
+            "/api/mcp",
+            "JSON-RPC 2.0: the seed's context.image_generation.* methods, and standard MCP",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JsonRpcRequest"}}}},
+            "responses": {"200": json_response("JSON-RPC response (or SSE for MCP tool calls)", json!({"type": "object"})),
+                          "204": {"description": "Only notifications were sent"}}}),
+        ),
+        (
+            "post",
+            "/mcp",
+            "Standard MCP over Streamable HTTP",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JsonRpcRequest"}}}},
+            "responses": {"200": {"description": "JSON-RPC response, or an SSE stream of progress notifications and the response"},
+                          "202": {"description": "Notification accepted"},
+                          "400": {"description": "Missing session, bad headers or unsupported version"},
+                          "403": error_response("Origin not allowed"), "404": {"description": "Unknown session"}}}),
+        ),
+        (
+            "delete",
+            "/mcp",
+            "End an MCP session",
+            json!({
+            "responses": {"204": {"description": "Ended"}, "404": {"description": "Unknown session"}}}),
+        ),
+        (
+            "post",
+            "/v1/images/generations",
+            "OpenAI-compatible image generation (waits for the job)",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiImageRequest"}}}},
+            "responses": {"200": json_response("Images", json!({"type": "object", "properties": {
+                "created": {"type": "integer"}, "data": {"type": "array", "items": {"type": "object", "properties": {
+                    "url": {"type": "string"}, "b64_json": {"type": "string"}, "revised_prompt": {"type": "string"}}}}}})),
+                          "400": json_response("Invalid request", json!({"$ref": "#/components/schemas/OpenAiError"})),
+                          "500": json_response("Generation failed", json!({"$ref": "#/components/schemas/OpenAiError"}))}}),
+        ),
+        (
+            "get",
+            "/v1/models",
+            "OpenAI-compatible model list",
+            ok_json("Models"),
+        ),
+        (
+            "get",
+            "/api/openapi.json",
+            "This document",
+            ok_json("OpenAPI 3.1"),
+        ),
+        (
+            "get",
+            "/api/docs",
+            "A readable page of this document",
+            json!({"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}),
+        ),
+    ]
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, extra) in operations() {
+        let mut op = json!({"summary": summary, "operationId": format!("{method} {path}")});
+        let obj = op.as_object_mut().expect("object");
+        match extra {
+            Value::Object(fields) if fields.contains_key("responses") => obj.extend(fields),
+            responses => {
+                obj.insert("responses".into(), responses);
+            }
+        }
+        let entry = paths.entry(path).or_insert_with(|| json!({}));
+        entry[method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CyberImage",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Self-hosted image generation: REST, the seed's JSON-RPC, standard MCP and an OpenAI-compatible Images API. With API keys configured, every route but /health and /ready needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
+        },
+        "servers": [{"url": "http://127.0.0.1:5050"}],
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+    })
+}
+
+/// The committed document's text: pretty JSON with a final newline.
+pub fn document_text() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).expect("serializable");
+    text.push('\n');
+    text
+}
+
+async fn docs_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Html(DOCS_HTML),
+    )
+        .into_response()
+}
+
+const DOCS_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>CyberImage API</title>
+<style>
+body{font:15px/1.5 system-ui,sans-serif;background:#0b0f17;color:#d7e2f0;margin:0 auto;max-width:960px;padding:1.5rem}
+h1{color:#3ff0c8}code,pre{font-family:ui-monospace,monospace}pre{background:#111827;padding:.75rem;overflow:auto;border-radius:6px}
+details{border:1px solid #1f2a3a;border-radius:6px;margin:.5rem 0;padding:.25rem .75rem}
+summary{cursor:pointer}.m{display:inline-block;min-width:4.5rem;font-weight:700;text-transform:uppercase}
+.get{color:#60a5fa}.post{color:#34d399}.delete{color:#f87171}
+</style></head><body>
+<h1>CyberImage API</h1><p>The machine-readable document is <a href="/api/openapi.json">/api/openapi.json</a>.</p>
+<div id="ops">Loading…</div>
+<script>
+fetch('/api/openapi.json').then(r => r.json()).then(doc => {
+  const root = document.getElementById('ops'); root.textContent = '';
+  for (const [path, ops] of Object.entries(doc.paths)) for (const [method, op] of Object.entries(ops)) {
+    const d = document.createElement('details'), s = document.createElement('summary');
+    const m = document.createElement('span'); m.className = 'm ' + method; m.textContent = method;
+    const c = document.createElement('code'); c.textContent = path;
+    s.append(m, c, ' — ' + op.summary); d.append(s);
+    const pre = document.createElement('pre'); pre.textContent = JSON.stringify(op, null, 2); d.append(pre);
+    root.append(d);
+  }
+}).catch(e => { document.getElementById('ops').textContent = 'Could not load the document: ' + e; });
+</script></body></html>
+"#;
