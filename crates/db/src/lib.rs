@@ -7,12 +7,14 @@
 //! other backends implement the same traits and pass the same contract tests
 //! (`tests/contract.rs`).
 
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
 
+pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,10 @@ pub enum DbError {
     #[error("corrupt record: {0}")]
     Corrupt(String),
 }
+
+/// How long a pending job may be passed over for jobs of a worker's loaded
+/// model (switching models costs a load; starving a job costs more).
+pub const AFFINITY_PATIENCE_MS: i64 = 60_000;
 
 /// What a cancel request found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +82,14 @@ pub trait JobRepo: Send + Sync {
     async fn get_job(&self, id: JobId) -> Result<Option<Job>, DbError>;
 
     /// Atomically moves the oldest `pending` job to `processing` for `worker`
-    /// and counts the attempt. Two workers never get the same job.
-    async fn claim_next(&self, worker: &str) -> Result<Option<Job>, DbError>;
+    /// and counts the attempt. Two workers never get the same job. Model
+    /// affinity: jobs for `preferred_model` (the one the worker has loaded)
+    /// go first, unless an older job has waited `AFFINITY_PATIENCE_MS`.
+    async fn claim_next(
+        &self,
+        worker: &str,
+        preferred_model: Option<&str>,
+    ) -> Result<Option<Job>, DbError>;
 
     /// Persists progress of a `processing` job. Returns `false` when the job
     /// is no longer processing (cancelled elsewhere): the worker must stop.

@@ -19,7 +19,7 @@ use sqlx::{Row, SqlitePool};
 use crate::rows::{like_pattern, millis, spec_json, ImageRow, JobRow};
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
-    RecoveryReport,
+    RecoveryReport, AFFINITY_PATIENCE_MS,
 };
 
 /// Schema versions, applied in order and recorded in `schema_migrations`.
@@ -231,19 +231,25 @@ impl JobRepo for SqliteDb {
         Ok(Some(job))
     }
 
-    async fn claim_next(&self, worker: &str) -> Result<Option<Job>, DbError> {
+    async fn claim_next(
+        &self,
+        worker: &str,
+        preferred_model: Option<&str>,
+    ) -> Result<Option<Job>, DbError> {
         let t = millis(&now());
         let sql = format!(
             "UPDATE jobs SET status = 'processing', stage = 'preparing', step = 0,
-                    started_at = ?, attempts = attempts + 1, worker = ?, heartbeat_at = ?
-             WHERE seq = (SELECT seq FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1)
+                    started_at = ?1, attempts = attempts + 1, worker = ?2, heartbeat_at = ?1
+             WHERE seq = (SELECT seq FROM jobs WHERE status = 'pending'
+                          ORDER BY (created_at < ?4) DESC, (model IS ?3) DESC, seq LIMIT 1)
                AND status = 'pending'
              RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(t)
             .bind(worker)
-            .bind(t)
+            .bind(preferred_model)
+            .bind(t - AFFINITY_PATIENCE_MS)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from_row).transpose()

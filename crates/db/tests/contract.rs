@@ -1,5 +1,8 @@
 //! The repository contract: every backend must pass these checks. They run
-//! against a real SQLite file here; other backends plug into `backends()`.
+//! against a real SQLite file, and against a real PostgreSQL server when
+//! `CYBERIMAGE_TEST_POSTGRES_URL` names one (`scripts/with-postgres.sh`
+//! starts a throwaway server; CI always does, and there a missing server
+//! fails the tests instead of skipping them).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,7 +11,9 @@ use cyberimage_core::time::now;
 use cyberimage_core::{
     GenerationSpec, ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage,
 };
-use cyberimage_db::{CancelOutcome, Database, GalleryQuery, JobRepo, RecoveryReport, SqliteDb};
+use cyberimage_db::{
+    CancelOutcome, Database, GalleryQuery, JobRepo, PgDb, RecoveryReport, SqliteDb,
+};
 
 struct Backend {
     db: Arc<dyn Database>,
@@ -24,6 +29,32 @@ async fn sqlite() -> Backend {
         db: Arc::new(db),
         _dir: dir,
     }
+}
+
+/// A fresh database on the test server, or `None` (skip) when there is no
+/// server and this is not CI.
+async fn postgres() -> Option<Backend> {
+    let Ok(admin_url) = std::env::var("CYBERIMAGE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run the contract on PostgreSQL: set CYBERIMAGE_TEST_POSTGRES_URL"
+        );
+        eprintln!("skipped: CYBERIMAGE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("contract_{}", JobId::new().to_string().replace('-', ""));
+    let admin = PgDb::open_url(&admin_url).await.unwrap();
+    admin
+        .execute_admin(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let db = PgDb::open_url(&format!("{base}/{name}")).await.unwrap();
+    Some(Backend {
+        db: Arc::new(db),
+        _dir: tempfile::tempdir().unwrap(),
+    })
 }
 
 fn spec(prompt: &str, model: &str) -> GenerationSpec {
@@ -72,7 +103,7 @@ async fn insert(db: &dyn Database, prompt: &str, model: &str) -> Job {
 /// Runs a job through claim → complete and returns its images.
 async fn complete(db: &dyn Database, prompt: &str, model: &str) -> Vec<ImageRecord> {
     let job = insert(db, prompt, model).await;
-    let claimed = db.claim_next("w").await.unwrap().unwrap();
+    let claimed = db.claim_next("w", None).await.unwrap().unwrap();
     assert_eq!(claimed.id, job.id);
     let images = images_for(&job);
     assert!(db.complete_job(job.id, &images).await.unwrap());
@@ -85,12 +116,12 @@ async fn round_trip_and_state_machine(db: &dyn Database) {
     assert_eq!(stored, job, "a job reads back exactly as written");
     assert_eq!(db.get_job(JobId::new()).await.unwrap(), None);
 
-    let claimed = db.claim_next("worker-a").await.unwrap().unwrap();
+    let claimed = db.claim_next("worker-a", None).await.unwrap().unwrap();
     assert_eq!(claimed.status, JobStatus::Processing);
     assert_eq!(claimed.attempts, 1);
     assert!(claimed.started_at.is_some());
     assert!(
-        db.claim_next("worker-b").await.unwrap().is_none(),
+        db.claim_next("worker-b", None).await.unwrap().is_none(),
         "queue is empty"
     );
 
@@ -138,13 +169,13 @@ async fn fifo_and_queue_bound(db: &dyn Database) {
         "a refused job is not stored"
     );
     assert_eq!(db.queue_counts().await.unwrap().pending, 2);
-    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, a.id);
+    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, a.id);
     // A running job no longer counts against the pending bound.
     db.insert_job(&c, 2).await.unwrap();
     let counts = db.queue_counts().await.unwrap();
     assert_eq!((counts.pending, counts.processing), (2, 1));
-    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, b.id);
-    assert_eq!(db.claim_next("w").await.unwrap().unwrap().id, c.id);
+    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, b.id);
+    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, c.id);
 }
 
 async fn concurrent_claims_never_share_a_job(db: Arc<dyn Database>) {
@@ -157,7 +188,7 @@ async fn concurrent_claims_never_share_a_job(db: Arc<dyn Database>) {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = db.claim_next(&format!("worker-{w}")).await.unwrap() {
+            while let Some(job) = db.claim_next(&format!("worker-{w}"), None).await.unwrap() {
                 mine.push(job.id);
             }
             mine
@@ -183,12 +214,12 @@ async fn cancel_pending_and_running(db: &dyn Database) {
     assert_eq!(j.status, JobStatus::Cancelled);
     assert_eq!(j.error.as_deref(), Some("user asked"));
     assert!(
-        db.claim_next("w").await.unwrap().is_none(),
+        db.claim_next("w", None).await.unwrap().is_none(),
         "a cancelled job is never claimed"
     );
 
     let running = insert(db, "r", "m").await;
-    db.claim_next("w").await.unwrap().unwrap();
+    db.claim_next("w", None).await.unwrap().unwrap();
     assert_eq!(
         db.cancel_job(running.id, "stop").await.unwrap(),
         CancelOutcome::Cancelled {
@@ -232,7 +263,7 @@ fn later() -> cyberimage_core::time::Timestamp {
 async fn restart_recovery(db: &dyn Database) {
     // A job whose worker is alive (fresh heartbeat) is not touched.
     let alive = insert(db, "alive elsewhere", "m").await;
-    db.claim_next("live-worker").await.unwrap().unwrap();
+    db.claim_next("live-worker", None).await.unwrap().unwrap();
     assert!(db.heartbeat(alive.id).await.unwrap());
     let long_ago = now() - chrono::Duration::seconds(60);
     assert_eq!(
@@ -250,7 +281,10 @@ async fn restart_recovery(db: &dyn Database) {
     );
 
     let job = insert(db, "interrupted", "m").await;
-    db.claim_next("crashed-worker").await.unwrap().unwrap();
+    db.claim_next("crashed-worker", None)
+        .await
+        .unwrap()
+        .unwrap();
     // Simulated restart: the job was left processing.
     assert_eq!(
         db.recover_interrupted(2, later()).await.unwrap(),
@@ -262,7 +296,7 @@ async fn restart_recovery(db: &dyn Database) {
     let j = db.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Pending);
     assert_eq!(j.started_at, None);
-    let again = db.claim_next("w").await.unwrap().unwrap();
+    let again = db.claim_next("w", None).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
     // Second crash: the attempt budget (2) is spent.
     assert_eq!(
@@ -278,7 +312,7 @@ async fn restart_recovery(db: &dyn Database) {
 
     // A graceful shutdown gives the attempt back.
     let polite = insert(db, "shutdown", "m").await;
-    db.claim_next("w").await.unwrap().unwrap();
+    db.claim_next("w", None).await.unwrap().unwrap();
     assert!(db.requeue_job(polite.id).await.unwrap());
     let j = db.get_job(polite.id).await.unwrap().unwrap();
     assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
@@ -357,7 +391,7 @@ async fn gallery_pagination_search_and_delete(db: &dyn Database) {
 async fn list_jobs_by_state(db: &dyn Database) {
     let a = insert(db, "a", "m").await;
     let b = insert(db, "b", "m").await;
-    db.claim_next("w").await.unwrap();
+    db.claim_next("w", None).await.unwrap();
     let f = insert(db, "f", "m").await;
     db.fail_job(f.id, "boom").await.unwrap();
     let active = db
@@ -374,21 +408,79 @@ async fn list_jobs_by_state(db: &dyn Database) {
 }
 
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
+    ($backend:ident: $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let backend = sqlite().await;
+                let Some(backend) = Some($backend().await).flatten_backend() else { return };
                 super::$name(&*backend.db).await;
             }
         )*
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_claims_never_share_a_job() {
+            let Some(backend) = Some($backend().await).flatten_backend() else { return };
+            super::concurrent_claims_never_share_a_job(backend.db.clone()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn claims_prefer_the_loaded_model_but_not_forever() {
+            let Some(backend) = Some($backend().await).flatten_backend() else { return };
+            super::claims_prefer_the_loaded_model_but_not_forever(&*backend.db).await;
+        }
     };
 }
 
-mod on_sqlite {
+/// Lets one macro take backends that always exist and ones that may not.
+trait FlattenBackend {
+    fn flatten_backend(self) -> Option<Backend>;
+}
+
+impl FlattenBackend for Option<Backend> {
+    fn flatten_backend(self) -> Option<Backend> {
+        self
+    }
+}
+
+impl FlattenBackend for Option<Option<Backend>> {
+    fn flatten_backend(self) -> Option<Backend> {
+        self.flatten()
+    }
+}
+
+async fn claims_prefer_the_loaded_model_but_not_forever(db: &dyn Database) {
+    let a = insert(db, "first, model a", "a").await;
+    let b = insert(db, "second, model b", "b").await;
+    // A worker with model b loaded takes b's job first…
+    assert_eq!(
+        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        b.id
+    );
+    assert_eq!(
+        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        a.id
+    );
+    // …but not over a job that has waited past the patience window.
+    let mut old = new_job("old, model a", "a");
+    old.created_at =
+        now() - chrono::Duration::milliseconds(cyberimage_db::AFFINITY_PATIENCE_MS + 1000);
+    db.insert_job(&old, 10).await.unwrap();
+    let fresh = insert(db, "fresh, model b", "b").await;
+    assert_eq!(
+        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        old.id
+    );
+    assert_eq!(
+        db.claim_next("w", None).await.unwrap().unwrap().id,
+        fresh.id
+    );
+}
+
+mod on_postgres {
     use super::*;
 
     contract!(
+        postgres:
         round_trip_and_state_machine,
         fifo_and_queue_bound,
         cancel_pending_and_running,
@@ -396,12 +488,20 @@ mod on_sqlite {
         gallery_pagination_search_and_delete,
         list_jobs_by_state,
     );
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_claims_never_share_a_job() {
-        let backend = sqlite().await;
-        super::concurrent_claims_never_share_a_job(backend.db.clone()).await;
-    }
+mod on_sqlite {
+    use super::*;
+
+    contract!(
+        sqlite:
+        round_trip_and_state_machine,
+        fifo_and_queue_bound,
+        cancel_pending_and_running,
+        restart_recovery,
+        gallery_pagination_search_and_delete,
+        list_jobs_by_state,
+    );
 
     #[tokio::test]
     async fn data_survives_reopening_the_file() {

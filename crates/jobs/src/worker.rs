@@ -86,6 +86,7 @@ impl JobService {
 
     async fn worker_loop(self: Arc<Self>, engine: EngineThread, worker_id: String) {
         let mut last_recovery = tokio::time::Instant::now();
+        let mut last_model: Option<String> = None;
         loop {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
@@ -106,8 +107,12 @@ impl JobService {
             // Register interest before looking, so a submit between the
             // empty claim and the wait is not missed.
             let notified = self.wake.notified();
-            match self.db.claim_next(&worker_id).await {
-                Ok(Some(job)) => self.run_job(&engine, job).await,
+            match self.db.claim_next(&worker_id, last_model.as_deref()).await {
+                Ok(Some(job)) => {
+                    // The engine keeps the last model loaded: prefer its jobs.
+                    last_model = Some(job.spec.model.clone());
+                    self.run_job(&engine, job).await
+                }
                 Ok(None) => {
                     let _ = tokio::time::timeout(self.config.poll_interval, notified).await;
                 }

@@ -1,0 +1,497 @@
+//! The PostgreSQL backend: one shared job store for a front end and worker
+//! processes on several machines.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`, so workers never wait on each other
+//! or take the same job. The queue bound and migrations take transaction-
+//! scoped advisory locks, so processes starting or submitting at the same
+//! moment cannot overshoot or race. Timestamps are Unix milliseconds, as in
+//! SQLite, so the row conversions are shared.
+
+use async_trait::async_trait;
+use cyberimage_core::time::now;
+use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use crate::rows::{like_pattern, millis, spec_json, ImageRow, JobRow};
+use crate::{
+    CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
+    RecoveryReport, AFFINITY_PATIENCE_MS,
+};
+
+/// Advisory lock keys (arbitrary, fixed): migrations, queue bound.
+const MIGRATION_LOCK: i64 = 0x6379_6265_7269_6d01;
+const QUEUE_LOCK: i64 = 0x6379_6265_7269_6d02;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE jobs (
+        seq           BIGSERIAL PRIMARY KEY,
+        id            TEXT NOT NULL UNIQUE,
+        status        TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        spec          TEXT NOT NULL,
+        stage         TEXT NOT NULL,
+        step          BIGINT NOT NULL DEFAULT 0,
+        total_steps   BIGINT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        started_at    BIGINT,
+        completed_at  BIGINT,
+        error         TEXT,
+        attempts      BIGINT NOT NULL DEFAULT 0,
+        worker        TEXT,
+        heartbeat_at  BIGINT
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, seq);
+
+    CREATE TABLE images (
+        seq             BIGSERIAL PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        job_id          TEXT NOT NULL REFERENCES jobs (id),
+        idx             BIGINT NOT NULL,
+        model           TEXT NOT NULL,
+        prompt          TEXT NOT NULL,
+        negative_prompt TEXT,
+        width           BIGINT NOT NULL,
+        height          BIGINT NOT NULL,
+        steps           BIGINT NOT NULL,
+        guidance_scale  DOUBLE PRECISION NOT NULL,
+        seed            BIGINT NOT NULL,
+        created_at      BIGINT NOT NULL
+    );
+    CREATE INDEX images_by_job ON images (job_id, idx);
+    CREATE INDEX images_by_model ON images (model, seq);
+    "#,
+)];
+
+const JOB_COLUMNS: &str = "id, status, spec, stage, step, total_steps, created_at, started_at, \
+                           completed_at, error, attempts";
+const IMAGE_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, height, \
+                             steps, guidance_scale, seed, created_at";
+
+#[derive(Clone)]
+pub struct PgDb {
+    pool: PgPool,
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, DbError> {
+    JobRow {
+        id: row.try_get("id")?,
+        status: row.try_get("status")?,
+        spec: row.try_get("spec")?,
+        stage: row.try_get("stage")?,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        error: row.try_get("error")?,
+        attempts: row.try_get("attempts")?,
+    }
+    .into_job()
+}
+
+fn image_from_row(row: &PgRow) -> Result<ImageRecord, DbError> {
+    ImageRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        idx: row.try_get("idx")?,
+        model: row.try_get("model")?,
+        prompt: row.try_get("prompt")?,
+        negative_prompt: row.try_get("negative_prompt")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+        steps: row.try_get("steps")?,
+        guidance_scale: row.try_get("guidance_scale")?,
+        seed: row.try_get("seed")?,
+        created_at: row.try_get("created_at")?,
+    }
+    .into_record()
+}
+
+impl PgDb {
+    /// Connects to `postgres://…` and brings the schema up to date.
+    pub async fn open_url(url: &str) -> Result<Self, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let db = Self { pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(millis(&now()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs one administrative statement (e.g. `CREATE DATABASE`, which
+    /// cannot run inside a transaction).
+    pub async fn execute_admin(&self, sql: &str) -> Result<(), DbError> {
+        sqlx::raw_sql(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn images_of(&self, job: JobId) -> Result<Vec<ImageRecord>, DbError> {
+        let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = $1 ORDER BY idx");
+        sqlx::query(&sql)
+            .bind(job.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(image_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobRepo for PgDb {
+    async fn insert_job(&self, job: &Job, max_pending: u32) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        // Serialises submitters for the count-and-insert, so the bound holds
+        // across front ends.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(QUEUE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query(
+            "INSERT INTO jobs (id, status, model, prompt, spec, stage, step, total_steps, created_at, attempts)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+             WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'pending') < $11",
+        )
+        .bind(job.id.to_string())
+        .bind(job.status.as_str())
+        .bind(&job.spec.model)
+        .bind(&job.spec.prompt)
+        .bind(spec_json(&job.spec))
+        .bind(job.progress.stage.as_str())
+        .bind(i64::from(job.progress.step))
+        .bind(i64::from(job.progress.total_steps))
+        .bind(millis(&job.created_at))
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(max_pending))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if result.rows_affected() == 0 {
+            return Err(DbError::QueueFull);
+        }
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>, DbError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut job = job_from_row(&row)?;
+        if job.status == JobStatus::Completed {
+            job.images = self.images_of(id).await?;
+        }
+        Ok(Some(job))
+    }
+
+    async fn claim_next(
+        &self,
+        worker: &str,
+        preferred_model: Option<&str>,
+    ) -> Result<Option<Job>, DbError> {
+        let t = millis(&now());
+        let sql = format!(
+            "UPDATE jobs SET status = 'processing', stage = 'preparing', step = 0,
+                    started_at = $1, attempts = attempts + 1, worker = $2, heartbeat_at = $1
+             WHERE seq = (
+                 SELECT seq FROM jobs WHERE status = 'pending'
+                 ORDER BY (created_at < $4) DESC, (model = $3) DESC, seq
+                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING {JOB_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(t)
+            .bind(worker)
+            .bind(preferred_model)
+            .bind(t - AFFINITY_PATIENCE_MS)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn update_progress(&self, id: JobId, progress: Progress) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET stage = $1, step = $2, total_steps = $3, heartbeat_at = $4
+             WHERE id = $5 AND status = 'processing'",
+        )
+        .bind(progress.stage.as_str())
+        .bind(i64::from(progress.step))
+        .bind(i64::from(progress.total_steps))
+        .bind(millis(&now()))
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn complete_job(&self, id: JobId, images: &[ImageRecord]) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'completed', stage = 'completed', step = total_steps,
+                    completed_at = $1, error = NULL
+             WHERE id = $2 AND status = 'processing'",
+        )
+        .bind(millis(&now()))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for img in images {
+            sqlx::query(&format!(
+                "INSERT INTO images ({IMAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ))
+            .bind(img.id.as_str())
+            .bind(img.job_id.to_string())
+            .bind(i64::from(img.index))
+            .bind(&img.model)
+            .bind(&img.prompt)
+            .bind(&img.negative_prompt)
+            .bind(i64::from(img.width))
+            .bind(i64::from(img.height))
+            .bind(i64::from(img.steps))
+            .bind(f64::from(img.guidance_scale))
+            .bind(i64::try_from(img.seed).map_err(|_| DbError::Corrupt("seed".into()))?)
+            .bind(millis(&img.created_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail_job(&self, id: JobId, reason: &str) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'failed', stage = 'failed', completed_at = $1, error = $2
+             WHERE id = $3 AND status IN ('pending', 'processing')",
+        )
+        .bind(millis(&now()))
+        .bind(reason)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn cancel_job(&self, id: JobId, reason: &str) -> Result<CancelOutcome, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock holds the status still until the update.
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let was = JobStatus::parse(&before)
+            .ok_or_else(|| DbError::Corrupt(format!("job {id}: status")))?;
+        if was.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(was));
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', completed_at = $1, error = $2 WHERE id = $3",
+        )
+        .bind(millis(&now()))
+        .bind(reason)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CancelOutcome::Cancelled { was })
+    }
+
+    async fn requeue_job(&self, id: JobId) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'pending', stage = 'preparing', step = 0, started_at = NULL,
+                    attempts = GREATEST(attempts - 1, 0), worker = NULL
+             WHERE id = $1 AND status = 'processing'",
+        )
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn heartbeat(&self, id: JobId) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET heartbeat_at = $1 WHERE id = $2 AND status = 'processing'",
+        )
+        .bind(millis(&now()))
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn recover_interrupted(
+        &self,
+        max_attempts: u32,
+        stale_before: cyberimage_core::time::Timestamp,
+    ) -> Result<RecoveryReport, DbError> {
+        let stale = millis(&stale_before);
+        let mut tx = self.pool.begin().await?;
+        let failed = sqlx::query(
+            "UPDATE jobs SET status = 'failed', stage = 'failed', completed_at = $1,
+                    error = 'interrupted ' || attempts || ' times (worker stopped while generating); giving up'
+             WHERE status = 'processing' AND attempts >= $2 AND COALESCE(heartbeat_at, 0) < $3",
+        )
+        .bind(millis(&now()))
+        .bind(i64::from(max_attempts))
+        .bind(stale)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let requeued = sqlx::query(
+            "UPDATE jobs SET status = 'pending', stage = 'preparing', step = 0, started_at = NULL, worker = NULL
+             WHERE status = 'processing' AND COALESCE(heartbeat_at, 0) < $1",
+        )
+        .bind(stale)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(RecoveryReport { requeued, failed })
+    }
+
+    async fn queue_counts(&self) -> Result<QueueCounts, DbError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE status = 'pending') AS pending,
+                    COUNT(*) FILTER (WHERE status = 'processing') AS processing
+             FROM jobs WHERE status IN ('pending', 'processing')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name: &str| -> Result<u64, DbError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name)?).unwrap_or(0))
+        };
+        Ok(QueueCounts {
+            pending: count("pending")?,
+            processing: count("processing")?,
+        })
+    }
+
+    async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let active = statuses.iter().all(|s| !s.is_terminal());
+        let order = if active { "seq ASC" } else { "seq DESC" };
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = ANY($1) ORDER BY {order} LIMIT $2"
+        );
+        sqlx::query(&sql)
+            .bind(&names)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ImageRepo for PgDb {
+    async fn get_image(&self, id: ImageId) -> Result<Option<ImageRecord>, DbError> {
+        let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1");
+        sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(image_from_row)
+            .transpose()
+    }
+
+    async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError> {
+        let pattern = query.search.as_deref().map(like_pattern);
+        let filter =
+            "($1::TEXT IS NULL OR model = $1) AND ($2::TEXT IS NULL OR prompt ILIKE $2 ESCAPE '\\')";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM images WHERE {filter}"))
+            .bind(&query.model)
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await?;
+        let per_page = i64::from(query.per_page.max(1));
+        let offset = i64::from(query.page.max(1) - 1) * per_page;
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE {filter} ORDER BY seq DESC LIMIT $3 OFFSET $4"
+        );
+        let images = sqlx::query(&sql)
+            .bind(&query.model)
+            .bind(&pattern)
+            .bind(per_page)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(image_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(GalleryPage {
+            images,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn delete_image(&self, id: ImageId) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM images WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn all_image_ids(&self) -> Result<Vec<ImageId>, DbError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM images ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter()
+            .map(|s| ImageId::parse(s).map_err(|_| DbError::Corrupt(format!("image id {s:?}"))))
+            .collect()
+    }
+}
