@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a command with a throwaway PostgreSQL server: a fresh cluster in a
-# temp dir on a free loopback port, its URL in CYBERIMAGE_TEST_POSTGRES_URL
+# temp dir on a free loopback port, its URL in POSTGRES_TEST_URL
 # (a superuser, so tests can create a database each). Stopped and removed on
 # exit. Needs Debian's `postgresql` package (.ci/run installs it).
 #
@@ -27,5 +27,5 @@ trap stop EXIT
 # fsync off: a test server's data is thrown away anyway.
 as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
   -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
-export CYBERIMAGE_TEST_POSTGRES_URL="postgres://cyberimage@127.0.0.1:$port/postgres"
+export POSTGRES_TEST_URL="postgres://cyberimage@127.0.0.1:$port/postgres"
 "$@"

@@ -37,6 +37,19 @@ enum Command {
         bind: Option<SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Run the web/API front only; `cyberimage worker` processes sharing
+        /// the database (PostgreSQL) and data dir run the jobs.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Run jobs from the shared queue without the HTTP server (for extra
+    /// GPU machines next to a `serve --no-worker` front).
+    Worker {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Engine threads in this process (default: queue.workers).
+        #[arg(long)]
+        threads: Option<u32>,
     },
     /// Generate images in-process, with a progress bar.
     Generate(generate_cmd::GenerateArgs),
@@ -103,9 +116,24 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { bind, data_dir } => {
+        Command::Serve {
+            bind,
+            data_dir,
+            no_worker,
+        } => {
             let config = Config::load(cli.config.as_deref(), FlagOverrides { bind, data_dir })?;
-            serve(config).await
+            serve(config, !no_worker).await
+        }
+        Command::Worker { data_dir, threads } => {
+            let flags = FlagOverrides {
+                bind: None,
+                data_dir,
+            };
+            let mut config = Config::load(cli.config.as_deref(), flags)?;
+            if let Some(n) = threads {
+                config.queue.workers = n.max(1);
+            }
+            run_worker(config).await
         }
         Command::Generate(args) => {
             let flags = FlagOverrides {
@@ -174,8 +202,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs jobs until SIGTERM or Ctrl-C; the running job is re-queued.
+async fn run_worker(config: Config) -> anyhow::Result<()> {
     let system = wiring::build(&config, true).await?;
+    tracing::info!(
+        database = %wiring::redact(&config.database_url()),
+        data_dir = %config.data_dir.display(),
+        threads = system.workers.len(),
+        "worker running"
+    );
+    // Scripts read this line to know the worker is up.
+    println!("cyberimage worker ready ({} threads)", system.workers.len());
+    shutdown_signal().await;
+    tracing::info!("shutting down: re-queueing running jobs");
+    system.service.begin_shutdown();
+    for w in system.workers {
+        w.join().await;
+    }
+    Ok(())
+}
+
+async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
+    let system = wiring::build(&config, with_workers).await?;
+    if !with_workers || !config.database_url().starts_with("sqlite:") {
+        // Other processes run jobs: carry their progress to our streams.
+        system.service.spawn_progress_relay();
+    }
     let api_keys =
         ApiKeys::from_hex_digests(&config.auth.api_key_sha256, config.auth.private_images)?;
     let app = router(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cyberimage_core::{Catalogue, Generator};
-use cyberimage_db::{Database, SqliteDb};
+use cyberimage_db::{Database, PgDb, SqliteDb};
 use cyberimage_engine::CandleGenerator;
 use cyberimage_jobs::{JobService, JobsConfig, WorkerHandle};
 use cyberimage_store::ImageStore;
@@ -18,17 +18,42 @@ pub struct System {
     pub workers: Vec<WorkerHandle>,
 }
 
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let url = config.database_url();
-    anyhow::ensure!(
-        url.starts_with("sqlite:"),
-        "database_url {url:?} is not supported by this build; use sqlite://PATH"
-    );
-    let db = SqliteDb::open_url(&url)
-        .await
-        .with_context(|| format!("cannot open database {url}"))?;
+    let db: Arc<dyn Database> = if url.starts_with("sqlite:") {
+        Arc::new(
+            SqliteDb::open_url(&url)
+                .await
+                .with_context(|| format!("cannot open database {url}"))?,
+        )
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(
+            PgDb::open_url(&url)
+                .await
+                .with_context(|| format!("cannot connect to {}", redact(&url)))?,
+        )
+    } else {
+        anyhow::bail!(
+            "database_url {:?} is not supported; use sqlite://PATH or postgres://USER@HOST/DB",
+            redact(&url)
+        );
+    };
     let store = ImageStore::open(&config.data_dir).context("cannot open the image folder")?;
     let catalogue = Arc::new(Catalogue::new(config.models.clone())?);
     let jobs_config = JobsConfig {
@@ -43,12 +68,7 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
         )),
         ..Default::default()
     };
-    let service = JobService::new(
-        Arc::new(db) as Arc<dyn Database>,
-        store,
-        catalogue,
-        jobs_config,
-    );
+    let service = JobService::new(db, store, catalogue, jobs_config);
     let report = service.recover().await?;
     if report.requeued + report.failed > 0 {
         tracing::warn!(

@@ -1,6 +1,6 @@
 //! The repository contract: every backend must pass these checks. They run
 //! against a real SQLite file, and against a real PostgreSQL server when
-//! `CYBERIMAGE_TEST_POSTGRES_URL` names one (`scripts/with-postgres.sh`
+//! `POSTGRES_TEST_URL` names one (`scripts/with-postgres.sh`
 //! starts a throwaway server; CI always does, and there a missing server
 //! fails the tests instead of skipping them).
 
@@ -34,12 +34,12 @@ async fn sqlite() -> Backend {
 /// A fresh database on the test server, or `None` (skip) when there is no
 /// server and this is not CI.
 async fn postgres() -> Option<Backend> {
-    let Ok(admin_url) = std::env::var("CYBERIMAGE_TEST_POSTGRES_URL") else {
+    let Ok(admin_url) = std::env::var("POSTGRES_TEST_URL") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI must run the contract on PostgreSQL: set CYBERIMAGE_TEST_POSTGRES_URL"
+            "CI must run the contract on PostgreSQL: set POSTGRES_TEST_URL"
         );
-        eprintln!("skipped: CYBERIMAGE_TEST_POSTGRES_URL is not set");
+        eprintln!("skipped: POSTGRES_TEST_URL is not set");
         return None;
     };
     let name = format!("contract_{}", JobId::new().to_string().replace('-', ""));

@@ -34,6 +34,9 @@ pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15"];
 
 /// Writes built-in model `name` under `root/name` (once) and returns that
 /// folder. Files are compared by size, so a damaged copy is rewritten.
+/// Several processes may share `root` (workers on one data dir): each
+/// writes its own temp file and renames it into place, so a reader only
+/// ever sees a complete file.
 pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> {
     let files = match name {
         "tiny-sd15" => TINY_SD15,
@@ -56,9 +59,16 @@ pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> 
             source,
         };
         std::fs::create_dir_all(path.parent().expect("file has a folder")).map_err(io)?;
-        let tmp = path.with_extension("part");
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let tmp = path.with_extension(format!("{}.{unique}.part", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
     }
     Ok(dir)
 }

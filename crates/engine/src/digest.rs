@@ -96,7 +96,8 @@ pub fn weights_sha256(model_dir: &Path, cache_dir: &Path) -> std::io::Result<Str
     if changed && std::fs::create_dir_all(cache_dir).is_ok() {
         // A lost cache only costs time; a failed write is not an error.
         if let Ok(text) = serde_json::to_vec_pretty(&cache) {
-            let tmp = cache_path.with_extension("tmp");
+            // Per-process temp name: workers may share the models dir.
+            let tmp = cache_path.with_extension(format!("{}.tmp", std::process::id()));
             if std::fs::write(&tmp, text).is_ok() {
                 let _ = std::fs::rename(&tmp, &cache_path);
             }

@@ -221,6 +221,47 @@ impl JobService {
         self.db.get_job(id).await?.ok_or(JobsError::JobNotFound)
     }
 
+    /// Publishes progress of jobs that workers in *other* processes run:
+    /// their events never reach this process's bus, so a front end without
+    /// workers (`serve --no-worker`) reads the active jobs every
+    /// `poll_interval` and publishes what changed, including jobs that left
+    /// the active set (finished). Runs until the service shuts down.
+    pub fn spawn_progress_relay(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut seen: HashMap<JobId, (JobStatus, Progress)> = HashMap::new();
+            let mut tick = tokio::time::interval(service.config.poll_interval);
+            while !service.shutting_down.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let active = match service
+                    .db
+                    .list_jobs(&[JobStatus::Pending, JobStatus::Processing], 500)
+                    .await
+                {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "progress relay cannot read jobs");
+                        continue;
+                    }
+                };
+                let mut now_seen = HashMap::with_capacity(active.len());
+                for job in active {
+                    let state = (job.status, job.progress);
+                    if seen.get(&job.id) != Some(&state) {
+                        service.publish(job.id, job.status, job.progress, None);
+                    }
+                    now_seen.insert(job.id, state);
+                }
+                for gone in seen.keys().filter(|id| !now_seen.contains_key(id)) {
+                    if let Ok(job) = service.job(*gone).await {
+                        service.publish(job.id, job.status, job.progress, job.error.clone());
+                    }
+                }
+                seen = now_seen;
+            }
+        })
+    }
+
     /// Waits until job `id` is finished and returns it, calling
     /// `on_progress` as it advances. Events make it prompt; a periodic
     /// re-read covers jobs run by other processes, whose events this
