@@ -2,7 +2,8 @@
 # The project's test command: format, lints, every Rust test in the
 # workspace, then real Python clients against the binary: the seed contract's
 # own example, the official MCP SDK over HTTP and stdio, the official OpenAI
-# client, and Pillow reading our PNG metadata.
+# client, Pillow reading our PNG metadata, PostgreSQL with several worker
+# processes, and the web UI in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
@@ -32,6 +33,16 @@ BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 if [ -n "$HAVE_PG" ]; then
   scripts/with-postgres.sh .venv/bin/python tests/scale/test_workers_postgres.py "$BIN"
+fi
+# The web UI in headless Chromium (Debian's), driven by playwright-core.
+if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  (cd tests/web && npm ci --no-audit --no-fund --silent)
+  node tests/web/ui.test.mjs "$BIN"
+elif [ "${CI:-}" = "true" ]; then
+  echo "chromium is missing: the web UI tests cannot run" >&2
+  exit 1
+else
+  echo "note: /usr/bin/chromium not found; web UI tests skipped (apt-get install chromium)" >&2
 fi
 if [ -f ../shared/seed/MCP_INTEGRATION.md ]; then
   .venv/bin/python tests/seed/run_seed_example.py "$BIN"

@@ -1,5 +1,5 @@
 //! Optional API keys. When any are configured, every route but the probes
-//! (`/health`, `/ready`)
+//! (`/health`, `/ready`) and the web page's own files
 //! needs one, as `Authorization: Bearer KEY` or `X-API-Key: KEY`. Only
 //! SHA-256 digests of keys are kept, and a presented key's digest is
 //! compared with every stored digest in constant time, so neither timing
@@ -81,7 +81,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn is_public(path: &str, keys: &ApiKeys) -> bool {
-    if path == "/health" || path == "/ready" {
+    if path == "/health" || path == "/ready" || crate::web::is_public(path) {
         return true;
     }
     let image_route = path.starts_with("/api/get_image/")

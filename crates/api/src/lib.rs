@@ -19,6 +19,7 @@ mod params;
 pub mod png_info;
 mod rest;
 mod views;
+mod web;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(png_info::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
+        .merge(web::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -1,0 +1,73 @@
+// The page shell: client-side routing between the three pages, and the
+// queue badge, fed by the server's global event stream.
+
+import { call, streamEvents } from './api.js';
+import * as generate from './generate.js';
+import * as gallery from './gallery.js';
+import * as queue from './queue.js';
+
+const pages = { '/': generate, '/gallery': gallery, '/queue': queue };
+const names = { '/': 'generate', '/gallery': 'gallery', '/queue': 'queue' };
+let current = null;
+
+function show(path) {
+  const page = pages[path] ? path : '/';
+  for (const [p, name] of Object.entries(names)) {
+    document.getElementById('page-' + name).hidden = p !== page;
+  }
+  for (const a of document.querySelectorAll('nav a')) {
+    if (a.dataset.page === names[page]) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (current && current !== pages[page] && current.leave) current.leave();
+  current = pages[page];
+  current.enter();
+  document.title = 'CyberImage · ' + names[page][0].toUpperCase() + names[page].slice(1);
+}
+
+export function navigate(path) {
+  if (location.pathname !== path) history.pushState(null, '', path);
+  show(path);
+}
+
+document.addEventListener('click', (e) => {
+  const a = e.target.closest('a[data-nav]');
+  if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+  e.preventDefault();
+  navigate(a.getAttribute('href'));
+});
+window.addEventListener('popstate', () => show(location.pathname));
+
+// Listeners of the global job stream, by page.
+const jobListeners = new Set();
+export function onJobEvent(fn) {
+  jobListeners.add(fn);
+  return () => jobListeners.delete(fn);
+}
+
+async function refreshBadge() {
+  try {
+    const q = await call('GET', '/api/queue');
+    const badge = document.getElementById('queue-badge');
+    const n = q.pending + q.processing;
+    badge.textContent = String(n);
+    badge.hidden = n === 0;
+  } catch (e) { /* the badge is a nicety */ }
+}
+
+let badgeTimer = null;
+function start() {
+  generate.init({ navigate, onJobEvent });
+  gallery.init({ navigate });
+  queue.init({ onJobEvent });
+  show(location.pathname);
+  refreshBadge();
+  streamEvents('/api/events', (name, data) => {
+    if (name !== 'job') return;
+    for (const fn of jobListeners) fn(data);
+    clearTimeout(badgeTimer);
+    badgeTimer = setTimeout(refreshBadge, 300);
+  }, new AbortController().signal);
+}
+
+start();

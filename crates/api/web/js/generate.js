@@ -1,0 +1,224 @@
+// The generate page: the form, model defaults, seed reuse, and one card per
+// submitted job with live progress (stage, step bar, ETA) from the event
+// stream, then the images.
+
+import { call, setImage } from './api.js';
+
+let models = { models: {}, default: '' };
+let lastSeed = null;
+const cards = new Map(); // job id -> card state
+const el = (id) => document.getElementById(id);
+
+export function init({ onJobEvent }) {
+  el('generate-form').addEventListener('submit', (e) => { e.preventDefault(); submit(); });
+  el('prompt').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submit(); }
+  });
+  el('model').addEventListener('change', () => applyModelDefaults());
+  el('size-preset').addEventListener('change', () => applyPreset());
+  for (const id of ['width', 'height']) {
+    el(id).addEventListener('input', () => { el('size-preset').value = 'custom'; });
+  }
+  el('reuse-seed').addEventListener('click', () => { if (lastSeed !== null) el('seed').value = lastSeed; });
+  onJobEvent((ev) => { const card = cards.get(ev.job_id); if (card) update(card, ev); });
+  loadModels();
+}
+
+export function enter() {
+  const pending = sessionStorage.getItem('cyberimage-remix');
+  if (pending) {
+    sessionStorage.removeItem('cyberimage-remix');
+    remix(JSON.parse(pending));
+  }
+  el('prompt').focus();
+}
+
+async function loadModels() {
+  try {
+    models = await call('GET', '/api/models');
+  } catch (e) {
+    showError('Could not load the models: ' + e.message);
+    return;
+  }
+  const select = el('model');
+  select.textContent = '';
+  for (const [key, m] of Object.entries(models.models)) {
+    const opt = document.createElement('option');
+    opt.value = key;
+    opt.textContent = `${key} (${m.family})`;
+    opt.title = m.description;
+    select.append(opt);
+  }
+  select.value = models.default;
+  applyModelDefaults();
+  const remixPending = select.dataset.pending;
+  if (remixPending) { delete select.dataset.pending; remix(JSON.parse(remixPending)); }
+}
+
+function applyModelDefaults() {
+  const m = models.models[el('model').value];
+  if (!m || !m.defaults) return;
+  el('steps').value = m.defaults.steps;
+  el('guidance').value = m.defaults.guidance_scale;
+  el('size-preset').value = 'model';
+  el('width').value = m.defaults.width;
+  el('height').value = m.defaults.height;
+  const step = m.family === 'flux-dev' || m.family === 'flux-schnell' || m.family === 'sd3' ? 16 : 8;
+  el('width').step = step;
+  el('height').step = step;
+}
+
+function applyPreset() {
+  const v = el('size-preset').value;
+  if (v === 'model') { applyModelDefaults(); return; }
+  if (v === 'custom') return;
+  const [w, h] = v.split('x');
+  el('width').value = w;
+  el('height').value = h;
+}
+
+// Fills the form from an image's metadata (the gallery's "remix").
+export function remix(meta) {
+  if (!Object.keys(models.models).length) { el('model').dataset.pending = JSON.stringify(meta); return; }
+  if (models.models[meta.model_id]) { el('model').value = meta.model_id; applyModelDefaults(); }
+  el('prompt').value = meta.prompt || '';
+  el('negative_prompt').value = meta.negative_prompt || '';
+  const s = meta.settings || {};
+  if (s.num_inference_steps) el('steps').value = s.num_inference_steps;
+  if (s.guidance_scale !== undefined) el('guidance').value = s.guidance_scale;
+  if (s.width) { el('width').value = s.width; el('height').value = s.height; el('size-preset').value = 'custom'; }
+  if (s.seed !== undefined) el('seed').value = s.seed;
+}
+
+function showError(message) {
+  const p = el('generate-error');
+  p.textContent = message;
+  p.hidden = !message;
+}
+
+function numberOrNull(id) {
+  const v = el(id).value.trim();
+  return v === '' ? null : Number(v);
+}
+
+async function submit() {
+  showError('');
+  const prompt = el('prompt').value.trim();
+  if (!prompt) { showError('Write a prompt first.'); el('prompt').focus(); return; }
+  const body = {
+    prompt,
+    negative_prompt: el('negative_prompt').value.trim() || null,
+    model: el('model').value || null,
+    settings: {
+      num_inference_steps: numberOrNull('steps'),
+      guidance_scale: numberOrNull('guidance'),
+      width: numberOrNull('width'),
+      height: numberOrNull('height'),
+      num_images: numberOrNull('num_images'),
+      seed: numberOrNull('seed'),
+    },
+  };
+  const button = el('generate-button');
+  button.disabled = true;
+  try {
+    const job = await call('POST', '/api/generate', body);
+    addCard(job.job_id, body);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function addCard(jobId, body) {
+  const node = document.createElement('article');
+  node.className = 'job';
+  node.dataset.jobId = jobId;
+  node.innerHTML = `<header><span class="model"></span><span class="status">queued</span></header>
+    <p class="prompt"></p>
+    <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="0"><div></div></div>
+    <div class="stage">waiting in the queue…</div>
+    <p class="error" hidden></p>
+    <div class="results"></div>`;
+  node.querySelector('.model').textContent = body.model || 'default model';
+  node.querySelector('.prompt').textContent = body.prompt;
+  el('jobs').prepend(node);
+  const card = { id: jobId, node, stepTimes: [], done: false };
+  cards.set(jobId, card);
+  // The event stream may have missed the start; the status is the truth.
+  call('GET', `/api/status/${jobId}`).then((s) => {
+    update(card, { job_id: jobId, status: s.status, progress: s.progress, error: s.error });
+  }).catch(() => {});
+  return card;
+}
+
+function stageText(p) {
+  if (p.loading_model) return 'loading model…';
+  if (p.generating) return `step ${p.step} / ${p.total_steps}`;
+  if (p.saving) return 'saving…';
+  if (p.preparing) return 'preparing…';
+  return '';
+}
+
+function update(card, ev) {
+  if (card.done) return;
+  const p = ev.progress || {};
+  const bar = card.node.querySelector('.progress');
+  const pct = p.total_steps ? Math.round((100 * p.step) / p.total_steps) : 0;
+  bar.firstElementChild.style.width = pct + '%';
+  bar.setAttribute('aria-valuenow', String(pct));
+  card.node.querySelector('.status').textContent = ev.status;
+  let text = stageText(p);
+  if (p.generating && p.step > 0) {
+    const now = performance.now();
+    if (card.stepTimes.length === 0 || card.stepTimes[card.stepTimes.length - 1][0] !== p.step) card.stepTimes.push([p.step, now]);
+    const first = card.stepTimes[0];
+    if (card.stepTimes.length > 1 && p.step > first[0]) {
+      const perStep = (now - first[1]) / (p.step - first[0]);
+      text += ` · ETA ${Math.max(0, Math.round((perStep * (p.total_steps - p.step)) / 1000))} s`;
+    }
+  }
+  card.node.querySelector('.stage').textContent = text;
+  if (['completed', 'failed', 'cancelled'].includes(ev.status)) finish(card);
+}
+
+async function finish(card) {
+  card.done = true;
+  let status;
+  try {
+    status = await call('GET', `/api/status/${card.id}`);
+  } catch (e) {
+    status = { status: 'failed', error: e.message };
+  }
+  card.node.classList.add(status.status);
+  card.node.querySelector('.status').textContent = status.status;
+  const stage = card.node.querySelector('.stage');
+  if (status.status !== 'completed') {
+    const err = card.node.querySelector('.error');
+    err.textContent = status.error || status.status;
+    err.hidden = false;
+    stage.textContent = '';
+    return;
+  }
+  card.node.querySelector('.progress').firstElementChild.style.width = '100%';
+  stage.textContent = `done · ${status.images.length} image(s)`;
+  const results = card.node.querySelector('.results');
+  for (const img of status.images) {
+    const s = img.metadata.settings;
+    const a = document.createElement('a');
+    a.href = img.url;
+    a.target = '_blank';
+    a.rel = 'noopener';
+    const pic = document.createElement('img');
+    pic.alt = img.metadata.prompt;
+    pic.width = s.width;
+    pic.height = s.height;
+    pic.style.setProperty('--ar', `${s.width} / ${s.height}`);
+    pic.className = 'result-image';
+    setImage(pic, img.url);
+    a.append(pic);
+    results.append(a);
+    lastSeed = s.seed;
+  }
+  el('reuse-seed').disabled = lastSeed === null;
+}
