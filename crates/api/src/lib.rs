@@ -17,6 +17,7 @@ pub mod openapi;
 mod origin;
 mod params;
 pub mod png_info;
+mod rate_limit;
 mod rest;
 mod views;
 mod web;
@@ -33,6 +34,7 @@ pub use auth::{digest_hex, ApiKeys, BadDigest};
 pub use error_table::ApiError;
 pub use mcp::{McpOptions, McpServer};
 pub use origin::OriginPolicy;
+pub use rate_limit::RateLimitConfig;
 
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -41,6 +43,10 @@ pub struct ApiConfig {
     /// Browser origins allowed besides loopback pages (see `origin.rs`).
     pub allowed_origins: Vec<String>,
     pub mcp: McpOptions,
+    pub rate_limit: RateLimitConfig,
+    /// A client that has not sent its whole body by then gets 408 (slow
+    /// senders cannot hold connections open forever).
+    pub request_body_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +56,8 @@ impl Default for ApiConfig {
             api_keys: ApiKeys::default(),
             allowed_origins: Vec::new(),
             mcp: McpOptions::default(),
+            rate_limit: RateLimitConfig::default(),
+            request_body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -79,15 +87,31 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(web::routes())
         .merge(events::routes())
         .fallback(|| async { ApiError::new_not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                error_table::rpc::METHOD_NOT_FOUND,
+                "this route does not answer that HTTP method",
+            )
+        })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             config.api_keys.clone(),
             auth::require_key,
         ))
-        // Outermost: a refused origin learns nothing, not even whether a key is needed.
+        // A refused origin learns nothing, not even whether a key is needed.
         .layer(axum::middleware::from_fn_with_state(
             OriginPolicy::new(&config.allowed_origins),
             origin::check,
+        ))
+        // Before auth, so floods of unauthenticated requests are limited too.
+        .layer(axum::middleware::from_fn_with_state(
+            rate_limit::RateLimiter::new(config.rate_limit.clone()),
+            rate_limit::limit,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            config.request_body_timeout,
         ))
         .layer(axum::middleware::from_fn(openai::reshape_errors))
         .layer(axum::middleware::from_fn_with_state(
@@ -121,7 +145,11 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Peer addresses feed the per-client rate limiter.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -106,3 +106,71 @@ async fn cross_site_writes_are_refused_and_reads_are_not() {
     let status = r.status();
     assert_eq!(status, 202, "{}", r.text().await.unwrap());
 }
+
+async fn start_with(config: cyberimage_api::ApiConfig) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(dir.path(), 10, None).await;
+    let app = cyberimage_api::router(service, &config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
+    (base, dir)
+}
+
+#[tokio::test]
+async fn clients_over_their_rate_get_429_with_retry_after() {
+    let (base, _dir) = start_with(cyberimage_api::ApiConfig {
+        rate_limit: cyberimage_api::RateLimitConfig {
+            per_minute: 60,
+            burst: 5,
+            // The test client is on loopback, which is exempt by default.
+            exempt_loopback: false,
+        },
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = http.get(format!("{base}/api/models")).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(
+                r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (base, _dir) = start_with(cyberimage_api::ApiConfig {
+        request_body_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"prompt\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the server answers instead of waiting forever")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}

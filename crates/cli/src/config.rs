@@ -23,6 +23,9 @@ pub struct Config {
     /// Browser origins (`https://host:port`) allowed to call the API and
     /// MCP besides pages served from loopback; `"*"` allows any.
     pub allowed_origins: Vec<String>,
+    /// Seconds a client has to send a request body (408 after).
+    pub request_body_timeout_secs: u64,
+    pub rate_limit: RateLimitConfig,
     pub mcp: McpConfig,
     pub queue: QueueConfig,
     pub auth: AuthConfig,
@@ -56,6 +59,38 @@ impl Default for QueueConfig {
             poll_interval_ms: 1000,
             heartbeat_interval_ms: 5000,
             stale_after_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per minute per client IP; 0 turns limiting off.
+    pub per_minute: u32,
+    /// Requests a client may make in a burst.
+    pub burst: u32,
+    /// Whether clients on this machine (loopback) are exempt.
+    pub exempt_loopback: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let d = cyberimage_api::RateLimitConfig::default();
+        Self {
+            per_minute: d.per_minute,
+            burst: d.burst,
+            exempt_loopback: d.exempt_loopback,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn to_api(&self) -> cyberimage_api::RateLimitConfig {
+        cyberimage_api::RateLimitConfig {
+            per_minute: self.per_minute,
+            burst: self.burst,
+            exempt_loopback: self.exempt_loopback,
         }
     }
 }
@@ -103,6 +138,8 @@ impl Default for Config {
             database_url: String::new(),
             max_body_bytes: 1024 * 1024,
             allowed_origins: Vec::new(),
+            request_body_timeout_secs: 30,
+            rate_limit: RateLimitConfig::default(),
             mcp: McpConfig::default(),
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
@@ -143,10 +180,14 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig.merge(Env::prefixed("CYBERIMAGE_").ignore(&["CONFIG"]).split("__"))
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(Box::new)
+        fig.merge(
+            Env::prefixed("CYBERIMAGE_")
+                .ignore(&["CONFIG", "API_KEY"])
+                .split("__"),
+        )
+        .merge(Serialized::defaults(flags))
+        .extract()
+        .map_err(Box::new)
     }
 
     pub fn database_url(&self) -> String {

@@ -53,6 +53,13 @@ enum Command {
     },
     /// Generate images in-process, with a progress bar.
     Generate(generate_cmd::GenerateArgs),
+    /// Check and repair the data: database integrity, jobs interrupted by
+    /// crashes, image files without rows and rows without files. Run it
+    /// with the server stopped.
+    Doctor {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Show the generation parameters stored in a PNG (ours or A1111's).
     Inspect {
         file: PathBuf,
@@ -157,6 +164,14 @@ async fn main() -> anyhow::Result<()> {
             mcp_stdio(config).await
         }
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Doctor { data_dir } => {
+            let flags = FlagOverrides {
+                bind: None,
+                data_dir,
+            };
+            let config = Config::load(cli.config.as_deref(), flags)?;
+            doctor(config).await
+        }
         Command::Openapi => {
             print!("{}", cyberimage_api::openapi::document_text());
             Ok(())
@@ -237,6 +252,10 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
             api_keys: api_keys.clone(),
             allowed_origins: config.allowed_origins.clone(),
             mcp: mcp_options(&config),
+            rate_limit: config.rate_limit.to_api(),
+            request_body_timeout: std::time::Duration::from_secs(
+                config.request_body_timeout_secs.max(1),
+            ),
         },
     );
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -259,6 +278,27 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
     for w in system.workers {
         w.join().await;
     }
+    Ok(())
+}
+
+async fn doctor(config: Config) -> anyhow::Result<()> {
+    let service = wiring::service(&config).await?;
+    let integrity = service.integrity_check().await?;
+    println!("database integrity: {integrity}");
+    let recovered = service.recover_stale_jobs().await?;
+    println!(
+        "interrupted jobs: {} re-queued, {} failed after their retries",
+        recovered.requeued, recovered.failed
+    );
+    service.clean_tmp().await?;
+    let fixed = service.reconcile_files().await?;
+    println!(
+        "image files without rows removed: {}; rows without files removed: {}",
+        fixed.orphan_files_removed, fixed.dangling_rows_removed
+    );
+    let repaired = fixed.orphan_files_removed + fixed.dangling_rows_removed;
+    println!("repaired {repaired}");
+    anyhow::ensure!(integrity == "ok", "the database failed its integrity check");
     Ok(())
 }
 

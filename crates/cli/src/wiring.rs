@@ -32,7 +32,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {
+/// The jobs service on the configured database and data dir, with no
+/// recovery pass and no workers (for `doctor`).
+pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let url = config.database_url();
@@ -69,6 +71,11 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
         ..Default::default()
     };
     let service = JobService::new(db, store, catalogue, jobs_config);
+    Ok(service)
+}
+
+pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {
+    let service = self::service(config).await?;
     let report = service.recover().await?;
     if report.requeued + report.failed > 0 {
         tracing::warn!(

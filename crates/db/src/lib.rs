@@ -127,6 +127,9 @@ pub trait JobRepo: Send + Sync {
 
     async fn queue_counts(&self) -> Result<QueueCounts, DbError>;
 
+    /// The backend's own consistency check: `"ok"` when sound.
+    async fn integrity_check(&self) -> Result<String, DbError>;
+
     /// Jobs in any of `statuses`: oldest first for active states, newest
     /// first for finished ones. Images are not loaded.
     async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError>;

@@ -165,13 +165,6 @@ impl SqliteDb {
         Ok(())
     }
 
-    /// `PRAGMA integrity_check`, for `doctor` and the crash tests.
-    pub async fn integrity_check(&self) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -412,6 +405,13 @@ impl JobRepo for SqliteDb {
         .rows_affected();
         tx.commit().await?;
         Ok(RecoveryReport { requeued, failed })
+    }
+
+    /// `PRAGMA integrity_check`, for `doctor` and the crash tests.
+    async fn integrity_check(&self) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn queue_counts(&self) -> Result<QueueCounts, DbError> {

@@ -3,36 +3,9 @@
 //! "trailing" and "linspace" timestep spacings and epsilon or v prediction.
 
 use candle_core::Tensor;
-use serde::Deserialize;
 
+use crate::schedule::{alphas_cumprod, linspace, SchedulerConfig};
 use crate::EngineLoadError;
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct DdimConfig {
-    #[serde(default = "default_train_steps")]
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: String,
-    #[serde(default)]
-    pub set_alpha_to_one: bool,
-    #[serde(default)]
-    pub steps_offset: usize,
-    #[serde(default = "default_prediction")]
-    pub prediction_type: String,
-    #[serde(default = "default_spacing")]
-    pub timestep_spacing: String,
-}
-
-fn default_train_steps() -> usize {
-    1000
-}
-fn default_prediction() -> String {
-    "epsilon".into()
-}
-fn default_spacing() -> String {
-    "leading".into()
-}
 
 pub struct Ddim {
     alphas_cumprod: Vec<f64>,
@@ -43,36 +16,14 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(cfg: &DdimConfig, steps: usize) -> Result<Self, EngineLoadError> {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
         let n = cfg.num_train_timesteps;
         if steps == 0 || steps > n {
             return Err(EngineLoadError::Unsupported(format!(
                 "{steps} steps with {n} training timesteps"
             )));
         }
-        // diffusers computes the schedule in float32; do the same so the
-        // trajectories agree to the last bits that matter.
-        let betas: Vec<f32> = match cfg.beta_schedule.as_str() {
-            "scaled_linear" => linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
-                .map(|b| (b as f32) * (b as f32))
-                .collect(),
-            "linear" => linspace(cfg.beta_start, cfg.beta_end, n)
-                .map(|b| b as f32)
-                .collect(),
-            other => {
-                return Err(EngineLoadError::Unsupported(format!(
-                    "beta_schedule {other:?}"
-                )))
-            }
-        };
-        let mut acc = 1f32;
-        let alphas_cumprod: Vec<f64> = betas
-            .iter()
-            .map(|b| {
-                acc *= 1.0 - b;
-                f64::from(acc)
-            })
-            .collect();
+        let alphas_cumprod: Vec<f64> = alphas_cumprod(cfg)?.into_iter().map(f64::from).collect();
         let final_alpha_cumprod = if cfg.set_alpha_to_one {
             1.0
         } else {
@@ -145,13 +96,4 @@ impl Ddim {
         };
         (pred_x0 * alpha_prev.sqrt())? + (pred_eps * (1.0 - alpha_prev).sqrt())?
     }
-}
-
-fn linspace(start: f64, end: f64, n: usize) -> impl DoubleEndedIterator<Item = f64> {
-    let step = if n > 1 {
-        (end - start) / (n - 1) as f64
-    } else {
-        0.0
-    };
-    (0..n).map(move |i| start + step * i as f64)
 }

@@ -142,6 +142,7 @@ impl Generator for CandleGenerator {
         );
         let count = shape.1 * shape.2 * shape.3;
         let steps = spec.steps as usize;
+        let sampler = sd.scheduler(steps).map_err(failed)?.name();
         let total = spec.total_steps();
         let mut images = Vec::new();
         for index in 0..spec.num_images {
@@ -175,7 +176,7 @@ impl Generator for CandleGenerator {
                 rgb,
                 seed,
                 extra_metadata: vec![
-                    ("sampler".into(), "DDIM".into()),
+                    ("sampler".into(), sampler.into()),
                     ("dtype".into(), "f32".into()),
                     ("noise".into(), "chacha8-box-muller".into()),
                     ("weights_sha256".into(), loaded_model.weights_sha256.clone()),

@@ -1,12 +1,14 @@
-//! The Stable Diffusion 1.x/2.x text-to-image pipeline: CLIP conditioning
-//! with classifier-free guidance, DDIM denoising, VAE decoding.
+//! The Stable Diffusion 1.x/2.x text-to-image pipeline (SD-Turbo included):
+//! CLIP conditioning with classifier-free guidance (skipped at guidance
+//! <= 1, as diffusers does), the model's scheduler (DDIM or Euler), VAE
+//! decoding.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip::ClipTextEncoder;
-use crate::ddim::{Ddim, DdimConfig};
+use crate::schedule::{Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::VaeDecoder;
@@ -18,7 +20,7 @@ pub struct StableDiffusion {
     text_encoder: ClipTextEncoder,
     unet: UNet,
     vae: VaeDecoder,
-    scheduler_config: DdimConfig,
+    scheduler_config: SchedulerConfig,
     device: Device,
 }
 
@@ -37,6 +39,17 @@ impl StableDiffusion {
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
         })
+    }
+
+    /// Runs with `config` instead of the folder's scheduler (the same
+    /// weights under another sampler).
+    pub fn with_scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler_config = config;
+        self
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
     }
 
     /// VAE downsampling factor: 2^(blocks - 1), 8 for every real SD model.
@@ -59,8 +72,14 @@ impl StableDiffusion {
         Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
     }
 
-    /// Denoises `latents` (1, c, h, w) for `steps` DDIM steps with guidance
-    /// `guidance`; returns the final latents.
+    /// The scheduler this model runs `steps` steps with.
+    pub fn scheduler(&self, steps: usize) -> Result<Scheduler, EngineLoadError> {
+        Scheduler::new(&self.scheduler_config, steps)
+    }
+
+    /// Denoises `latents` (1, c, h, w) for `steps` steps of the model's
+    /// scheduler with guidance `guidance`; `context` is (uncond, cond) from
+    /// `encode_prompts`. Returns the final latents.
     pub fn denoise(
         &self,
         context: &Tensor,
@@ -69,15 +88,28 @@ impl StableDiffusion {
         guidance: f64,
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
-        let scheduler = Ddim::new(&self.scheduler_config, steps)?;
+        let scheduler = self.scheduler(steps)?;
+        // Like diffusers: no classifier-free guidance at guidance <= 1 (one
+        // UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
+        let cfg = guidance > 1.0;
+        let context = if cfg {
+            context.clone()
+        } else {
+            context.narrow(0, 1, 1)?
+        };
         let mut latents = (latents * scheduler.init_noise_sigma())?;
         for (i, &t) in scheduler.timesteps().iter().enumerate() {
-            let input = Tensor::cat(&[&latents, &latents], 0)?;
-            let eps = self.unet.forward(&input, t as f64, context)?;
-            let uncond = eps.narrow(0, 0, 1)?;
-            let cond = eps.narrow(0, 1, 1)?;
-            let guided = (&uncond + ((cond - &uncond)? * guidance)?)?;
-            latents = scheduler.step(&guided, t, &latents)?;
+            let scaled = scheduler.scale_model_input(&latents, i)?;
+            let guided = if cfg {
+                let input = Tensor::cat(&[&scaled, &scaled], 0)?;
+                let eps = self.unet.forward(&input, t, &context)?;
+                let uncond = eps.narrow(0, 0, 1)?;
+                let cond = eps.narrow(0, 1, 1)?;
+                (&uncond + ((cond - &uncond)? * guidance)?)?
+            } else {
+                self.unet.forward(&scaled, t, &context)?
+            };
+            latents = scheduler.step(&guided, i, &latents)?;
             if !on_step(i + 1, &latents) {
                 return Ok(None);
             }

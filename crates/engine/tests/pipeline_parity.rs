@@ -1,5 +1,6 @@
 //! End-to-end parity of the SD pipeline with diffusers on the tiny
-//! SD1.5-class model: the DDIM trajectory step by step and the final image.
+//! SD1.5-class model: the DDIM and Euler trajectories step by step, the
+//! final images, and SD-Turbo's single step without guidance.
 
 mod support;
 
@@ -7,6 +8,97 @@ use candle_core::Device;
 use cyberimage_engine::relative_error;
 use cyberimage_engine::sd::StableDiffusion;
 use support::{model_dir, reference_settings, references};
+
+/// Final images: within 1/255 on at least 99% of pixel values.
+fn assert_images_close(image: &candle_core::Tensor, expected: &candle_core::Tensor) {
+    assert_eq!(image.dims(), expected.dims());
+    let ours = image.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let theirs = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let close = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| (*a - *b).abs() <= 1.0 / 255.0)
+        .count();
+    let share = close as f64 / ours.len() as f64;
+    eprintln!("final image: {:.4}% of values within 1/255", share * 100.0);
+    assert!(share >= 0.99, "only {share} within 1/255");
+}
+
+fn euler_references() -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(
+        model_dir().join("euler_references.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// The tiny model under diffusers' Euler scheduler with `spacing`.
+fn euler_pipeline(spacing: &str) -> StableDiffusion {
+    let sd = StableDiffusion::load(&model_dir(), &Device::Cpu).unwrap();
+    let mut config = sd.scheduler_config().clone();
+    config.class_name = "EulerDiscreteScheduler".into();
+    config.timestep_spacing = spacing.into();
+    sd.with_scheduler(config)
+}
+
+fn run_and_compare(
+    sd: &StableDiffusion,
+    steps: usize,
+    guidance: f64,
+    trajectory: Option<&candle_core::Tensor>,
+) -> candle_core::Tensor {
+    let refs = references();
+    let meta = reference_settings();
+    let context = sd
+        .encode_prompts(
+            meta["prompt"].as_str().unwrap(),
+            meta["negative_prompt"].as_str().unwrap(),
+        )
+        .unwrap();
+    let mut worst = 0f32;
+    let latents = sd
+        .denoise(
+            &context,
+            refs["initial_latents"].clone(),
+            steps,
+            guidance,
+            &mut |step, latents| {
+                if let Some(trajectory) = trajectory {
+                    let expected = trajectory.get(step - 1).unwrap();
+                    worst = worst.max(relative_error(latents, &expected).unwrap());
+                }
+                true
+            },
+        )
+        .unwrap()
+        .unwrap();
+    eprintln!("worst trajectory relative error {worst:e}");
+    assert!(worst <= 1e-4, "trajectory relative error {worst}");
+    sd.decode_unit(&latents).unwrap()
+}
+
+#[test]
+fn euler_leading_and_trailing_match_diffusers() {
+    let refs = euler_references();
+    for spacing in ["leading", "trailing"] {
+        let sd = euler_pipeline(spacing);
+        assert_eq!(sd.scheduler(4).unwrap().name(), "Euler");
+        let image = run_and_compare(
+            &sd,
+            4,
+            7.5,
+            Some(&refs[&format!("euler_{spacing}_trajectory")]),
+        );
+        assert_images_close(&image, &refs[&format!("euler_{spacing}_image")]);
+    }
+}
+
+#[test]
+fn turbo_single_step_without_guidance_matches_diffusers() {
+    let refs = euler_references();
+    let image = run_and_compare(&euler_pipeline("trailing"), 1, 0.0, None);
+    assert_images_close(&image, &refs["turbo_image"]);
+}
 
 #[test]
 fn ddim_trajectory_and_final_image_match_diffusers() {

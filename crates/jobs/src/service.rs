@@ -144,14 +144,25 @@ impl JobService {
             .await?)
     }
 
-    /// Start-up pass: recover jobs a crash left running, drop half-written
-    /// files, and reconcile image files with image rows.
-    pub async fn recover(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
-        let report = self.recover_stale_jobs().await?;
+    /// The database's own consistency check (`"ok"` when sound).
+    pub async fn integrity_check(&self) -> Result<String, JobsError> {
+        Ok(self.db.integrity_check().await?)
+    }
+
+    /// Removes half-written files of interrupted saves.
+    pub async fn clean_tmp(&self) -> Result<(), JobsError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.clean_tmp())
             .await
             .expect("clean_tmp does not panic")?;
+        Ok(())
+    }
+
+    /// Start-up pass: recover jobs a crash left running, drop half-written
+    /// files, and reconcile image files with image rows.
+    pub async fn recover(&self) -> Result<cyberimage_db::RecoveryReport, JobsError> {
+        let report = self.recover_stale_jobs().await?;
+        self.clean_tmp().await?;
         let fixed = self.reconcile_files().await?;
         if fixed.orphan_files_removed + fixed.dangling_rows_removed > 0 {
             tracing::warn!(?fixed, "reconciled image files with the database");

@@ -103,6 +103,15 @@ impl JobService {
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "recovery pass failed"),
                 }
+                // Files a crash left without rows were too young to judge at
+                // start-up; they are old enough now.
+                match self.reconcile_files().await {
+                    Ok(f) if f.orphan_files_removed + f.dangling_rows_removed > 0 => {
+                        tracing::warn!(?f, "reconciled image files with the database")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "reconcile pass failed"),
+                }
             }
             // Register interest before looking, so a submit between the
             // empty claim and the wait is not missed.

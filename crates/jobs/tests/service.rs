@@ -407,3 +407,37 @@ async fn start_up_reconciles_orphan_files_and_dangling_rows() {
     let again = h.service.reconcile_files().await.unwrap();
     assert_eq!(again, Default::default(), "a second pass finds nothing");
 }
+
+/// An unwritable image folder (here: `images` replaced by a plain file, so
+/// every write fails with "not a directory", as it would on a full or
+/// read-only disk; a real full disk cannot be made without privileges)
+/// fails the job with the reason and leaves the service working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_image_folder_fails_the_job_and_the_service_goes_on() {
+    let h = harness(10).await;
+    h.service
+        .spawn_worker(Arc::new(ScriptedGenerator::new(Duration::ZERO)), "w")
+        .unwrap();
+    let images = h.dir.path().join("images");
+    std::fs::remove_dir_all(&images).unwrap();
+    std::fs::write(&images, b"not a folder").unwrap();
+    let job = h.service.submit(request("doomed to fail")).await.unwrap();
+    let failed = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    let reason = failed.error.unwrap();
+    assert!(reason.contains("could not save image"), "{reason}");
+    let rows = cyberimage_db::ImageRepo::all_image_ids(&*h.db)
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "no row for an image that was not written");
+
+    std::fs::remove_file(&images).unwrap();
+    std::fs::create_dir(&images).unwrap();
+    let job = h
+        .service
+        .submit(request("after the disk is fixed"))
+        .await
+        .unwrap();
+    let done = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed);
+}

@@ -1,0 +1,147 @@
+//! Schedulers: what a model's `scheduler/scheduler_config.json` asks for,
+//! the noise schedule they share, and the one interface the pipeline
+//! drives. `_class_name` picks the algorithm: Euler for
+//! `EulerDiscreteScheduler` (SD-Turbo ships it), DDIM for everything else
+//! (SD 1.5's PNDM and DDIM-family configs run as deterministic DDIM).
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use crate::ddim::Ddim;
+use crate::euler::Euler;
+use crate::EngineLoadError;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: String,
+    #[serde(default = "default_train_steps")]
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "default_prediction")]
+    pub prediction_type: String,
+    #[serde(default = "default_spacing")]
+    pub timestep_spacing: String,
+    // Euler options; the defaults are what we implement.
+    #[serde(default = "default_interpolation")]
+    pub interpolation_type: String,
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    #[serde(default = "default_final_sigmas")]
+    pub final_sigmas_type: String,
+}
+
+fn default_train_steps() -> usize {
+    1000
+}
+fn default_prediction() -> String {
+    "epsilon".into()
+}
+fn default_spacing() -> String {
+    "leading".into()
+}
+fn default_interpolation() -> String {
+    "linear".into()
+}
+fn default_final_sigmas() -> String {
+    "zero".into()
+}
+
+/// The cumulative products of `1 - beta`, in float32 as diffusers computes
+/// them, so trajectories agree to the bits that matter.
+pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Result<Vec<f32>, EngineLoadError> {
+    let n = cfg.num_train_timesteps;
+    let betas: Vec<f32> = match cfg.beta_schedule.as_str() {
+        "scaled_linear" => linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
+            .map(|b| (b as f32) * (b as f32))
+            .collect(),
+        "linear" => linspace(cfg.beta_start, cfg.beta_end, n)
+            .map(|b| b as f32)
+            .collect(),
+        other => {
+            return Err(EngineLoadError::Unsupported(format!(
+                "beta_schedule {other:?}"
+            )))
+        }
+    };
+    let mut acc = 1f32;
+    Ok(betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc
+        })
+        .collect())
+}
+
+pub fn linspace(start: f64, end: f64, n: usize) -> impl DoubleEndedIterator<Item = f64> {
+    let step = if n > 1 {
+        (end - start) / (n - 1) as f64
+    } else {
+        0.0
+    };
+    (0..n).map(move |i| start + step * i as f64)
+}
+
+pub enum Scheduler {
+    Ddim(Ddim),
+    Euler(Euler),
+}
+
+impl Scheduler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
+        Ok(match cfg.class_name.as_str() {
+            "EulerDiscreteScheduler" => Scheduler::Euler(Euler::new(cfg, steps)?),
+            _ => Scheduler::Ddim(Ddim::new(cfg, steps)?),
+        })
+    }
+
+    /// The sampler's name as A1111 writes it in image metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scheduler::Ddim(_) => "DDIM",
+            Scheduler::Euler(_) => "Euler",
+        }
+    }
+
+    /// The timestep the denoiser sees at each step.
+    pub fn timesteps(&self) -> Vec<f64> {
+        match self {
+            Scheduler::Ddim(d) => d.timesteps().iter().map(|&t| t as f64).collect(),
+            Scheduler::Euler(e) => e.timesteps().to_vec(),
+        }
+    }
+
+    pub fn init_noise_sigma(&self) -> f64 {
+        match self {
+            Scheduler::Ddim(d) => d.init_noise_sigma(),
+            Scheduler::Euler(e) => e.init_noise_sigma(),
+        }
+    }
+
+    /// The denoiser's input at step `index`.
+    pub fn scale_model_input(&self, sample: &Tensor, index: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Scheduler::Ddim(_) => Ok(sample.clone()),
+            Scheduler::Euler(e) => e.scale_model_input(sample, index),
+        }
+    }
+
+    pub fn step(
+        &self,
+        model_output: &Tensor,
+        index: usize,
+        sample: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Scheduler::Ddim(d) => d.step(model_output, d.timesteps()[index], sample),
+            Scheduler::Euler(e) => e.step(model_output, index, sample),
+        }
+    }
+}
