@@ -55,6 +55,13 @@ def start_server(data_dir, *extra):
     return proc, match.group(1)
 
 
+def availability_checks(base):
+    models = requests.get(f"{base}/api/models").json()["models"]
+    check("models: the built-in test model can run here", models[TINY]["available"] is True)
+    flux = models["flux-1"]
+    check("models: FLUX says why it cannot run", flux["available"] is False and "flux-dev pipeline" in (flux["unavailable_reason"] or ""), flux)
+
+
 def openai_checks(base):
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused-locally", max_retries=0)
     ids = [m.id for m in client.models.list().data]
@@ -164,6 +171,7 @@ def main():
     with tempfile.TemporaryDirectory() as data:
         proc, base = start_server(data)
         try:
+            availability_checks(base)
             openai_checks(base)
             metadata_checks(base, BINARY)
         finally:

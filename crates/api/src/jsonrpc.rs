@@ -187,7 +187,7 @@ fn invalid_params(message: impl Into<String>) -> ApiError {
 
 async fn dispatch(state: &AppState, method: &str, params: &Value) -> Result<Value, ApiError> {
     match method {
-        "context.image_generation.models" => Ok(views::models(state.service.catalogue(), false)),
+        "context.image_generation.models" => Ok(views::models(state.service.catalogue(), None)),
         "context.image_generation.generate" => {
             let request = params::spec_request(params).map_err(invalid_params)?;
             let job = state.service.submit(request).await?;

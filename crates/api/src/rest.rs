@@ -201,7 +201,11 @@ async fn gallery(
 }
 
 async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(views::models(state.service.catalogue(), true))
+    let availability = state.service.model_availability();
+    Json(views::models(
+        state.service.catalogue(),
+        Some(&availability),
+    ))
 }
 
 async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -79,16 +79,29 @@ pub fn job_summary(job: &Job) -> Value {
     v
 }
 
+/// Per model key: `Ok` when it can run in this process, else why not.
+pub type Availability = Option<Vec<(String, Result<(), String>)>>;
+
 /// The seed's models result: `{models: {key: {id, description}}, default}`;
-/// REST adds each model's family and defaults.
-pub fn models(catalogue: &Catalogue, detailed: bool) -> Value {
+/// REST adds each model's family, defaults and whether it can run here
+/// (`available`: null when this process runs no engine).
+pub fn models(catalogue: &Catalogue, detailed: Option<&Availability>) -> Value {
     let mut models = Map::new();
     for m in catalogue.models() {
         let mut entry = json!({"id": m.source, "description": m.description});
-        if detailed {
+        if let Some(availability) = detailed {
             let obj = entry.as_object_mut().expect("object");
             obj.insert("family".into(), json!(m.family));
             obj.insert("defaults".into(), json!(m.defaults));
+            let state = availability
+                .as_ref()
+                .and_then(|a| a.iter().find(|(k, _)| *k == m.key))
+                .map(|(_, r)| r.clone());
+            obj.insert("available".into(), json!(state.as_ref().map(Result::is_ok)));
+            obj.insert(
+                "unavailable_reason".into(),
+                json!(state.and_then(Result::err)),
+            );
         }
         models.insert(m.key.clone(), entry);
     }

@@ -48,6 +48,11 @@ pub struct QueueConfig {
     /// A running job without a heartbeat for this long is recovered
     /// (its worker died): re-queued, or failed after `max_attempts`.
     pub stale_after_secs: u64,
+    /// Workers claim only jobs for models whose weights they have, leaving
+    /// the rest to other workers. Unset: on for `cyberimage worker`, off
+    /// for `serve` (a lone server fails such jobs with the reason instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_only_runnable: Option<bool>,
 }
 
 impl Default for QueueConfig {
@@ -59,6 +64,7 @@ impl Default for QueueConfig {
             poll_interval_ms: 1000,
             heartbeat_interval_ms: 5000,
             stale_after_secs: 30,
+            claim_only_runnable: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cyberimage_api::{router, ApiConfig, ApiKeys};
+use cyberimage_core::Generator as _;
 
 use crate::config::{Config, FlagOverrides};
 
@@ -140,6 +141,8 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = threads {
                 config.queue.workers = n.max(1);
             }
+            // A worker in a cluster leaves jobs it cannot run to others.
+            config.queue.claim_only_runnable.get_or_insert(true);
             run_worker(config).await
         }
         Command::Generate(args) => {
@@ -193,9 +196,22 @@ async fn main() -> anyhow::Result<()> {
             command: ModelsCommand::List { json },
         } => {
             let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
-            let catalogue = cyberimage_core::Catalogue::new(config.models)?;
+            let catalogue = cyberimage_core::Catalogue::new(config.models.clone())?;
+            let engine = cyberimage_engine::CandleGenerator::new(config.data_dir.join("models"));
             if json {
-                println!("{}", serde_json::to_string_pretty(catalogue.models())?);
+                let models: Vec<serde_json::Value> = catalogue
+                    .models()
+                    .iter()
+                    .map(|m| {
+                        let state = engine.can_run(m);
+                        let mut v = serde_json::to_value(m).expect("serialisable");
+                        v["available"] = serde_json::json!(state.is_ok());
+                        v["unavailable_reason"] =
+                            serde_json::json!(state.err().map(|e| e.to_string()));
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&models)?);
             } else {
                 for m in catalogue.models() {
                     let mark = if m.key == catalogue.default_key() {
@@ -203,10 +219,16 @@ async fn main() -> anyhow::Result<()> {
                     } else {
                         " "
                     };
+                    let state = if engine.can_run(m).is_ok() {
+                        "ready"
+                    } else {
+                        "missing"
+                    };
                     println!(
-                        "{mark} {:<20} {:<14} {:<45} {}",
+                        "{mark} {:<20} {:<14} {:<8} {:<45} {}",
                         m.key,
                         m.family.as_str(),
+                        state,
                         m.source,
                         m.description
                     );

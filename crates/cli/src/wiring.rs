@@ -68,6 +68,7 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
         stale_after: Duration::from_secs(config.queue.stale_after_secs).max(Duration::from_millis(
             config.queue.heartbeat_interval_ms.max(100) * 3,
         )),
+        claim_only_runnable: config.queue.claim_only_runnable.unwrap_or(false),
         ..Default::default()
     };
     let service = JobService::new(db, store, catalogue, jobs_config);
@@ -88,6 +89,8 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
     if with_workers {
         let generator: Arc<dyn Generator> =
             Arc::new(CandleGenerator::new(config.data_dir.join("models")));
+        // This process runs jobs: it can say which models can run here.
+        service.set_model_probe(generator.clone());
         for i in 0..config.queue.workers.max(1) {
             workers.push(service.spawn_worker(generator.clone(), &format!("w{i}"))?);
         }

@@ -191,6 +191,13 @@ fn models_list_marks_the_default() {
     let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
     assert!(default_line.contains("flux-1"), "{text}");
     assert_eq!(text.lines().count(), 5);
+    // No FLUX pipeline here; the built-in test model can always run.
+    assert!(default_line.contains("missing"), "{text}");
+    let tiny = text
+        .lines()
+        .find(|l| l.contains("tiny-sd15-random"))
+        .unwrap();
+    assert!(tiny.contains("ready"), "{text}");
 }
 
 #[test]

@@ -95,4 +95,12 @@ pub trait Generator: Send + Sync {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError>;
+
+    /// Whether `model` can run here: its family has a pipeline and its
+    /// weights are on this machine. Cheap (no loading); `Err` says what is
+    /// missing. Engines that cannot tell answer `Ok`.
+    fn can_run(&self, model: &ModelEntry) -> Result<(), EngineError> {
+        let _ = model;
+        Ok(())
+    }
 }

@@ -85,10 +85,12 @@ pub trait JobRepo: Send + Sync {
     /// and counts the attempt. Two workers never get the same job. Model
     /// affinity: jobs for `preferred_model` (the one the worker has loaded)
     /// go first, unless an older job has waited `AFFINITY_PATIENCE_MS`.
+    /// With `only_models`, jobs for other models are left to other workers.
     async fn claim_next(
         &self,
         worker: &str,
         preferred_model: Option<&str>,
+        only_models: Option<&[String]>,
     ) -> Result<Option<Job>, DbError>;
 
     /// Persists progress of a `processing` job. Returns `false` when the job

@@ -229,6 +229,7 @@ impl JobRepo for PgDb {
         &self,
         worker: &str,
         preferred_model: Option<&str>,
+        only_models: Option<&[String]>,
     ) -> Result<Option<Job>, DbError> {
         let t = millis(&now());
         let sql = format!(
@@ -236,6 +237,7 @@ impl JobRepo for PgDb {
                     started_at = $1, attempts = attempts + 1, worker = $2, heartbeat_at = $1
              WHERE seq = (
                  SELECT seq FROM jobs WHERE status = 'pending'
+                   AND ($5::TEXT[] IS NULL OR model = ANY($5))
                  ORDER BY (created_at < $4) DESC, (model = $3) DESC, seq
                  LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING {JOB_COLUMNS}"
@@ -245,6 +247,7 @@ impl JobRepo for PgDb {
             .bind(worker)
             .bind(preferred_model)
             .bind(t - AFFINITY_PATIENCE_MS)
+            .bind(only_models)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from_row).transpose()

@@ -228,12 +228,15 @@ impl JobRepo for SqliteDb {
         &self,
         worker: &str,
         preferred_model: Option<&str>,
+        only_models: Option<&[String]>,
     ) -> Result<Option<Job>, DbError> {
         let t = millis(&now());
+        let only = only_models.map(|m| serde_json::to_string(m).expect("strings serialise"));
         let sql = format!(
             "UPDATE jobs SET status = 'processing', stage = 'preparing', step = 0,
                     started_at = ?1, attempts = attempts + 1, worker = ?2, heartbeat_at = ?1
              WHERE seq = (SELECT seq FROM jobs WHERE status = 'pending'
+                            AND (?5 IS NULL OR model IN (SELECT value FROM json_each(?5)))
                           ORDER BY (created_at < ?4) DESC, (model IS ?3) DESC, seq LIMIT 1)
                AND status = 'pending'
              RETURNING {JOB_COLUMNS}"
@@ -243,6 +246,7 @@ impl JobRepo for SqliteDb {
             .bind(worker)
             .bind(preferred_model)
             .bind(t - AFFINITY_PATIENCE_MS)
+            .bind(only)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from_row).transpose()

@@ -103,7 +103,7 @@ async fn insert(db: &dyn Database, prompt: &str, model: &str) -> Job {
 /// Runs a job through claim → complete and returns its images.
 async fn complete(db: &dyn Database, prompt: &str, model: &str) -> Vec<ImageRecord> {
     let job = insert(db, prompt, model).await;
-    let claimed = db.claim_next("w", None).await.unwrap().unwrap();
+    let claimed = db.claim_next("w", None, None).await.unwrap().unwrap();
     assert_eq!(claimed.id, job.id);
     let images = images_for(&job);
     assert!(db.complete_job(job.id, &images).await.unwrap());
@@ -116,12 +116,19 @@ async fn round_trip_and_state_machine(db: &dyn Database) {
     assert_eq!(stored, job, "a job reads back exactly as written");
     assert_eq!(db.get_job(JobId::new()).await.unwrap(), None);
 
-    let claimed = db.claim_next("worker-a", None).await.unwrap().unwrap();
+    let claimed = db
+        .claim_next("worker-a", None, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.status, JobStatus::Processing);
     assert_eq!(claimed.attempts, 1);
     assert!(claimed.started_at.is_some());
     assert!(
-        db.claim_next("worker-b", None).await.unwrap().is_none(),
+        db.claim_next("worker-b", None, None)
+            .await
+            .unwrap()
+            .is_none(),
         "queue is empty"
     );
 
@@ -169,13 +176,22 @@ async fn fifo_and_queue_bound(db: &dyn Database) {
         "a refused job is not stored"
     );
     assert_eq!(db.queue_counts().await.unwrap().pending, 2);
-    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, a.id);
+    assert_eq!(
+        db.claim_next("w", None, None).await.unwrap().unwrap().id,
+        a.id
+    );
     // A running job no longer counts against the pending bound.
     db.insert_job(&c, 2).await.unwrap();
     let counts = db.queue_counts().await.unwrap();
     assert_eq!((counts.pending, counts.processing), (2, 1));
-    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, b.id);
-    assert_eq!(db.claim_next("w", None).await.unwrap().unwrap().id, c.id);
+    assert_eq!(
+        db.claim_next("w", None, None).await.unwrap().unwrap().id,
+        b.id
+    );
+    assert_eq!(
+        db.claim_next("w", None, None).await.unwrap().unwrap().id,
+        c.id
+    );
 }
 
 async fn concurrent_claims_never_share_a_job(db: Arc<dyn Database>) {
@@ -188,7 +204,11 @@ async fn concurrent_claims_never_share_a_job(db: Arc<dyn Database>) {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = db.claim_next(&format!("worker-{w}"), None).await.unwrap() {
+            while let Some(job) = db
+                .claim_next(&format!("worker-{w}"), None, None)
+                .await
+                .unwrap()
+            {
                 mine.push(job.id);
             }
             mine
@@ -214,12 +234,12 @@ async fn cancel_pending_and_running(db: &dyn Database) {
     assert_eq!(j.status, JobStatus::Cancelled);
     assert_eq!(j.error.as_deref(), Some("user asked"));
     assert!(
-        db.claim_next("w", None).await.unwrap().is_none(),
+        db.claim_next("w", None, None).await.unwrap().is_none(),
         "a cancelled job is never claimed"
     );
 
     let running = insert(db, "r", "m").await;
-    db.claim_next("w", None).await.unwrap().unwrap();
+    db.claim_next("w", None, None).await.unwrap().unwrap();
     assert_eq!(
         db.cancel_job(running.id, "stop").await.unwrap(),
         CancelOutcome::Cancelled {
@@ -263,7 +283,10 @@ fn later() -> cyberimage_core::time::Timestamp {
 async fn restart_recovery(db: &dyn Database) {
     // A job whose worker is alive (fresh heartbeat) is not touched.
     let alive = insert(db, "alive elsewhere", "m").await;
-    db.claim_next("live-worker", None).await.unwrap().unwrap();
+    db.claim_next("live-worker", None, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(db.heartbeat(alive.id).await.unwrap());
     let long_ago = now() - chrono::Duration::seconds(60);
     assert_eq!(
@@ -281,7 +304,7 @@ async fn restart_recovery(db: &dyn Database) {
     );
 
     let job = insert(db, "interrupted", "m").await;
-    db.claim_next("crashed-worker", None)
+    db.claim_next("crashed-worker", None, None)
         .await
         .unwrap()
         .unwrap();
@@ -296,7 +319,7 @@ async fn restart_recovery(db: &dyn Database) {
     let j = db.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Pending);
     assert_eq!(j.started_at, None);
-    let again = db.claim_next("w", None).await.unwrap().unwrap();
+    let again = db.claim_next("w", None, None).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
     // Second crash: the attempt budget (2) is spent.
     assert_eq!(
@@ -312,7 +335,7 @@ async fn restart_recovery(db: &dyn Database) {
 
     // A graceful shutdown gives the attempt back.
     let polite = insert(db, "shutdown", "m").await;
-    db.claim_next("w", None).await.unwrap().unwrap();
+    db.claim_next("w", None, None).await.unwrap().unwrap();
     assert!(db.requeue_job(polite.id).await.unwrap());
     let j = db.get_job(polite.id).await.unwrap().unwrap();
     assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
@@ -391,7 +414,7 @@ async fn gallery_pagination_search_and_delete(db: &dyn Database) {
 async fn list_jobs_by_state(db: &dyn Database) {
     let a = insert(db, "a", "m").await;
     let b = insert(db, "b", "m").await;
-    db.claim_next("w", None).await.unwrap();
+    db.claim_next("w", None, None).await.unwrap();
     let f = insert(db, "f", "m").await;
     db.fail_job(f.id, "boom").await.unwrap();
     let active = db
@@ -424,6 +447,12 @@ macro_rules! contract {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn claims_skip_models_the_worker_cannot_run() {
+            let Some(backend) = Some($backend().await).flatten_backend() else { return };
+            super::claims_skip_models_the_worker_cannot_run(&*backend.db).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn claims_prefer_the_loaded_model_but_not_forever() {
             let Some(backend) = Some($backend().await).flatten_backend() else { return };
             super::claims_prefer_the_loaded_model_but_not_forever(&*backend.db).await;
@@ -453,11 +482,19 @@ async fn claims_prefer_the_loaded_model_but_not_forever(db: &dyn Database) {
     let b = insert(db, "second, model b", "b").await;
     // A worker with model b loaded takes b's job first…
     assert_eq!(
-        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        db.claim_next("w", Some("b"), None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
         b.id
     );
     assert_eq!(
-        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        db.claim_next("w", Some("b"), None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
         a.id
     );
     // …but not over a job that has waited past the patience window.
@@ -467,12 +504,41 @@ async fn claims_prefer_the_loaded_model_but_not_forever(db: &dyn Database) {
     db.insert_job(&old, 10).await.unwrap();
     let fresh = insert(db, "fresh, model b", "b").await;
     assert_eq!(
-        db.claim_next("w", Some("b")).await.unwrap().unwrap().id,
+        db.claim_next("w", Some("b"), None)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
         old.id
     );
     assert_eq!(
-        db.claim_next("w", None).await.unwrap().unwrap().id,
+        db.claim_next("w", None, None).await.unwrap().unwrap().id,
         fresh.id
+    );
+}
+
+async fn claims_skip_models_the_worker_cannot_run(db: &dyn Database) {
+    let flux = insert(db, "needs flux", "flux").await;
+    let sd = insert(db, "needs sd", "sd").await;
+    let only_sd = ["sd".to_owned()];
+    let claimed = db
+        .claim_next("w", None, Some(&only_sd))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        claimed.id, sd.id,
+        "the older flux job is left for another worker"
+    );
+    assert!(db
+        .claim_next("w", None, Some(&only_sd))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db.claim_next("w", None, Some(&[])).await.unwrap().is_none());
+    assert_eq!(
+        db.claim_next("w2", None, None).await.unwrap().unwrap().id,
+        flux.id
     );
 }
 

@@ -82,11 +82,42 @@ impl CandleGenerator {
     }
 }
 
+fn check_family(model: &ModelEntry) -> Result<(), EngineError> {
+    if matches!(
+        model.family,
+        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo
+    ) {
+        Ok(())
+    } else {
+        Err(EngineError::Unsupported(format!(
+            "the {} pipeline is not implemented yet, so model {:?} cannot run; \
+             SD 1.x/2.x models can",
+            model.family.as_str(),
+            model.key
+        )))
+    }
+}
+
 fn failed(e: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(e.to_string())
 }
 
 impl Generator for CandleGenerator {
+    fn can_run(&self, model: &ModelEntry) -> Result<(), EngineError> {
+        check_family(model)?;
+        if let Some(name) = model.source.strip_prefix("builtin:") {
+            // Built in: present by definition, written out on first use.
+            return if builtin::BUILTIN_MODELS.contains(&name) {
+                Ok(())
+            } else {
+                Err(EngineError::ModelUnavailable(format!(
+                    "no built-in model {name:?}"
+                )))
+            };
+        }
+        self.resolve(model).map(|_| ())
+    }
+
     fn generate(
         &self,
         model: &ModelEntry,
@@ -94,17 +125,7 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        if !matches!(
-            model.family,
-            ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo
-        ) {
-            return Err(EngineError::Unsupported(format!(
-                "the {} pipeline is not implemented yet, so model {:?} cannot run; \
-                 SD 1.x/2.x models can",
-                model.family.as_str(),
-                model.key
-            )));
-        }
+        check_family(model)?;
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
         let mut loaded = self

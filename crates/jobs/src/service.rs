@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cyberimage_core::time::now;
 use cyberimage_core::{
-    CancelToken, Catalogue, ImageId, ImageRecord, Job, JobId, JobStatus, Limits, Progress,
-    SpecRequest,
+    CancelToken, Catalogue, Generator, ImageId, ImageRecord, Job, JobId, JobStatus, Limits,
+    Progress, SpecRequest,
 };
 use cyberimage_db::{CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts};
 use cyberimage_store::{ImageStore, Variant};
@@ -32,6 +32,10 @@ pub struct JobsConfig {
     /// A `processing` job without a heartbeat for this long belongs to a
     /// dead worker and is recovered.
     pub stale_after: Duration,
+    /// Workers claim only jobs for models their engine can run (weights
+    /// present), leaving the rest to other workers sharing the queue. Off,
+    /// a job for a missing model is claimed and fails with the reason.
+    pub claim_only_runnable: bool,
 }
 
 impl Default for JobsConfig {
@@ -44,6 +48,7 @@ impl Default for JobsConfig {
             retry_after_per_job_secs: 0.5,
             heartbeat_interval: Duration::from_secs(5),
             stale_after: Duration::from_secs(30),
+            claim_only_runnable: false,
         }
     }
 }
@@ -74,6 +79,7 @@ pub struct JobService {
     pub(crate) running: Mutex<HashMap<JobId, CancelToken>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) metrics: crate::metrics::JobMetrics,
+    model_probe: std::sync::RwLock<Option<Arc<dyn Generator>>>,
 }
 
 impl JobService {
@@ -94,7 +100,27 @@ impl JobService {
             running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             metrics: Default::default(),
+            model_probe: Default::default(),
         })
+    }
+
+    /// Lets adapters tell users which models can run here (weights present,
+    /// pipeline implemented), by asking the engine.
+    pub fn set_model_probe(&self, probe: Arc<dyn Generator>) {
+        *self.model_probe.write().expect("probe lock") = Some(probe);
+    }
+
+    /// Per configured model: `Ok` when it can run here, else why not;
+    /// `None` when no engine is attached to this process (a front end).
+    pub fn model_availability(&self) -> Option<Vec<(String, Result<(), String>)>> {
+        let probe = self.model_probe.read().expect("probe lock").clone()?;
+        Some(
+            self.catalogue
+                .models()
+                .iter()
+                .map(|m| (m.key.clone(), probe.can_run(m).map_err(|e| e.to_string())))
+                .collect(),
+        )
     }
 
     pub fn metrics(&self) -> &crate::metrics::JobMetrics {

@@ -71,22 +71,42 @@ impl JobService {
         generator: Arc<dyn Generator>,
         name: &str,
     ) -> std::io::Result<WorkerHandle> {
-        let engine = EngineThread::spawn(generator, name)?;
+        let engine = EngineThread::spawn(generator.clone(), name)?;
         let service = self.clone();
         let worker_id = format!("{}:{}:{name}", hostname(), std::process::id());
         self.metrics.workers_spawned.fetch_add(1, Ordering::SeqCst);
         self.metrics.workers_alive.fetch_add(1, Ordering::SeqCst);
         let guard = AliveGuard(self.clone());
+        let probe = generator.clone();
         let task = tokio::spawn(async move {
             let _alive = guard;
-            service.worker_loop(engine, worker_id).await
+            service.worker_loop(engine, probe, worker_id).await
         });
         Ok(WorkerHandle { task })
     }
 
-    async fn worker_loop(self: Arc<Self>, engine: EngineThread, worker_id: String) {
+    /// The catalogue models `generator` can run, when workers only claim
+    /// those. Asked again each recovery pass: weights may arrive meanwhile.
+    fn runnable_models(&self, generator: &Arc<dyn Generator>) -> Option<Vec<String>> {
+        self.config.claim_only_runnable.then(|| {
+            self.catalogue()
+                .models()
+                .iter()
+                .filter(|m| generator.can_run(m).is_ok())
+                .map(|m| m.key.clone())
+                .collect()
+        })
+    }
+
+    async fn worker_loop(
+        self: Arc<Self>,
+        engine: EngineThread,
+        generator: Arc<dyn Generator>,
+        worker_id: String,
+    ) {
         let mut last_recovery = tokio::time::Instant::now();
         let mut last_model: Option<String> = None;
+        let mut runnable = self.runnable_models(&generator);
         loop {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
@@ -94,6 +114,7 @@ impl JobService {
             // Jobs of workers that died (in any process) go back to the queue.
             if last_recovery.elapsed() >= self.config.stale_after {
                 last_recovery = tokio::time::Instant::now();
+                runnable = self.runnable_models(&generator);
                 match self.recover_stale_jobs().await {
                     Ok(r) if r.requeued + r.failed > 0 => tracing::warn!(
                         requeued = r.requeued,
@@ -116,7 +137,11 @@ impl JobService {
             // Register interest before looking, so a submit between the
             // empty claim and the wait is not missed.
             let notified = self.wake.notified();
-            match self.db.claim_next(&worker_id, last_model.as_deref()).await {
+            match self
+                .db
+                .claim_next(&worker_id, last_model.as_deref(), runnable.as_deref())
+                .await
+            {
                 Ok(Some(job)) => {
                     // The engine keeps the last model loaded: prefer its jobs.
                     last_model = Some(job.spec.model.clone());

@@ -261,7 +261,10 @@ async fn a_job_interrupted_by_a_crash_is_requeued_then_completed() {
         let h = harness_in(dir, 10, Duration::ZERO).await;
         let job = h.service.submit(request("survivor")).await.unwrap();
         // A worker claims it, then the process "dies" without finishing.
-        h.db.claim_next("doomed", None).await.unwrap().unwrap();
+        h.db.claim_next("doomed", None, None)
+            .await
+            .unwrap()
+            .unwrap();
         h.db.close().await;
         std::mem::forget(h.dir); // keep the files for the restart
         job.id

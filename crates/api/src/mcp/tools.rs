@@ -359,21 +359,39 @@ fn list_models(server: &McpServer, args: &Value) -> ToolResult {
     }
     let catalogue = server.service.catalogue();
     let default = catalogue.default_key();
+    let availability = server.service.model_availability();
     let models: Vec<Value> = catalogue
         .models()
         .iter()
         .map(|m| {
+            let state = availability
+                .as_ref()
+                .and_then(|a| a.iter().find(|(k, _)| *k == m.key))
+                .map(|(_, r)| r.clone());
             json!({
                 "key": m.key, "source": m.source, "family": m.family,
                 "description": m.description, "defaults": m.defaults,
                 "is_default": m.key == default,
+                "available": state.as_ref().map(Result::is_ok),
+                "unavailable_reason": state.and_then(Result::err),
             })
         })
         .collect();
-    let lines: Vec<String> = catalogue
-        .models()
+    let lines: Vec<String> = models
         .iter()
-        .map(|m| format!("- {} ({}): {}", m.key, m.family.as_str(), m.description))
+        .map(|m| {
+            let state = match m["available"].as_bool() {
+                Some(true) => " [ready]",
+                Some(false) => " [cannot run here]",
+                None => "",
+            };
+            format!(
+                "- {} ({}){state}: {}",
+                m["key"].as_str().unwrap_or_default(),
+                m["family"].as_str().unwrap_or_default(),
+                m["description"].as_str().unwrap_or_default()
+            )
+        })
         .collect();
     ToolResult {
         content: vec![json!({"type": "text", "text": format!(

@@ -1,0 +1,162 @@
+"""CyberImage's engine against diffusers + PyTorch (CPU) on IDENTICAL weights:
+a full-size SD 1.5 architecture (the real UNet, CLIP-L text encoder and VAE
+configs) with random weights, saved once as safetensors in the diffusers
+layout and loaded by both. In one run on one machine it times:
+
+- text encoding, batch 2 (prompt + negative);
+- one UNet step at SIZE² (latents SIZE/8), batch 2 (classifier-free guidance);
+- a VAE decode at SIZE², batch 1;
+
+and reports medians, ours/diffusers ratios, peak RSS, and the FLOP floor per
+stage: FLOPs counted by torch's FlopCounterMode, divided by the matmul
+throughput measured here in the same run (a 2048³ float32 matmul in torch).
+
+usage (in the fixtures venv, see fixtures/README.md; builds the example):
+  python bench/engine_vs_diffusers.py [--size 512] [--repeats 3] [--out bench/results/engine.json]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel
+
+ROOT = Path(__file__).resolve().parents[1]
+ap = argparse.ArgumentParser()
+ap.add_argument("--size", type=int, default=512)
+ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--model-dir", default="/tmp/cyberimage-bench-sd15")
+ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
+args = ap.parse_args()
+torch.set_num_threads(os.cpu_count() or 2)
+torch.manual_seed(0)
+MODEL = Path(args.model_dir)
+
+# The real SD 1.5 component configs (runwayml/stable-diffusion-v1-5).
+UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+           block_out_channels=(128, 256, 512, 512), sample_size=512,
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+           scaling_factor=0.18215)
+CLIP = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                      projection_dim=768)
+
+
+def build_weights():
+    if (MODEL / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        return
+    print("writing random full-size SD 1.5 weights to", MODEL, flush=True)
+    UNet2DConditionModel(**UNET).save_pretrained(MODEL / "unet", safe_serialization=True)
+    AutoencoderKL(**VAE).save_pretrained(MODEL / "vae", safe_serialization=True)
+    CLIPTextModel(CLIP).save_pretrained(MODEL / "text_encoder", safe_serialization=True)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def timed(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def flops(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def diffusers_side():
+    latent = args.size // 8
+    ids = (torch.arange(154) % 400).reshape(2, 77)
+    results = {}
+    with torch.no_grad():
+        clip = CLIPTextModel.from_pretrained(MODEL / "text_encoder").eval()
+        f = lambda: clip(ids)[0]  # noqa: E731
+        f()
+        results["text_encode_b2"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+        context = clip(ids)[0]
+        del clip
+        unet = UNet2DConditionModel.from_pretrained(MODEL / "unet").eval()
+        sample = torch.randn(2, 4, latent, latent)
+        f = lambda: unet(sample, 500, encoder_hidden_states=context).sample  # noqa: E731
+        f()
+        results["unet_step_b2"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+        del unet
+        vae = AutoencoderKL.from_pretrained(MODEL / "vae").eval()
+        z = torch.randn(1, 4, latent, latent)
+        f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
+        f()
+        results["vae_decode_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return results
+
+
+def matmul_gflops():
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    secs = median(timed(lambda: a @ b, 5))
+    return 2 * 2048**3 / secs / 1e9
+
+
+def ours_side():
+    build = subprocess.run(["cargo", "build", "--release", "-q", "-p", "cyberimage-engine", "--example", "bench_stages"],
+                           cwd=ROOT, capture_output=True, text=True)
+    if build.returncode != 0:
+        sys.exit(build.stderr)
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    exe = Path(target) / "release" / "examples" / "bench_stages"
+    # Warm-up run is the first of repeats + 1; it is dropped.
+    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)],
+                         capture_output=True, text=True, check=True)
+    out = {}
+    for line in run.stdout.splitlines():
+        rec = json.loads(line)
+        out[rec["stage"]] = {"seconds": rec["seconds"][1:], "peak_rss_mib": rec["peak_rss_mib"]}
+    return out
+
+
+def main():
+    build_weights()
+    weights_mib = sum(p.stat().st_size for p in MODEL.rglob("*.safetensors")) / 2**20
+    peak = matmul_gflops()
+    theirs = diffusers_side()
+    ours = ours_side()
+    stages = {}
+    for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1"):
+        t_ours, t_theirs = median(ours[stage]["seconds"]), median(theirs[stage]["seconds"])
+        stages[stage] = {
+            "ours_s": t_ours, "diffusers_s": t_theirs, "ratio_ours_over_diffusers": t_ours / t_theirs,
+            "gflop": theirs[stage]["flops"] / 1e9, "floor_s": theirs[stage]["flops"] / (peak * 1e9),
+            "ours_runs": ours[stage]["seconds"], "diffusers_runs": theirs[stage]["seconds"],
+        }
+    result = {
+        "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "matmul_gflops_anchor": peak, "weights_mib": weights_mib,
+        "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
+        "diffusers_peak_rss_mib": theirs["peak_rss_mib"], "stages": stages,
+        "command": "python bench/engine_vs_diffusers.py --size %d --repeats %d" % (args.size, args.repeats),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+main()

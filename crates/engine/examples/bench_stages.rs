@@ -1,0 +1,72 @@
+//! Times the pipeline stages of a diffusers SD 1.x/2.x folder on the CPU:
+//! text encoding (batch 2), one UNet step (batch 2, classifier-free
+//! guidance), VAE decode (batch 1). Prints one JSON line per stage with
+//! every run's seconds and the process's peak RSS, for bench/engine_vs_diffusers.py.
+//!
+//! cargo run --release -p cyberimage-engine --example bench_stages -- MODEL_DIR SIZE REPEATS
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use cyberimage_engine::clip::ClipTextEncoder;
+use cyberimage_engine::unet::UNet;
+use cyberimage_engine::vae::VaeDecoder;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> Vec<f64> {
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(&args[1]);
+    let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
+    let repeats: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let device = Device::Cpu;
+    let report = |stage: &str, seconds: Vec<f64>| {
+        println!(
+            "{}",
+            serde_json::json!({"stage": stage, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
+        );
+    };
+
+    let clip = ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, &device)?;
+    let ids = Tensor::from_vec((0..154u32).map(|i| i % 400).collect(), (2, 77), &device)?;
+    report(
+        "text_encode_b2",
+        time(repeats, || clip.forward(&ids).map(|o| o.last_hidden_state)),
+    );
+    let context = clip.forward(&ids)?.last_hidden_state;
+    drop(clip);
+
+    let unet = UNet::load(&dir.join("unet"), DType::F32, &device)?;
+    let latent = size / 8;
+    let sample = Tensor::randn(0f32, 1f32, (2, 4, latent, latent), &device)?;
+    report(
+        "unet_step_b2",
+        time(repeats, || unet.forward(&sample, 500.0, &context)),
+    );
+    drop(unet);
+
+    let vae = VaeDecoder::load(&dir.join("vae"), DType::F32, &device)?;
+    let z = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &device)?;
+    report("vae_decode_b1", time(repeats, || vae.decode(&z)));
+    Ok(())
+}
