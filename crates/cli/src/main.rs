@@ -2,6 +2,7 @@
 
 mod config;
 mod generate_cmd;
+mod hub;
 mod mcp_proxy;
 mod wiring;
 
@@ -103,6 +104,25 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Download a model's weights from the Hugging Face hub into the HF
+    /// cache (resumable; HF_TOKEN for gated repos; HF_ENDPOINT for mirrors).
+    Pull {
+        key: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Hub address (default: $HF_ENDPOINT, then https://huggingface.co).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Check the downloaded files of a model against their SHA-256.
+    Verify { key: String },
+    /// Delete a model's downloaded files from the HF cache.
+    Remove {
+        key: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn init_logging() {
@@ -191,6 +211,15 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(!key.is_empty(), "an empty key would protect nothing");
             println!("{}", cyberimage_api::digest_hex(&key));
             Ok(())
+        }
+        Command::Models {
+            command:
+                cmd @ (ModelsCommand::Pull { .. }
+                | ModelsCommand::Verify { .. }
+                | ModelsCommand::Remove { .. }),
+        } => {
+            let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
+            models_files(config, cmd).await
         }
         Command::Models {
             command: ModelsCommand::List { json },
@@ -299,6 +328,71 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
     system.service.begin_shutdown();
     for w in system.workers {
         w.join().await;
+    }
+    Ok(())
+}
+
+/// The Hugging Face repo a model key downloads from, and its cache folder.
+fn hub_repo(config: &Config, key: &str) -> anyhow::Result<(String, PathBuf)> {
+    let catalogue = cyberimage_core::Catalogue::new(config.models.clone())?;
+    let Some(model) = catalogue.get(key) else {
+        anyhow::bail!("no model {key:?} is configured (see `cyberimage models list`)");
+    };
+    let source = &model.source;
+    if source.starts_with("builtin:")
+        || std::path::Path::new(source).is_absolute()
+        || source.split('/').count() != 2
+    {
+        anyhow::bail!(
+            "model {key:?} comes from {source:?}, not a Hugging Face repo: nothing to download"
+        );
+    }
+    let cache = cyberimage_engine::hf_cache_dir()
+        .context("no Hugging Face cache folder: set HF_HUB_CACHE or HF_HOME")?;
+    let dir = cyberimage_engine::hf_repo_dir(&cache, source);
+    Ok((source.clone(), dir))
+}
+
+async fn models_files(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::Pull {
+            key,
+            revision,
+            endpoint,
+        } => {
+            let (repo, dir) = hub_repo(&config, &key)?;
+            let cache = dir.parent().expect("repo dir in the cache").to_path_buf();
+            let snapshot = hub::Hub::new(endpoint)?
+                .pull(&repo, &revision, &cache)
+                .await?;
+            println!("{key}: {repo} is in {}", snapshot.display());
+        }
+        ModelsCommand::Verify { key } => {
+            let (repo, dir) = hub_repo(&config, &key)?;
+            let (checked, corrupt) = hub::verify(&dir)?;
+            if corrupt.is_empty() {
+                println!("{key}: {repo}: {checked} files match their SHA-256");
+            } else {
+                anyhow::bail!(
+                    "{key}: {} of {checked} files do not match their SHA-256 ({}); run `cyberimage models pull {key}` after removing them",
+                    corrupt.len(),
+                    corrupt.join(", ")
+                );
+            }
+        }
+        ModelsCommand::Remove { key, yes } => {
+            let (repo, dir) = hub_repo(&config, &key)?;
+            anyhow::ensure!(
+                dir.exists(),
+                "{key}: nothing downloaded for {repo} in {}",
+                dir.display()
+            );
+            anyhow::ensure!(yes, "this deletes {}; run again with --yes", dir.display());
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot delete {}", dir.display()))?;
+            println!("{key}: removed {}", dir.display());
+        }
+        ModelsCommand::List { .. } => unreachable!("listed above"),
     }
     Ok(())
 }

@@ -50,16 +50,9 @@ impl CandleGenerator {
         if local.is_dir() {
             return Ok(local.to_path_buf());
         }
-        let hub = std::env::var_os("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-            });
+        let hub = hf_cache_dir();
         if let Some(hub) = &hub {
-            let snapshots = hub
-                .join(format!("models--{}", model.source.replace('/', "--")))
-                .join("snapshots");
+            let snapshots = hf_repo_dir(hub, &model.source).join("snapshots");
             if let Ok(entries) = std::fs::read_dir(&snapshots) {
                 if let Some(dir) = entries
                     .filter_map(Result::ok)
@@ -72,14 +65,30 @@ impl CandleGenerator {
         }
         Err(EngineError::ModelUnavailable(format!(
             "the weights of model {:?} ({}) are not on this machine: looked for a local folder \
-             and in the Hugging Face cache{}. Download them (e.g. `huggingface-cli download {}`, \
+             and in the Hugging Face cache{}. Download them (`cyberimage models pull {}`, \
              with HF_TOKEN for gated repos) or point the model's `source` at a local diffusers folder",
             model.key,
             model.source,
             hub.map(|h| format!(" at {}", h.display())).unwrap_or_default(),
-            model.source
+            model.key
         )))
     }
+}
+
+/// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`, as the Hugging Face tools use it.
+pub fn hf_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        })
+}
+
+/// A repo's folder in the cache: `models--org--name`.
+pub fn hf_repo_dir(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
 }
 
 fn check_family(model: &ModelEntry) -> Result<(), EngineError> {

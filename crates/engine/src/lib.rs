@@ -27,7 +27,7 @@ pub mod vae;
 pub mod weights;
 
 pub use error::EngineLoadError;
-pub use generator::CandleGenerator;
+pub use generator::{hf_cache_dir, hf_repo_dir, CandleGenerator};
 
 /// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
 /// hold to 1e-4 in f32.
