@@ -21,22 +21,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check, finish  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage")
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "fixtures" / "tiny" / "tiny-sd15"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-RESULTS = {"passed": 0, "failed": 0}
 REQUESTS = []
 CUT_ONCE = {"unet/diffusion_pytorch_model.safetensors"}
-
-
-def check(name, condition, detail=""):
-    if condition:
-        RESULTS["passed"] += 1
-        print(f"PASS {name}")
-    else:
-        RESULTS["failed"] += 1
-        print(f"FAIL {name} {detail}")
 
 
 def repo_files():
@@ -164,8 +157,7 @@ defaults = {{ steps = 4, guidance_scale = 7.5, width = 64, height = 64 }}
     listed = run("models", "list", env=env).stdout
     check("after remove: missing again", "missing" in listed.split("tiny-hub")[1].splitlines()[0], listed)
     server.shutdown()
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
+    finish()
 
 
 main()

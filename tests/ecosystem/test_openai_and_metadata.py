@@ -20,39 +20,20 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import openai
 import requests
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check, finish, start_server  # noqa: E402
+
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
 TINY = "tiny-sd15-random"
-RESULTS = {"passed": 0, "failed": 0}
 
 
-def check(name, condition, detail=""):
-    if condition:
-        RESULTS["passed"] += 1
-        print(f"PASS {name}")
-    else:
-        RESULTS["failed"] += 1
-        print(f"FAIL {name} {detail}")
-
-
-def start_server(data_dir, *extra):
-    proc = subprocess.Popen(
-        [BINARY, "serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, match.group(1)
 
 
 def availability_checks(base):
@@ -169,7 +150,7 @@ def metadata_checks(base, binary):
 
 def main():
     with tempfile.TemporaryDirectory() as data:
-        proc, base = start_server(data)
+        proc, base = start_server(BINARY, data)
         try:
             availability_checks(base)
             openai_checks(base)
@@ -177,8 +158,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
+    finish()
 
 
 main()

@@ -23,46 +23,25 @@ Prints "N passed, M failed"; exits non-zero on any failure.
 import asyncio
 import base64
 import io
-import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the MCP SDK itself depends on
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check, finish, start_server  # noqa: E402
+
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
 TINY = "tiny-sd15-random"
-RESULTS = {"passed": 0, "failed": 0}
 
 
-def check(name, condition, detail=""):
-    if condition:
-        RESULTS["passed"] += 1
-        print(f"PASS {name}")
-    else:
-        RESULTS["failed"] += 1
-        print(f"FAIL {name} {detail}")
-
-
-def start_server(data_dir):
-    proc = subprocess.Popen(
-        [BINARY, "serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, match.group(1)
 
 
 def png_size(data: bytes):
@@ -243,7 +222,7 @@ def raw_http_checks(base):
 
 async def main():
     with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
-        proc, base = start_server(http_data)
+        proc, base = start_server(BINARY, http_data)
         try:
             runs = [
                 ("http-legacy", f"{base}/mcp", "legacy", base),
@@ -266,8 +245,7 @@ async def main():
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
+    finish()
 
 
 asyncio.run(main())

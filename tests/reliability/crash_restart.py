@@ -15,7 +15,6 @@ Prints its figures (trials, jobs, kills mid-generation) and "N passed, M failed"
 import argparse
 import os
 import random
-import re
 import signal
 import sqlite3
 import subprocess
@@ -26,33 +25,17 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check, finish, start_server  # noqa: E402
+
 parser = argparse.ArgumentParser()
 parser.add_argument("binary", nargs="?", default="target/debug/cyberimage")
 parser.add_argument("--trials", type=int, default=20)
 parser.add_argument("--seed", type=int, default=int(time.time()))
 args = parser.parse_args()
 rng = random.Random(args.seed)
-RESULTS = {"passed": 0, "failed": 0}
 
 
-def check(name, condition, detail=""):
-    if condition:
-        RESULTS["passed"] += 1
-        print(f"PASS {name}")
-    else:
-        RESULTS["failed"] += 1
-        print(f"FAIL {name} {detail}")
-
-
-def start(data, env):
-    proc = subprocess.Popen([args.binary, "serve", "--bind", "127.0.0.1:0", "--data-dir", data],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    line = proc.stdout.readline()
-    m = re.search(r"listening on (http://\S+)", line)
-    if not m:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, m.group(1)
 
 
 def main():
@@ -65,7 +48,7 @@ def main():
     kills_mid_generation = 0
     print(f"seed {args.seed}, {args.trials} trials")
     for trial in range(args.trials):
-        proc, base = start(data, env)
+        proc, base = start_server(args.binary, data, env=env)
         for _ in range(rng.randint(1, 3)):
             steps = rng.choice([4, 10, 25])
             r = requests.post(f"{base}/api/generate", json={
@@ -84,7 +67,7 @@ def main():
         proc.wait()
 
     # A last run, left alone until the queue drains.
-    proc, base = start(data, env)
+    proc, base = start_server(args.binary, data, env=env)
     try:
         deadline = time.time() + 600
         statuses = {}
@@ -123,8 +106,7 @@ def main():
     doctor = subprocess.run([args.binary, "doctor", "--data-dir", data], capture_output=True, text=True, env=env)
     check("cyberimage doctor finds nothing to repair", doctor.returncode == 0 and "repaired 0" in doctor.stdout,
           doctor.stdout + doctor.stderr)
-    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
-    sys.exit(1 if RESULTS["failed"] else 0)
+    finish()
 
 
 main()

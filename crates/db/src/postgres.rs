@@ -13,7 +13,7 @@ use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
-use crate::rows::{like_pattern, millis, spec_json, ImageRow, JobRow};
+use crate::rows::{like_pattern, millis, spec_json, IMAGE_COLUMNS, JOB_COLUMNS};
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
     RecoveryReport, AFFINITY_PATIENCE_MS,
@@ -66,50 +66,12 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     "#,
 )];
 
-const JOB_COLUMNS: &str = "id, status, spec, stage, step, total_steps, created_at, started_at, \
-                           completed_at, error, attempts";
-const IMAGE_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, height, \
-                             steps, guidance_scale, seed, created_at";
-
 #[derive(Clone)]
 pub struct PgDb {
     pool: PgPool,
 }
 
-fn job_from_row(row: &PgRow) -> Result<Job, DbError> {
-    JobRow {
-        id: row.try_get("id")?,
-        status: row.try_get("status")?,
-        spec: row.try_get("spec")?,
-        stage: row.try_get("stage")?,
-        step: row.try_get("step")?,
-        total_steps: row.try_get("total_steps")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-        error: row.try_get("error")?,
-        attempts: row.try_get("attempts")?,
-    }
-    .into_job()
-}
-
-fn image_from_row(row: &PgRow) -> Result<ImageRecord, DbError> {
-    ImageRow {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        idx: row.try_get("idx")?,
-        model: row.try_get("model")?,
-        prompt: row.try_get("prompt")?,
-        negative_prompt: row.try_get("negative_prompt")?,
-        width: row.try_get("width")?,
-        height: row.try_get("height")?,
-        steps: row.try_get("steps")?,
-        guidance_scale: row.try_get("guidance_scale")?,
-        seed: row.try_get("seed")?,
-        created_at: row.try_get("created_at")?,
-    }
-    .into_record()
-}
+crate::rows::row_readers!(PgRow);
 
 impl PgDb {
     /// Connects to `postgres://…` and brings the schema up to date.

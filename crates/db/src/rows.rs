@@ -112,3 +112,52 @@ pub fn like_pattern(search: &str) -> String {
     p.push('%');
     p
 }
+
+/// The columns every backend selects, in the order the readers expect.
+pub const JOB_COLUMNS: &str =
+    "id, status, spec, stage, step, total_steps, created_at, started_at, \
+                           completed_at, error, attempts";
+pub const IMAGE_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, height, \
+                             steps, guidance_scale, seed, created_at";
+
+/// `job_from_row` and `image_from_row` for one backend's row type: the
+/// column reads are the same everywhere, only the row type differs.
+macro_rules! row_readers {
+    ($row:ty) => {
+        fn job_from_row(row: &$row) -> Result<Job, DbError> {
+            $crate::rows::JobRow {
+                id: row.try_get("id")?,
+                status: row.try_get("status")?,
+                spec: row.try_get("spec")?,
+                stage: row.try_get("stage")?,
+                step: row.try_get("step")?,
+                total_steps: row.try_get("total_steps")?,
+                created_at: row.try_get("created_at")?,
+                started_at: row.try_get("started_at")?,
+                completed_at: row.try_get("completed_at")?,
+                error: row.try_get("error")?,
+                attempts: row.try_get("attempts")?,
+            }
+            .into_job()
+        }
+
+        fn image_from_row(row: &$row) -> Result<ImageRecord, DbError> {
+            $crate::rows::ImageRow {
+                id: row.try_get("id")?,
+                job_id: row.try_get("job_id")?,
+                idx: row.try_get("idx")?,
+                model: row.try_get("model")?,
+                prompt: row.try_get("prompt")?,
+                negative_prompt: row.try_get("negative_prompt")?,
+                width: row.try_get("width")?,
+                height: row.try_get("height")?,
+                steps: row.try_get("steps")?,
+                guidance_scale: row.try_get("guidance_scale")?,
+                seed: row.try_get("seed")?,
+                created_at: row.try_get("created_at")?,
+            }
+            .into_record()
+        }
+    };
+}
+pub(crate) use row_readers;
