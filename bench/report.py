@@ -92,6 +92,9 @@ def main():
     out += ["", "## Not measured yet", "",
             "SDXL (1024², batch 2), FLUX (512²/1024², bf16, GGUF Q8/Q4) and SD3.5 stages, and an end-to-end "
             "SD-Turbo job on real-size weights: their pipelines are not built yet (see the engine issue).", ""]
+    history = RESULTS / "history.md"
+    if history.exists():
+        out += [history.read_text().rstrip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print("\n".join(out))
 
