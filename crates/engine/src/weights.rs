@@ -1,8 +1,11 @@
 //! Reading configs and safetensors weights from a diffusers component folder.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
@@ -42,14 +45,102 @@ pub fn safetensors_in(folder: &Path) -> Result<Vec<PathBuf>, EngineLoadError> {
     Ok(files)
 }
 
-/// Memory-maps every safetensors file of `folder`.
+/// Reads every tensor of `folder`'s safetensors files, one tensor at a
+/// time with plain reads. A memory map would keep the file's pages
+/// resident next to the copies the model owns (about 2× the weights at
+/// load); reading keeps the peak at the weights plus one tensor.
 pub fn var_builder(
     folder: &Path,
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, EngineLoadError> {
-    let files = safetensors_in(folder)?;
-    // SAFETY: the files are memory-mapped read-only; like every safetensors
-    // loader we rely on them not being modified while the model is loaded.
-    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? })
+    let mut tensors = HashMap::new();
+    for file in safetensors_in(folder)? {
+        read_safetensors(&file, device, &mut tensors).map_err(|e| match e {
+            ReadError::Io(source) => EngineLoadError::Io {
+                path: file.clone(),
+                source,
+            },
+            ReadError::Format(what) => {
+                EngineLoadError::Unsupported(format!("{}: {what}", file.display()))
+            }
+            ReadError::Candle(e) => EngineLoadError::from(e),
+        })?;
+    }
+    Ok(VarBuilder::from_tensors(tensors, dtype, device))
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Format(String),
+    Candle(candle_core::Error),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+impl From<candle_core::Error> for ReadError {
+    fn from(e: candle_core::Error) -> Self {
+        ReadError::Candle(e)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+/// The safetensors format: an 8-byte little-endian header length, a JSON
+/// header naming each tensor's dtype, shape and byte range, then the data.
+fn read_safetensors(
+    path: &Path,
+    device: &Device,
+    out: &mut HashMap<String, Tensor>,
+) -> Result<(), ReadError> {
+    let mut file = File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100 * 1024 * 1024 {
+        return Err(ReadError::Format(format!("header of {header_len} bytes")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let mut entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| ReadError::Format(format!("header: {e}")))?;
+    entries.remove("__metadata__");
+    let data_start = 8 + header_len;
+    let mut buf = Vec::new();
+    for (name, value) in entries {
+        let entry: TensorEntry = serde_json::from_value(value)
+            .map_err(|e| ReadError::Format(format!("tensor {name}: {e}")))?;
+        let dtype = match entry.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            "I64" => DType::I64,
+            "U32" => DType::U32,
+            "U8" => DType::U8,
+            other => return Err(ReadError::Format(format!("tensor {name}: dtype {other}"))),
+        };
+        let (start, end) = entry.data_offsets;
+        let expected = entry.shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if end < start || (end - start) as usize != expected {
+            return Err(ReadError::Format(format!(
+                "tensor {name}: bad data offsets"
+            )));
+        }
+        buf.resize(expected, 0);
+        file.seek(SeekFrom::Start(data_start + start))?;
+        file.read_exact(&mut buf)?;
+        let tensor = Tensor::from_raw_buffer(&buf, dtype, &entry.shape, device)?;
+        out.insert(name, tensor);
+    }
+    Ok(())
 }
