@@ -1,7 +1,9 @@
-//! The Euler scheduler (diffusers' `EulerDiscreteScheduler` without churn):
-//! sigmas from the noise schedule at the chosen timesteps, a zero final
-//! sigma, inputs scaled by `1 / sqrt(sigma² + 1)`, one Euler step of the
-//! probability-flow ODE per timestep. Epsilon or v prediction; "leading",
+//! The Euler schedulers: diffusers' `EulerDiscreteScheduler` (without
+//! churn) and `EulerAncestralDiscreteScheduler`. Sigmas from the noise
+//! schedule at the chosen timesteps, a zero final sigma, inputs scaled by
+//! `1 / sqrt(sigma² + 1)`, one Euler step of the probability-flow ODE per
+//! timestep; the ancestral variant steps down to `sigma_down` and adds
+//! fresh noise of `sigma_up`. Epsilon or v prediction; "leading",
 //! "trailing" and "linspace" spacings.
 
 use candle_core::Tensor;
@@ -15,10 +17,27 @@ pub struct Euler {
     sigmas: Vec<f64>,
     v_prediction: bool,
     trailing_or_linspace: bool,
+    ancestral: bool,
 }
 
 impl Euler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
+        Self::build(cfg, steps, false)
+    }
+
+    pub fn new_ancestral(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
+        Self::build(cfg, steps, true)
+    }
+
+    pub fn is_ancestral(&self) -> bool {
+        self.ancestral
+    }
+
+    fn build(
+        cfg: &SchedulerConfig,
+        steps: usize,
+        ancestral: bool,
+    ) -> Result<Self, EngineLoadError> {
         let n = cfg.num_train_timesteps;
         if steps == 0 || steps > n {
             return Err(EngineLoadError::Unsupported(format!(
@@ -32,7 +51,7 @@ impl Euler {
                 cfg.interpolation_type
             ));
         }
-        if cfg.use_karras_sigmas {
+        if cfg.use_karras_sigmas && !ancestral {
             return unsupported("Euler with Karras sigmas".into());
         }
         if cfg.final_sigmas_type != "zero" {
@@ -80,6 +99,7 @@ impl Euler {
             sigmas,
             v_prediction: cfg.prediction_type == "v_prediction",
             trailing_or_linspace: matches!(cfg.timestep_spacing.as_str(), "trailing" | "linspace"),
+            ancestral,
         })
     }
 
@@ -101,11 +121,13 @@ impl Euler {
         sample / (sigma * sigma + 1.0).sqrt()
     }
 
+    /// One step; the ancestral variant needs this step's `noise`.
     pub fn step(
         &self,
         model_output: &Tensor,
         index: usize,
         sample: &Tensor,
+        noise: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let sigma = self.sigmas[index];
         let pred_x0 = if self.v_prediction {
@@ -115,8 +137,19 @@ impl Euler {
             (sample - (model_output * sigma)?)?
         };
         let derivative = ((sample - pred_x0)? / sigma)?;
-        let dt = self.sigmas[index + 1] - sigma;
-        sample + (derivative * dt)?
+        let sigma_next = self.sigmas[index + 1];
+        if !self.ancestral {
+            return sample + (derivative * (sigma_next - sigma))?;
+        }
+        let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
+            / (sigma * sigma))
+            .sqrt();
+        let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up)
+            .max(0.0)
+            .sqrt();
+        let noise = noise
+            .ok_or_else(|| candle_core::Error::Msg("an ancestral step needs its noise".into()))?;
+        (sample + (derivative * (sigma_down - sigma))?)? + (noise * sigma_up)?
     }
 }
 

@@ -12,7 +12,7 @@ use cyberimage_core::{
 };
 
 use crate::builtin;
-use crate::noise::gaussian;
+use crate::noise::{gaussian, step_gaussian};
 use crate::sd::StableDiffusion;
 
 pub struct CandleGenerator {
@@ -186,6 +186,9 @@ impl Generator for CandleGenerator {
                     latents,
                     steps,
                     f64::from(spec.guidance_scale),
+                    &mut |step| {
+                        Tensor::from_vec(step_gaussian(seed, step, count), shape, &self.device)
+                    },
                     &mut |step, _| {
                         observer.on_progress(ProgressUpdate::Step {
                             done: done_before + step as u32,

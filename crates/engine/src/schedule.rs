@@ -1,8 +1,9 @@
 //! Schedulers: what a model's `scheduler/scheduler_config.json` asks for,
 //! the noise schedule they share, and the one interface the pipeline
 //! drives. `_class_name` picks the algorithm: Euler for
-//! `EulerDiscreteScheduler` (SD-Turbo ships it), DDIM for everything else
-//! (SD 1.5's PNDM and DDIM-family configs run as deterministic DDIM).
+//! `EulerDiscreteScheduler` (SD-Turbo ships it), Euler-ancestral for
+//! `EulerAncestralDiscreteScheduler`, DDIM for everything else (SD 1.5's
+//! PNDM and DDIM-family configs run as deterministic DDIM).
 
 use candle_core::Tensor;
 use serde::Deserialize;
@@ -98,6 +99,9 @@ impl Scheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
         Ok(match cfg.class_name.as_str() {
             "EulerDiscreteScheduler" => Scheduler::Euler(Euler::new(cfg, steps)?),
+            "EulerAncestralDiscreteScheduler" => {
+                Scheduler::Euler(Euler::new_ancestral(cfg, steps)?)
+            }
             _ => Scheduler::Ddim(Ddim::new(cfg, steps)?),
         })
     }
@@ -106,8 +110,14 @@ impl Scheduler {
     pub fn name(&self) -> &'static str {
         match self {
             Scheduler::Ddim(_) => "DDIM",
+            Scheduler::Euler(e) if e.is_ancestral() => "Euler a",
             Scheduler::Euler(_) => "Euler",
         }
+    }
+
+    /// Whether each step adds fresh noise (and so needs it passed in).
+    pub fn needs_noise(&self) -> bool {
+        matches!(self, Scheduler::Euler(e) if e.is_ancestral())
     }
 
     /// The timestep the denoiser sees at each step.
@@ -138,10 +148,11 @@ impl Scheduler {
         model_output: &Tensor,
         index: usize,
         sample: &Tensor,
+        noise: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         match self {
             Scheduler::Ddim(d) => d.step(model_output, d.timesteps()[index], sample),
-            Scheduler::Euler(e) => e.step(model_output, index, sample),
+            Scheduler::Euler(e) => e.step(model_output, index, sample, noise),
         }
     }
 }

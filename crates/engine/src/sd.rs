@@ -28,6 +28,10 @@ pub struct StableDiffusion {
 /// `false` stops the run.
 pub type StepCallback<'a> = dyn FnMut(usize, &Tensor) -> bool + 'a;
 
+/// The fresh noise an ancestral scheduler adds at a step (0-based), shaped
+/// like the latents.
+pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
+
 impl StableDiffusion {
     /// Loads a diffusers folder (`model_index.json` beside the components).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
@@ -86,6 +90,7 @@ impl StableDiffusion {
         latents: Tensor,
         steps: usize,
         guidance: f64,
+        noise: &mut StepNoise,
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
@@ -109,7 +114,12 @@ impl StableDiffusion {
             } else {
                 self.unet.forward(&scaled, t, &context)?
             };
-            latents = scheduler.step(&guided, i, &latents)?;
+            let step_noise = if scheduler.needs_noise() {
+                Some(noise(i)?)
+            } else {
+                None
+            };
+            latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
             if !on_step(i + 1, &latents) {
                 return Ok(None);
             }

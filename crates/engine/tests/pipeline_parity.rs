@@ -47,6 +47,17 @@ fn run_and_compare(
     guidance: f64,
     trajectory: Option<&candle_core::Tensor>,
 ) -> candle_core::Tensor {
+    run_with_noise(sd, steps, guidance, trajectory, None)
+}
+
+/// `step_noise`: (steps, c, h, w), the noise diffusers drew at each step.
+fn run_with_noise(
+    sd: &StableDiffusion,
+    steps: usize,
+    guidance: f64,
+    trajectory: Option<&candle_core::Tensor>,
+    step_noise: Option<&candle_core::Tensor>,
+) -> candle_core::Tensor {
     let refs = references();
     let meta = reference_settings();
     let context = sd
@@ -62,6 +73,10 @@ fn run_and_compare(
             refs["initial_latents"].clone(),
             steps,
             guidance,
+            &mut |step| match step_noise {
+                Some(noise) => noise.get(step)?.unsqueeze(0),
+                None => panic!("this scheduler should not need noise"),
+            },
             &mut |step, latents| {
                 if let Some(trajectory) = trajectory {
                     let expected = trajectory.get(step - 1).unwrap();
@@ -113,4 +128,26 @@ fn ddim_trajectory_and_final_image_match_diffusers() {
         Some(&refs["ddim_trajectory"]),
     );
     assert_images_close(&image, &refs["final_image"]);
+}
+
+#[test]
+fn euler_ancestral_with_the_same_noise_matches_diffusers() {
+    let refs = candle_core::safetensors::load(
+        model_dir().join("euler_a_references.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let sd = StableDiffusion::load(&model_dir(), &Device::Cpu).unwrap();
+    let mut config = sd.scheduler_config().clone();
+    config.class_name = "EulerAncestralDiscreteScheduler".into();
+    let sd = sd.with_scheduler(config);
+    assert_eq!(sd.scheduler(4).unwrap().name(), "Euler a");
+    let image = run_with_noise(
+        &sd,
+        4,
+        7.5,
+        Some(&refs["euler_a_trajectory"]),
+        Some(&refs["euler_a_noise"]),
+    );
+    assert_images_close(&image, &refs["euler_a_image"]);
 }
