@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error_table::{rpc, ApiError};
 
-#[derive(Clone, Debug)]
+/// Also the `[rate_limit]` section of the config file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Sustained requests per minute per client; 0 turns limiting off.
     pub per_minute: u32,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cyberimage_api::{McpOptions, RateLimitConfig};
 use cyberimage_core::{Catalogue, Limits, ModelEntry};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -26,7 +27,7 @@ pub struct Config {
     /// Seconds a client has to send a request body (408 after).
     pub request_body_timeout_secs: u64,
     pub rate_limit: RateLimitConfig,
-    pub mcp: McpConfig,
+    pub mcp: McpOptions,
     pub queue: QueueConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -71,54 +72,6 @@ impl Default for QueueConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained requests per minute per client IP; 0 turns limiting off.
-    pub per_minute: u32,
-    /// Requests a client may make in a burst.
-    pub burst: u32,
-    /// Whether clients on this machine (loopback) are exempt.
-    pub exempt_loopback: bool,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        let d = cyberimage_api::RateLimitConfig::default();
-        Self {
-            per_minute: d.per_minute,
-            burst: d.burst,
-            exempt_loopback: d.exempt_loopback,
-        }
-    }
-}
-
-impl RateLimitConfig {
-    pub fn to_api(&self) -> cyberimage_api::RateLimitConfig {
-        cyberimage_api::RateLimitConfig {
-            per_minute: self.per_minute,
-            burst: self.burst,
-            exempt_loopback: self.exempt_loopback,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct McpConfig {
-    /// Images larger than this (PNG bytes) are inlined in tool results as
-    /// their thumbnail; the full image stays a resource link away.
-    pub max_inline_image_bytes: usize,
-}
-
-impl Default for McpConfig {
-    fn default() -> Self {
-        Self {
-            max_inline_image_bytes: cyberimage_api::McpOptions::default().max_inline_image_bytes,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// SHA-256 hex digests of accepted API keys (`cyberimage hash-key KEY`
     /// prints one). Empty: no key needed.
@@ -146,7 +99,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             request_body_timeout_secs: 30,
             rate_limit: RateLimitConfig::default(),
-            mcp: McpConfig::default(),
+            mcp: McpOptions::default(),
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),

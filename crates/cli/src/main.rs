@@ -303,7 +303,7 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
             api_keys: api_keys.clone(),
             allowed_origins: config.allowed_origins.clone(),
             mcp: mcp_options(&config),
-            rate_limit: config.rate_limit.to_api(),
+            rate_limit: config.rate_limit.clone(),
             request_body_timeout: std::time::Duration::from_secs(
                 config.request_body_timeout_secs.max(1),
             ),
@@ -460,9 +460,7 @@ fn inspect(file: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
 }
 
 fn mcp_options(config: &Config) -> cyberimage_api::McpOptions {
-    cyberimage_api::McpOptions {
-        max_inline_image_bytes: config.mcp.max_inline_image_bytes,
-    }
+    config.mcp.clone()
 }
 
 /// MCP over stdio with the jobs service and workers in this process; ends

@@ -79,8 +79,9 @@ impl From<McpError> for Outcome {
     }
 }
 
-/// Options of the MCP surface.
-#[derive(Clone, Debug)]
+/// Options of the MCP surface; also the `[mcp]` section of the config file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct McpOptions {
     /// Inline previews in tool results are downscaled above this many
     /// bytes of PNG (clients cap inline content at about 1 MiB).
