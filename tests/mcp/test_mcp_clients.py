@@ -212,6 +212,13 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "nope/nope", "params": {"_meta": meta}},
                    headers={**mh, "Mcp-Method": "nope/nope"})
     check("http: modern unknown method is 404/-32601", r.status_code == 404 and r.json()["error"]["code"] == -32601)
+    r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 5, "method": "ping", "params": {"_meta": meta}},
+                   headers={**mh, "Mcp-Method": "ping"})
+    check("http: methods 2026-07-28 removed (ping) are 404/-32601 there", r.status_code == 404 and r.json()["error"]["code"] == -32601)
+    # Headers are compared with the body before the version is judged.
+    r = httpx.post(f"{base}/mcp", json=old, headers={**mh, "MCP-Protocol-Version": "2026-07-28"})
+    check("http: a header/body version mismatch is -32020 even for a version we lack",
+          r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text)
 
     seed = httpx.post(f"{base}/api/mcp", json={"jsonrpc": "2.0", "id": 5, "method": "context.image_generation.models", "params": {}})
     check("http: the seed's methods still answer at /api/mcp", seed.status_code == 200 and "models" in seed.json()["result"])

@@ -56,14 +56,11 @@ impl McpServer {
         method: &str,
         params: &Value,
     ) -> Result<Value, Outcome> {
+        if ctx.era.is_modern() && protocol::removed_in_modern(method) {
+            return Err(McpError::method_not_found(method).into());
+        }
         let result = match method {
             "initialize" => {
-                if ctx.era.is_modern() {
-                    return Err(McpError::invalid_request(
-                        "initialize is not part of the 2026-07-28 protocol; use server/discover",
-                    )
-                    .into());
-                }
                 initialize_result(params.get("protocolVersion").and_then(Value::as_str))
             }
             "server/discover" => discover_result(),

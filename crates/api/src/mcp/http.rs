@@ -211,8 +211,13 @@ async fn request(
     let modern = header_version.is_some_and(protocol::is_modern_version)
         || protocol::envelope_version(&params).is_some();
     let (era, session) = if modern {
-        let checked = protocol::check_envelope(&params)
-            .and_then(|v| check_routing_headers(headers, &v, &method, &params).map(|()| v));
+        // The rungs in order: envelope shape, headers against the body, and
+        // only then whether we serve the version.
+        let checked = protocol::envelope_shape(&params).and_then(|v| {
+            check_routing_headers(headers, &v, &method, &params)?;
+            protocol::check_supported(&v)?;
+            Ok(v)
+        });
         match checked {
             Ok(version) => (Era::Modern(version), None),
             Err(e) => return json_error(status_for(e.code, true), &id, &e),

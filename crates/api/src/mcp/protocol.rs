@@ -94,6 +94,16 @@ pub fn envelope_version(params: &Value) -> Option<&Value> {
 /// version and the client capabilities, and the version must be one we
 /// serve.
 pub fn check_envelope(params: &Value) -> Result<String, McpError> {
+    let version = envelope_shape(params)?;
+    check_supported(&version)?;
+    Ok(version)
+}
+
+/// The first rung of the envelope checks: `_meta` carries a string
+/// protocol version and the client capabilities. Whether we serve that
+/// version is the last rung (`check_supported`), after the transport has
+/// compared its headers with the body.
+pub fn envelope_shape(params: &Value) -> Result<String, McpError> {
     let meta = params
         .get("_meta")
         .and_then(Value::as_object)
@@ -112,15 +122,26 @@ pub fn check_envelope(params: &Value) -> Result<String, McpError> {
             missing.join(", ")
         )));
     }
-    let Some(version) = meta[PROTOCOL_VERSION_KEY].as_str() else {
-        return Err(McpError::invalid_params(
-            "the protocol version in params._meta must be a string",
-        ));
-    };
-    if !is_modern_version(version) {
-        return Err(unsupported_version(version));
+    meta[PROTOCOL_VERSION_KEY]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            McpError::invalid_params("the protocol version in params._meta must be a string")
+        })
+}
+
+pub fn check_supported(version: &str) -> Result<(), McpError> {
+    if is_modern_version(version) {
+        Ok(())
+    } else {
+        Err(unsupported_version(version))
     }
-    Ok(version.to_owned())
+}
+
+/// Methods the 2026-07-28 revision removed; asked for in that era they are
+/// unknown methods.
+pub fn removed_in_modern(method: &str) -> bool {
+    matches!(method, "initialize" | "ping" | "logging/setLevel")
 }
 
 pub fn unsupported_version(requested: &str) -> McpError {
