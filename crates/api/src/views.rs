@@ -82,6 +82,14 @@ pub fn job_summary(job: &Job) -> Value {
 /// Per model key: `Ok` when it can run in this process, else why not.
 pub type Availability = Option<Vec<(String, Result<(), String>)>>;
 
+/// Whether model `key` can run here (`None`: no engine in this process).
+pub fn availability_of(availability: &Availability, key: &str) -> Option<Result<(), String>> {
+    availability
+        .as_ref()
+        .and_then(|a| a.iter().find(|(k, _)| k == key))
+        .map(|(_, r)| r.clone())
+}
+
 /// The seed's models result: `{models: {key: {id, description}}, default}`;
 /// REST adds each model's family, defaults and whether it can run here
 /// (`available`: null when this process runs no engine).
@@ -93,10 +101,7 @@ pub fn models(catalogue: &Catalogue, detailed: Option<&Availability>) -> Value {
             let obj = entry.as_object_mut().expect("object");
             obj.insert("family".into(), json!(m.family));
             obj.insert("defaults".into(), json!(m.defaults));
-            let state = availability
-                .as_ref()
-                .and_then(|a| a.iter().find(|(k, _)| *k == m.key))
-                .map(|(_, r)| r.clone());
+            let state = availability_of(availability, &m.key);
             obj.insert("available".into(), json!(state.as_ref().map(Result::is_ok)));
             obj.insert(
                 "unavailable_reason".into(),

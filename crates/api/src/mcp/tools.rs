@@ -364,10 +364,7 @@ fn list_models(server: &McpServer, args: &Value) -> ToolResult {
         .models()
         .iter()
         .map(|m| {
-            let state = availability
-                .as_ref()
-                .and_then(|a| a.iter().find(|(k, _)| *k == m.key))
-                .map(|(_, r)| r.clone());
+            let state = crate::views::availability_of(&availability, &m.key);
             json!({
                 "key": m.key, "source": m.source, "family": m.family,
                 "description": m.description, "defaults": m.defaults,
