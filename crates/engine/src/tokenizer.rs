@@ -1,5 +1,11 @@
 //! CLIP prompt tokenization: the tokenizer's ids with start and end tokens,
 //! truncated to the context length (keeping the end token) and padded.
+//!
+//! The released SD repos ship only `vocab.json` + `merges.txt` (the slow
+//! tokenizer's files), fine-tunes often add a `tokenizer.json`: both load.
+//! Without `tokenizer.json` the fast tokenizer is assembled from the two
+//! files with CLIP's normalisation, pre-tokenisation and start/end tokens,
+//! the same definition transformers converts the slow tokenizer into.
 
 use std::path::Path;
 
@@ -13,13 +19,18 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// `folder` is a diffusers `tokenizer/` folder with a `tokenizer.json`.
-    /// SD 1.x pads with the end token; SD 2.x and SDXL's second tokenizer pad
-    /// with `!` (id 0): `special_tokens_map.json` says which.
+    /// `folder` is a diffusers `tokenizer/` folder: `tokenizer.json`, or
+    /// `vocab.json` + `merges.txt`. SD 1.x pads with the end token; SD 2.x
+    /// and SDXL's second tokenizer pad with `!` (id 0):
+    /// `special_tokens_map.json` says which.
     pub fn load(folder: &Path, max_len: usize) -> Result<Self, EngineLoadError> {
         let file = folder.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&file)
-            .map_err(|e| EngineLoadError::Tokenizer(format!("{}: {e}", file.display())))?;
+        let inner = if file.exists() {
+            tokenizers::Tokenizer::from_file(&file)
+                .map_err(|e| EngineLoadError::Tokenizer(format!("{}: {e}", file.display())))?
+        } else {
+            from_vocab_and_merges(folder)?
+        };
         let eos_id = inner
             .token_to_id("<|endoftext|>")
             .ok_or_else(|| EngineLoadError::Tokenizer("no <|endoftext|> token".into()))?;
@@ -54,4 +65,61 @@ impl ClipTokenizer {
         ids.resize(self.max_len, self.pad_id);
         Ok(ids)
     }
+}
+
+/// CLIP's fast tokenizer built from the slow tokenizer's `vocab.json` and
+/// `merges.txt`.
+fn from_vocab_and_merges(folder: &Path) -> Result<tokenizers::Tokenizer, EngineLoadError> {
+    let read = |name: &str| {
+        let path = folder.join(name);
+        std::fs::read_to_string(&path).map_err(|source| EngineLoadError::Io { path, source })
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&read("vocab.json")?).map_err(|e| {
+            EngineLoadError::Tokenizer(format!("{}/vocab.json: {e}", folder.display()))
+        })?;
+    let merges_text = read("merges.txt")?;
+    let merges: Vec<[&str; 2]> = merges_text
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| [a, b]))
+        .collect();
+    let id_of = |token: &str| {
+        vocab.get(token).cloned().ok_or_else(|| {
+            EngineLoadError::Tokenizer(format!("{}: no {token} in vocab.json", folder.display()))
+        })
+    };
+    let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+    let special = |token: &str| -> Result<serde_json::Value, EngineLoadError> {
+        Ok(serde_json::json!({
+            "id": id_of(token)?, "content": token, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }))
+    };
+    let definition = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(bos)?, special(eos)?],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}
+        ]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "behavior": "Removed", "invert": true, "pattern": {"Regex":
+                "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"}},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]},
+        "post_processor": {"type": "RobertaProcessing", "sep": [eos, id_of(eos)?],
+            "cls": [bos, id_of(bos)?], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": eos, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges}
+    });
+    definition
+        .to_string()
+        .parse::<tokenizers::Tokenizer>()
+        .map_err(|e| EngineLoadError::Tokenizer(format!("{}: {e}", folder.display())))
 }

@@ -56,3 +56,37 @@ fn the_parity_measure_catches_a_wrong_layer() {
     let broken = (expected * 1.01).unwrap();
     assert!(relative_error(&broken, expected).unwrap() > 1e-4);
 }
+
+#[test]
+fn tokenizer_from_vocab_and_merges_equals_tokenizer_json() {
+    // The released SD repos ship only vocab.json + merges.txt.
+    let slow = tempfile::tempdir().unwrap();
+    for name in [
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(
+            model_dir().join("tokenizer").join(name),
+            slow.path().join(name),
+        )
+        .unwrap();
+    }
+    let from_files = ClipTokenizer::load(slow.path(), 77).unwrap();
+    let from_json = ClipTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
+    let (prompt, negative) = prompts();
+    for text in [
+        prompt.as_str(),
+        negative.as_str(),
+        "",
+        "  Ünïcödé  CAPS\tand\nnewlines, 1234 numbers; it's (weird) punctuation!!! <|endoftext|>",
+        "emoji 🦊 and 日本語",
+    ] {
+        assert_eq!(
+            from_files.encode(text).unwrap(),
+            from_json.encode(text).unwrap(),
+            "{text:?}"
+        );
+    }
+}
