@@ -112,7 +112,8 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
             "flux-1",
             "sd-3.5",
             "flux-abliterated",
-            "tiny-sd15-random"
+            "tiny-sd15-random",
+            "tiny-sdxl-random"
         ]
     );
     assert_eq!(
@@ -190,14 +191,13 @@ fn models_list_marks_the_default() {
     let text = String::from_utf8(out.stdout).unwrap();
     let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
     assert!(default_line.contains("flux-1"), "{text}");
-    assert_eq!(text.lines().count(), 5);
+    assert_eq!(text.lines().count(), 6);
     // No FLUX pipeline here; the built-in test model can always run.
     assert!(default_line.contains("missing"), "{text}");
-    let tiny = text
-        .lines()
-        .find(|l| l.contains("tiny-sd15-random"))
-        .unwrap();
-    assert!(tiny.contains("ready"), "{text}");
+    for key in ["tiny-sd15-random", "tiny-sdxl-random"] {
+        let tiny = text.lines().find(|l| l.contains(key)).unwrap();
+        assert!(tiny.contains("ready"), "{text}");
+    }
 }
 
 #[test]
@@ -245,7 +245,12 @@ fn generate_for_a_family_without_a_pipeline_fails_clearly_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("width must be a multiple of 16"));
 }
 
-fn generate_tiny(dir: &Path, out: &str, seed: &str) -> (Vec<u8>, Vec<(String, String)>) {
+fn generate_tiny(
+    dir: &Path,
+    model: &str,
+    out: &str,
+    seed: &str,
+) -> (Vec<u8>, Vec<(String, String)>) {
     let path = dir.join(out);
     let run = Command::new(BIN)
         .args([
@@ -253,7 +258,7 @@ fn generate_tiny(dir: &Path, out: &str, seed: &str) -> (Vec<u8>, Vec<(String, St
             "--prompt",
             "a lighthouse at dusk",
             "--model",
-            "tiny-sd15-random",
+            model,
         ])
         .args([
             "--seed",
@@ -285,19 +290,24 @@ fn generate_tiny(dir: &Path, out: &str, seed: &str) -> (Vec<u8>, Vec<(String, St
 }
 
 #[test]
-fn generate_with_the_builtin_model_is_real_and_reproducible() {
-    let dir = tempfile::tempdir().unwrap();
-    let (first, text) = generate_tiny(dir.path(), "a.png", "1234");
-    let (again, _) = generate_tiny(dir.path(), "b.png", "1234");
-    let (other, _) = generate_tiny(dir.path(), "c.png", "1235");
-    assert_eq!(first, again, "the same seed gives the same pixels");
-    assert_ne!(first, other, "another seed gives another image");
-    let distinct: std::collections::HashSet<_> = first.chunks(3).collect();
-    assert!(distinct.len() > 50, "a diffusion output, not a flat fill");
-    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
-    assert!(params.contains("Seed: 1234"), "{params}");
-    assert!(params.contains("Sampler: DDIM"), "{params}");
-    assert!(params.contains("Model: tiny-sd15-random"), "{params}");
+fn generate_with_the_builtin_models_is_real_and_reproducible() {
+    for (model, sampler) in [("tiny-sd15-random", "DDIM"), ("tiny-sdxl-random", "Euler")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, text) = generate_tiny(dir.path(), model, "a.png", "1234");
+        let (again, _) = generate_tiny(dir.path(), model, "b.png", "1234");
+        let (other, _) = generate_tiny(dir.path(), model, "c.png", "1235");
+        assert_eq!(first, again, "{model}: the same seed gives the same pixels");
+        assert_ne!(first, other, "{model}: another seed gives another image");
+        let distinct: std::collections::HashSet<_> = first.chunks(3).collect();
+        assert!(
+            distinct.len() > 50,
+            "{model}: a diffusion output, not a flat fill"
+        );
+        let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+        assert!(params.contains("Seed: 1234"), "{params}");
+        assert!(params.contains(&format!("Sampler: {sampler}")), "{params}");
+        assert!(params.contains(&format!("Model: {model}")), "{params}");
+    }
 }
 
 #[test]

@@ -123,20 +123,36 @@ impl Catalogue {
     /// models with real architectures: the whole pipeline runs, offline,
     /// and the pictures mean nothing.
     pub fn builtin_test_models() -> Vec<ModelEntry> {
-        vec![ModelEntry {
-            key: "tiny-sd15-random".into(),
-            source: "builtin:tiny-sd15".into(),
-            family: ModelFamily::Sd15,
-            description: "TEST MODEL with random weights (SD 1.5 architecture, 4.5 MB, built in): \
-                          real diffusion, meaningless pictures"
-                .into(),
-            defaults: ModelDefaults {
-                steps: 4,
-                guidance_scale: 7.5,
-                width: 64,
-                height: 64,
+        vec![
+            ModelEntry {
+                key: "tiny-sd15-random".into(),
+                source: "builtin:tiny-sd15".into(),
+                family: ModelFamily::Sd15,
+                description: "TEST MODEL with random weights (SD 1.5 architecture, 4.5 MB, \
+                              built in): real diffusion, meaningless pictures"
+                    .into(),
+                defaults: ModelDefaults {
+                    steps: 4,
+                    guidance_scale: 7.5,
+                    width: 64,
+                    height: 64,
+                },
             },
-        }]
+            ModelEntry {
+                key: "tiny-sdxl-random".into(),
+                source: "builtin:tiny-sdxl".into(),
+                family: ModelFamily::Sdxl,
+                description: "TEST MODEL with random weights (SDXL architecture, 2.3 MB, \
+                              built in): real diffusion, meaningless pictures"
+                    .into(),
+                defaults: ModelDefaults {
+                    steps: 4,
+                    guidance_scale: 5.0,
+                    width: 64,
+                    height: 64,
+                },
+            },
+        ]
     }
 
     /// The four models the seed contract lists, in the seed's order.

@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample = Tensor::randn(0f32, 1f32, (2, 4, latent, latent), &device)?;
     report(
         "unet_step_b2",
-        time(repeats, || unet.forward(&sample, 500.0, &context)),
+        time(repeats, || unet.forward(&sample, 500.0, &context, None)),
     );
     drop(unet);
 

@@ -137,6 +137,33 @@ pub fn multi_head_attention(
         .reshape((b, n, dim))
 }
 
+/// diffusers' `get_timestep_embedding` for each of `values`, concatenated:
+/// `dim` numbers per value, frequencies exp(-ln(10000)·i / (dim/2 − shift)),
+/// cosines first when `flip_sin_to_cos`.
+pub fn sinusoidal_embedding(
+    values: &[f64],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+) -> Vec<f32> {
+    let half = dim / 2;
+    let mut out = Vec::with_capacity(values.len() * dim);
+    for &value in values {
+        let angles =
+            (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() * value);
+        let (sin, cos): (Vec<f32>, Vec<f32>) =
+            angles.map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
+        if flip_sin_to_cos {
+            out.extend(cos);
+            out.extend(sin);
+        } else {
+            out.extend(sin);
+            out.extend(cos);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,19 +1,23 @@
 //! Models compiled into the binary, so a fresh install can produce a real
-//! (if meaningless) image offline: the tiny random-weight SD1.5-architecture
-//! test model from `fixtures/tiny/tiny-sd15` (4.5 MB). Its files are written
-//! out to a folder on first use and loaded like any diffusers folder.
+//! (if meaningless) image offline: the tiny random-weight test models with
+//! the SD 1.5 (4.5 MB) and SDXL (2.3 MB) architectures from `fixtures/tiny/`.
+//! Their files are written out to a folder on first use and loaded like any
+//! diffusers folder.
 
 use std::path::{Path, PathBuf};
 
 use crate::EngineLoadError;
 
-macro_rules! tiny_sd15_files {
-    ($($path:literal),* $(,)?) => {
-        &[$(($path, include_bytes!(concat!("../../../fixtures/tiny/tiny-sd15/", $path)) as &[u8])),*]
+macro_rules! fixture_files {
+    ($model:literal: $($path:literal),* $(,)?) => {
+        &[$((
+            $path,
+            include_bytes!(concat!("../../../fixtures/tiny/", $model, "/", $path)) as &[u8],
+        )),*]
     };
 }
 
-const TINY_SD15: &[(&str, &[u8])] = tiny_sd15_files!(
+const TINY_SD15: &[(&str, &[u8])] = fixture_files!("tiny-sd15":
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -29,8 +33,31 @@ const TINY_SD15: &[(&str, &[u8])] = tiny_sd15_files!(
     "vae/diffusion_pytorch_model.safetensors",
 );
 
+/// Ships without `tokenizer.json`, as the released SDXL repo does, so the
+/// tokenizer is built from `vocab.json` + `merges.txt`.
+const TINY_SDXL: &[(&str, &[u8])] = fixture_files!("tiny-sdxl":
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+);
+
 /// The names `builtin:NAME` sources may use.
-pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15"];
+pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl"];
 
 /// Writes built-in model `name` under `root/name` (once) and returns that
 /// folder. Files are compared by size, so a damaged copy is rewritten.
@@ -40,6 +67,7 @@ pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15"];
 pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> {
     let files = match name {
         "tiny-sd15" => TINY_SD15,
+        "tiny-sdxl" => TINY_SDXL,
         other => {
             return Err(EngineLoadError::Unsupported(format!(
                 "no built-in model {other:?}; built in: {}",

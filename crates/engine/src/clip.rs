@@ -3,14 +3,18 @@
 //!
 //! Written for parity with transformers' `CLIPTextModel`: pre-norm encoder
 //! layers, causal self-attention, `quick_gelu` (SD 1.x) or exact `gelu`
-//! (SD 2.x, SDXL's second encoder), and a final layer norm. Checkpoints are
-//! accepted with or without the `text_model.` prefix (transformers 5 saves
-//! without it; the released SD checkpoints have it).
+//! (SD 2.x, SDXL's second encoder), and a final layer norm; with
+//! `text_projection` (`CLIPTextModelWithProjection`, SDXL's second encoder)
+//! the pooled output is projected. Checkpoints are accepted with or without
+//! the `text_model.` prefix (transformers 5 saves `CLIPTextModel` without
+//! it; the released SD checkpoints have it).
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
+};
 use serde::Deserialize;
 
 use crate::blocks::multi_head_attention;
@@ -28,6 +32,13 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Where the pooled output is read: the first end token, except for the
+    /// legacy configs that say 2 (the released SD ones), where transformers
+    /// takes the highest id in the sequence — also the end token.
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -126,6 +137,8 @@ pub struct ClipTextEncoder {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_norm: LayerNorm,
+    projection: Option<Linear>,
+    eos_token_id: Option<u32>,
     device: Device,
 }
 
@@ -136,6 +149,9 @@ pub struct ClipTextOutput {
     /// The hidden state before the last layer, without the final norm
     /// (SDXL conditions on this).
     pub penultimate_hidden_state: Tensor,
+    /// (batch, dim): the normed state at the end token, projected when the
+    /// model has `text_projection` (`text_embeds` in transformers).
+    pub pooled: Tensor,
 }
 
 impl ClipTextEncoder {
@@ -143,15 +159,29 @@ impl ClipTextEncoder {
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
         let cfg: ClipTextConfig = read_config(&folder.join("config.json"))?;
         let vb = var_builder(folder, dtype, device)?;
+        let projection = if vb.contains_tensor("text_projection.weight") {
+            let dim = cfg.projection_dim.unwrap_or(cfg.hidden_size);
+            Some(linear_no_bias(
+                cfg.hidden_size,
+                dim,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
             vb
         };
-        Self::new(vb, &cfg)
+        Self::new(vb, &cfg, projection)
     }
 
-    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self, EngineLoadError> {
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &ClipTextConfig,
+        projection: Option<Linear>,
+    ) -> Result<Self, EngineLoadError> {
         let act = Activation::parse(&cfg.hidden_act)?;
         let emb = vb.pp("embeddings");
         let layers = (0..cfg.num_hidden_layers)
@@ -170,6 +200,8 @@ impl ClipTextEncoder {
                 cfg.layer_norm_eps,
                 vb.pp("final_layer_norm"),
             )?,
+            projection,
+            eos_token_id: cfg.eos_token_id,
             device: vb.device().clone(),
         })
     }
@@ -183,7 +215,7 @@ impl ClipTextEncoder {
 
     /// `input_ids`: (batch, seq) of u32 token ids.
     pub fn forward(&self, input_ids: &Tensor) -> candle_core::Result<ClipTextOutput> {
-        let (_, seq) = input_ids.dims2()?;
+        let (batch, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, &self.device)?;
         let mut x = self
             .token_embedding
@@ -198,9 +230,44 @@ impl ClipTextEncoder {
             }
             x = layer.forward(&x, &mask)?;
         }
+        let last_hidden_state = self.final_norm.forward(&x)?;
+        let rows = input_ids
+            .to_vec2::<u32>()?
+            .iter()
+            .enumerate()
+            .map(|(b, ids)| {
+                last_hidden_state
+                    .get(b)?
+                    .get(self.end_token_position(ids))?
+                    .unsqueeze(0)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut pooled = Tensor::cat(&rows, 0)?;
+        if let Some(projection) = &self.projection {
+            pooled = projection.forward(&pooled)?;
+        }
+        debug_assert_eq!(pooled.dim(0)?, batch);
         Ok(ClipTextOutput {
-            last_hidden_state: self.final_norm.forward(&x)?,
+            last_hidden_state,
             penultimate_hidden_state: penultimate,
+            pooled,
         })
+    }
+
+    fn end_token_position(&self, ids: &[u32]) -> usize {
+        let highest = || {
+            // The first maximum, as torch's argmax picks it.
+            ids.iter()
+                .enumerate()
+                .fold(
+                    (0, 0),
+                    |best, (i, &id)| if id > best.1 { (i, id) } else { best },
+                )
+                .0
+        };
+        match self.eos_token_id {
+            Some(2) | None => highest(),
+            Some(eos) => ids.iter().position(|&id| id == eos).unwrap_or_else(highest),
+        }
     }
 }

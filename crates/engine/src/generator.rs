@@ -94,13 +94,13 @@ pub fn hf_repo_dir(cache: &Path, repo: &str) -> PathBuf {
 fn check_family(model: &ModelEntry) -> Result<(), EngineError> {
     if matches!(
         model.family,
-        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo
+        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo | ModelFamily::Sdxl
     ) {
         Ok(())
     } else {
         Err(EngineError::Unsupported(format!(
             "the {} pipeline is not implemented yet, so model {:?} cannot run; \
-             SD 1.x/2.x models can",
+             SD 1.x/2.x/XL models can",
             model.family.as_str(),
             model.key
         )))
@@ -161,7 +161,7 @@ impl Generator for CandleGenerator {
         cancel.check()?;
 
         let context = sd
-            .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref().unwrap_or(""))
+            .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
             .map_err(failed)?;
         let factor = sd.latent_factor();
         let shape = (

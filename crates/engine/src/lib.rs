@@ -22,6 +22,7 @@ pub mod noise;
 pub mod schedule;
 pub mod sd;
 pub mod tokenizer;
+mod transformer2d;
 pub mod unet;
 pub mod vae;
 pub mod weights;

@@ -1,27 +1,42 @@
-//! The Stable Diffusion 1.x/2.x text-to-image pipeline (SD-Turbo included):
-//! CLIP conditioning with classifier-free guidance (skipped at guidance
-//! <= 1, as diffusers does), the model's scheduler (DDIM or Euler), VAE
-//! decoding.
+//! The Stable Diffusion text-to-image pipeline for SD 1.x/2.x (SD-Turbo
+//! included) and SDXL: CLIP conditioning (SDXL: two encoders' penultimate
+//! states side by side, the second's pooled output and the size
+//! micro-conditioning), classifier-free guidance (skipped at guidance <= 1,
+//! as diffusers does), the model's scheduler (DDIM, Euler, Euler-ancestral),
+//! VAE decoding.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
 
 use crate::clip::ClipTextEncoder;
 use crate::schedule::{Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::UNet;
+use crate::unet::{AddedConditioning, UNet};
 use crate::vae::VaeDecoder;
 use crate::weights::read_config;
 use crate::EngineLoadError;
 
 pub struct StableDiffusion {
-    tokenizer: ClipTokenizer,
-    text_encoder: ClipTextEncoder,
+    /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
+    /// `text_encoder_2`.
+    encoders: Vec<(ClipTokenizer, ClipTextEncoder)>,
     unet: UNet,
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
+    /// SDXL: no negative prompt means zero negative conditioning rather
+    /// than the encoding of "".
+    force_zeros_for_empty_prompt: bool,
     device: Device,
+}
+
+/// What the denoiser is conditioned on, in CFG order (uncond, cond).
+pub struct Conditioning {
+    /// (2, tokens, dim)
+    pub context: Tensor,
+    /// SDXL: (2, projection_dim) pooled text.
+    pub pooled: Option<Tensor>,
 }
 
 /// Called after each denoising step with (steps done, latents); returning
@@ -32,15 +47,47 @@ pub type StepCallback<'a> = dyn FnMut(usize, &Tensor) -> bool + 'a;
 /// like the latents.
 pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
 
+#[derive(Deserialize)]
+struct ModelIndex {
+    #[serde(default)]
+    force_zeros_for_empty_prompt: bool,
+}
+
 impl StableDiffusion {
     /// Loads a diffusers folder (`model_index.json` beside the components).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
+        let mut encoders = Vec::new();
+        for (tokenizer, encoder) in [
+            ("tokenizer", "text_encoder"),
+            ("tokenizer_2", "text_encoder_2"),
+        ] {
+            if dir.join(encoder).is_dir() {
+                encoders.push((
+                    ClipTokenizer::load(&dir.join(tokenizer), 77)?,
+                    ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+                ));
+            }
+        }
+        let unet = UNet::load(&dir.join("unet"), DType::F32, device)?;
+        if encoders.is_empty() || (unet.needs_added_conditioning() && encoders.len() < 2) {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{}: {} text encoder(s) found, the UNet needs {}",
+                dir.display(),
+                encoders.len(),
+                if unet.needs_added_conditioning() {
+                    2
+                } else {
+                    1
+                }
+            )));
+        }
         Ok(Self {
-            tokenizer: ClipTokenizer::load(&dir.join("tokenizer"), 77)?,
-            text_encoder: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
-            unet: UNet::load(&dir.join("unet"), DType::F32, device)?,
+            encoders,
+            unet,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
             device: device.clone(),
         })
     }
@@ -65,15 +112,45 @@ impl StableDiffusion {
         self.unet.config.in_channels
     }
 
-    /// (uncond, cond) text embeddings, stacked in that order.
-    pub fn encode_prompts(&self, prompt: &str, negative: &str) -> Result<Tensor, EngineLoadError> {
-        let ids: Vec<u32> = [negative, prompt]
-            .iter()
-            .map(|p| self.tokenizer.encode(p))
-            .collect::<Result<Vec<_>, _>>()?
-            .concat();
-        let ids = Tensor::from_vec(ids, (2, 77), &self.device)?;
-        Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
+    fn is_sdxl(&self) -> bool {
+        self.unet.needs_added_conditioning()
+    }
+
+    /// Encodes the prompt and the negative prompt (`None`: "" — or, for
+    /// SDXL, zeros — as diffusers does).
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Conditioning, EngineLoadError> {
+        let zero_negative = negative.is_none() && self.force_zeros_for_empty_prompt;
+        let negative = negative.unwrap_or("");
+        let mut contexts = Vec::new();
+        let mut pooled = None;
+        for (tokenizer, encoder) in &self.encoders {
+            let ids: Vec<u32> = [negative, prompt]
+                .iter()
+                .map(|p| tokenizer.encode(p))
+                .collect::<Result<Vec<_>, _>>()?
+                .concat();
+            let out = encoder.forward(&Tensor::from_vec(ids, (2, 77), &self.device)?)?;
+            if self.is_sdxl() {
+                contexts.push(out.penultimate_hidden_state);
+                // Only the last encoder's pooled output is used.
+                pooled = Some(out.pooled);
+            } else {
+                contexts.push(out.last_hidden_state);
+            }
+        }
+        let mut context = Tensor::cat(&contexts, 2)?;
+        if zero_negative {
+            let zero_first = |t: Tensor| -> candle_core::Result<Tensor> {
+                Tensor::cat(&[&t.narrow(0, 0, 1)?.zeros_like()?, &t.narrow(0, 1, 1)?], 0)
+            };
+            context = zero_first(context)?;
+            pooled = pooled.map(zero_first).transpose()?;
+        }
+        Ok(Conditioning { context, pooled })
     }
 
     /// The scheduler this model runs `steps` steps with.
@@ -81,12 +158,35 @@ impl StableDiffusion {
         Scheduler::new(&self.scheduler_config, steps)
     }
 
+    /// SDXL's added conditioning for `rows` of `cond` (a narrow of the CFG
+    /// batch): the pooled text, and the image size as both original and
+    /// target size with no crop.
+    fn added_conditioning(
+        &self,
+        cond: &Conditioning,
+        first_row: usize,
+        rows: usize,
+        latents: &Tensor,
+    ) -> Result<Option<AddedConditioning>, EngineLoadError> {
+        let Some(pooled) = &cond.pooled else {
+            return Ok(None);
+        };
+        let factor = self.latent_factor() as f32;
+        let (_, _, h, w) = latents.dims4()?;
+        let (h, w) = (h as f32 * factor, w as f32 * factor);
+        let time_ids = Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?.repeat((rows, 1))?;
+        Ok(Some(AddedConditioning {
+            text_embeds: pooled.narrow(0, first_row, rows)?,
+            time_ids,
+        }))
+    }
+
     /// Denoises `latents` (1, c, h, w) for `steps` steps of the model's
-    /// scheduler with guidance `guidance`; `context` is (uncond, cond) from
-    /// `encode_prompts`. Returns the final latents.
+    /// scheduler with guidance `guidance`. Returns the final latents, or
+    /// `None` when `on_step` stopped the run.
     pub fn denoise(
         &self,
-        context: &Tensor,
+        cond: &Conditioning,
         latents: Tensor,
         steps: usize,
         guidance: f64,
@@ -97,22 +197,20 @@ impl StableDiffusion {
         // Like diffusers: no classifier-free guidance at guidance <= 1 (one
         // UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
         let cfg = guidance > 1.0;
-        let context = if cfg {
-            context.clone()
-        } else {
-            context.narrow(0, 1, 1)?
-        };
+        let (first_row, rows) = if cfg { (0, 2) } else { (1, 1) };
+        let context = cond.context.narrow(0, first_row, rows)?;
+        let added = self.added_conditioning(cond, first_row, rows, &latents)?;
         let mut latents = (latents * scheduler.init_noise_sigma())?;
         for (i, &t) in scheduler.timesteps().iter().enumerate() {
             let scaled = scheduler.scale_model_input(&latents, i)?;
             let guided = if cfg {
                 let input = Tensor::cat(&[&scaled, &scaled], 0)?;
-                let eps = self.unet.forward(&input, t, &context)?;
+                let eps = self.unet.forward(&input, t, &context, added.as_ref())?;
                 let uncond = eps.narrow(0, 0, 1)?;
                 let cond = eps.narrow(0, 1, 1)?;
                 (&uncond + ((cond - &uncond)? * guidance)?)?
             } else {
-                self.unet.forward(&scaled, t, &context)?
+                self.unet.forward(&scaled, t, &context, added.as_ref())?
             };
             let step_noise = if scheduler.needs_noise() {
                 Some(noise(i)?)
@@ -133,22 +231,11 @@ impl StableDiffusion {
         &self,
         latents: &Tensor,
     ) -> Result<(usize, usize, Vec<u8>), EngineLoadError> {
-        let image = self.decode_unit(latents)?;
-        let (h, w, _) = image.dims3()?;
-        let pixels = (image * 255.0)?
-            .round()?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|v| v as u8)
-            .collect();
-        Ok((w, h, pixels))
+        crate::vae::unit_to_rgb8(&self.decode_unit(latents)?)
     }
 
     /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.
     pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
-        let image = self.vae.decode(latents)?;
-        let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        Ok(image.squeeze(0)?.permute((1, 2, 0))?.contiguous()?)
+        Ok(self.vae.decode_unit(latents)?)
     }
 }

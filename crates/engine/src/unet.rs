@@ -1,21 +1,18 @@
-//! `UNet2DConditionModel` of the SD 1.x / 2.x families, built from a
-//! diffusers `unet/config.json`: sinusoidal time embedding, down blocks with
-//! optional cross-attention transformers, a cross-attention mid block, and
-//! up blocks that consume the skip connections in reverse.
-//!
-//! Not yet covered: SDXL's `text_time` added embedding (the config is
-//! refused with a clear error rather than run wrongly).
+//! `UNet2DConditionModel` of the SD 1.x / 2.x / XL families, built from a
+//! diffusers `unet/config.json`: sinusoidal time embedding (plus SDXL's
+//! `text_time` added embedding of the pooled prompt and the size/crop
+//! micro-conditioning), down blocks with optional cross-attention
+//! transformers, a cross-attention mid block, and up blocks that consume
+//! the skip connections in reverse.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
-};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::blocks::{conv3x3, multi_head_attention, ResnetBlock};
+use crate::blocks::{conv3x3, sinusoidal_embedding, ResnetBlock};
+use crate::transformer2d::SpatialTransformer;
 use crate::weights::{read_config, var_builder};
 use crate::EngineLoadError;
 
@@ -61,6 +58,27 @@ pub struct UNetConfig {
     pub freq_shift: f64,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+}
+
+/// SDXL's extra conditioning, batched like the latents.
+pub struct AddedConditioning {
+    /// (batch, projection_dim): the second text encoder's pooled output.
+    pub text_embeds: Tensor,
+    /// (batch, 6): original height and width, crop top and left, target
+    /// height and width.
+    pub time_ids: Tensor,
+}
+
+/// SDXL's `text_time` embedding: sinusoids of the six size numbers beside
+/// the pooled text, through a two-layer MLP, added to the time embedding.
+struct TextTimeEmbedding {
+    time_dim: usize,
+    linear_1: Linear,
+    linear_2: Linear,
 }
 
 fn one_layer() -> PerBlock {
@@ -69,155 +87,6 @@ fn one_layer() -> PerBlock {
 
 fn yes() -> bool {
     true
-}
-
-/// Multi-head attention as in diffusers' `Attention` (no q/k/v bias).
-struct MultiHeadAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-}
-
-impl MultiHeadAttention {
-    fn new(
-        dim: usize,
-        context_dim: usize,
-        heads: usize,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
-        Ok(Self {
-            q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
-            v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
-            out: linear(dim, dim, vb.pp("to_out.0"))?,
-            heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let q = self.q.forward(x)?;
-        let k = self.k.forward(context)?;
-        let v = self.v.forward(context)?;
-        self.out
-            .forward(&multi_head_attention(&q, &k, &v, self.heads, None)?)
-    }
-}
-
-struct TransformerBlock {
-    norm1: LayerNorm,
-    attn1: MultiHeadAttention,
-    norm2: LayerNorm,
-    attn2: MultiHeadAttention,
-    norm3: LayerNorm,
-    ff_in: Linear,
-    ff_out: Linear,
-}
-
-impl TransformerBlock {
-    fn new(
-        dim: usize,
-        context_dim: usize,
-        heads: usize,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
-        let inner = dim * 4;
-        Ok(Self {
-            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: MultiHeadAttention::new(dim, dim, heads, vb.pp("attn1"))?,
-            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: MultiHeadAttention::new(dim, context_dim, heads, vb.pp("attn2"))?,
-            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
-            ff_in: linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
-            ff_out: linear(inner, dim, vb.pp("ff.net.2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let n1 = self.norm1.forward(x)?;
-        let x = (self.attn1.forward(&n1, &n1)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + x)?;
-        // GEGLU: the projection holds the value half, then the gate half.
-        let proj = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = proj.dim(D::Minus1)? / 2;
-        let value = proj.narrow(D::Minus1, 0, half)?;
-        let gate = proj.narrow(D::Minus1, half, half)?.gelu_erf()?;
-        self.ff_out.forward(&(value * gate)?)? + x
-    }
-}
-
-enum Projection {
-    Conv(Conv2d),
-    Linear(Linear),
-}
-
-/// diffusers' `Transformer2DModel` in its continuous-input form.
-struct SpatialTransformer {
-    norm: GroupNorm,
-    proj_in: Projection,
-    blocks: Vec<TransformerBlock>,
-    proj_out: Projection,
-}
-
-impl SpatialTransformer {
-    fn new(
-        channels: usize,
-        heads: usize,
-        layers: usize,
-        cfg: &UNetConfig,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
-        let proj = |name: &str| -> candle_core::Result<Projection> {
-            Ok(if cfg.use_linear_projection {
-                Projection::Linear(linear(channels, channels, vb.pp(name))?)
-            } else {
-                Projection::Conv(conv2d(
-                    channels,
-                    channels,
-                    1,
-                    Conv2dConfig::default(),
-                    vb.pp(name),
-                )?)
-            })
-        };
-        let blocks = (0..layers)
-            .map(|i| {
-                TransformerBlock::new(
-                    channels,
-                    cfg.cross_attention_dim,
-                    heads,
-                    vb.pp(format!("transformer_blocks.{i}")),
-                )
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            // diffusers builds this norm with eps 1e-6 whatever norm_eps says.
-            norm: group_norm(cfg.norm_num_groups, channels, 1e-6, vb.pp("norm"))?,
-            proj_in: proj("proj_in")?,
-            blocks,
-            proj_out: proj("proj_out")?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let to_tokens = |t: Tensor| t.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous();
-        let to_image = |t: Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
-        let normed = self.norm.forward(x)?;
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(normed)?)?,
-        };
-        for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
-        }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,
-            Projection::Linear(lin) => to_image(lin.forward(&tokens)?)?,
-        };
-        out + x
-    }
 }
 
 struct Layer {
@@ -250,6 +119,7 @@ pub struct UNet {
     up: Vec<Block>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
+    added: Option<TextTimeEmbedding>,
     pub config: UNetConfig,
 }
 
@@ -260,14 +130,36 @@ impl UNet {
     }
 
     pub fn new(vb: VarBuilder, cfg: UNetConfig) -> Result<Self, EngineLoadError> {
-        if let Some(kind) = &cfg.addition_embed_type {
-            return Err(EngineLoadError::Unsupported(format!(
-                "UNet addition_embed_type {kind:?} (SDXL micro-conditioning) is not implemented yet"
-            )));
-        }
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let temb_dim = ch[0] * 4;
+        let added = match cfg.addition_embed_type.as_deref() {
+            None => None,
+            Some("text_time") => {
+                let missing = |field: &str| {
+                    EngineLoadError::Unsupported(format!(
+                        "UNet config has addition_embed_type \"text_time\" but no {field}"
+                    ))
+                };
+                let time_dim = cfg
+                    .addition_time_embed_dim
+                    .ok_or_else(|| missing("addition_time_embed_dim"))?;
+                let input = cfg
+                    .projection_class_embeddings_input_dim
+                    .ok_or_else(|| missing("projection_class_embeddings_input_dim"))?;
+                let ae = vb.pp("add_embedding");
+                Some(TextTimeEmbedding {
+                    time_dim,
+                    linear_1: linear(input, temb_dim, ae.pp("linear_1"))?,
+                    linear_2: linear(temb_dim, temb_dim, ae.pp("linear_2"))?,
+                })
+            }
+            Some(other) => {
+                return Err(EngineLoadError::Unsupported(format!(
+                    "UNet addition_embed_type {other:?} (only SDXL's \"text_time\" is implemented)"
+                )))
+            }
+        };
         let groups = cfg.norm_num_groups;
         let eps = cfg.norm_eps;
         let heads_of = |i: usize| {
@@ -420,56 +312,46 @@ impl UNet {
             up,
             norm_out: group_norm(groups, ch[0], eps, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(ch[0], cfg.out_channels, vb.pp("conv_out"))?,
+            added,
             config: cfg,
         })
     }
 
-    /// Sinusoidal embedding of `timestep` for a batch of `batch`, as
-    /// diffusers' `get_timestep_embedding`.
-    fn time_embedding(
-        &self,
-        timestep: f64,
-        batch: usize,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let mut emb = Vec::with_capacity(dim);
-        let freqs: Vec<f64> = (0..half)
-            .map(|i| {
-                (-(10000f64.ln()) * i as f64 / (half as f64 - self.config.freq_shift)).exp()
-                    * timestep
-            })
-            .collect();
-        let (sin, cos): (Vec<f32>, Vec<f32>) = freqs
-            .iter()
-            .map(|a| (a.sin() as f32, a.cos() as f32))
-            .unzip();
-        if self.config.flip_sin_to_cos {
-            emb.extend(cos);
-            emb.extend(sin);
-        } else {
-            emb.extend(sin);
-            emb.extend(cos);
-        }
-        Tensor::from_vec(emb, (1, dim), device)?.repeat((batch, 1))
+    /// Whether the model needs `AddedConditioning` (SDXL).
+    pub fn needs_added_conditioning(&self) -> bool {
+        self.added.is_some()
     }
 
     /// Predicts noise for `sample` (b, c, h, w) at `timestep`, conditioned on
-    /// `context` (b, tokens, cross_attention_dim).
+    /// `context` (b, tokens, cross_attention_dim) and, for SDXL, `added`.
     pub fn forward(
         &self,
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
+        added: Option<&AddedConditioning>,
     ) -> candle_core::Result<Tensor> {
         let b = sample.dim(0)?;
-        let temb = self
-            .time_embedding(timestep, b, sample.device())?
+        let cfg = &self.config;
+        let dim = cfg.block_out_channels[0];
+        let temb = sinusoidal_embedding(&[timestep], dim, cfg.flip_sin_to_cos, cfg.freq_shift);
+        let temb = Tensor::from_vec(temb, (1, dim), sample.device())?
+            .repeat((b, 1))?
             .to_dtype(sample.dtype())?;
-        let temb = self
+        let mut temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
+        match (&self.added, added) {
+            (Some(embedding), Some(added)) => {
+                temb = (temb + embedding.forward(added, cfg)?)?;
+            }
+            (Some(_), None) => {
+                return Err(candle_core::Error::Msg(
+                    "this UNet (SDXL) needs the pooled text and size conditioning".into(),
+                ))
+            }
+            (None, _) => {}
+        }
 
         let mut x = self.conv_in.forward(sample)?;
         let mut skips = vec![x.clone()];
@@ -508,5 +390,23 @@ impl UNet {
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+    }
+}
+
+impl TextTimeEmbedding {
+    fn forward(&self, added: &AddedConditioning, cfg: &UNetConfig) -> candle_core::Result<Tensor> {
+        let (b, n) = added.time_ids.dims2()?;
+        let values: Vec<f64> = added
+            .time_ids
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let time =
+            sinusoidal_embedding(&values, self.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift);
+        let time = Tensor::from_vec(time, (b, n * self.time_dim), added.time_ids.device())?
+            .to_dtype(added.text_embeds.dtype())?;
+        let input = Tensor::cat(&[&added.text_embeds, &time], 1)?;
+        self.linear_2
+            .forward(&self.linear_1.forward(&input)?.silu()?)
     }
 }

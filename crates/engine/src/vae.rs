@@ -195,4 +195,26 @@ impl VaeDecoder {
         }
         self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
     }
+
+    /// Latents → (h, w, 3) floats in [0, 1] for a batch of one, diffusers'
+    /// `output_type="np"`: `(x / 2 + 0.5).clamp(0, 1)`.
+    pub fn decode_unit(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        let image = self.decode(latents)?;
+        let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+        image.squeeze(0)?.permute((1, 2, 0))?.contiguous()
+    }
+}
+
+/// (h, w, 3) floats in [0, 1] → (width, height, RGB8 row-major), as
+/// diffusers' `output_type="pil"` rounds them.
+pub fn unit_to_rgb8(image: &Tensor) -> Result<(usize, usize, Vec<u8>), EngineLoadError> {
+    let (h, w, _) = image.dims3()?;
+    let pixels = (image * 255.0)?
+        .round()?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| v as u8)
+        .collect();
+    Ok((w, h, pixels))
 }

@@ -19,7 +19,9 @@ fn unet_forward_matches_diffusers() {
         0,
     )
     .unwrap();
-    let out = unet.forward(&refs["unet_input"], 500.0, &context).unwrap();
+    let out = unet
+        .forward(&refs["unet_input"], 500.0, &context, None)
+        .unwrap();
     let expected = &refs["unet_output_t500"];
     assert_eq!(out.dims(), expected.dims());
     let err = relative_error(&out, expected).unwrap();

@@ -1,5 +1,5 @@
-//! Where the parity tests find the tiny SD1.5-class fixture and its
-//! diffusers reference outputs.
+//! Where the parity tests find the tiny fixtures and their diffusers
+//! reference outputs, and the measure final images are held to.
 // Each test binary uses only some of these helpers.
 #![allow(dead_code)]
 
@@ -8,17 +8,52 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
+/// The tiny SD1.5-class model.
 pub fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15")
+    fixture_dir("tiny-sd15")
+}
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/tiny")
+        .join(name)
+}
+
+pub fn references_of(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixture_dir(name).join("references.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+pub fn settings_of(name: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir(name).join("references.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn references() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(model_dir().join("references.safetensors"), &Device::Cpu)
-        .unwrap()
+    references_of("tiny-sd15")
 }
 
 /// `references.json`: the prompts and settings the references were made with.
 pub fn reference_settings() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(model_dir().join("references.json")).unwrap())
-        .unwrap()
+    settings_of("tiny-sd15")
+}
+
+/// Final images: within 1/255 on at least 99% of pixel values.
+pub fn assert_images_close(image: &candle_core::Tensor, expected: &candle_core::Tensor) {
+    assert_eq!(image.dims(), expected.dims());
+    let ours = image.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let theirs = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let close = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| (*a - *b).abs() <= 1.0 / 255.0)
+        .count();
+    let share = close as f64 / ours.len() as f64;
+    eprintln!("final image: {:.4}% of values within 1/255", share * 100.0);
+    assert!(share >= 0.99, "only {share} within 1/255");
 }
