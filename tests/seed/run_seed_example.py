@@ -62,7 +62,8 @@ def main() -> int:
     code = example_code()
     tiny = code.replace('model="sd-3.5"', 'model="tiny-sd15-random"')
     assert tiny != code, "the example no longer names sd-3.5"
-    tiny_xl = code.replace('model="sd-3.5"', 'model="tiny-sdxl-random"')
+    others = {name: code.replace('model="sd-3.5"', f'model="{key}"')
+              for name, key in (("SDXL", "tiny-sdxl-random"), ("FLUX", "tiny-flux-random"))}
     with tempfile.TemporaryDirectory() as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CYBERIMAGE_")}
         server = subprocess.Popen(
@@ -74,15 +75,18 @@ def main() -> int:
             with_tiny = run_example(tiny, data)
             urls = re.findall(r"Success! Image available at: (\S+)", with_tiny.stdout)
             png = urllib.request.urlopen(urls[0]).read() if urls else b""
-            with_xl = run_example(tiny_xl, data)
-            xl_urls = re.findall(r"Success! Image available at: (\S+)", with_xl.stdout)
-            xl_png = urllib.request.urlopen(xl_urls[0]).read() if xl_urls else b""
+            other_runs = {}
+            for name, variant in others.items():
+                run = run_example(variant, data)
+                found = re.findall(r"Success! Image available at: (\S+)", run.stdout)
+                other_runs[name] = (run, found, urllib.request.urlopen(found[0]).read() if found else b"")
         finally:
             server.terminate()
             server.wait(timeout=30)
     print(unchanged.stdout)
     print(with_tiny.stdout)
-    print(with_xl.stdout)
+    for run, _, _ in other_runs.values():
+        print(run.stdout)
     out = unchanged.stdout
     checks = {
         "unchanged: exits cleanly": unchanged.returncode == 0,
@@ -94,13 +98,14 @@ def main() -> int:
         "tiny model: exits cleanly": with_tiny.returncode == 0,
         "tiny model: the job completes": "Status: completed" in with_tiny.stdout and len(urls) == 1,
         "tiny model: the URL serves a PNG": png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000,
-        "tiny SDXL model: the job completes": with_xl.returncode == 0 and "Status: completed" in with_xl.stdout
-        and len(xl_urls) == 1,
-        "tiny SDXL model: the URL serves a PNG": xl_png[:8] == b"\x89PNG\r\n\x1a\n" and len(xl_png) > 1000,
+        **{f"tiny {name} model: the job completes": run.returncode == 0 and "Status: completed" in run.stdout
+           and len(found) == 1 for name, (run, found, _) in other_runs.items()},
+        **{f"tiny {name} model: the URL serves a PNG": png_bytes[:8] == b"\x89PNG\r\n\x1a\n" and len(png_bytes) > 1000
+           for name, (_, _, png_bytes) in other_runs.items()},
     }
     for name, ok in checks.items():
         print(f"{'ok' if ok else 'FAILED'}: {name}")
-    for run in (unchanged, with_tiny, with_xl):
+    for run in (unchanged, with_tiny, *(r for r, _, _ in other_runs.values())):
         if run.stderr:
             print(run.stderr, file=sys.stderr)
     passed = sum(checks.values())

@@ -113,7 +113,8 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
             "sd-3.5",
             "flux-abliterated",
             "tiny-sd15-random",
-            "tiny-sdxl-random"
+            "tiny-sdxl-random",
+            "tiny-flux-random"
         ]
     );
     assert_eq!(
@@ -140,15 +141,14 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // No FLUX pipeline yet: the job must fail and say why, not hand back a
-    // placeholder picture.
+    // No FLUX weights on this machine: the job must fail and say what is
+    // missing and how to get it, not hand back a placeholder picture.
     assert_eq!(last["status"], "failed", "{last}");
     assert_eq!(last["model"], "flux-1");
     assert_eq!(last["progress"]["failed"], true);
-    assert!(last["error"]
-        .as_str()
-        .unwrap()
-        .contains("not implemented yet"));
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("are not on this machine"), "{error}");
+    assert!(error.contains("cyberimage models pull flux-1"), "{error}");
     assert!(last.get("images").is_none());
     assert!(std::fs::read_dir(dir.path().join("images"))
         .unwrap()
@@ -191,10 +191,10 @@ fn models_list_marks_the_default() {
     let text = String::from_utf8(out.stdout).unwrap();
     let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
     assert!(default_line.contains("flux-1"), "{text}");
-    assert_eq!(text.lines().count(), 6);
-    // No FLUX pipeline here; the built-in test model can always run.
+    assert_eq!(text.lines().count(), 7);
+    // No FLUX weights here; the built-in test models can always run.
     assert!(default_line.contains("missing"), "{text}");
-    for key in ["tiny-sd15-random", "tiny-sdxl-random"] {
+    for key in ["tiny-sd15-random", "tiny-sdxl-random", "tiny-flux-random"] {
         let tiny = text.lines().find(|l| l.contains(key)).unwrap();
         assert!(tiny.contains("ready"), "{text}");
     }
@@ -291,7 +291,11 @@ fn generate_tiny(
 
 #[test]
 fn generate_with_the_builtin_models_is_real_and_reproducible() {
-    for (model, sampler) in [("tiny-sd15-random", "DDIM"), ("tiny-sdxl-random", "Euler")] {
+    for (model, sampler) in [
+        ("tiny-sd15-random", "DDIM"),
+        ("tiny-sdxl-random", "Euler"),
+        ("tiny-flux-random", "Flow-match Euler"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (first, text) = generate_tiny(dir.path(), model, "a.png", "1234");
         let (again, _) = generate_tiny(dir.path(), model, "b.png", "1234");

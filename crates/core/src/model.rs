@@ -152,6 +152,20 @@ impl Catalogue {
                     height: 64,
                 },
             },
+            ModelEntry {
+                key: "tiny-flux-random".into(),
+                source: "builtin:tiny-flux".into(),
+                family: ModelFamily::FluxDev,
+                description: "TEST MODEL with random weights (FLUX.1-dev architecture, 2 MB, \
+                              built in): real diffusion, meaningless pictures"
+                    .into(),
+                defaults: ModelDefaults {
+                    steps: 4,
+                    guidance_scale: 3.5,
+                    width: 64,
+                    height: 64,
+                },
+            },
         ]
     }
 

@@ -12,6 +12,7 @@ use cyberimage_core::{
 };
 
 use crate::builtin;
+use crate::flux::Flux;
 use crate::noise::{gaussian, step_gaussian};
 use crate::sd::StableDiffusion;
 
@@ -26,8 +27,27 @@ pub struct CandleGenerator {
 
 struct LoadedModel {
     key: String,
-    pipeline: StableDiffusion,
+    pipeline: Pipeline,
     weights_sha256: String,
+}
+
+enum Pipeline {
+    StableDiffusion(Box<StableDiffusion>),
+    Flux(Box<Flux>),
+}
+
+impl Pipeline {
+    fn load(family: ModelFamily, dir: &Path, device: &Device) -> Result<Self, EngineError> {
+        let loaded = match family {
+            ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
+                Flux::load(dir, device).map(|f| Self::Flux(Box::new(f)))
+            }
+            _ => StableDiffusion::load(dir, device).map(|s| Self::StableDiffusion(Box::new(s))),
+        };
+        loaded.map_err(|e| {
+            EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
+        })
+    }
 }
 
 impl CandleGenerator {
@@ -92,18 +112,15 @@ pub fn hf_repo_dir(cache: &Path, repo: &str) -> PathBuf {
 }
 
 fn check_family(model: &ModelEntry) -> Result<(), EngineError> {
-    if matches!(
-        model.family,
-        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo | ModelFamily::Sdxl
-    ) {
-        Ok(())
-    } else {
+    if model.family == ModelFamily::Sd3 {
         Err(EngineError::Unsupported(format!(
             "the {} pipeline is not implemented yet, so model {:?} cannot run; \
-             SD 1.x/2.x/XL models can",
+             SD 1.x/2.x/XL and FLUX.1 models can",
             model.family.as_str(),
             model.key
         )))
+    } else {
+        Ok(())
     }
 }
 
@@ -143,9 +160,7 @@ impl Generator for CandleGenerator {
             .map_err(|_| failed("model cache poisoned"))?;
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            let pipeline = StableDiffusion::load(&dir, &self.device).map_err(|e| {
-                EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
-            })?;
+            let pipeline = Pipeline::load(model.family, &dir, &self.device)?;
             let weights_sha256 =
                 crate::digest::weights_sha256(&dir, &self.models_dir).map_err(|e| {
                     failed(format!("cannot hash the weights in {}: {e}", dir.display()))
@@ -157,10 +172,83 @@ impl Generator for CandleGenerator {
             });
         }
         let loaded_model = loaded.as_ref().expect("just loaded");
-        let sd = &loaded_model.pipeline;
         cancel.check()?;
+        let run = Run {
+            spec,
+            observer,
+            cancel,
+            device: &self.device,
+        };
+        let (images, mut metadata) = match &loaded_model.pipeline {
+            Pipeline::StableDiffusion(sd) => run.stable_diffusion(sd)?,
+            Pipeline::Flux(flux) => run.flux(flux)?,
+        };
+        metadata.extend([
+            ("dtype".into(), "f32".into()),
+            ("noise".into(), "chacha8-box-muller".into()),
+            ("weights_sha256".into(), loaded_model.weights_sha256.clone()),
+            (
+                "engine".into(),
+                format!(
+                    "cyberimage-engine {} on candle 0.11",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ),
+        ]);
+        Ok(images
+            .into_iter()
+            .map(|(seed, width, height, rgb)| GeneratedImage {
+                width: width as u32,
+                height: height as u32,
+                rgb,
+                seed,
+                extra_metadata: metadata.clone(),
+            })
+            .collect())
+    }
+}
 
-        let context = sd
+/// One job's images through a loaded pipeline.
+struct Run<'a> {
+    spec: &'a GenerationSpec,
+    observer: &'a dyn ProgressObserver,
+    cancel: &'a CancelToken,
+    device: &'a Device,
+}
+
+/// Per image: (seed, width, height, RGB8 pixels).
+type Images = Vec<(u64, usize, usize, Vec<u8>)>;
+type Metadata = Vec<(String, String)>;
+
+impl Run<'_> {
+    /// The initial noise of image `index`: (seed, tensor of `shape`).
+    fn noise(
+        &self,
+        index: u32,
+        shape: (usize, usize, usize, usize),
+    ) -> Result<(u64, Tensor), EngineError> {
+        let seed = self.spec.image_seed(index);
+        let count = shape.0 * shape.1 * shape.2 * shape.3;
+        let noise = Tensor::from_vec(gaussian(seed, count), shape, self.device).map_err(failed)?;
+        Ok((seed, noise))
+    }
+
+    /// Reports step progress across all images; false once cancelled.
+    fn step_reporter(&self, index: u32) -> impl FnMut(usize, &Tensor) -> bool + '_ {
+        let done_before = index * self.spec.steps;
+        let total = self.spec.total_steps();
+        move |step, _| {
+            self.observer.on_progress(ProgressUpdate::Step {
+                done: done_before + step as u32,
+                total,
+            });
+            !self.cancel.is_cancelled()
+        }
+    }
+
+    fn stable_diffusion(&self, sd: &StableDiffusion) -> Result<(Images, Metadata), EngineError> {
+        let spec = self.spec;
+        let cond = sd
             .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
             .map_err(failed)?;
         let factor = sd.latent_factor();
@@ -170,59 +258,72 @@ impl Generator for CandleGenerator {
             spec.height as usize / factor,
             spec.width as usize / factor,
         );
-        let count = shape.1 * shape.2 * shape.3;
         let steps = spec.steps as usize;
         let sampler = sd.scheduler(steps).map_err(failed)?.name();
-        let total = spec.total_steps();
         let mut images = Vec::new();
         for index in 0..spec.num_images {
-            let seed = spec.image_seed(index);
-            let latents =
-                Tensor::from_vec(gaussian(seed, count), shape, &self.device).map_err(failed)?;
-            let done_before = index * spec.steps;
+            let (seed, latents) = self.noise(index, shape)?;
+            let count = shape.1 * shape.2 * shape.3;
             let result = sd
                 .denoise(
-                    &context,
+                    &cond,
                     latents,
                     steps,
                     f64::from(spec.guidance_scale),
                     &mut |step| {
-                        Tensor::from_vec(step_gaussian(seed, step, count), shape, &self.device)
+                        Tensor::from_vec(step_gaussian(seed, step, count), shape, self.device)
                     },
-                    &mut |step, _| {
-                        observer.on_progress(ProgressUpdate::Step {
-                            done: done_before + step as u32,
-                            total,
-                        });
-                        !cancel.is_cancelled()
-                    },
+                    &mut self.step_reporter(index),
                 )
                 .map_err(failed)?;
             let Some(latents) = result else {
                 return Err(EngineError::Cancelled);
             };
-            observer.on_progress(ProgressUpdate::Decoding);
+            self.observer.on_progress(ProgressUpdate::Decoding);
             let (width, height, rgb) = sd.decode_rgb8(&latents).map_err(failed)?;
-            images.push(GeneratedImage {
-                width: width as u32,
-                height: height as u32,
-                rgb,
-                seed,
-                extra_metadata: vec![
-                    ("sampler".into(), sampler.into()),
-                    ("dtype".into(), "f32".into()),
-                    ("noise".into(), "chacha8-box-muller".into()),
-                    ("weights_sha256".into(), loaded_model.weights_sha256.clone()),
-                    (
-                        "engine".into(),
-                        format!(
-                            "cyberimage-engine {} on candle 0.11",
-                            env!("CARGO_PKG_VERSION")
-                        ),
-                    ),
-                ],
-            });
+            images.push((seed, width, height, rgb));
         }
-        Ok(images)
+        Ok((images, vec![("sampler".into(), sampler.into())]))
+    }
+
+    fn flux(&self, flux: &Flux) -> Result<(Images, Metadata), EngineError> {
+        let spec = self.spec;
+        let cond = flux.encode_prompt(&spec.prompt).map_err(failed)?;
+        let factor = flux.latent_factor();
+        let shape = (
+            1,
+            flux.latent_channels(),
+            spec.height as usize / factor,
+            spec.width as usize / factor,
+        );
+        let mut images = Vec::new();
+        for index in 0..spec.num_images {
+            let (seed, noise) = self.noise(index, shape)?;
+            let result = flux
+                .denoise(
+                    &cond,
+                    &noise,
+                    spec.steps as usize,
+                    f64::from(spec.guidance_scale),
+                    &mut self.step_reporter(index),
+                )
+                .map_err(failed)?;
+            let Some(latents) = result else {
+                return Err(EngineError::Cancelled);
+            };
+            self.observer.on_progress(ProgressUpdate::Decoding);
+            let image = flux.decode_unit(&latents).map_err(failed)?;
+            let (width, height, rgb) = crate::vae::unit_to_rgb8(&image).map_err(failed)?;
+            images.push((seed, width, height, rgb));
+        }
+        let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];
+        if !flux.uses_guidance() {
+            metadata.push((
+                "guidance".into(),
+                "none (schnell: not guidance-distilled)".into(),
+            ));
+        }
+        metadata.push(("transformer_weights".into(), flux.transformer_format.into()));
+        Ok((images, metadata))
     }
 }

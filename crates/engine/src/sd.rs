@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::clip::ClipTextEncoder;
 use crate::schedule::{Scheduler, SchedulerConfig};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::PromptTokenizer;
 use crate::unet::{AddedConditioning, UNet};
 use crate::vae::VaeDecoder;
 use crate::weights::read_config;
@@ -21,7 +21,7 @@ use crate::EngineLoadError;
 pub struct StableDiffusion {
     /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
     /// `text_encoder_2`.
-    encoders: Vec<(ClipTokenizer, ClipTextEncoder)>,
+    encoders: Vec<(PromptTokenizer, ClipTextEncoder)>,
     unet: UNet,
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
@@ -64,7 +64,7 @@ impl StableDiffusion {
         ] {
             if dir.join(encoder).is_dir() {
                 encoders.push((
-                    ClipTokenizer::load(&dir.join(tokenizer), 77)?,
+                    PromptTokenizer::load(&dir.join(tokenizer), 77)?,
                     ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
                 ));
             }

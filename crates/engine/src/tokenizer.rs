@@ -1,5 +1,6 @@
-//! CLIP prompt tokenization: the tokenizer's ids with start and end tokens,
-//! truncated to the context length (keeping the end token) and padded.
+//! Prompt tokenization for CLIP and T5: the tokenizer's ids with its
+//! special tokens, truncated to the context length (keeping the end token)
+//! and padded.
 //!
 //! The released SD repos ship only `vocab.json` + `merges.txt` (the slow
 //! tokenizer's files), fine-tunes often add a `tokenizer.json`: both load.
@@ -11,14 +12,14 @@ use std::path::Path;
 
 use crate::EngineLoadError;
 
-pub struct ClipTokenizer {
+pub struct PromptTokenizer {
     inner: tokenizers::Tokenizer,
     max_len: usize,
     pad_id: u32,
     eos_id: u32,
 }
 
-impl ClipTokenizer {
+impl PromptTokenizer {
     /// `folder` is a diffusers `tokenizer/` folder: `tokenizer.json`, or
     /// `vocab.json` + `merges.txt`. SD 1.x pads with the end token; SD 2.x
     /// and SDXL's second tokenizer pad with `!` (id 0):
@@ -50,6 +51,34 @@ impl ClipTokenizer {
             pad_id,
             eos_id,
         })
+    }
+
+    /// A T5 `tokenizer_2/` folder (`tokenizer.json`, as the FLUX and SD3
+    /// repos ship it): `</s>` appended, padded with `<pad>`.
+    pub fn load_t5(folder: &Path, max_len: usize) -> Result<Self, EngineLoadError> {
+        let file = folder.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&file)
+            .map_err(|e| EngineLoadError::Tokenizer(format!("{}: {e}", file.display())))?;
+        let id = |token: &str| {
+            inner.token_to_id(token).ok_or_else(|| {
+                EngineLoadError::Tokenizer(format!("{}: no {token} token", file.display()))
+            })
+        };
+        Ok(Self {
+            max_len,
+            pad_id: id("<pad>")?,
+            eos_id: id("</s>")?,
+            inner,
+        })
+    }
+
+    /// `model_max_length` from `tokenizer_config.json`, if it says.
+    pub fn configured_max_length(folder: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(folder.join("tokenizer_config.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["model_max_length"]
+            .as_u64()
+            .map(|v| v.min(1 << 20) as usize)
     }
 
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>, EngineLoadError> {

@@ -54,9 +54,21 @@ pub fn var_builder(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, EngineLoadError> {
+    Ok(VarBuilder::from_tensors(
+        read_tensors(&safetensors_in(folder)?, device)?,
+        dtype,
+        device,
+    ))
+}
+
+/// Every tensor of `files`, by name, in the dtype it was stored in.
+pub fn read_tensors(
+    files: &[PathBuf],
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, EngineLoadError> {
     let mut tensors = HashMap::new();
-    for file in safetensors_in(folder)? {
-        read_safetensors(&file, device, &mut tensors).map_err(|e| match e {
+    for file in files {
+        read_safetensors(file, device, &mut tensors).map_err(|e| match e {
             ReadError::Io(source) => EngineLoadError::Io {
                 path: file.clone(),
                 source,
@@ -67,7 +79,7 @@ pub fn var_builder(
             ReadError::Candle(e) => EngineLoadError::from(e),
         })?;
     }
-    Ok(VarBuilder::from_tensors(tensors, dtype, device))
+    Ok(tensors)
 }
 
 enum ReadError {

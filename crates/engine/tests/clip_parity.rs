@@ -6,7 +6,7 @@ mod support;
 use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::clip::ClipTextEncoder;
 use cyberimage_engine::relative_error;
-use cyberimage_engine::tokenizer::ClipTokenizer;
+use cyberimage_engine::tokenizer::PromptTokenizer;
 use support::{model_dir, reference_settings, references};
 
 fn prompts() -> (String, String) {
@@ -18,7 +18,7 @@ fn prompts() -> (String, String) {
 }
 
 fn token_ids() -> Tensor {
-    let tok = ClipTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
+    let tok = PromptTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
     let (prompt, negative) = prompts();
     let ids: Vec<u32> = [prompt, negative]
         .iter()
@@ -73,8 +73,8 @@ fn tokenizer_from_vocab_and_merges_equals_tokenizer_json() {
         )
         .unwrap();
     }
-    let from_files = ClipTokenizer::load(slow.path(), 77).unwrap();
-    let from_json = ClipTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
+    let from_files = PromptTokenizer::load(slow.path(), 77).unwrap();
+    let from_json = PromptTokenizer::load(&model_dir().join("tokenizer"), 77).unwrap();
     let (prompt, negative) = prompts();
     for text in [
         prompt.as_str(),

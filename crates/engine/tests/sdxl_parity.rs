@@ -9,7 +9,7 @@ mod support;
 use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::relative_error;
 use cyberimage_engine::sd::StableDiffusion;
-use cyberimage_engine::tokenizer::ClipTokenizer;
+use cyberimage_engine::tokenizer::PromptTokenizer;
 use cyberimage_engine::unet::{AddedConditioning, UNet};
 use support::{assert_images_close, fixture_dir, references_of, settings_of};
 
@@ -37,7 +37,7 @@ fn assert_close(name: &str, ours: &Tensor, expected: &Tensor) {
 fn both_tokenizers_match_transformers() {
     let refs = references_of(NAME);
     for (folder, key) in [("tokenizer", "input_ids"), ("tokenizer_2", "input_ids_2")] {
-        let tok = ClipTokenizer::load(&fixture_dir(NAME).join(folder), 77).unwrap();
+        let tok = PromptTokenizer::load(&fixture_dir(NAME).join(folder), 77).unwrap();
         let ours: Vec<Vec<u32>> = [prompt(), negative()]
             .iter()
             .map(|p| tok.encode(p).unwrap())
