@@ -40,7 +40,12 @@ def availability_checks(base):
     models = requests.get(f"{base}/api/models").json()["models"]
     check("models: the built-in test model can run here", models[TINY]["available"] is True)
     flux = models["flux-1"]
-    check("models: FLUX says why it cannot run", flux["available"] is False and "flux-dev pipeline" in (flux["unavailable_reason"] or ""), flux)
+    check("models: FLUX without weights says what is missing and how to get it",
+          flux["available"] is False and "not on this machine" in (flux["unavailable_reason"] or "")
+          and "cyberimage models pull flux-1" in flux["unavailable_reason"], flux)
+    sd3 = models["sd-3.5"]
+    check("models: SD 3.5 says its pipeline is missing", sd3["available"] is False
+          and "sd3 pipeline" in (sd3["unavailable_reason"] or ""), sd3)
 
 
 def openai_checks(base):
