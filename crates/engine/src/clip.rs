@@ -158,7 +158,13 @@ impl ClipTextEncoder {
     /// Loads a transformers `text_encoder/` folder.
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
         let cfg: ClipTextConfig = read_config(&folder.join("config.json"))?;
-        let vb = var_builder(folder, dtype, device)?;
+        Self::from_checkpoint(var_builder(folder, dtype, device)?, &cfg)
+    }
+
+    /// Builds from a checkpoint's tensors, as `CLIPTextModel` or
+    /// `CLIPTextModelWithProjection` saved them (with or without the
+    /// `text_model.` prefix).
+    pub fn from_checkpoint(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self, EngineLoadError> {
         let projection = if vb.contains_tensor("text_projection.weight") {
             let dim = cfg.projection_dim.unwrap_or(cfg.hidden_size);
             Some(linear_no_bias(
@@ -174,7 +180,7 @@ impl ClipTextEncoder {
         } else {
             vb
         };
-        Self::new(vb, &cfg, projection)
+        Self::new(vb, cfg, projection)
     }
 
     pub fn new(

@@ -4,8 +4,9 @@
 //!
 //! - a BFL single file (`flux1-dev.safetensors`): read as is;
 //! - a diffusers `transformer/` folder: renamed, with the separate q/k/v
-//!   projections concatenated into BFL's fused ones (and the final
-//!   modulation's halves swapped: diffusers orders it scale, shift);
+//!   projections standing in for BFL's fused ones as row blocks (no copy:
+//!   a fused layer runs its blocks and joins the outputs), and the final
+//!   modulation's halves swapped (diffusers orders it scale, shift);
 //! - a GGUF file: quantized matrices stay quantized (matmuls run on the
 //!   quantized blocks), float tensors are read as f32.
 
@@ -21,6 +22,8 @@ use crate::EngineLoadError;
 pub enum Weight {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    /// A fused matrix kept as its row blocks (diffusers' separate q, k, v).
+    Parts(Vec<Tensor>),
 }
 
 impl Weight {
@@ -28,6 +31,7 @@ impl Weight {
         match self {
             Self::Dense(t) => t.to_dtype(DType::F32),
             Self::Quantized(q) => q.dequantize(device),
+            Self::Parts(parts) => Tensor::cat(parts, 0)?.to_dtype(DType::F32),
         }
     }
 
@@ -35,19 +39,35 @@ impl Weight {
         match self {
             Self::Dense(t) => t.dims().to_vec(),
             Self::Quantized(q) => q.shape().dims().to_vec(),
+            Self::Parts(parts) => {
+                let mut dims = parts[0].dims().to_vec();
+                dims[0] = parts.iter().map(|p| p.dim(0).unwrap_or(0)).sum();
+                dims
+            }
         }
     }
 }
 
-/// A linear layer over dense or quantized weights.
+/// A linear layer over dense or quantized weights; a fused layer may be
+/// held as row blocks, whose outputs are joined.
 pub struct QLinear {
-    weight: QMatMul,
+    blocks: Vec<QMatMul>,
     bias: Option<Tensor>,
 }
 
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(&x.contiguous()?)?;
+        let x = x.contiguous()?;
+        let y = match self.blocks.as_slice() {
+            [one] => one.forward(&x)?,
+            blocks => {
+                let outputs = blocks
+                    .iter()
+                    .map(|b| b.forward(&x))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&outputs, candle_core::D::Minus1)?
+            }
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -81,40 +101,41 @@ impl FluxWeights {
         mut d: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self, EngineLoadError> {
-        let mut out: HashMap<String, Tensor> = HashMap::new();
+        let mut out: HashMap<String, Weight> = HashMap::new();
         let take = |d: &mut HashMap<String, Tensor>, key: &str| {
             d.remove(key).ok_or_else(|| {
                 EngineLoadError::Unsupported(format!("FLUX transformer: missing tensor {key}"))
             })
         };
         let rename_linear = |d: &mut HashMap<String, Tensor>,
-                             out: &mut HashMap<String, Tensor>,
+                             out: &mut HashMap<String, Weight>,
                              from: &str,
                              to: &str|
          -> Result<(), EngineLoadError> {
-            out.insert(format!("{to}.weight"), take(d, &format!("{from}.weight"))?);
+            let weight = take(d, &format!("{from}.weight"))?;
+            out.insert(format!("{to}.weight"), Weight::Dense(weight));
             if let Some(bias) = d.remove(&format!("{from}.bias")) {
-                out.insert(format!("{to}.bias"), bias);
+                out.insert(format!("{to}.bias"), Weight::Dense(bias));
             }
             Ok(())
         };
         let fuse = |d: &mut HashMap<String, Tensor>,
-                    out: &mut HashMap<String, Tensor>,
+                    out: &mut HashMap<String, Weight>,
                     parts: &[String],
                     to: &str|
          -> Result<(), EngineLoadError> {
             for suffix in ["weight", "bias"] {
                 let pieces = parts
                     .iter()
-                    .map(|p| {
-                        d.remove(&format!("{p}.{suffix}")).ok_or_else(|| {
-                            EngineLoadError::Unsupported(format!(
-                                "FLUX transformer: missing tensor {p}.{suffix}"
-                            ))
-                        })
-                    })
+                    .map(|p| take(d, &format!("{p}.{suffix}")))
                     .collect::<Result<Vec<_>, _>>()?;
-                out.insert(format!("{to}.{suffix}"), Tensor::cat(&pieces, 0)?);
+                // Biases are small: joined now. Matrices stay in blocks.
+                let fused = if suffix == "bias" {
+                    Weight::Dense(Tensor::cat(&pieces, 0)?)
+                } else {
+                    Weight::Parts(pieces)
+                };
+                out.insert(format!("{to}.{suffix}"), fused);
             }
             Ok(())
         };
@@ -155,7 +176,12 @@ impl FluxWeights {
         for suffix in ["weight", "bias"] {
             let t = take(&mut d, &format!("norm_out.linear.{suffix}"))?;
             let half = t.dim(0)? / 2;
-            let swapped = Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)?;
+            let halves = vec![t.narrow(0, half, half)?, t.narrow(0, 0, half)?];
+            let swapped = if suffix == "bias" {
+                Weight::Dense(Tensor::cat(&halves, 0)?)
+            } else {
+                Weight::Parts(halves)
+            };
             out.insert(format!("final_layer.adaLN_modulation.1.{suffix}"), swapped);
         }
         let count = |prefix: &str, d: &HashMap<String, Tensor>| {
@@ -203,7 +229,7 @@ impl FluxWeights {
                 ("norm_added_k", "txt_attn.norm.key_norm"),
             ] {
                 let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
-                out.insert(format!("{t}.{to}.scale"), w);
+                out.insert(format!("{t}.{to}.scale"), Weight::Dense(w));
             }
         }
         for i in 0..count("single_transformer_blocks", &d) {
@@ -227,7 +253,7 @@ impl FluxWeights {
             )?;
             for (from, to) in [("norm_q", "query_norm"), ("norm_k", "key_norm")] {
                 let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
-                out.insert(format!("{t}.norm.{to}.scale"), w);
+                out.insert(format!("{t}.norm.{to}.scale"), Weight::Dense(w));
             }
         }
         if let Some(left) = d.keys().next() {
@@ -237,8 +263,9 @@ impl FluxWeights {
             )));
         }
         Ok(Self {
+            tensors: out,
+            device: device.clone(),
             format: "safetensors (diffusers layout)",
-            ..Self::from_bfl(out, device)
         })
     }
 
@@ -314,15 +341,19 @@ impl FluxWeights {
                 weight.dims()
             );
         }
-        let weight = match weight {
-            Weight::Dense(t) => QMatMul::Tensor(t.to_dtype(DType::F32)?),
-            Weight::Quantized(q) => QMatMul::from_arc(q.clone())?,
+        let blocks = match weight {
+            Weight::Dense(t) => vec![QMatMul::Tensor(t.to_dtype(DType::F32)?)],
+            Weight::Quantized(q) => vec![QMatMul::from_arc(q.clone())?],
+            Weight::Parts(parts) => parts
+                .iter()
+                .map(|p| Ok(QMatMul::Tensor(p.to_dtype(DType::F32)?)))
+                .collect::<candle_core::Result<Vec<_>>>()?,
         };
         let bias = match self.tensors.get(&format!("{prefix}.bias")) {
             Some(b) => Some(b.dense(&self.device)?),
             None => None,
         };
-        Ok(QLinear { weight, bias })
+        Ok(QLinear { blocks, bias })
     }
 
     /// Every matrix quantized to `dtype` where its rows divide into whole
@@ -368,9 +399,10 @@ impl FluxWeights {
         for (name, w) in &self.tensors {
             let q = match w {
                 Weight::Quantized(q) => q.clone(),
-                Weight::Dense(t) => {
-                    Arc::new(QTensor::quantize(&t.to_dtype(DType::F32)?, GgmlDType::F32)?)
-                }
+                other => Arc::new(QTensor::quantize(
+                    &other.dense(&self.device)?,
+                    GgmlDType::F32,
+                )?),
             };
             owned.push((name.clone(), q));
         }
