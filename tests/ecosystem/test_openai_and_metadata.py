@@ -44,8 +44,8 @@ def availability_checks(base):
           flux["available"] is False and "not on this machine" in (flux["unavailable_reason"] or "")
           and "cyberimage models pull flux-1" in flux["unavailable_reason"], flux)
     sd3 = models["sd-3.5"]
-    check("models: SD 3.5 says its pipeline is missing", sd3["available"] is False
-          and "sd3 pipeline" in (sd3["unavailable_reason"] or ""), sd3)
+    check("models: SD 3.5 without weights says so", sd3["available"] is False
+          and "cyberimage models pull sd-3.5" in (sd3["unavailable_reason"] or ""), sd3)
 
 
 def openai_checks(base):

@@ -63,7 +63,8 @@ def main() -> int:
     tiny = code.replace('model="sd-3.5"', 'model="tiny-sd15-random"')
     assert tiny != code, "the example no longer names sd-3.5"
     others = {name: code.replace('model="sd-3.5"', f'model="{key}"')
-              for name, key in (("SDXL", "tiny-sdxl-random"), ("FLUX", "tiny-flux-random"))}
+              for name, key in (("SDXL", "tiny-sdxl-random"), ("SD 3.5", "tiny-sd3-random"),
+                                        ("FLUX", "tiny-flux-random"))}
     with tempfile.TemporaryDirectory() as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CYBERIMAGE_")}
         server = subprocess.Popen(

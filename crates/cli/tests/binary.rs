@@ -114,6 +114,7 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
             "flux-abliterated",
             "tiny-sd15-random",
             "tiny-sdxl-random",
+            "tiny-sd3-random",
             "tiny-flux-random"
         ]
     );
@@ -191,17 +192,22 @@ fn models_list_marks_the_default() {
     let text = String::from_utf8(out.stdout).unwrap();
     let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
     assert!(default_line.contains("flux-1"), "{text}");
-    assert_eq!(text.lines().count(), 7);
+    assert_eq!(text.lines().count(), 8);
     // No FLUX weights here; the built-in test models can always run.
     assert!(default_line.contains("missing"), "{text}");
-    for key in ["tiny-sd15-random", "tiny-sdxl-random", "tiny-flux-random"] {
+    for key in [
+        "tiny-sd15-random",
+        "tiny-sdxl-random",
+        "tiny-sd3-random",
+        "tiny-flux-random",
+    ] {
         let tiny = text.lines().find(|l| l.contains(key)).unwrap();
         assert!(tiny.contains("ready"), "{text}");
     }
 }
 
 #[test]
-fn generate_for_a_family_without_a_pipeline_fails_clearly_and_writes_nothing() {
+fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.png");
     let out = Command::new(BIN)
@@ -222,10 +228,8 @@ fn generate_for_a_family_without_a_pipeline_fails_clearly_and_writes_nothing() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("sd3 pipeline is not implemented yet"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("are not on this machine"), "{stderr}");
+    assert!(stderr.contains("cyberimage models pull sd-3.5"), "{stderr}");
     assert!(!out_file.exists());
 
     let bad = Command::new(BIN)
@@ -294,6 +298,7 @@ fn generate_with_the_builtin_models_is_real_and_reproducible() {
     for (model, sampler) in [
         ("tiny-sd15-random", "DDIM"),
         ("tiny-sdxl-random", "Euler"),
+        ("tiny-sd3-random", "Flow-match Euler"),
         ("tiny-flux-random", "Flow-match Euler"),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -153,6 +153,20 @@ impl Catalogue {
                 },
             },
             ModelEntry {
+                key: "tiny-sd3-random".into(),
+                source: "builtin:tiny-sd3".into(),
+                family: ModelFamily::Sd3,
+                description: "TEST MODEL with random weights (SD 3.5 architecture, 2.7 MB, \
+                              built in): real diffusion, meaningless pictures"
+                    .into(),
+                defaults: ModelDefaults {
+                    steps: 4,
+                    guidance_scale: 4.5,
+                    width: 64,
+                    height: 64,
+                },
+            },
+            ModelEntry {
                 key: "tiny-flux-random".into(),
                 source: "builtin:tiny-flux".into(),
                 family: ModelFamily::FluxDev,

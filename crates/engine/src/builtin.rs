@@ -1,7 +1,7 @@
 //! Models compiled into the binary, so a fresh install can produce a real
 //! (if meaningless) image offline: the tiny random-weight test models with
-//! the SD 1.5 (4.5 MB), SDXL (2.3 MB) and FLUX.1-dev (2 MB) architectures
-//! from `fixtures/tiny/`.
+//! the SD 1.5 (4.5 MB), SDXL (2.3 MB), SD 3.5 (2.7 MB) and FLUX.1-dev
+//! (2 MB) architectures from `fixtures/tiny/`.
 //! Their files are written out to a folder on first use and loaded like any
 //! diffusers folder.
 
@@ -76,8 +76,33 @@ const TINY_FLUX: &[(&str, &[u8])] = fixture_files!("tiny-flux":
     "vae/diffusion_pytorch_model.safetensors",
 );
 
+const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny-sd3":
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "text_encoder_3/config.json",
+    "text_encoder_3/model.safetensors",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_3/tokenizer.json",
+    "tokenizer_3/tokenizer_config.json",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+);
+
 /// The names `builtin:NAME` sources may use.
-pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl", "tiny-flux"];
+pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-flux"];
 
 /// Writes built-in model `name` under `root/name` (once) and returns that
 /// folder. Files are compared by size, so a damaged copy is rewritten.
@@ -89,6 +114,7 @@ pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> 
         "tiny-sd15" => TINY_SD15,
         "tiny-sdxl" => TINY_SDXL,
         "tiny-flux" => TINY_FLUX,
+        "tiny-sd3" => TINY_SD3,
         other => {
             return Err(EngineLoadError::Unsupported(format!(
                 "no built-in model {other:?}; built in: {}",

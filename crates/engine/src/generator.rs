@@ -1,6 +1,7 @@
 //! The engine behind `cyberimage_core::Generator`: resolves a model's
-//! weights, keeps the last-used model loaded, and runs its pipeline.
-//! Families without a pipeline yet fail with a clear message.
+//! weights, keeps the last-used model loaded, and runs its family's
+//! pipeline (SD 1.x/2.x/XL, SD 3.x, FLUX.1). Weights that are not on the
+//! machine fail the job with a message naming what is missing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,6 +16,7 @@ use crate::builtin;
 use crate::flux::Flux;
 use crate::noise::{gaussian, step_gaussian};
 use crate::sd::StableDiffusion;
+use crate::sd3::Sd3;
 
 pub struct CandleGenerator {
     /// Where built-in models are written out.
@@ -33,6 +35,7 @@ struct LoadedModel {
 
 enum Pipeline {
     StableDiffusion(Box<StableDiffusion>),
+    Sd3(Box<Sd3>),
     Flux(Box<Flux>),
 }
 
@@ -42,6 +45,7 @@ impl Pipeline {
             ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
                 Flux::load(dir, device).map(|f| Self::Flux(Box::new(f)))
             }
+            ModelFamily::Sd3 => Sd3::load(dir, device).map(|s| Self::Sd3(Box::new(s))),
             _ => StableDiffusion::load(dir, device).map(|s| Self::StableDiffusion(Box::new(s))),
         };
         loaded.map_err(|e| {
@@ -111,26 +115,12 @@ pub fn hf_repo_dir(cache: &Path, repo: &str) -> PathBuf {
     cache.join(format!("models--{}", repo.replace('/', "--")))
 }
 
-fn check_family(model: &ModelEntry) -> Result<(), EngineError> {
-    if model.family == ModelFamily::Sd3 {
-        Err(EngineError::Unsupported(format!(
-            "the {} pipeline is not implemented yet, so model {:?} cannot run; \
-             SD 1.x/2.x/XL and FLUX.1 models can",
-            model.family.as_str(),
-            model.key
-        )))
-    } else {
-        Ok(())
-    }
-}
-
 fn failed(e: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(e.to_string())
 }
 
 impl Generator for CandleGenerator {
     fn can_run(&self, model: &ModelEntry) -> Result<(), EngineError> {
-        check_family(model)?;
         if let Some(name) = model.source.strip_prefix("builtin:") {
             // Built in: present by definition, written out on first use.
             return if builtin::BUILTIN_MODELS.contains(&name) {
@@ -151,7 +141,6 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        check_family(model)?;
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
         let mut loaded = self
@@ -181,6 +170,7 @@ impl Generator for CandleGenerator {
         };
         let (images, mut metadata) = match &loaded_model.pipeline {
             Pipeline::StableDiffusion(sd) => run.stable_diffusion(sd)?,
+            Pipeline::Sd3(sd3) => run.sd3(sd3)?,
             Pipeline::Flux(flux) => run.flux(flux)?,
         };
         metadata.extend([
@@ -284,6 +274,41 @@ impl Run<'_> {
             images.push((seed, width, height, rgb));
         }
         Ok((images, vec![("sampler".into(), sampler.into())]))
+    }
+
+    fn sd3(&self, sd3: &Sd3) -> Result<(Images, Metadata), EngineError> {
+        let spec = self.spec;
+        let cond = sd3
+            .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
+            .map_err(failed)?;
+        let factor = sd3.latent_factor();
+        let shape = (
+            1,
+            sd3.latent_channels(),
+            spec.height as usize / factor,
+            spec.width as usize / factor,
+        );
+        let mut images = Vec::new();
+        for index in 0..spec.num_images {
+            let (seed, noise) = self.noise(index, shape)?;
+            let result = sd3
+                .denoise(
+                    &cond,
+                    noise,
+                    spec.steps as usize,
+                    f64::from(spec.guidance_scale),
+                    &mut self.step_reporter(index),
+                )
+                .map_err(failed)?;
+            let Some(latents) = result else {
+                return Err(EngineError::Cancelled);
+            };
+            self.observer.on_progress(ProgressUpdate::Decoding);
+            let image = sd3.decode_unit(&latents).map_err(failed)?;
+            let (width, height, rgb) = crate::vae::unit_to_rgb8(&image).map_err(failed)?;
+            images.push((seed, width, height, rgb));
+        }
+        Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
     }
 
     fn flux(&self, flux: &Flux) -> Result<(Images, Metadata), EngineError> {
