@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cyberimage_api::{McpOptions, RateLimitConfig};
 use cyberimage_core::{Catalogue, Limits, ModelEntry};
+use cyberimage_engine::EngineOptions;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub engine: EngineOptions,
     pub models: Vec<ModelEntry>,
 }
 
@@ -103,6 +105,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            engine: EngineOptions::default(),
             models: Catalogue::seed_models()
                 .into_iter()
                 .chain(Catalogue::builtin_test_models())
@@ -215,7 +218,23 @@ mod tests {
         let example = include_str!("../../../config.example.toml");
         let c: Config = toml::from_str(example).expect("config.example.toml parses");
         assert_eq!(c.bind.port(), 5050);
-        assert!(!c.models.is_empty());
+        // The example lists exactly the built-in defaults.
+        assert_eq!(c.models, Config::default().models);
+        assert_eq!(c.engine, Config::default().engine);
+    }
+
+    #[test]
+    fn engine_options_come_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[engine]\nmemory_budget_gib = 20.5\n")?;
+            jail.set_env("CYBERIMAGE_ENGINE__DROP_TEXT_ENCODERS", "true");
+            let c = Config::load(Some(Path::new("c.toml")), FlagOverrides::default()).unwrap();
+            assert_eq!(c.engine.memory_budget_gib, Some(20.5));
+            assert!(c.engine.drop_text_encoders);
+            jail.create_file("bad.toml", "[engine]\nmemory_budget = 1\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), FlagOverrides::default()).is_err());
+            Ok(())
+        });
     }
 
     #[test]

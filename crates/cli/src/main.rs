@@ -226,7 +226,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
             let catalogue = cyberimage_core::Catalogue::new(config.models.clone())?;
-            let engine = cyberimage_engine::CandleGenerator::new(config.data_dir.join("models"));
+            let engine = cyberimage_engine::CandleGenerator::new(
+                config.data_dir.join("models"),
+                config.engine.clone(),
+            );
             if json {
                 let models: Vec<serde_json::Value> = catalogue
                     .models()

@@ -27,10 +27,9 @@ use crate::EngineLoadError;
 const T5_MAX_TOKENS: usize = 512;
 
 pub struct Flux {
-    clip_tokenizer: PromptTokenizer,
-    clip: ClipTextEncoder,
-    t5_tokenizer: PromptTokenizer,
-    t5: T5Encoder,
+    /// `None` when they are loaded per use.
+    encoders: Option<FluxEncoders>,
+    dir: PathBuf,
     transformer: FluxTransformer,
     vae: VaeDecoder,
     scheduler: FlowMatchConfig,
@@ -47,18 +46,49 @@ pub struct FluxConditioning {
     pub pooled: Tensor,
 }
 
-impl Flux {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+/// CLIP for the pooled prompt, T5 for its tokens.
+struct FluxEncoders {
+    clip_tokenizer: PromptTokenizer,
+    clip: ClipTextEncoder,
+    t5_tokenizer: PromptTokenizer,
+    t5: T5Encoder,
+}
+
+impl FluxEncoders {
+    fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
         let t5_folder = dir.join("tokenizer_2");
         let t5_len = PromptTokenizer::configured_max_length(&t5_folder)
             .unwrap_or(T5_MAX_TOKENS)
             .min(T5_MAX_TOKENS);
-        let (weights, config) = load_transformer(&dir.join("transformer"), device)?;
         Ok(Self {
             clip_tokenizer: PromptTokenizer::load(&dir.join("tokenizer"), 77)?,
             clip: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
             t5_tokenizer: PromptTokenizer::load_t5(&t5_folder, t5_len)?,
             t5: T5Encoder::load(&dir.join("text_encoder_2"), DType::F32, device)?,
+        })
+    }
+}
+
+impl Flux {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads CLIP and T5 for each encoding and
+    /// frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
+        let (weights, config) = load_transformer(&dir.join("transformer"), device)?;
+        Ok(Self {
+            encoders: if keep_text_encoders {
+                Some(FluxEncoders::load(dir, device)?)
+            } else {
+                None
+            },
+            dir: dir.to_path_buf(),
             transformer: FluxTransformer::new(&weights, config)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -80,14 +110,22 @@ impl Flux {
     }
 
     pub fn encode_prompt(&self, prompt: &str) -> Result<FluxConditioning, EngineLoadError> {
-        let clip_ids = self.clip_tokenizer.encode(prompt)?;
+        let per_use;
+        let encoders = match &self.encoders {
+            Some(kept) => kept,
+            None => {
+                per_use = FluxEncoders::load(&self.dir, &self.device)?;
+                &per_use
+            }
+        };
+        let clip_ids = encoders.clip_tokenizer.encode(prompt)?;
         let clip_ids = Tensor::from_vec(clip_ids, (1, 77), &self.device)?;
-        let t5_ids = self.t5_tokenizer.encode(prompt)?;
+        let t5_ids = encoders.t5_tokenizer.encode(prompt)?;
         let t5_len = t5_ids.len();
         let t5_ids = Tensor::from_vec(t5_ids, (1, t5_len), &self.device)?;
         Ok(FluxConditioning {
-            t5: self.t5.forward(&t5_ids)?,
-            pooled: self.clip.forward(&clip_ids)?.pooled,
+            t5: encoders.t5.forward(&t5_ids)?,
+            pooled: encoders.clip.forward(&clip_ids)?.pooled,
         })
     }
 

@@ -14,6 +14,7 @@ use cyberimage_core::{
 
 use crate::builtin;
 use crate::flux::Flux;
+use crate::memory::{EngineOptions, ModelFootprint};
 use crate::noise::{gaussian, step_gaussian};
 use crate::sd::StableDiffusion;
 use crate::sd3::Sd3;
@@ -22,6 +23,7 @@ pub struct CandleGenerator {
     /// Where built-in models are written out.
     models_dir: PathBuf,
     device: Device,
+    options: EngineOptions,
     /// The last model used stays loaded; another model replaces it (the old
     /// one is dropped first, so two never share memory).
     loaded: Mutex<Option<LoadedModel>>,
@@ -40,13 +42,19 @@ enum Pipeline {
 }
 
 impl Pipeline {
-    fn load(family: ModelFamily, dir: &Path, device: &Device) -> Result<Self, EngineError> {
+    fn load(
+        family: ModelFamily,
+        dir: &Path,
+        device: &Device,
+        keep: bool,
+    ) -> Result<Self, EngineError> {
         let loaded = match family {
             ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
-                Flux::load(dir, device).map(|f| Self::Flux(Box::new(f)))
+                Flux::load_with(dir, device, keep).map(|f| Self::Flux(Box::new(f)))
             }
-            ModelFamily::Sd3 => Sd3::load(dir, device).map(|s| Self::Sd3(Box::new(s))),
-            _ => StableDiffusion::load(dir, device).map(|s| Self::StableDiffusion(Box::new(s))),
+            ModelFamily::Sd3 => Sd3::load_with(dir, device, keep).map(|s| Self::Sd3(Box::new(s))),
+            _ => StableDiffusion::load_with(dir, device, keep)
+                .map(|s| Self::StableDiffusion(Box::new(s))),
         };
         loaded.map_err(|e| {
             EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
@@ -55,12 +63,25 @@ impl Pipeline {
 }
 
 impl CandleGenerator {
-    pub fn new(models_dir: PathBuf) -> Self {
+    pub fn new(models_dir: PathBuf, options: EngineOptions) -> Self {
         Self {
             models_dir,
             device: Device::Cpu,
+            options,
             loaded: Mutex::new(None),
         }
+    }
+
+    /// Refuses a model whose loaded size would exceed the memory budget.
+    fn check_budget(&self, model: &ModelEntry, dir: &Path) -> Result<(), EngineError> {
+        if self.options.memory_budget_gib.is_none() {
+            return Ok(());
+        }
+        let footprint = ModelFootprint::of(dir)
+            .map_err(|e| failed(format!("cannot measure {}: {e}", dir.display())))?;
+        footprint
+            .check(&self.options, &model.key)
+            .map_err(EngineError::ModelUnavailable)
     }
 
     /// The folder holding `model`'s weights: a local path, a built-in model,
@@ -131,7 +152,8 @@ impl Generator for CandleGenerator {
                 )))
             };
         }
-        self.resolve(model).map(|_| ())
+        let dir = self.resolve(model)?;
+        self.check_budget(model, &dir)
     }
 
     fn generate(
@@ -149,7 +171,9 @@ impl Generator for CandleGenerator {
             .map_err(|_| failed("model cache poisoned"))?;
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            let pipeline = Pipeline::load(model.family, &dir, &self.device)?;
+            self.check_budget(model, &dir)?;
+            let keep = !self.options.drop_text_encoders;
+            let pipeline = Pipeline::load(model.family, &dir, &self.device, keep)?;
             let weights_sha256 =
                 crate::digest::weights_sha256(&dir, &self.models_dir).map_err(|e| {
                     failed(format!("cannot hash the weights in {}: {e}", dir.display()))

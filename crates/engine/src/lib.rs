@@ -22,6 +22,7 @@ pub mod flux;
 pub mod flux_model;
 pub mod flux_weights;
 pub mod generator;
+pub mod memory;
 pub mod mmdit;
 pub mod noise;
 pub mod schedule;
@@ -36,6 +37,7 @@ pub mod weights;
 
 pub use error::EngineLoadError;
 pub use generator::{hf_cache_dir, hf_repo_dir, CandleGenerator};
+pub use memory::EngineOptions;
 
 /// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
 /// hold to 1e-4 in f32.

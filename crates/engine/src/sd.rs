@@ -5,7 +5,7 @@
 //! as diffusers does), the model's scheduler (DDIM, Euler, Euler-ancestral),
 //! VAE decoding.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -20,8 +20,9 @@ use crate::EngineLoadError;
 
 pub struct StableDiffusion {
     /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
-    /// `text_encoder_2`.
-    encoders: Vec<(PromptTokenizer, ClipTextEncoder)>,
+    /// `text_encoder_2`; `None` when they are loaded per use.
+    encoders: Option<Vec<(PromptTokenizer, ClipTextEncoder)>>,
+    dir: PathBuf,
     unet: UNet,
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
@@ -47,6 +48,28 @@ pub type StepCallback<'a> = dyn FnMut(usize, &Tensor) -> bool + 'a;
 /// like the latents.
 pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
 
+/// (tokenizer, text encoder) folders, in the order their states are joined.
+const ENCODERS: [(&str, &str); 2] = [
+    ("tokenizer", "text_encoder"),
+    ("tokenizer_2", "text_encoder_2"),
+];
+
+fn load_encoders(
+    dir: &Path,
+    device: &Device,
+) -> Result<Vec<(PromptTokenizer, ClipTextEncoder)>, EngineLoadError> {
+    ENCODERS
+        .iter()
+        .filter(|(_, encoder)| dir.join(encoder).is_dir())
+        .map(|(tokenizer, encoder)| {
+            Ok((
+                PromptTokenizer::load(&dir.join(tokenizer), 77)?,
+                ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+            ))
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct ModelIndex {
     #[serde(default)]
@@ -56,25 +79,26 @@ struct ModelIndex {
 impl StableDiffusion {
     /// Loads a diffusers folder (`model_index.json` beside the components).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads the encoders for each encoding
+    /// and frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
         let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
-        let mut encoders = Vec::new();
-        for (tokenizer, encoder) in [
-            ("tokenizer", "text_encoder"),
-            ("tokenizer_2", "text_encoder_2"),
-        ] {
-            if dir.join(encoder).is_dir() {
-                encoders.push((
-                    PromptTokenizer::load(&dir.join(tokenizer), 77)?,
-                    ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
-                ));
-            }
-        }
         let unet = UNet::load(&dir.join("unet"), DType::F32, device)?;
-        if encoders.is_empty() || (unet.needs_added_conditioning() && encoders.len() < 2) {
+        let found = ENCODERS
+            .iter()
+            .filter(|(_, encoder)| dir.join(encoder).is_dir())
+            .count();
+        if found == 0 || (unet.needs_added_conditioning() && found < 2) {
             return Err(EngineLoadError::Unsupported(format!(
-                "{}: {} text encoder(s) found, the UNet needs {}",
+                "{}: {found} text encoder(s) found, the UNet needs {}",
                 dir.display(),
-                encoders.len(),
                 if unet.needs_added_conditioning() {
                     2
                 } else {
@@ -83,7 +107,12 @@ impl StableDiffusion {
             )));
         }
         Ok(Self {
-            encoders,
+            encoders: if keep_text_encoders {
+                Some(load_encoders(dir, device)?)
+            } else {
+                None
+            },
+            dir: dir.to_path_buf(),
             unet,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -127,7 +156,15 @@ impl StableDiffusion {
         let negative = negative.unwrap_or("");
         let mut contexts = Vec::new();
         let mut pooled = None;
-        for (tokenizer, encoder) in &self.encoders {
+        let per_use;
+        let encoders = match &self.encoders {
+            Some(kept) => kept,
+            None => {
+                per_use = load_encoders(&self.dir, &self.device)?;
+                &per_use
+            }
+        };
+        for (tokenizer, encoder) in encoders {
             let ids: Vec<u32> = [negative, prompt]
                 .iter()
                 .map(|p| tokenizer.encode(p))

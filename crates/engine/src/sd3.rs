@@ -5,7 +5,7 @@
 //! prompt ("" when none is given), flow-matching Euler with the
 //! scheduler's fixed shift, the MMDiT, and the 16-channel VAE.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -23,12 +23,9 @@ use crate::EngineLoadError;
 const T5_TOKENS: usize = 256;
 
 pub struct Sd3 {
-    clip_l: (PromptTokenizer, ClipTextEncoder),
-    clip_g: (PromptTokenizer, ClipTextEncoder),
-    /// Absent when a checkpoint ships without T5: zeros stand in, as in
-    /// diffusers.
-    t5: Option<(PromptTokenizer, T5Encoder)>,
-    t5_tokens: usize,
+    /// `None` when they are loaded per use.
+    encoders: Option<Sd3Encoders>,
+    dir: PathBuf,
     transformer: Mmdit,
     vae: VaeDecoder,
     scheduler: FlowMatchConfig,
@@ -43,8 +40,17 @@ pub struct Sd3Conditioning {
     pub pooled: Tensor,
 }
 
-impl Sd3 {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+struct Sd3Encoders {
+    clip_l: (PromptTokenizer, ClipTextEncoder),
+    clip_g: (PromptTokenizer, ClipTextEncoder),
+    /// Absent when a checkpoint ships without T5: zeros stand in, as in
+    /// diffusers.
+    t5: Option<(PromptTokenizer, T5Encoder)>,
+    t5_tokens: usize,
+}
+
+impl Sd3Encoders {
+    fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
         let clip = |tokenizer: &str, encoder: &str| -> Result<_, EngineLoadError> {
             Ok((
                 PromptTokenizer::load(&dir.join(tokenizer), 77)?,
@@ -68,6 +74,29 @@ impl Sd3 {
             clip_g: clip("tokenizer_2", "text_encoder_2")?,
             t5,
             t5_tokens,
+        })
+    }
+}
+
+impl Sd3 {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads the three encoders for each
+    /// encoding and frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
+        Ok(Self {
+            encoders: if keep_text_encoders {
+                Some(Sd3Encoders::load(dir, device)?)
+            } else {
+                None
+            },
+            dir: dir.to_path_buf(),
             transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -88,6 +117,14 @@ impl Sd3 {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let per_use;
+        let encoders = match &self.encoders {
+            Some(kept) => kept,
+            None => {
+                per_use = Sd3Encoders::load(&self.dir, &self.device)?;
+                &per_use
+            }
+        };
         let texts = [negative.unwrap_or(""), prompt];
         let ids = |tokenizer: &PromptTokenizer| -> Result<Tensor, EngineLoadError> {
             let rows = texts
@@ -97,12 +134,12 @@ impl Sd3 {
             let len = rows[0].len();
             Ok(Tensor::from_vec(rows.concat(), (2, len), &self.device)?)
         };
-        let l = self.clip_l.1.forward(&ids(&self.clip_l.0)?)?;
-        let g = self.clip_g.1.forward(&ids(&self.clip_g.0)?)?;
+        let l = encoders.clip_l.1.forward(&ids(&encoders.clip_l.0)?)?;
+        let g = encoders.clip_g.1.forward(&ids(&encoders.clip_g.0)?)?;
         let joint = self.transformer.config.joint_attention_dim;
-        let t5 = match &self.t5 {
+        let t5 = match &encoders.t5 {
             Some((tokenizer, encoder)) => encoder.forward(&ids(tokenizer)?)?,
-            None => Tensor::zeros((2, self.t5_tokens, joint), DType::F32, &self.device)?,
+            None => Tensor::zeros((2, encoders.t5_tokens, joint), DType::F32, &self.device)?,
         };
         let clip = Tensor::cat(
             &[&l.penultimate_hidden_state, &g.penultimate_hidden_state],

@@ -100,6 +100,40 @@ impl From<candle_core::Error> for ReadError {
     }
 }
 
+/// The tensor entries of a safetensors file and where its data begins.
+fn read_header(file: &mut File) -> Result<(HashMap<String, serde_json::Value>, u64), ReadError> {
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100 * 1024 * 1024 {
+        return Err(ReadError::Format(format!("header of {header_len} bytes")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let mut entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| ReadError::Format(format!("header: {e}")))?;
+    entries.remove("__metadata__");
+    Ok((entries, 8 + header_len))
+}
+
+/// Bytes the file's tensors take once loaded as f32 (from its header only).
+pub fn f32_bytes(path: &Path) -> std::io::Result<u64> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut file = File::open(path)?;
+    let (entries, _) = read_header(&mut file).map_err(|e| match e {
+        ReadError::Io(e) => e,
+        ReadError::Format(what) => invalid(what),
+        ReadError::Candle(e) => invalid(e.to_string()),
+    })?;
+    let mut total = 0u64;
+    for (name, value) in entries {
+        let entry: TensorEntry =
+            serde_json::from_value(value).map_err(|e| invalid(format!("tensor {name}: {e}")))?;
+        total += entry.shape.iter().product::<usize>() as u64 * 4;
+    }
+    Ok(total)
+}
+
 #[derive(serde::Deserialize)]
 struct TensorEntry {
     dtype: String,
@@ -115,18 +149,7 @@ fn read_safetensors(
     out: &mut HashMap<String, Tensor>,
 ) -> Result<(), ReadError> {
     let mut file = File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > 100 * 1024 * 1024 {
-        return Err(ReadError::Format(format!("header of {header_len} bytes")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)?;
-    let mut entries: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| ReadError::Format(format!("header: {e}")))?;
-    entries.remove("__metadata__");
-    let data_start = 8 + header_len;
+    let (entries, data_start) = read_header(&mut file)?;
     let mut buf = Vec::new();
     for (name, value) in entries {
         let entry: TensorEntry = serde_json::from_value(value)

@@ -1,0 +1,157 @@
+//! How much memory a model takes once loaded, and the engine options that
+//! bound it: a memory budget checked before loading (so an oversized model
+//! fails with its numbers instead of being killed by the OS halfway), and
+//! dropping the text encoders after each job's prompt is encoded (the peak
+//! becomes the larger of the encoders and the denoiser, not their sum —
+//! T5-XXL alone is 19 GB in f32).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::weights::safetensors_in;
+
+/// The `[engine]` section of the config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Largest resident size a model may need, in GiB. Unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_gib: Option<f64>,
+    /// Load the text encoders for each job and free them once the prompt
+    /// is encoded, instead of keeping them beside the denoiser.
+    pub drop_text_encoders: bool,
+}
+
+/// Resident bytes of a diffusers model folder as the engine loads it:
+/// safetensors become f32, GGUF stays as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ModelFootprint {
+    pub text_encoders: u64,
+    /// Denoiser (UNet or transformer) and VAE.
+    pub denoiser_and_vae: u64,
+}
+
+impl ModelFootprint {
+    pub fn of(dir: &Path) -> std::io::Result<Self> {
+        let mut footprint = Self::default();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let bytes = if name.starts_with("text_encoder") {
+                &mut footprint.text_encoders
+            } else if matches!(name, "unet" | "transformer" | "vae") {
+                &mut footprint.denoiser_and_vae
+            } else {
+                continue;
+            };
+            *bytes += folder_footprint(&path)?;
+        }
+        Ok(footprint)
+    }
+
+    /// The peak while a job runs: with dropped encoders only one side is
+    /// resident at a time.
+    pub fn peak(&self, options: &EngineOptions) -> u64 {
+        if options.drop_text_encoders {
+            self.text_encoders.max(self.denoiser_and_vae)
+        } else {
+            self.text_encoders + self.denoiser_and_vae
+        }
+    }
+
+    /// `Err` with a message when the model's peak exceeds the budget.
+    pub fn check(&self, options: &EngineOptions, model: &str) -> Result<(), String> {
+        let Some(budget) = options.memory_budget_gib else {
+            return Ok(());
+        };
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let peak = self.peak(options);
+        if gib(peak) <= budget {
+            return Ok(());
+        }
+        let hint = if options.drop_text_encoders {
+            "use a GGUF-quantized transformer or raise [engine] memory_budget_gib"
+        } else {
+            "set [engine] drop_text_encoders = true, use a GGUF-quantized transformer, \
+             or raise [engine] memory_budget_gib"
+        };
+        Err(format!(
+            "model {model:?} needs about {:.1} GiB once loaded (text encoders {:.1} GiB, \
+             denoiser and VAE {:.1} GiB), over the memory budget of {budget:.1} GiB: {hint}",
+            gib(peak),
+            gib(self.text_encoders),
+            gib(self.denoiser_and_vae),
+        ))
+    }
+}
+
+/// One component folder: a GGUF file counts as stored (it is used instead
+/// of any safetensors); safetensors count as f32.
+fn folder_footprint(folder: &Path) -> std::io::Result<u64> {
+    let mut gguf = 0;
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            gguf += std::fs::metadata(&path)?.len();
+        }
+    }
+    if gguf > 0 {
+        return Ok(gguf);
+    }
+    let Ok(files) = safetensors_in(folder) else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    for file in files {
+        total += crate::weights::f32_bytes(&file)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_counts_the_peak_that_will_be_resident() {
+        let footprint = ModelFootprint {
+            text_encoders: 19 << 30,
+            denoiser_and_vae: 7 << 30,
+        };
+        let mut options = EngineOptions {
+            memory_budget_gib: Some(24.0),
+            drop_text_encoders: false,
+        };
+        let err = footprint.check(&options, "flux-2").unwrap_err();
+        assert!(
+            err.contains("26.0 GiB") && err.contains("drop_text_encoders"),
+            "{err}"
+        );
+        options.drop_text_encoders = true;
+        assert_eq!(footprint.peak(&options), 19 << 30);
+        assert!(footprint.check(&options, "flux-2").is_ok());
+        options.memory_budget_gib = None;
+        assert!(ModelFootprint {
+            text_encoders: u64::MAX / 2,
+            denoiser_and_vae: 1
+        }
+        .check(&options, "x")
+        .is_ok());
+    }
+
+    #[test]
+    fn a_tiny_model_folder_is_measured_as_f32() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-sd15");
+        let footprint = ModelFootprint::of(&dir).unwrap();
+        // Stored in f32: the footprint is the tensor bytes of the files.
+        let unet = std::fs::metadata(dir.join("unet/diffusion_pytorch_model.safetensors"))
+            .unwrap()
+            .len();
+        assert!(footprint.denoiser_and_vae > unet);
+        assert!(footprint.denoiser_and_vae < unet * 2);
+        assert!(footprint.text_encoders > 100_000);
+    }
+}

@@ -1,0 +1,103 @@
+//! The engine options on the real generator and the built-in tiny models:
+//! dropping the text encoders after encoding changes nothing in the
+//! pictures, and a memory budget refuses a model before loading it, with
+//! the numbers.
+
+use cyberimage_core::{
+    CancelToken, Catalogue, EngineError, GenerationSpec, Generator, ModelEntry, ProgressObserver,
+    ProgressUpdate,
+};
+
+struct NoProgress;
+
+impl ProgressObserver for NoProgress {
+    fn on_progress(&self, _: ProgressUpdate) {}
+}
+use cyberimage_engine::{CandleGenerator, EngineOptions};
+
+fn model(key: &str) -> ModelEntry {
+    Catalogue::builtin_test_models()
+        .into_iter()
+        .find(|m| m.key == key)
+        .unwrap()
+}
+
+fn spec(model: &ModelEntry) -> GenerationSpec {
+    GenerationSpec {
+        prompt: "a lighthouse at dusk".into(),
+        negative_prompt: Some("fog".into()),
+        model: model.key.clone(),
+        width: 64,
+        height: 48,
+        steps: 2,
+        guidance_scale: model.defaults.guidance_scale,
+        num_images: 1,
+        seed: 77,
+    }
+}
+
+fn pixels(options: EngineOptions, key: &str) -> Result<Vec<u8>, EngineError> {
+    let models = tempfile::tempdir().unwrap();
+    let generator = CandleGenerator::new(models.path().to_path_buf(), options);
+    let model = model(key);
+    let images = generator.generate(&model, &spec(&model), &NoProgress, &CancelToken::new())?;
+    Ok(images.into_iter().next().unwrap().rgb)
+}
+
+#[test]
+fn dropping_text_encoders_gives_the_same_pixels() {
+    for key in [
+        "tiny-sd15-random",
+        "tiny-sdxl-random",
+        "tiny-sd3-random",
+        "tiny-flux-random",
+    ] {
+        let kept = pixels(EngineOptions::default(), key).unwrap();
+        let dropped = pixels(
+            EngineOptions {
+                drop_text_encoders: true,
+                ..Default::default()
+            },
+            key,
+        )
+        .unwrap();
+        assert_eq!(kept, dropped, "{key}");
+    }
+}
+
+#[test]
+fn a_memory_budget_refuses_a_model_that_does_not_fit() {
+    let tight = EngineOptions {
+        // About 1 MB: smaller than any tiny model's denoiser and VAE.
+        memory_budget_gib: Some(0.001),
+        drop_text_encoders: false,
+    };
+    let err = pixels(tight.clone(), "tiny-flux-random").unwrap_err();
+    let EngineError::ModelUnavailable(message) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        message.contains("over the memory budget of 0.0 GiB"),
+        "{message}"
+    );
+    assert!(message.contains("drop_text_encoders"), "{message}");
+    // can_run says the same before a job is queued, here for the model's
+    // files as a local folder (as a user's own download would be).
+    let models = tempfile::tempdir().unwrap();
+    let dir = cyberimage_engine::builtin::materialize("tiny-flux", models.path()).unwrap();
+    let local = ModelEntry {
+        key: "my-flux".into(),
+        source: dir.display().to_string(),
+        ..model("tiny-flux-random")
+    };
+    let generator = CandleGenerator::new(models.path().to_path_buf(), tight);
+    let refusal = generator.can_run(&local).unwrap_err().to_string();
+    assert!(refusal.contains("\"my-flux\" needs about"), "{refusal}");
+    let roomy = CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default());
+    assert!(roomy.can_run(&local).is_ok());
+    let roomy_budget = EngineOptions {
+        memory_budget_gib: Some(1.0),
+        drop_text_encoders: false,
+    };
+    assert!(pixels(roomy_budget, "tiny-flux-random").is_ok());
+}
