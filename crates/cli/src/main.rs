@@ -229,7 +229,8 @@ async fn main() -> anyhow::Result<()> {
             let engine = cyberimage_engine::CandleGenerator::new(
                 config.data_dir.join("models"),
                 config.engine.clone(),
-            );
+            )
+            .map_err(anyhow::Error::msg)?;
             if json {
                 let models: Vec<serde_json::Value> = catalogue
                     .models()

@@ -87,10 +87,10 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
     }
     let mut workers = Vec::new();
     if with_workers {
-        let generator: Arc<dyn Generator> = Arc::new(CandleGenerator::new(
-            config.data_dir.join("models"),
-            config.engine.clone(),
-        ));
+        let generator: Arc<dyn Generator> = Arc::new(
+            CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
+                .map_err(anyhow::Error::msg)?,
+        );
         // This process runs jobs: it can say which models can run here.
         service.set_model_probe(generator.clone());
         for i in 0..config.queue.workers.max(1) {

@@ -63,13 +63,14 @@ impl Pipeline {
 }
 
 impl CandleGenerator {
-    pub fn new(models_dir: PathBuf, options: EngineOptions) -> Self {
-        Self {
+    /// Fails when the configured device cannot be opened.
+    pub fn new(models_dir: PathBuf, options: EngineOptions) -> Result<Self, String> {
+        Ok(Self {
             models_dir,
-            device: Device::Cpu,
+            device: options.device()?,
             options,
             loaded: Mutex::new(None),
-        }
+        })
     }
 
     /// Refuses a model whose loaded size would exceed the memory budget.

@@ -12,15 +12,57 @@ use serde::{Deserialize, Serialize};
 use crate::weights::safetensors_in;
 
 /// The `[engine]` section of the config.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineOptions {
+    /// `cpu`, or `cuda` / `cuda:N` for a binary built with the `cuda`
+    /// feature.
+    pub device: String,
     /// Largest resident size a model may need, in GiB. Unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_gib: Option<f64>,
     /// Load the text encoders for each job and free them once the prompt
     /// is encoded, instead of keeping them beside the denoiser.
     pub drop_text_encoders: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            memory_budget_gib: None,
+            drop_text_encoders: false,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The device named by `device`. CUDA needs a binary built with
+    /// `--features cuda` (candle's CUDA kernels); otherwise this says so.
+    pub fn device(&self) -> Result<candle_core::Device, String> {
+        let name = self.device.trim();
+        if name == "cpu" {
+            return Ok(candle_core::Device::Cpu);
+        }
+        let ordinal = match name.strip_prefix("cuda") {
+            Some("") => 0,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("[engine] device {name:?}: expected cpu, cuda or cuda:N"))?,
+            None => {
+                return Err(format!(
+                    "[engine] device {name:?}: expected cpu, cuda or cuda:N"
+                ))
+            }
+        };
+        candle_core::Device::new_cuda(ordinal).map_err(|e| {
+            format!(
+                "[engine] device {name:?} is not available: {e} (CUDA needs a build with \
+                 `cargo build --release --features cuda` and an NVIDIA driver)"
+            )
+        })
+    }
 }
 
 /// Resident bytes of a diffusers model folder as the engine loads it:
@@ -116,6 +158,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn devices_are_named_plainly() {
+        let named = |device: &str| EngineOptions {
+            device: device.into(),
+            ..Default::default()
+        };
+        assert!(named("cpu").device().unwrap().is_cpu());
+        assert!(named("gpu")
+            .device()
+            .unwrap_err()
+            .contains("expected cpu, cuda or cuda:N"));
+        assert!(named("cuda:x").device().is_err());
+        // This machine's build has no CUDA: the message says how to get it.
+        if !cfg!(feature = "cuda") {
+            assert!(named("cuda:0")
+                .device()
+                .unwrap_err()
+                .contains("--features cuda"));
+        }
+    }
+
+    #[test]
     fn the_budget_counts_the_peak_that_will_be_resident() {
         let footprint = ModelFootprint {
             text_encoders: 19 << 30,
@@ -123,7 +186,7 @@ mod tests {
         };
         let mut options = EngineOptions {
             memory_budget_gib: Some(24.0),
-            drop_text_encoders: false,
+            ..Default::default()
         };
         let err = footprint.check(&options, "flux-2").unwrap_err();
         assert!(

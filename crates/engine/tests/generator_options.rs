@@ -38,7 +38,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
 
 fn pixels(options: EngineOptions, key: &str) -> Result<Vec<u8>, EngineError> {
     let models = tempfile::tempdir().unwrap();
-    let generator = CandleGenerator::new(models.path().to_path_buf(), options);
+    let generator = CandleGenerator::new(models.path().to_path_buf(), options).unwrap();
     let model = model(key);
     let images = generator.generate(&model, &spec(&model), &NoProgress, &CancelToken::new())?;
     Ok(images.into_iter().next().unwrap().rgb)
@@ -70,7 +70,7 @@ fn a_memory_budget_refuses_a_model_that_does_not_fit() {
     let tight = EngineOptions {
         // About 1 MB: smaller than any tiny model's denoiser and VAE.
         memory_budget_gib: Some(0.001),
-        drop_text_encoders: false,
+        ..Default::default()
     };
     let err = pixels(tight.clone(), "tiny-flux-random").unwrap_err();
     let EngineError::ModelUnavailable(message) = &err else {
@@ -90,14 +90,15 @@ fn a_memory_budget_refuses_a_model_that_does_not_fit() {
         source: dir.display().to_string(),
         ..model("tiny-flux-random")
     };
-    let generator = CandleGenerator::new(models.path().to_path_buf(), tight);
+    let generator = CandleGenerator::new(models.path().to_path_buf(), tight).unwrap();
     let refusal = generator.can_run(&local).unwrap_err().to_string();
     assert!(refusal.contains("\"my-flux\" needs about"), "{refusal}");
-    let roomy = CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default());
+    let roomy =
+        CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default()).unwrap();
     assert!(roomy.can_run(&local).is_ok());
     let roomy_budget = EngineOptions {
         memory_budget_gib: Some(1.0),
-        drop_text_encoders: false,
+        ..Default::default()
     };
     assert!(pixels(roomy_budget, "tiny-flux-random").is_ok());
 }
