@@ -211,7 +211,7 @@ pub fn load_transformer(
     let weights = match gguf {
         Some(file) => FluxWeights::from_gguf(&file, device)?,
         None => {
-            let tensors = read_tensors(&safetensors_in(folder)?, device)?;
+            let tensors = read_tensors(&safetensors_in(folder)?, device, DType::F32)?;
             if tensors.contains_key("x_embedder.weight") {
                 FluxWeights::from_diffusers(tensors, device)?
             } else {

@@ -55,20 +55,23 @@ pub fn var_builder(
     device: &Device,
 ) -> Result<VarBuilder<'static>, EngineLoadError> {
     Ok(VarBuilder::from_tensors(
-        read_tensors(&safetensors_in(folder)?, device)?,
+        read_tensors(&safetensors_in(folder)?, device, dtype)?,
         dtype,
         device,
     ))
 }
 
-/// Every tensor of `files`, by name, in the dtype it was stored in.
+/// Every tensor of `files`, by name. Float tensors are converted to
+/// `dtype` as each is read, so a bf16 checkpoint loaded as f32 never holds
+/// both copies (T5-XXL: 9.5 GB stored, 19 GB loaded, not 28.5).
 pub fn read_tensors(
     files: &[PathBuf],
     device: &Device,
+    dtype: DType,
 ) -> Result<HashMap<String, Tensor>, EngineLoadError> {
     let mut tensors = HashMap::new();
     for file in files {
-        read_safetensors(file, device, &mut tensors).map_err(|e| match e {
+        read_safetensors(file, device, dtype, &mut tensors).map_err(|e| match e {
             ReadError::Io(source) => EngineLoadError::Io {
                 path: file.clone(),
                 source,
@@ -146,6 +149,7 @@ struct TensorEntry {
 fn read_safetensors(
     path: &Path,
     device: &Device,
+    float_dtype: DType,
     out: &mut HashMap<String, Tensor>,
 ) -> Result<(), ReadError> {
     let mut file = File::open(path)?;
@@ -175,7 +179,42 @@ fn read_safetensors(
         file.seek(SeekFrom::Start(data_start + start))?;
         file.read_exact(&mut buf)?;
         let tensor = Tensor::from_raw_buffer(&buf, dtype, &entry.shape, device)?;
+        let tensor = if tensor.dtype().is_float() && tensor.dtype() != float_dtype {
+            tensor.to_dtype(float_dtype)?
+        } else {
+            tensor
+        };
         out.insert(name, tensor);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_checkpoints_are_converted_as_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = Tensor::new(&[[1.5f32, -2.25], [0.125, 3.0]], &Device::Cpu).unwrap();
+        let stored: HashMap<String, Tensor> = [
+            ("w".to_string(), values.to_dtype(DType::BF16).unwrap()),
+            (
+                "ids".to_string(),
+                Tensor::new(&[7u32, 9], &Device::Cpu).unwrap(),
+            ),
+        ]
+        .into();
+        let file = dir.path().join("model.safetensors");
+        candle_core::safetensors::save(&stored, &file).unwrap();
+        let read = read_tensors(&[file.clone()], &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(read["w"].dtype(), DType::F32);
+        assert_eq!(
+            read["w"].to_vec2::<f32>().unwrap(),
+            values.to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(read["ids"].dtype(), DType::U32, "integers stay as stored");
+        // The footprint counts what will be resident: f32.
+        assert_eq!(f32_bytes(&file).unwrap(), 4 * 4 + 2 * 4);
+    }
 }
