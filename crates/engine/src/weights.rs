@@ -207,7 +207,7 @@ mod tests {
         .into();
         let file = dir.path().join("model.safetensors");
         candle_core::safetensors::save(&stored, &file).unwrap();
-        let read = read_tensors(&[file.clone()], &Device::Cpu, DType::F32).unwrap();
+        let read = read_tensors(std::slice::from_ref(&file), &Device::Cpu, DType::F32).unwrap();
         assert_eq!(read["w"].dtype(), DType::F32);
         assert_eq!(
             read["w"].to_vec2::<f32>().unwrap(),
