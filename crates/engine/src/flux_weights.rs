@@ -356,33 +356,27 @@ impl FluxWeights {
         Ok(QLinear { blocks, bias })
     }
 
-    /// Every matrix quantized to `dtype` where its rows divide into whole
-    /// blocks (Q8_0 otherwise, or f32), the rest kept: how GGUF
-    /// conversions treat small tensors. For tests and benchmarks of the
-    /// quantized path.
+    /// Every matrix quantized by `quantize_tensor`. For tests and
+    /// benchmarks of the quantized path.
     pub fn quantized(&self, dtype: GgmlDType) -> candle_core::Result<Self> {
         let mut tensors = HashMap::new();
         for (name, w) in &self.tensors {
-            let dense = w.dense(&self.device)?;
-            let weight = if dense.rank() == 2 && name.ends_with(".weight") {
-                let cols = dense.dim(1)?;
-                if cols % dtype.block_size() == 0 {
-                    Weight::Quantized(Arc::new(QTensor::quantize(&dense, dtype)?))
-                } else if cols % GgmlDType::Q8_0.block_size() == 0 {
-                    Weight::Quantized(Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
-                } else {
-                    Weight::Dense(dense)
-                }
-            } else {
-                Weight::Dense(dense)
-            };
+            let weight = quantize_tensor(name, w.dense(&self.device)?, dtype)?;
             tensors.insert(name.clone(), weight);
         }
-        Ok(Self {
+        Ok(Self::from_weights(tensors, &self.device, "GGUF"))
+    }
+
+    pub fn from_weights(
+        tensors: HashMap<String, Weight>,
+        device: &Device,
+        format: &'static str,
+    ) -> Self {
+        Self {
             tensors,
-            device: self.device.clone(),
-            format: "GGUF",
-        })
+            device: device.clone(),
+            format,
+        }
     }
 
     /// Every tensor as f32 (quantized ones dequantized), in the BFL layout.
@@ -414,4 +408,22 @@ impl FluxWeights {
         let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
         gguf_file::write(&mut file, &[], &refs)
     }
+}
+
+/// How GGUF conversions store a tensor: a matrix quantized to `dtype` when
+/// its rows divide into whole blocks (else Q8_0, else f32), everything
+/// else (biases, norm scales) in f32.
+pub fn quantize_tensor(name: &str, dense: Tensor, dtype: GgmlDType) -> candle_core::Result<Weight> {
+    if dense.rank() != 2 || !name.ends_with(".weight") {
+        return Ok(Weight::Dense(dense));
+    }
+    let cols = dense.dim(1)?;
+    for candidate in [dtype, GgmlDType::Q8_0] {
+        if cols % candidate.block_size() == 0 {
+            return Ok(Weight::Quantized(Arc::new(QTensor::quantize(
+                &dense, candidate,
+            )?)));
+        }
+    }
+    Ok(Weight::Dense(dense))
 }

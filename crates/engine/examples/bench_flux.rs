@@ -1,0 +1,204 @@
+//! FLUX timings for bench/flux_vs_diffusers.py. Prints one JSON line per
+//! measurement (seconds of every run, the process's peak RSS).
+//!
+//! cargo run --release -p cyberimage-engine --example bench_flux -- blocks TRANSFORMER_DIR SIZE REPEATS
+//!   One transformer forward (512 text tokens, SIZE² image) of a diffusers
+//!   FLUX folder — full width, few blocks — in f32, GGUF Q8_0 and GGUF Q4_K
+//!   (quantized in-process from the same weights).
+//!
+//! cargo run --release -p cyberimage-engine --example bench_flux -- make-e2e OUT_DIR TINY_FLUX_DIR CONFIGS_DIR
+//!   Writes a full-size FLUX.1-dev folder with random weights: the
+//!   transformer as GGUF Q4_K, T5-XXL as bf16 safetensors, CLIP-L and the
+//!   VAE as f32, configs from fixtures/configs/flux1-dev, tokenizers from
+//!   the tiny model (T5 prompts padded to 512 tokens).
+//!
+//! cargo run --release -p cyberimage-engine --example bench_flux -- e2e MODEL_DIR SIZE
+//!   One job end to end (encode with encoders dropped after use, 1 step,
+//!   decode) through the production pipeline; reports the peak RSS.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use cyberimage_engine::flux::{load_transformer, Flux};
+use cyberimage_engine::flux_model::FluxTransformer;
+use cyberimage_engine::flux_weights::{quantize_tensor, FluxWeights};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn report(stage: &str, seconds: Vec<f64>) {
+    println!(
+        "{}",
+        serde_json::json!({"stage": stage, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
+    );
+}
+
+fn timed<T>(repeats: usize, mut f: impl FnMut() -> T) -> Vec<f64> {
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn blocks(dir: &Path, size: usize, repeats: usize) -> Result<()> {
+    let device = Device::Cpu;
+    let (weights, config) = load_transformer(dir, &device)?;
+    let tokens = (size / 16) * (size / 16);
+    let img = Tensor::randn(0f32, 1f32, (1, tokens, config.in_channels), &device)?;
+    let txt = Tensor::randn(0f32, 1f32, (1, 512, config.joint_attention_dim), &device)?;
+    let pooled = Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), &device)?;
+    let variants: Vec<(&str, Option<GgmlDType>)> = vec![
+        ("f32", None),
+        ("gguf_q8_0", Some(GgmlDType::Q8_0)),
+        ("gguf_q4_k", Some(GgmlDType::Q4K)),
+    ];
+    for (name, dtype) in variants {
+        let quantized;
+        let w = match dtype {
+            None => &weights,
+            Some(dtype) => {
+                quantized = weights.quantized(dtype)?;
+                &quantized
+            }
+        };
+        let model = FluxTransformer::new(w, config.clone())?;
+        let rope = model.rope(512, size / 16, size / 16, &device)?;
+        // The first run warms up and is dropped by the caller.
+        let seconds = timed(repeats + 1, || {
+            model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope)
+        });
+        report(&format!("flux_blocks_{size}_{name}"), seconds);
+    }
+    Ok(())
+}
+
+/// Random tensors for every name in a `shapes.json` (std 0.02, seeded).
+fn random_tensors(shapes: &Path, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    let shapes: HashMap<String, Vec<usize>> =
+        serde_json::from_str(&std::fs::read_to_string(shapes)?)?;
+    let mut out = HashMap::new();
+    for (name, shape) in shapes {
+        let t = (Tensor::randn(0f32, 1f32, shape.as_slice(), &Device::Cpu)? * 0.02)?;
+        out.insert(name, t.to_dtype(dtype)?);
+    }
+    Ok(out)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap()))?;
+        }
+    }
+    Ok(())
+}
+
+fn make_e2e(out: &Path, tiny: &Path, configs: &Path) -> Result<()> {
+    for folder in ["scheduler", "tokenizer", "tokenizer_2"] {
+        copy_dir(&tiny.join(folder), &out.join(folder))?;
+    }
+    std::fs::copy(tiny.join("model_index.json"), out.join("model_index.json"))?;
+    // Real FLUX pads T5 prompts to 512 tokens.
+    let t5_config = out.join("tokenizer_2/tokenizer_config.json");
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&t5_config)?)?;
+    value["model_max_length"] = 512.into();
+    std::fs::write(&t5_config, value.to_string())?;
+    for (component, dtype) in [
+        ("text_encoder", DType::F32),
+        ("text_encoder_2", DType::BF16),
+        ("vae", DType::F32),
+    ] {
+        let dir = out.join(component);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(
+            configs.join(component).join("config.json"),
+            dir.join("config.json"),
+        )?;
+        let tensors = random_tensors(&configs.join(component).join("shapes.json"), dtype)?;
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+        eprintln!("wrote {component}");
+    }
+    let dir = out.join("transformer");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(
+        configs.join("transformer/config.json"),
+        dir.join("config.json"),
+    )?;
+    // Quantized tensor by tensor: the f32 model (48 GB) never exists. The
+    // BFL names and shapes come from mapping zero-memory stand-ins.
+    let shapes: HashMap<String, Vec<usize>> = serde_json::from_str(&std::fs::read_to_string(
+        configs.join("transformer/shapes.json"),
+    )?)?;
+    let stand_ins = shapes
+        .iter()
+        .map(|(name, shape)| {
+            let t = Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(shape.as_slice())?;
+            Ok((name.clone(), t))
+        })
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    let layout = FluxWeights::from_diffusers(stand_ins, &Device::Cpu)?;
+    let mut quantized = HashMap::new();
+    for name in layout.names() {
+        let dims = layout.get(name).expect("listed").dims();
+        let t = (Tensor::randn(0f32, 1f32, dims.as_slice(), &Device::Cpu)? * 0.02)?;
+        quantized.insert(name.clone(), quantize_tensor(name, t, GgmlDType::Q4K)?);
+    }
+    FluxWeights::from_weights(quantized, &Device::Cpu, "GGUF")
+        .write_gguf(&dir.join("flux1-dev-random-Q4_K.gguf"))?;
+    eprintln!("wrote transformer");
+    Ok(())
+}
+
+fn e2e(dir: &Path, size: usize) -> Result<()> {
+    let device = Device::Cpu;
+    let start = Instant::now();
+    let flux = Flux::load_with(dir, &device, false)?;
+    report("e2e_load", vec![start.elapsed().as_secs_f64()]);
+    let start = Instant::now();
+    let cond = flux.encode_prompt("a lighthouse at dusk")?;
+    report("e2e_encode", vec![start.elapsed().as_secs_f64()]);
+    let noise = Tensor::randn(0f32, 1f32, (1, 16, size / 8, size / 8), &device)?;
+    let start = Instant::now();
+    let latents = flux
+        .denoise(&cond, &noise, 1, 3.5, &mut |_, _| true)?
+        .expect("not cancelled");
+    report("e2e_step", vec![start.elapsed().as_secs_f64()]);
+    let start = Instant::now();
+    flux.decode_unit(&latents)?;
+    report("e2e_decode", vec![start.elapsed().as_secs_f64()]);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(1).as_str() {
+        "blocks" => blocks(Path::new(&arg(2)), arg(3).parse()?, arg(4).parse()?),
+        "make-e2e" => make_e2e(
+            &PathBuf::from(arg(2)),
+            &PathBuf::from(arg(3)),
+            &PathBuf::from(arg(4)),
+        ),
+        "e2e" => e2e(Path::new(&arg(2)), arg(3).parse()?),
+        other => Err(format!("unknown mode {other:?}: blocks | make-e2e | e2e").into()),
+    }
+}
