@@ -73,7 +73,8 @@ def example(*argv):
     run = subprocess.run([str(Path(target) / "release" / "examples" / "bench_flux"), *map(str, argv)],
                          capture_output=True, text=True)
     if run.returncode != 0:
-        sys.exit(run.stderr)
+        # A negative code is a signal: -9 is usually the OOM killer.
+        sys.exit(f"bench_flux {argv[0]} exited with {run.returncode}: {run.stderr}\n{run.stdout}")
     return [json.loads(line) for line in run.stdout.splitlines()]
 
 
@@ -134,10 +135,14 @@ def main():
               "matmul_gflops_anchor": matmul_gflops(), "sizes": args.sizes, "repeats": args.repeats,
               "command": "python bench/flux_vs_diffusers.py --repeats %d --sizes %s"
                          % (args.repeats, " ".join(map(str, args.sizes)))}
-    result["blocks"] = blocks() if args.sizes else previous.get("blocks")
-    result["e2e"] = e2e() if args.e2e else previous.get("e2e")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Saved after each part, so a later failure keeps the earlier numbers.
+    result["blocks"] = blocks() if args.sizes else previous.get("blocks")
+    result["e2e"] = previous.get("e2e")
     out.write_text(json.dumps(result, indent=2))
+    if args.e2e:
+        result["e2e"] = e2e()
+        out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -67,6 +67,18 @@ impl FluxEncoders {
             t5: T5Encoder::load(&dir.join("text_encoder_2"), DType::F32, device)?,
         })
     }
+
+    fn encode(&self, prompt: &str, device: &Device) -> Result<FluxConditioning, EngineLoadError> {
+        let clip_ids = self.clip_tokenizer.encode(prompt)?;
+        let clip_ids = Tensor::from_vec(clip_ids, (1, 77), device)?;
+        let t5_ids = self.t5_tokenizer.encode(prompt)?;
+        let t5_len = t5_ids.len();
+        let t5_ids = Tensor::from_vec(t5_ids, (1, t5_len), device)?;
+        Ok(FluxConditioning {
+            t5: self.t5.forward(&t5_ids)?,
+            pooled: self.clip.forward(&clip_ids)?.pooled,
+        })
+    }
 }
 
 impl Flux {
@@ -110,23 +122,20 @@ impl Flux {
     }
 
     pub fn encode_prompt(&self, prompt: &str) -> Result<FluxConditioning, EngineLoadError> {
-        let per_use;
-        let encoders = match &self.encoders {
-            Some(kept) => kept,
-            None => {
-                per_use = FluxEncoders::load(&self.dir, &self.device)?;
-                &per_use
-            }
-        };
-        let clip_ids = encoders.clip_tokenizer.encode(prompt)?;
-        let clip_ids = Tensor::from_vec(clip_ids, (1, 77), &self.device)?;
-        let t5_ids = encoders.t5_tokenizer.encode(prompt)?;
-        let t5_len = t5_ids.len();
-        let t5_ids = Tensor::from_vec(t5_ids, (1, t5_len), &self.device)?;
-        Ok(FluxConditioning {
-            t5: encoders.t5.forward(&t5_ids)?,
-            pooled: encoders.clip.forward(&clip_ids)?.pooled,
-        })
+        match &self.encoders {
+            Some(kept) => kept.encode(prompt, &self.device),
+            None => FluxEncoders::load(&self.dir, &self.device)?.encode(prompt, &self.device),
+        }
+    }
+
+    /// Encodes with the folder's CLIP and T5 alone, loaded for this call
+    /// and freed after: the transformer need not be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+    ) -> Result<FluxConditioning, EngineLoadError> {
+        FluxEncoders::load(dir, device)?.encode(prompt, device)
     }
 
     /// The schedule for `steps` steps on latents of (rows, cols) patches.

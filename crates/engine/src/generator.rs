@@ -13,11 +13,11 @@ use cyberimage_core::{
 };
 
 use crate::builtin;
-use crate::flux::Flux;
+use crate::flux::{Flux, FluxConditioning};
 use crate::memory::{EngineOptions, ModelFootprint};
 use crate::noise::{gaussian, step_gaussian};
-use crate::sd::StableDiffusion;
-use crate::sd3::Sd3;
+use crate::sd::{Conditioning, StableDiffusion};
+use crate::sd3::{Sd3, Sd3Conditioning};
 
 pub struct CandleGenerator {
     /// Where built-in models are written out.
@@ -41,7 +41,50 @@ enum Pipeline {
     Flux(Box<Flux>),
 }
 
+/// A job's prompt, encoded for its pipeline.
+enum Encoded {
+    StableDiffusion(Conditioning),
+    Sd3(Sd3Conditioning),
+    Flux(FluxConditioning),
+}
+
+impl Encoded {
+    /// With only the text encoders resident (`drop_text_encoders`).
+    fn alone(
+        family: ModelFamily,
+        dir: &Path,
+        device: &Device,
+        spec: &GenerationSpec,
+    ) -> Result<Self, EngineError> {
+        let negative = spec.negative_prompt.as_deref();
+        match family {
+            ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
+                Flux::encode_alone(dir, device, &spec.prompt).map(Self::Flux)
+            }
+            ModelFamily::Sd3 => {
+                Sd3::encode_alone(dir, device, &spec.prompt, negative).map(Self::Sd3)
+            }
+            _ => StableDiffusion::encode_alone(dir, device, &spec.prompt, negative)
+                .map(Self::StableDiffusion),
+        }
+        .map_err(failed)
+    }
+}
+
 impl Pipeline {
+    /// With the pipeline's own (kept or per-use) encoders.
+    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineError> {
+        let negative = spec.negative_prompt.as_deref();
+        match self {
+            Self::StableDiffusion(sd) => sd
+                .encode_prompts(&spec.prompt, negative)
+                .map(Encoded::StableDiffusion),
+            Self::Sd3(sd3) => sd3.encode_prompts(&spec.prompt, negative).map(Encoded::Sd3),
+            Self::Flux(flux) => flux.encode_prompt(&spec.prompt).map(Encoded::Flux),
+        }
+        .map_err(failed)
+    }
+
     fn load(
         family: ModelFamily,
         dir: &Path,
@@ -170,9 +213,18 @@ impl Generator for CandleGenerator {
             .loaded
             .lock()
             .map_err(|_| failed("model cache poisoned"))?;
+        self.check_budget(model, &dir)?;
+        let mut encoded = None;
+        if self.options.drop_text_encoders {
+            // The denoiser is freed while the encoders run, so the peak is
+            // the larger of the two, not their sum; it is loaded again
+            // below (each job pays that load).
+            *loaded = None;
+            encoded = Some(Encoded::alone(model.family, &dir, &self.device, spec)?);
+            cancel.check()?;
+        }
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            self.check_budget(model, &dir)?;
             let keep = !self.options.drop_text_encoders;
             let pipeline = Pipeline::load(model.family, &dir, &self.device, keep)?;
             let weights_sha256 =
@@ -187,16 +239,23 @@ impl Generator for CandleGenerator {
         }
         let loaded_model = loaded.as_ref().expect("just loaded");
         cancel.check()?;
+        let encoded = match encoded {
+            Some(encoded) => encoded,
+            None => loaded_model.pipeline.encode(spec)?,
+        };
         let run = Run {
             spec,
             observer,
             cancel,
             device: &self.device,
         };
-        let (images, mut metadata) = match &loaded_model.pipeline {
-            Pipeline::StableDiffusion(sd) => run.stable_diffusion(sd)?,
-            Pipeline::Sd3(sd3) => run.sd3(sd3)?,
-            Pipeline::Flux(flux) => run.flux(flux)?,
+        let (images, mut metadata) = match (&loaded_model.pipeline, encoded) {
+            (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
+                run.stable_diffusion(sd, &cond)?
+            }
+            (Pipeline::Sd3(sd3), Encoded::Sd3(cond)) => run.sd3(sd3, &cond)?,
+            (Pipeline::Flux(flux), Encoded::Flux(cond)) => run.flux(flux, &cond)?,
+            _ => return Err(failed("the prompt was encoded for another pipeline")),
         };
         metadata.extend([
             ("dtype".into(), "f32".into()),
@@ -261,11 +320,12 @@ impl Run<'_> {
         }
     }
 
-    fn stable_diffusion(&self, sd: &StableDiffusion) -> Result<(Images, Metadata), EngineError> {
+    fn stable_diffusion(
+        &self,
+        sd: &StableDiffusion,
+        cond: &Conditioning,
+    ) -> Result<(Images, Metadata), EngineError> {
         let spec = self.spec;
-        let cond = sd
-            .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
-            .map_err(failed)?;
         let factor = sd.latent_factor();
         let shape = (
             1,
@@ -281,7 +341,7 @@ impl Run<'_> {
             let count = shape.1 * shape.2 * shape.3;
             let result = sd
                 .denoise(
-                    &cond,
+                    cond,
                     latents,
                     steps,
                     f64::from(spec.guidance_scale),
@@ -301,11 +361,8 @@ impl Run<'_> {
         Ok((images, vec![("sampler".into(), sampler.into())]))
     }
 
-    fn sd3(&self, sd3: &Sd3) -> Result<(Images, Metadata), EngineError> {
+    fn sd3(&self, sd3: &Sd3, cond: &Sd3Conditioning) -> Result<(Images, Metadata), EngineError> {
         let spec = self.spec;
-        let cond = sd3
-            .encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
-            .map_err(failed)?;
         let factor = sd3.latent_factor();
         let shape = (
             1,
@@ -318,7 +375,7 @@ impl Run<'_> {
             let (seed, noise) = self.noise(index, shape)?;
             let result = sd3
                 .denoise(
-                    &cond,
+                    cond,
                     noise,
                     spec.steps as usize,
                     f64::from(spec.guidance_scale),
@@ -336,9 +393,12 @@ impl Run<'_> {
         Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
     }
 
-    fn flux(&self, flux: &Flux) -> Result<(Images, Metadata), EngineError> {
+    fn flux(
+        &self,
+        flux: &Flux,
+        cond: &FluxConditioning,
+    ) -> Result<(Images, Metadata), EngineError> {
         let spec = self.spec;
-        let cond = flux.encode_prompt(&spec.prompt).map_err(failed)?;
         let factor = flux.latent_factor();
         let shape = (
             1,
@@ -351,7 +411,7 @@ impl Run<'_> {
             let (seed, noise) = self.noise(index, shape)?;
             let result = flux
                 .denoise(
-                    &cond,
+                    cond,
                     &noise,
                     spec.steps as usize,
                     f64::from(spec.guidance_scale),

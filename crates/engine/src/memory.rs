@@ -21,8 +21,9 @@ pub struct EngineOptions {
     /// Largest resident size a model may need, in GiB. Unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_gib: Option<f64>,
-    /// Load the text encoders for each job and free them once the prompt
-    /// is encoded, instead of keeping them beside the denoiser.
+    /// Encode each job's prompt with only the text encoders resident (the
+    /// denoiser is freed first and loaded again after), then free them:
+    /// slower per job, but the peak is the larger side, not the sum.
     pub drop_text_encoders: bool,
 }
 

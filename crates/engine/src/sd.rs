@@ -48,6 +48,52 @@ pub type StepCallback<'a> = dyn FnMut(usize, &Tensor) -> bool + 'a;
 /// like the latents.
 pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
 
+/// How a model reads its prompt.
+struct TextSettings {
+    /// Penultimate states of both encoders and the second's pooled output.
+    sdxl: bool,
+    force_zeros_for_empty_prompt: bool,
+}
+
+/// The prompt and the negative prompt (`None`: "" — or zeros where the
+/// model says so, as diffusers does) as (uncond, cond) conditioning.
+fn encode_with(
+    encoders: &[(PromptTokenizer, ClipTextEncoder)],
+    text: &TextSettings,
+    device: &Device,
+    prompt: &str,
+    negative: Option<&str>,
+) -> Result<Conditioning, EngineLoadError> {
+    let zero_negative = negative.is_none() && text.force_zeros_for_empty_prompt;
+    let negative = negative.unwrap_or("");
+    let mut contexts = Vec::new();
+    let mut pooled = None;
+    for (tokenizer, encoder) in encoders {
+        let ids: Vec<u32> = [negative, prompt]
+            .iter()
+            .map(|p| tokenizer.encode(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        let out = encoder.forward(&Tensor::from_vec(ids, (2, 77), device)?)?;
+        if text.sdxl {
+            contexts.push(out.penultimate_hidden_state);
+            // Only the last encoder's pooled output is used.
+            pooled = Some(out.pooled);
+        } else {
+            contexts.push(out.last_hidden_state);
+        }
+    }
+    let mut context = Tensor::cat(&contexts, 2)?;
+    if zero_negative {
+        let zero_first = |t: Tensor| -> candle_core::Result<Tensor> {
+            Tensor::cat(&[&t.narrow(0, 0, 1)?.zeros_like()?, &t.narrow(0, 1, 1)?], 0)
+        };
+        context = zero_first(context)?;
+        pooled = pooled.map(zero_first).transpose()?;
+    }
+    Ok(Conditioning { context, pooled })
+}
+
 /// (tokenizer, text encoder) folders, in the order their states are joined.
 const ENCODERS: [(&str, &str); 2] = [
     ("tokenizer", "text_encoder"),
@@ -152,10 +198,6 @@ impl StableDiffusion {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Conditioning, EngineLoadError> {
-        let zero_negative = negative.is_none() && self.force_zeros_for_empty_prompt;
-        let negative = negative.unwrap_or("");
-        let mut contexts = Vec::new();
-        let mut pooled = None;
         let per_use;
         let encoders = match &self.encoders {
             Some(kept) => kept,
@@ -164,30 +206,34 @@ impl StableDiffusion {
                 &per_use
             }
         };
-        for (tokenizer, encoder) in encoders {
-            let ids: Vec<u32> = [negative, prompt]
-                .iter()
-                .map(|p| tokenizer.encode(p))
-                .collect::<Result<Vec<_>, _>>()?
-                .concat();
-            let out = encoder.forward(&Tensor::from_vec(ids, (2, 77), &self.device)?)?;
-            if self.is_sdxl() {
-                contexts.push(out.penultimate_hidden_state);
-                // Only the last encoder's pooled output is used.
-                pooled = Some(out.pooled);
-            } else {
-                contexts.push(out.last_hidden_state);
-            }
-        }
-        let mut context = Tensor::cat(&contexts, 2)?;
-        if zero_negative {
-            let zero_first = |t: Tensor| -> candle_core::Result<Tensor> {
-                Tensor::cat(&[&t.narrow(0, 0, 1)?.zeros_like()?, &t.narrow(0, 1, 1)?], 0)
-            };
-            context = zero_first(context)?;
-            pooled = pooled.map(zero_first).transpose()?;
-        }
-        Ok(Conditioning { context, pooled })
+        let text = TextSettings {
+            sdxl: self.is_sdxl(),
+            force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt,
+        };
+        encode_with(encoders, &text, &self.device, prompt, negative)
+    }
+
+    /// Encodes with the folder's text encoders alone, loaded for this call
+    /// and freed after: nothing else of the model needs to be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Conditioning, EngineLoadError> {
+        let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
+        let unet: crate::unet::UNetConfig = read_config(&dir.join("unet/config.json"))?;
+        let text = TextSettings {
+            sdxl: unet.addition_embed_type.as_deref() == Some("text_time"),
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+        };
+        encode_with(
+            &load_encoders(dir, device)?,
+            &text,
+            device,
+            prompt,
+            negative,
+        )
     }
 
     /// The scheduler this model runs `steps` steps with.

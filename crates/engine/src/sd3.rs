@@ -76,6 +76,44 @@ impl Sd3Encoders {
             t5_tokens,
         })
     }
+    fn encode(
+        &self,
+        joint: usize,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let texts = [negative.unwrap_or(""), prompt];
+        let ids = |tokenizer: &PromptTokenizer| -> Result<Tensor, EngineLoadError> {
+            let rows = texts
+                .iter()
+                .map(|t| tokenizer.encode(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = rows[0].len();
+            Ok(Tensor::from_vec(rows.concat(), (2, len), device)?)
+        };
+        let l = self.clip_l.1.forward(&ids(&self.clip_l.0)?)?;
+        let g = self.clip_g.1.forward(&ids(&self.clip_g.0)?)?;
+        let t5 = match &self.t5 {
+            Some((tokenizer, encoder)) => encoder.forward(&ids(tokenizer)?)?,
+            None => Tensor::zeros((2, self.t5_tokens, joint), DType::F32, device)?,
+        };
+        let clip = Tensor::cat(
+            &[&l.penultimate_hidden_state, &g.penultimate_hidden_state],
+            2,
+        )?;
+        let width = clip.dim(2)?;
+        if width > joint {
+            return Err(EngineLoadError::Unsupported(format!(
+                "CLIP states of width {width} do not fit the transformer's {joint}"
+            )));
+        }
+        let clip = clip.pad_with_zeros(2, 0, joint - width)?;
+        Ok(Sd3Conditioning {
+            context: Tensor::cat(&[&clip, &t5], 1)?,
+            pooled: Tensor::cat(&[&l.pooled, &g.pooled], 1)?,
+        })
+    }
 }
 
 impl Sd3 {
@@ -117,45 +155,28 @@ impl Sd3 {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Sd3Conditioning, EngineLoadError> {
-        let per_use;
-        let encoders = match &self.encoders {
-            Some(kept) => kept,
-            None => {
-                per_use = Sd3Encoders::load(&self.dir, &self.device)?;
-                &per_use
-            }
-        };
-        let texts = [negative.unwrap_or(""), prompt];
-        let ids = |tokenizer: &PromptTokenizer| -> Result<Tensor, EngineLoadError> {
-            let rows = texts
-                .iter()
-                .map(|t| tokenizer.encode(t))
-                .collect::<Result<Vec<_>, _>>()?;
-            let len = rows[0].len();
-            Ok(Tensor::from_vec(rows.concat(), (2, len), &self.device)?)
-        };
-        let l = encoders.clip_l.1.forward(&ids(&encoders.clip_l.0)?)?;
-        let g = encoders.clip_g.1.forward(&ids(&encoders.clip_g.0)?)?;
         let joint = self.transformer.config.joint_attention_dim;
-        let t5 = match &encoders.t5 {
-            Some((tokenizer, encoder)) => encoder.forward(&ids(tokenizer)?)?,
-            None => Tensor::zeros((2, encoders.t5_tokens, joint), DType::F32, &self.device)?,
-        };
-        let clip = Tensor::cat(
-            &[&l.penultimate_hidden_state, &g.penultimate_hidden_state],
-            2,
-        )?;
-        let width = clip.dim(2)?;
-        if width > joint {
-            return Err(EngineLoadError::Unsupported(format!(
-                "CLIP states of width {width} do not fit the transformer's {joint}"
-            )));
+        match &self.encoders {
+            Some(kept) => kept.encode(joint, &self.device, prompt, negative),
+            None => Sd3Encoders::load(&self.dir, &self.device)?.encode(
+                joint,
+                &self.device,
+                prompt,
+                negative,
+            ),
         }
-        let clip = clip.pad_with_zeros(2, 0, joint - width)?;
-        Ok(Sd3Conditioning {
-            context: Tensor::cat(&[&clip, &t5], 1)?,
-            pooled: Tensor::cat(&[&l.pooled, &g.pooled], 1)?,
-        })
+    }
+
+    /// Encodes with the folder's three text encoders alone, loaded for
+    /// this call and freed after: the MMDiT need not be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let config: crate::mmdit::MmditConfig = read_config(&dir.join("transformer/config.json"))?;
+        Sd3Encoders::load(dir, device)?.encode(config.joint_attention_dim, device, prompt, negative)
     }
 
     pub fn schedule(&self, steps: usize) -> Result<FlowSchedule, EngineLoadError> {
