@@ -137,7 +137,13 @@ def main():
                          % (args.repeats, " ".join(map(str, args.sizes)))}
     out.parent.mkdir(parents=True, exist_ok=True)
     # Saved after each part, so a later failure keeps the earlier numbers.
-    result["blocks"] = blocks() if args.sizes else previous.get("blocks")
+    if args.sizes:
+        result["blocks"] = blocks()
+    else:
+        # Only the end-to-end run: the block timings, and the anchor and
+        # settings they were measured with, stay as they were.
+        for key in ("blocks", "matmul_gflops_anchor", "sizes", "repeats", "command"):
+            result[key] = previous.get(key)
     result["e2e"] = previous.get("e2e")
     out.write_text(json.dumps(result, indent=2))
     if args.e2e:

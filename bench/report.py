@@ -64,10 +64,12 @@ def flux_e2e_section(e2e):
     return ["## FLUX.1-dev end to end with a GGUF Q4_K transformer", "",
             f"Command: `{e2e['command']}`. Full-size FLUX.1-dev with random weights: transformer GGUF Q4_K "
             f"({transformer:.1f} GiB file), T5-XXL bf16 ({t5:.1f} GiB file, 2× that once loaded as f32), CLIP-L and "
-            "the VAE in f32. One 512² job through the production pipeline with `[engine] drop_text_encoders = true` "
-            "(the encoders are freed before the transformer runs). 1 step.", "",
-            "| Load (s) | Encode prompt (s) | 1 step (s) | VAE decode (s) | Peak RSS (GiB) |", "|---:|---:|---:|---:|---:|",
-            f"| {s['e2e_load']:.1f} | {s['e2e_encode']:.1f} | {s['e2e_step']:.1f} | {s['e2e_decode']:.1f} | {gib:.1f} |", ""]
+            "the VAE in f32. One 512² job, 1 step, run as the generator runs it with "
+            "`[engine] drop_text_encoders = true`: the prompt is encoded with only CLIP and T5 resident, they are "
+            "freed, then the transformer and VAE are loaded.", "",
+            "| Load encoders + encode (s) | Load transformer + VAE (s) | 1 step (s) | VAE decode (s) | Peak RSS (GiB) |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {s['e2e_encode']:.1f} | {s['e2e_load']:.1f} | {s['e2e_step']:.1f} | {s['e2e_decode']:.1f} | {gib:.1f} |", ""]
 
 
 def flux_fit_target(flux):
