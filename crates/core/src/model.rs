@@ -123,63 +123,27 @@ impl Catalogue {
     /// models with real architectures: the whole pipeline runs, offline,
     /// and the pictures mean nothing.
     pub fn builtin_test_models() -> Vec<ModelEntry> {
+        let tiny =
+            |name: &str, family, architecture: &str, size: &str, guidance_scale| ModelEntry {
+                key: format!("tiny-{name}-random"),
+                source: format!("builtin:tiny-{name}"),
+                family,
+                description: format!(
+                    "TEST MODEL with random weights ({architecture} architecture, {size}, \
+                     built in): real diffusion, meaningless pictures"
+                ),
+                defaults: ModelDefaults {
+                    steps: 4,
+                    guidance_scale,
+                    width: 64,
+                    height: 64,
+                },
+            };
         vec![
-            ModelEntry {
-                key: "tiny-sd15-random".into(),
-                source: "builtin:tiny-sd15".into(),
-                family: ModelFamily::Sd15,
-                description: "TEST MODEL with random weights (SD 1.5 architecture, 4.5 MB, \
-                              built in): real diffusion, meaningless pictures"
-                    .into(),
-                defaults: ModelDefaults {
-                    steps: 4,
-                    guidance_scale: 7.5,
-                    width: 64,
-                    height: 64,
-                },
-            },
-            ModelEntry {
-                key: "tiny-sdxl-random".into(),
-                source: "builtin:tiny-sdxl".into(),
-                family: ModelFamily::Sdxl,
-                description: "TEST MODEL with random weights (SDXL architecture, 2.3 MB, \
-                              built in): real diffusion, meaningless pictures"
-                    .into(),
-                defaults: ModelDefaults {
-                    steps: 4,
-                    guidance_scale: 5.0,
-                    width: 64,
-                    height: 64,
-                },
-            },
-            ModelEntry {
-                key: "tiny-sd3-random".into(),
-                source: "builtin:tiny-sd3".into(),
-                family: ModelFamily::Sd3,
-                description: "TEST MODEL with random weights (SD 3.5 architecture, 2.7 MB, \
-                              built in): real diffusion, meaningless pictures"
-                    .into(),
-                defaults: ModelDefaults {
-                    steps: 4,
-                    guidance_scale: 4.5,
-                    width: 64,
-                    height: 64,
-                },
-            },
-            ModelEntry {
-                key: "tiny-flux-random".into(),
-                source: "builtin:tiny-flux".into(),
-                family: ModelFamily::FluxDev,
-                description: "TEST MODEL with random weights (FLUX.1-dev architecture, 2 MB, \
-                              built in): real diffusion, meaningless pictures"
-                    .into(),
-                defaults: ModelDefaults {
-                    steps: 4,
-                    guidance_scale: 3.5,
-                    width: 64,
-                    height: 64,
-                },
-            },
+            tiny("sd15", ModelFamily::Sd15, "SD 1.5", "4.5 MB", 7.5),
+            tiny("sdxl", ModelFamily::Sdxl, "SDXL", "2.3 MB", 5.0),
+            tiny("sd3", ModelFamily::Sd3, "SD 3.5", "2.7 MB", 4.5),
+            tiny("flux", ModelFamily::FluxDev, "FLUX.1-dev", "2 MB", 3.5),
         ]
     }
 

@@ -8,17 +8,16 @@
 //!
 //! Weights come from `FluxWeights` in the BFL layout, dense or quantized.
 
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor};
 use serde::Deserialize;
 
 use crate::blocks::{attention, sinusoidal_embedding};
+use crate::dit::{chunks, modulate, rms_norm};
 use crate::flux_weights::{FluxWeights, QLinear};
 use crate::EngineLoadError;
 
 /// Sinusoid width of the timestep and guidance embeddings.
 const TIME_CHANNELS: usize = 256;
-/// Epsilon of every norm in the model.
-const EPS: f64 = 1e-6;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct FluxConfig {
@@ -96,27 +95,6 @@ impl FluxConfig {
     }
 }
 
-/// Layer norm without learned scale or shift.
-fn plain_layer_norm(x: &Tensor) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(var + EPS)?.sqrt()?)
-}
-
-/// `norm(x) * (1 + scale) + shift`, the modulation broadcast over tokens.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
-    plain_layer_norm(x)?
-        .broadcast_mul(&(scale + 1.0)?.unsqueeze(1)?)?
-        .broadcast_add(&shift.unsqueeze(1)?)
-}
-
-/// `count` equal chunks of a modulation vector (batch, count·hidden).
-fn chunks(v: &Tensor, count: usize) -> candle_core::Result<Vec<Tensor>> {
-    let size = v.dim(1)? / count;
-    (0..count).map(|i| v.narrow(1, i * size, size)).collect()
-}
-
 struct Mlp {
     in_layer: QLinear,
     out_layer: QLinear,
@@ -153,11 +131,6 @@ impl QkNorm {
             key: w.dense(&format!("{prefix}.key_norm.scale"))?,
         })
     }
-
-    fn rms(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(ms + EPS)?.sqrt()?)?.broadcast_mul(weight)
-    }
 }
 
 /// (batch, tokens, 3·hidden) → q, k, v as (batch, heads, tokens, head_dim),
@@ -172,8 +145,8 @@ fn split_qkv(
     let qkv = qkv
         .reshape((b, n, 3, heads, head_dim))?
         .permute((2, 0, 3, 1, 4))?;
-    let q = QkNorm::rms(&qkv.get(0)?.contiguous()?, &norm.query)?;
-    let k = QkNorm::rms(&qkv.get(1)?.contiguous()?, &norm.key)?;
+    let q = rms_norm(&qkv.get(0)?.contiguous()?, &norm.query)?;
+    let k = rms_norm(&qkv.get(1)?.contiguous()?, &norm.key)?;
     Ok((q, k, qkv.get(2)?.contiguous()?))
 }
 

@@ -16,7 +16,7 @@ use crate::builtin;
 use crate::flux::{Flux, FluxConditioning};
 use crate::memory::{EngineOptions, ModelFootprint};
 use crate::noise::{gaussian, step_gaussian};
-use crate::sd::{Conditioning, StableDiffusion};
+use crate::sd::{Conditioning, StableDiffusion, StepCallback};
 use crate::sd3::{Sd3, Sd3Conditioning};
 
 pub struct CandleGenerator {
@@ -320,76 +320,81 @@ impl Run<'_> {
         }
     }
 
-    fn stable_diffusion(
+    /// Every image of the job: seeded noise of (channels, h/factor,
+    /// w/factor) → `denoise` (given the seed, the noise and the step
+    /// reporter; `None` when cancelled) → `decode` to (h, w, 3) in [0, 1].
+    fn images(
         &self,
-        sd: &StableDiffusion,
-        cond: &Conditioning,
-    ) -> Result<(Images, Metadata), EngineError> {
+        channels: usize,
+        factor: usize,
+        mut denoise: impl FnMut(
+            u64,
+            Tensor,
+            &mut StepCallback,
+        ) -> Result<Option<Tensor>, crate::EngineLoadError>,
+        decode: impl Fn(&Tensor) -> Result<Tensor, crate::EngineLoadError>,
+    ) -> Result<Images, EngineError> {
         let spec = self.spec;
-        let factor = sd.latent_factor();
         let shape = (
             1,
-            sd.latent_channels(),
-            spec.height as usize / factor,
-            spec.width as usize / factor,
-        );
-        let steps = spec.steps as usize;
-        let sampler = sd.scheduler(steps).map_err(failed)?.name();
-        let mut images = Vec::new();
-        for index in 0..spec.num_images {
-            let (seed, latents) = self.noise(index, shape)?;
-            let count = shape.1 * shape.2 * shape.3;
-            let result = sd
-                .denoise(
-                    cond,
-                    latents,
-                    steps,
-                    f64::from(spec.guidance_scale),
-                    &mut |step| {
-                        Tensor::from_vec(step_gaussian(seed, step, count), shape, self.device)
-                    },
-                    &mut self.step_reporter(index),
-                )
-                .map_err(failed)?;
-            let Some(latents) = result else {
-                return Err(EngineError::Cancelled);
-            };
-            self.observer.on_progress(ProgressUpdate::Decoding);
-            let (width, height, rgb) = sd.decode_rgb8(&latents).map_err(failed)?;
-            images.push((seed, width, height, rgb));
-        }
-        Ok((images, vec![("sampler".into(), sampler.into())]))
-    }
-
-    fn sd3(&self, sd3: &Sd3, cond: &Sd3Conditioning) -> Result<(Images, Metadata), EngineError> {
-        let spec = self.spec;
-        let factor = sd3.latent_factor();
-        let shape = (
-            1,
-            sd3.latent_channels(),
+            channels,
             spec.height as usize / factor,
             spec.width as usize / factor,
         );
         let mut images = Vec::new();
         for index in 0..spec.num_images {
             let (seed, noise) = self.noise(index, shape)?;
-            let result = sd3
-                .denoise(
-                    cond,
-                    noise,
-                    spec.steps as usize,
-                    f64::from(spec.guidance_scale),
-                    &mut self.step_reporter(index),
-                )
-                .map_err(failed)?;
+            let result = denoise(seed, noise, &mut self.step_reporter(index)).map_err(failed)?;
             let Some(latents) = result else {
                 return Err(EngineError::Cancelled);
             };
             self.observer.on_progress(ProgressUpdate::Decoding);
-            let image = sd3.decode_unit(&latents).map_err(failed)?;
+            let image = decode(&latents).map_err(failed)?;
             let (width, height, rgb) = crate::vae::unit_to_rgb8(&image).map_err(failed)?;
             images.push((seed, width, height, rgb));
         }
+        Ok(images)
+    }
+
+    fn stable_diffusion(
+        &self,
+        sd: &StableDiffusion,
+        cond: &Conditioning,
+    ) -> Result<(Images, Metadata), EngineError> {
+        let steps = self.spec.steps as usize;
+        let guidance = f64::from(self.spec.guidance_scale);
+        let sampler = sd.scheduler(steps).map_err(failed)?.name();
+        let images = self.images(
+            sd.latent_channels(),
+            sd.latent_factor(),
+            |seed, latents, on_step| {
+                let shape = latents.dims4()?;
+                let count = shape.1 * shape.2 * shape.3;
+                sd.denoise(
+                    cond,
+                    latents,
+                    steps,
+                    guidance,
+                    &mut |step| {
+                        Tensor::from_vec(step_gaussian(seed, step, count), shape, self.device)
+                    },
+                    on_step,
+                )
+            },
+            |latents| sd.decode_unit(latents),
+        )?;
+        Ok((images, vec![("sampler".into(), sampler.into())]))
+    }
+
+    fn sd3(&self, sd3: &Sd3, cond: &Sd3Conditioning) -> Result<(Images, Metadata), EngineError> {
+        let steps = self.spec.steps as usize;
+        let guidance = f64::from(self.spec.guidance_scale);
+        let images = self.images(
+            sd3.latent_channels(),
+            sd3.latent_factor(),
+            |_, noise, on_step| sd3.denoise(cond, noise, steps, guidance, on_step),
+            |latents| sd3.decode_unit(latents),
+        )?;
         Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
     }
 
@@ -398,34 +403,14 @@ impl Run<'_> {
         flux: &Flux,
         cond: &FluxConditioning,
     ) -> Result<(Images, Metadata), EngineError> {
-        let spec = self.spec;
-        let factor = flux.latent_factor();
-        let shape = (
-            1,
+        let steps = self.spec.steps as usize;
+        let guidance = f64::from(self.spec.guidance_scale);
+        let images = self.images(
             flux.latent_channels(),
-            spec.height as usize / factor,
-            spec.width as usize / factor,
-        );
-        let mut images = Vec::new();
-        for index in 0..spec.num_images {
-            let (seed, noise) = self.noise(index, shape)?;
-            let result = flux
-                .denoise(
-                    cond,
-                    &noise,
-                    spec.steps as usize,
-                    f64::from(spec.guidance_scale),
-                    &mut self.step_reporter(index),
-                )
-                .map_err(failed)?;
-            let Some(latents) = result else {
-                return Err(EngineError::Cancelled);
-            };
-            self.observer.on_progress(ProgressUpdate::Decoding);
-            let image = flux.decode_unit(&latents).map_err(failed)?;
-            let (width, height, rgb) = crate::vae::unit_to_rgb8(&image).map_err(failed)?;
-            images.push((seed, width, height, rgb));
-        }
+            flux.latent_factor(),
+            |_, noise, on_step| flux.denoise(cond, &noise, steps, guidance, on_step),
+            |latents| flux.decode_unit(latents),
+        )?;
         let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];
         if !flux.uses_guidance() {
             metadata.push((

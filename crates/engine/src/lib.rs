@@ -15,6 +15,7 @@ pub mod builtin;
 pub mod clip;
 pub mod ddim;
 mod digest;
+mod dit;
 pub mod error;
 pub mod euler;
 pub mod flow;

@@ -9,16 +9,16 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::blocks::{attention, sinusoidal_embedding};
+use crate::dit::{chunks, modulate, rms_norm};
 use crate::weights::{read_config, var_builder};
 use crate::EngineLoadError;
 
 const TIME_CHANNELS: usize = 256;
-const EPS: f64 = 1e-6;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct MmditConfig {
@@ -36,29 +36,6 @@ pub struct MmditConfig {
     pub dual_attention_layers: Vec<usize>,
     #[serde(default)]
     pub qk_norm: Option<String>,
-}
-
-fn plain_layer_norm(x: &Tensor) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(var + EPS)?.sqrt()?)
-}
-
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
-    plain_layer_norm(x)?
-        .broadcast_mul(&(scale + 1.0)?.unsqueeze(1)?)?
-        .broadcast_add(&shift.unsqueeze(1)?)
-}
-
-fn chunks(v: &Tensor, count: usize) -> candle_core::Result<Vec<Tensor>> {
-    let size = v.dim(1)? / count;
-    (0..count).map(|i| v.narrow(1, i * size, size)).collect()
-}
-
-fn rms_norm(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + EPS)?.sqrt()?)?.broadcast_mul(weight)
 }
 
 /// Query, key and value projections of one stream, with optional RMS

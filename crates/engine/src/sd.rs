@@ -308,15 +308,6 @@ impl StableDiffusion {
         Ok(Some(latents))
     }
 
-    /// Latents → RGB8 pixels (row-major HWC), as diffusers' `output_type`
-    /// "pil": `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded.
-    pub fn decode_rgb8(
-        &self,
-        latents: &Tensor,
-    ) -> Result<(usize, usize, Vec<u8>), EngineLoadError> {
-        crate::vae::unit_to_rgb8(&self.decode_unit(latents)?)
-    }
-
     /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.
     pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
         Ok(self.vae.decode_unit(latents)?)

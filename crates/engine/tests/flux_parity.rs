@@ -15,20 +15,14 @@ use cyberimage_engine::flux_model::FluxTransformer;
 use cyberimage_engine::flux_weights::FluxWeights;
 use cyberimage_engine::relative_error;
 use cyberimage_engine::tokenizer::PromptTokenizer;
-use support::{assert_images_close, fixture_dir, references_of, settings_of};
+use support::{
+    assert_close, assert_images_close, fixture_dir, references_of, settings_of, Trajectory,
+};
 
 const NAME: &str = "tiny-flux";
 
 fn prompt() -> String {
     settings_of(NAME)["prompt"].as_str().unwrap().to_owned()
-}
-
-fn assert_close(name: &str, ours: &Tensor, expected: &Tensor, limit: f32) -> f32 {
-    assert_eq!(ours.dims(), expected.dims(), "{name}");
-    let err = relative_error(ours, expected).unwrap();
-    eprintln!("{name}: relative error {err:e}");
-    assert!(err <= limit, "{name}: relative error {err} > {limit}");
-    err
 }
 
 #[test]
@@ -204,23 +198,18 @@ fn trajectory_and_final_image_match_diffusers() {
     let settings = settings_of(NAME);
     let flux = Flux::load(&fixture_dir(NAME), &Device::Cpu).unwrap();
     let cond = flux.encode_prompt(&prompt()).unwrap();
-    let mut worst = 0f32;
+    let check = Trajectory::new(&refs["trajectory"]);
     let latents = flux
         .denoise(
             &cond,
             &refs["initial_noise"],
             settings["steps"].as_u64().unwrap() as usize,
             settings["guidance_scale"].as_f64().unwrap(),
-            &mut |step, latents| {
-                let expected = refs["trajectory"].get(step - 1).unwrap();
-                worst = worst.max(relative_error(latents, &expected).unwrap());
-                true
-            },
+            &mut |step, latents| check.check(step, latents),
         )
         .unwrap()
         .unwrap();
-    eprintln!("worst trajectory relative error {worst:e}");
-    assert!(worst <= 1e-4, "trajectory relative error {worst}");
+    check.assert_close();
     let image = flux.decode_unit(&latents).unwrap();
     assert_images_close(&image, &refs["final_image"]);
 }

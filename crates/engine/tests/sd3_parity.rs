@@ -8,22 +8,16 @@ mod support;
 
 use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::mmdit::Mmdit;
-use cyberimage_engine::relative_error;
 use cyberimage_engine::sd3::Sd3;
 use cyberimage_engine::tokenizer::PromptTokenizer;
-use support::{assert_images_close, fixture_dir, references_of, settings_of};
+use support::{
+    assert_close, assert_images_close, fixture_dir, references_of, settings_of, Trajectory,
+};
 
 const NAME: &str = "tiny-sd3";
 
 fn text(key: &str) -> String {
     settings_of(NAME)[key].as_str().unwrap().to_owned()
-}
-
-fn assert_close(name: &str, ours: &Tensor, expected: &Tensor) {
-    assert_eq!(ours.dims(), expected.dims(), "{name}");
-    let err = relative_error(ours, expected).unwrap();
-    eprintln!("{name}: relative error {err:e}");
-    assert!(err <= 1e-4, "{name}: relative error {err}");
 }
 
 fn cat(a: &Tensor, b: &Tensor) -> Tensor {
@@ -72,6 +66,7 @@ fn conditioning_matches_encode_prompt() {
         "joint text states",
         &cond.context,
         &cat(&refs["negative_prompt_embeds"], &refs["prompt_embeds"]),
+        1e-4,
     );
     assert_close(
         "pooled text",
@@ -80,6 +75,7 @@ fn conditioning_matches_encode_prompt() {
             &refs["negative_pooled_prompt_embeds"],
             &refs["pooled_prompt_embeds"],
         ),
+        1e-4,
     );
 }
 
@@ -104,7 +100,7 @@ fn mmdit_matches_diffusers() {
             ),
         )
         .unwrap();
-    assert_close("MMDiT", &out, &refs["transformer_output_t750"]);
+    assert_close("MMDiT", &out, &refs["transformer_output_t750"], 1e-4);
 }
 
 #[test]
@@ -126,22 +122,17 @@ fn schedule_trajectory_and_final_image_match_diffusers() {
     let cond = sd3
         .encode_prompts(&text("prompt"), Some(&text("negative_prompt")))
         .unwrap();
-    let mut worst = 0f32;
+    let check = Trajectory::new(&refs["trajectory"]);
     let latents = sd3
         .denoise(
             &cond,
             refs["initial_latents"].clone(),
             steps,
             settings["guidance_scale"].as_f64().unwrap(),
-            &mut |step, latents| {
-                let expected = refs["trajectory"].get(step - 1).unwrap();
-                worst = worst.max(relative_error(latents, &expected).unwrap());
-                true
-            },
+            &mut |step, latents| check.check(step, latents),
         )
         .unwrap()
         .unwrap();
-    eprintln!("worst trajectory relative error {worst:e}");
-    assert!(worst <= 1e-4, "trajectory relative error {worst}");
+    check.assert_close();
     assert_images_close(&sd3.decode_unit(&latents).unwrap(), &refs["final_image"]);
 }

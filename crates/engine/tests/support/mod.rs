@@ -57,3 +57,43 @@ pub fn assert_images_close(image: &candle_core::Tensor, expected: &candle_core::
     eprintln!("final image: {:.4}% of values within 1/255", share * 100.0);
     assert!(share >= 0.99, "only {share} within 1/255");
 }
+
+/// A stage's output against diffusers': same shape, relative error ≤ `limit`.
+pub fn assert_close(name: &str, ours: &Tensor, expected: &Tensor, limit: f32) -> f32 {
+    assert_eq!(ours.dims(), expected.dims(), "{name}");
+    let err = cyberimage_engine::relative_error(ours, expected).unwrap();
+    eprintln!("{name}: relative error {err:e}");
+    assert!(err <= limit, "{name}: relative error {err} > {limit}");
+    err
+}
+
+/// Follows a denoising run step by step against diffusers' trajectory
+/// (latents after each step) and keeps the worst relative error.
+pub struct Trajectory<'a> {
+    expected: &'a Tensor,
+    worst: std::cell::Cell<f32>,
+}
+
+impl<'a> Trajectory<'a> {
+    pub fn new(expected: &'a Tensor) -> Self {
+        Self {
+            expected,
+            worst: std::cell::Cell::new(0.0),
+        }
+    }
+
+    /// The step callback: compares, never stops the run.
+    pub fn check(&self, step: usize, latents: &Tensor) -> bool {
+        let expected = self.expected.get(step - 1).unwrap();
+        let err = cyberimage_engine::relative_error(latents, &expected).unwrap();
+        self.worst.set(self.worst.get().max(err));
+        true
+    }
+
+    /// Every step within 1e-4.
+    pub fn assert_close(&self) {
+        let worst = self.worst.get();
+        eprintln!("worst trajectory relative error {worst:e}");
+        assert!(worst <= 1e-4, "trajectory relative error {worst}");
+    }
+}
