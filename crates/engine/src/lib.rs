@@ -5,10 +5,10 @@
 //! tiny random test models in `fixtures/` load through the same code. The
 //! engine knows nothing of HTTP, SQL or job ids.
 //!
-//! Status: the CLIP tokenizer, CLIP text encoder, SD 1.x/2.x UNet and VAE
-//! decoder are implemented and checked for parity with transformers and
-//! diffusers; the schedulers and the pipelines that implement
-//! `cyberimage_core::Generator` are still to come.
+//! Pipelines: SD 1.x/2.x/Turbo and SDXL (`sd`), SD 3/3.5 (`sd3`), FLUX.1
+//! dev/schnell with GGUF-quantized transformers (`flux`), each checked
+//! stage by stage for parity with diffusers on tiny random models.
+//! `CandleGenerator` implements `cyberimage_core::Generator` over them.
 
 pub mod blocks;
 pub mod builtin;
