@@ -17,9 +17,11 @@ import argparse
 import json
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 
@@ -100,6 +102,58 @@ MCP_METHODS = ["initialize", "ping", "tools/list", "tools/call", "resources/list
                "logging/setLevel", "completion/complete"]
 
 
+# Bodies over the server's 1 MiB limit are answered with 413 as soon as the
+# headers announce them, and the server may then close the connection (HTTP
+# allows it). A client that only reads after it has finished sending can
+# then see a reset instead of the answer, depending on timing; so these are
+# sent while reading at the same time, and the answer itself is checked.
+OVER_LIMIT = 1024 * 1024
+
+
+class RawResponse:
+    def __init__(self, raw):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_code = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+        self.headers = requests.structures.CaseInsensitiveDict(
+            line.split(": ", 1) for line in lines[1:] if ": " in line)
+        self.content = body
+        self.text = body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+    def close(self):
+        pass
+
+
+def raw_post(base, path, data, headers):
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+
+    def send():
+        try:
+            sock.sendall(head.encode("latin-1") + data)
+        except OSError:
+            pass  # the server answered and closed first
+
+    writer = threading.Thread(target=send)
+    writer.start()
+    raw = b""
+    try:
+        while chunk := sock.recv(65536):
+            raw += chunk
+    except OSError:
+        pass
+    writer.join()
+    sock.close()
+    if not raw:
+        raise requests.ConnectionError(f"no answer to an oversized body on {path}")
+    return RawResponse(raw)
+
+
 class Fuzzer:
     def __init__(self, base):
         self.base = base
@@ -172,6 +226,8 @@ class Fuzzer:
     def post(self, path, data, headers=None):
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         h.update(headers or {})
+        if len(data) > OVER_LIMIT:
+            return raw_post(self.base, path, data, h)
         return self.http.post(self.base + path, data=data, headers=h, timeout=60, stream=True)
 
     def one(self):
