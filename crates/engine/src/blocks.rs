@@ -75,6 +75,9 @@ impl ResnetBlock {
 /// 1 GiB through memory for each of the softmax's passes.
 const CHUNK_SCORES: usize = 1 << 21;
 
+/// Query rows a chunk should have at least, for efficient matrix products.
+const MIN_ROWS: usize = 256;
+
 /// Scaled dot-product attention over (batch·heads, tokens, head_dim)
 /// operands, with an optional additive mask broadcast over the scores.
 /// Large unmasked attentions run in chunks of query rows, so the full
@@ -101,15 +104,29 @@ pub fn attention(
     }
     // Scaling the queries first saves a pass over every score.
     let q = (q * scale)?.contiguous()?;
-    let rows = (CHUNK_SCORES / (bh * nk)).max(1);
-    let mut out = Vec::with_capacity(nq.div_ceil(rows));
-    for start in (0..nq).step_by(rows) {
-        let len = rows.min(nq - start);
-        let chunk = q.narrow(1, start, len)?.contiguous()?;
-        let probs = candle_nn::ops::softmax_last_dim(&chunk.matmul(&kt)?)?;
-        out.push(probs.matmul(&v)?);
+    // Chunks span few heads and many query rows: thin chunks (a few rows
+    // across every head) make poor matrix products.
+    let heads_per_chunk = (CHUNK_SCORES / (MIN_ROWS * nk)).clamp(1, bh);
+    let rows = (CHUNK_SCORES / (heads_per_chunk * nk)).max(1);
+    let mut per_heads = Vec::with_capacity(bh.div_ceil(heads_per_chunk));
+    for head in (0..bh).step_by(heads_per_chunk) {
+        let group = heads_per_chunk.min(bh - head);
+        let (qh, kh, vh) = (
+            q.narrow(0, head, group)?,
+            kt.narrow(0, head, group)?,
+            v.narrow(0, head, group)?,
+        );
+        let (kh, vh) = (kh.contiguous()?, vh.contiguous()?);
+        let mut out = Vec::with_capacity(nq.div_ceil(rows));
+        for start in (0..nq).step_by(rows) {
+            let len = rows.min(nq - start);
+            let chunk = qh.narrow(1, start, len)?.contiguous()?;
+            let probs = candle_nn::ops::softmax_last_dim(&chunk.matmul(&kh)?)?;
+            out.push(probs.matmul(&vh)?);
+        }
+        per_heads.push(Tensor::cat(&out, 1)?);
     }
-    Tensor::cat(&out, 1)
+    Tensor::cat(&per_heads, 0)
 }
 
 /// Multi-head attention on projected (batch, tokens, dim) queries, keys and
@@ -184,6 +201,24 @@ mod tests {
             .matmul(&v)
             .unwrap();
         assert_eq!(chunked.dims(), full.dims());
+        let err = crate::relative_error(&chunked, &full).unwrap();
+        assert!(err < 1e-5, "relative error {err}");
+    }
+
+    #[test]
+    fn chunks_over_groups_of_heads_equal_the_full_score_matrix() {
+        let dev = Device::Cpu;
+        // 13 heads of 2048² scores: groups of 4 heads (a ragged last group)
+        // in chunks of 256 query rows.
+        let q = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
+        let chunked = attention(&q, &k, &v, 0.25, None).unwrap();
+        let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * 0.25).unwrap();
+        let full = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&v)
+            .unwrap();
         let err = crate::relative_error(&chunked, &full).unwrap();
         assert!(err < 1e-5, "relative error {err}");
     }
