@@ -80,8 +80,8 @@ const MIN_ROWS: usize = 256;
 
 /// Scaled dot-product attention over (batch·heads, tokens, head_dim)
 /// operands, with an optional additive mask broadcast over the scores.
-/// Large unmasked attentions run in chunks of query rows, so the full
-/// score matrix is never materialised. Everything is made contiguous:
+/// Large unmasked attentions run in chunks (a few heads × at least 256
+/// query rows), so the full score matrix is never materialised. Everything is made contiguous:
 /// candle 0.11's CPU batched matmul is wrong for a transposed left operand
 /// with batch > 1 (issue #3744).
 pub fn attention(
