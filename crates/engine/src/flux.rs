@@ -18,6 +18,7 @@ use crate::flux_model::{FluxConfig, FluxTransformer};
 use crate::flux_weights::FluxWeights;
 use crate::sd::StepCallback;
 use crate::t5::T5Encoder;
+use crate::text_encoders::TextEncoders;
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::VaeDecoder;
 use crate::weights::{read_config, read_tensors, safetensors_in};
@@ -27,9 +28,7 @@ use crate::EngineLoadError;
 const T5_MAX_TOKENS: usize = 512;
 
 pub struct Flux {
-    /// `None` when they are loaded per use.
-    encoders: Option<FluxEncoders>,
-    dir: PathBuf,
+    encoders: TextEncoders<FluxEncoders>,
     transformer: FluxTransformer,
     vae: VaeDecoder,
     scheduler: FlowMatchConfig,
@@ -95,12 +94,7 @@ impl Flux {
     ) -> Result<Self, EngineLoadError> {
         let (weights, config) = load_transformer(&dir.join("transformer"), device)?;
         Ok(Self {
-            encoders: if keep_text_encoders {
-                Some(FluxEncoders::load(dir, device)?)
-            } else {
-                None
-            },
-            dir: dir.to_path_buf(),
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, FluxEncoders::load)?,
             transformer: FluxTransformer::new(&weights, config)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -122,10 +116,7 @@ impl Flux {
     }
 
     pub fn encode_prompt(&self, prompt: &str) -> Result<FluxConditioning, EngineLoadError> {
-        match &self.encoders {
-            Some(kept) => kept.encode(prompt, &self.device),
-            None => FluxEncoders::load(&self.dir, &self.device)?.encode(prompt, &self.device),
-        }
+        self.encoders.with(|e| e.encode(prompt, &self.device))
     }
 
     /// Encodes with the folder's CLIP and T5 alone, loaded for this call

@@ -213,7 +213,10 @@ impl Generator for CandleGenerator {
             .loaded
             .lock()
             .map_err(|_| failed("model cache poisoned"))?;
-        self.check_budget(model, &dir)?;
+        let needs_load = loaded.as_ref().is_none_or(|m| m.key != model.key);
+        if needs_load || self.options.drop_text_encoders {
+            self.check_budget(model, &dir)?;
+        }
         let mut encoded = None;
         if self.options.drop_text_encoders {
             // The denoiser is freed while the encoders run, so the peak is

@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod sd;
 pub mod sd3;
 pub mod t5;
+mod text_encoders;
 pub mod tokenizer;
 mod transformer2d;
 pub mod unet;

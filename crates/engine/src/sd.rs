@@ -5,13 +5,14 @@
 //! as diffusers does), the model's scheduler (DDIM, Euler, Euler-ancestral),
 //! VAE decoding.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::clip::ClipTextEncoder;
 use crate::schedule::{Scheduler, SchedulerConfig};
+use crate::text_encoders::TextEncoders;
 use crate::tokenizer::PromptTokenizer;
 use crate::unet::{AddedConditioning, UNet};
 use crate::vae::VaeDecoder;
@@ -20,9 +21,8 @@ use crate::EngineLoadError;
 
 pub struct StableDiffusion {
     /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
-    /// `text_encoder_2`; `None` when they are loaded per use.
-    encoders: Option<Vec<(PromptTokenizer, ClipTextEncoder)>>,
-    dir: PathBuf,
+    /// `text_encoder_2`.
+    encoders: TextEncoders<Vec<(PromptTokenizer, ClipTextEncoder)>>,
     unet: UNet,
     vae: VaeDecoder,
     scheduler_config: SchedulerConfig,
@@ -153,12 +153,7 @@ impl StableDiffusion {
             )));
         }
         Ok(Self {
-            encoders: if keep_text_encoders {
-                Some(load_encoders(dir, device)?)
-            } else {
-                None
-            },
-            dir: dir.to_path_buf(),
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, load_encoders)?,
             unet,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -198,19 +193,12 @@ impl StableDiffusion {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Conditioning, EngineLoadError> {
-        let per_use;
-        let encoders = match &self.encoders {
-            Some(kept) => kept,
-            None => {
-                per_use = load_encoders(&self.dir, &self.device)?;
-                &per_use
-            }
-        };
         let text = TextSettings {
             sdxl: self.is_sdxl(),
             force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt,
         };
-        encode_with(encoders, &text, &self.device, prompt, negative)
+        self.encoders
+            .with(|encoders| encode_with(encoders, &text, &self.device, prompt, negative))
     }
 
     /// Encodes with the folder's text encoders alone, loaded for this call

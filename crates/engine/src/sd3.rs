@@ -5,7 +5,7 @@
 //! prompt ("" when none is given), flow-matching Euler with the
 //! scheduler's fixed shift, the MMDiT, and the 16-channel VAE.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -14,6 +14,7 @@ use crate::flow::{FlowMatchConfig, FlowSchedule};
 use crate::mmdit::Mmdit;
 use crate::sd::StepCallback;
 use crate::t5::T5Encoder;
+use crate::text_encoders::TextEncoders;
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::VaeDecoder;
 use crate::weights::read_config;
@@ -23,9 +24,7 @@ use crate::EngineLoadError;
 const T5_TOKENS: usize = 256;
 
 pub struct Sd3 {
-    /// `None` when they are loaded per use.
-    encoders: Option<Sd3Encoders>,
-    dir: PathBuf,
+    encoders: TextEncoders<Sd3Encoders>,
     transformer: Mmdit,
     vae: VaeDecoder,
     scheduler: FlowMatchConfig,
@@ -129,12 +128,7 @@ impl Sd3 {
         keep_text_encoders: bool,
     ) -> Result<Self, EngineLoadError> {
         Ok(Self {
-            encoders: if keep_text_encoders {
-                Some(Sd3Encoders::load(dir, device)?)
-            } else {
-                None
-            },
-            dir: dir.to_path_buf(),
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, Sd3Encoders::load)?,
             transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -156,15 +150,8 @@ impl Sd3 {
         negative: Option<&str>,
     ) -> Result<Sd3Conditioning, EngineLoadError> {
         let joint = self.transformer.config.joint_attention_dim;
-        match &self.encoders {
-            Some(kept) => kept.encode(joint, &self.device, prompt, negative),
-            None => Sd3Encoders::load(&self.dir, &self.device)?.encode(
-                joint,
-                &self.device,
-                prompt,
-                negative,
-            ),
-        }
+        self.encoders
+            .with(|e| e.encode(joint, &self.device, prompt, negative))
     }
 
     /// Encodes with the folder's three text encoders alone, loaded for
