@@ -5,9 +5,8 @@
 mod support;
 
 use candle_core::Device;
-use cyberimage_engine::relative_error;
 use cyberimage_engine::sd::StableDiffusion;
-use support::{assert_images_close, model_dir, reference_settings, references};
+use support::{assert_images_close, model_dir, reference_settings, references, Trajectory};
 
 fn euler_references() -> std::collections::HashMap<String, candle_core::Tensor> {
     candle_core::safetensors::load(
@@ -51,7 +50,7 @@ fn run_with_noise(
             meta["negative_prompt"].as_str(),
         )
         .unwrap();
-    let mut worst = 0f32;
+    let check = trajectory.map(Trajectory::new);
     let latents = sd
         .denoise(
             &context,
@@ -62,18 +61,13 @@ fn run_with_noise(
                 Some(noise) => noise.get(step)?.unsqueeze(0),
                 None => panic!("this scheduler should not need noise"),
             },
-            &mut |step, latents| {
-                if let Some(trajectory) = trajectory {
-                    let expected = trajectory.get(step - 1).unwrap();
-                    worst = worst.max(relative_error(latents, &expected).unwrap());
-                }
-                true
-            },
+            &mut |step, latents| check.as_ref().is_none_or(|c| c.check(step, latents)),
         )
         .unwrap()
         .unwrap();
-    eprintln!("worst trajectory relative error {worst:e}");
-    assert!(worst <= 1e-4, "trajectory relative error {worst}");
+    if let Some(check) = &check {
+        check.assert_close();
+    }
     sd.decode_unit(&latents).unwrap()
 }
 

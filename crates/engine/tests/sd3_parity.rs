@@ -11,7 +11,8 @@ use cyberimage_engine::mmdit::Mmdit;
 use cyberimage_engine::sd3::Sd3;
 use cyberimage_engine::tokenizer::PromptTokenizer;
 use support::{
-    assert_close, assert_images_close, fixture_dir, references_of, settings_of, Trajectory,
+    assert_close, assert_images_close, assert_token_ids, fixture_dir, references_of, settings_of,
+    Trajectory,
 };
 
 const NAME: &str = "tiny-sd3";
@@ -42,16 +43,8 @@ fn tokenizers_match_transformers() {
             PromptTokenizer::load_t5(&dir.join("tokenizer_3"), 32).unwrap(),
         ),
     ] {
-        let ours: Vec<Vec<u32>> = [text("prompt"), text("negative_prompt")]
-            .iter()
-            .map(|p| tokenizer.encode(p).unwrap())
-            .collect();
-        let expected = refs[key]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2::<u32>()
-            .unwrap();
-        assert_eq!(ours, expected, "{key}");
+        let texts = [text("prompt"), text("negative_prompt")];
+        assert_token_ids(&tokenizer, &[&texts[0], &texts[1]], &refs[key], key);
     }
 }
 

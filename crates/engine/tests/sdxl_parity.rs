@@ -11,7 +11,8 @@ use cyberimage_engine::sd::StableDiffusion;
 use cyberimage_engine::tokenizer::PromptTokenizer;
 use cyberimage_engine::unet::{AddedConditioning, UNet};
 use support::{
-    assert_close, assert_images_close, fixture_dir, references_of, settings_of, Trajectory,
+    assert_close, assert_images_close, assert_token_ids, fixture_dir, references_of, settings_of,
+    Trajectory,
 };
 
 const NAME: &str = "tiny-sdxl";
@@ -32,16 +33,7 @@ fn both_tokenizers_match_transformers() {
     let refs = references_of(NAME);
     for (folder, key) in [("tokenizer", "input_ids"), ("tokenizer_2", "input_ids_2")] {
         let tok = PromptTokenizer::load(&fixture_dir(NAME).join(folder), 77).unwrap();
-        let ours: Vec<Vec<u32>> = [prompt(), negative()]
-            .iter()
-            .map(|p| tok.encode(p).unwrap())
-            .collect();
-        let expected = refs[key]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2::<u32>()
-            .unwrap();
-        assert_eq!(ours, expected, "{folder}");
+        assert_token_ids(&tok, &[&prompt(), &negative()], &refs[key], folder);
     }
 }
 

@@ -97,3 +97,19 @@ impl<'a> Trajectory<'a> {
         assert!(worst <= 1e-4, "trajectory relative error {worst}");
     }
 }
+
+/// Our ids for `texts`, one row each, equal transformers' (`expected`).
+pub fn assert_token_ids(
+    tokenizer: &cyberimage_engine::tokenizer::PromptTokenizer,
+    texts: &[&str],
+    expected: &Tensor,
+    label: &str,
+) {
+    let ours: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode(t).unwrap()).collect();
+    let expected = expected
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    assert_eq!(ours, expected, "{label}");
+}
