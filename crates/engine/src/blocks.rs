@@ -1,7 +1,8 @@
 //! Building blocks shared by the UNet and the VAE.
 
+use crate::conv::{conv2d, Conv2d};
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 pub fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
     let cfg = Conv2dConfig {

@@ -13,6 +13,7 @@
 pub mod blocks;
 pub mod builtin;
 pub mod clip;
+pub mod conv;
 pub mod ddim;
 mod digest;
 mod dit;

@@ -9,8 +9,9 @@
 
 use std::path::Path;
 
+use crate::conv::{conv2d, Conv2d};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::blocks::{attention, sinusoidal_embedding};

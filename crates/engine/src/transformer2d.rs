@@ -3,10 +3,11 @@
 //! projection to tokens, self-attention + cross-attention + GEGLU blocks,
 //! and back to an image with a residual.
 
+use crate::conv::{conv2d, Conv2d};
 use candle_core::{Module, Tensor, D};
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
+    group_norm, layer_norm, linear, linear_no_bias, Conv2dConfig, GroupNorm, LayerNorm, Linear,
+    VarBuilder,
 };
 
 use crate::blocks::multi_head_attention;

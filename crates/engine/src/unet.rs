@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
+use crate::conv::{conv2d, Conv2d};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::blocks::{conv3x3, sinusoidal_embedding, ResnetBlock};

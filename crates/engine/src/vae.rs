@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use crate::conv::{conv2d, Conv2d};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
 
 use crate::blocks::{attention, conv3x3, ResnetBlock};
 use serde::Deserialize;

@@ -1,0 +1,446 @@
+//! 2-D convolution with a CPU kernel of our own.
+//!
+//! candle 0.11's CPU convolution transposes the input to NHWC on one
+//! thread, re-flattens the weights on every call, fills its im2col tiles
+//! element by element with a branch per element and scatters the result
+//! back: a 3×3 128→128 convolution at 512² ran at 59 GFLOP/s here, against
+//! 190 GFLOP/s for a plain matrix product. This kernel keeps NCHW
+//! throughout: a tile of whole output rows is unfolded with row copies
+//! (the weights' own `[c_out, c_in·kh·kw]` layout is the left operand, as
+//! stored), one GEMM per tile writes straight into the output rows, the bias
+//! pre-filled. Tiles are spread over the rayon pool, each GEMM on one thread.
+//! Devices other than the CPU, and dtypes other than f32, use candle's.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+/// Largest unfolded tile one thread keeps (floats): 1 Mi floats (4 MiB),
+/// so a tile stays in cache between its unfolding and the GEMM reading it.
+const TILE_FLOATS: usize = 1 << 20;
+
+/// A convolution layer: weights `[c_out, c_in, kh, kw]`, optional bias.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+/// Loads a square convolution as candle-nn's `conv2d` would (same names,
+/// same shape checks) and runs it with the kernel here.
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
+    Ok(Conv2d {
+        weight: layer.weight().clone(),
+        bias: layer.bias().cloned(),
+        config,
+    })
+}
+
+impl Conv2d {
+    fn uses_own_kernel(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.config.groups == 1
+            && self.config.dilation == 1
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !self.uses_own_kernel(x) {
+            let layer = candle_nn::Conv2d::new(self.weight.clone(), self.bias.clone(), self.config);
+            return layer.forward(x);
+        }
+        let x = x.contiguous()?;
+        let weight = self.weight.contiguous()?;
+        let op = ConvOp {
+            padding: self.config.padding,
+            stride: self.config.stride,
+        };
+        match &self.bias {
+            Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
+            None => x.apply_op2_no_bwd(&weight, &op),
+        }
+    }
+}
+
+struct ConvOp {
+    padding: usize,
+    stride: usize,
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("conv2d kernel: operand not contiguous"),
+    }
+}
+
+impl ConvOp {
+    fn run(
+        &self,
+        input: (&CpuStorage, &Layout),
+        weight: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c_in, h, w) = input.1.shape().dims4()?;
+        let (c_out, w_cin, kh, kw) = weight.1.shape().dims4()?;
+        if w_cin != c_in {
+            candle_core::bail!("conv2d: input has {c_in} channels, weights expect {w_cin}");
+        }
+        let geometry = Geometry::new((c_in, h, w), (kh, kw), self.stride, self.padding, c_out)?;
+        let bias = bias.map(|(s, l)| f32_slice(s, l)).transpose()?;
+        let out = convolve(
+            f32_slice(input.0, input.1)?,
+            b,
+            f32_slice(weight.0, weight.1)?,
+            bias,
+            &geometry,
+            TILE_FLOATS,
+        );
+        let shape = Shape::from((b, c_out, geometry.out_h, geometry.out_w));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "cyberimage-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "cyberimage-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// Sizes of one convolution, for one image.
+struct Geometry {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    c_out: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    fn new(
+        (c_in, h, w): (usize, usize, usize),
+        (kh, kw): (usize, usize),
+        stride: usize,
+        padding: usize,
+        c_out: usize,
+    ) -> candle_core::Result<Self> {
+        if h + 2 * padding < kh || w + 2 * padding < kw || stride == 0 {
+            candle_core::bail!("conv2d: a {kh}×{kw} kernel does not fit a {h}×{w} input");
+        }
+        Ok(Self {
+            c_in,
+            h,
+            w,
+            kh,
+            kw,
+            stride,
+            padding,
+            c_out,
+            out_h: (h + 2 * padding - kh) / stride + 1,
+            out_w: (w + 2 * padding - kw) / stride + 1,
+        })
+    }
+
+    /// Rows of the unfolded matrix: one per weight column (`c_in·kh·kw`).
+    fn depth(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// A 1×1, stride-1, unpadded convolution reads its input as it lies.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Unfolds output rows `rows` of one image into `col`
+    /// (`depth × rows.len()·out_w`, row-major, zeros where the window
+    /// overhangs the padding).
+    fn unfold(&self, image: &[f32], rows: std::ops::Range<usize>, col: &mut [f32]) {
+        let n = rows.len() * self.out_w;
+        let mut dst_row = 0;
+        for c in 0..self.c_in {
+            let plane = &image[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let dst = &mut col[dst_row * n..(dst_row + 1) * n];
+                    dst_row += 1;
+                    for (r, y) in rows.clone().enumerate() {
+                        let out = &mut dst[r * self.out_w..(r + 1) * self.out_w];
+                        let iy = (y * self.stride + i) as isize - self.padding as isize;
+                        if iy < 0 || iy >= self.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        self.unfold_row(src, j, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output row's inputs for kernel column `j`: a shifted copy of the
+    /// input row (every `stride`-th element), zeros off its ends.
+    fn unfold_row(&self, src: &[f32], j: usize, out: &mut [f32]) {
+        let offset = j as isize - self.padding as isize;
+        // Output columns whose input column x·stride + offset is inside the row.
+        let first = if offset < 0 {
+            ((-offset) as usize).div_ceil(self.stride)
+        } else {
+            0
+        }
+        .min(self.out_w);
+        let limit = self.w as isize - offset; // x·stride < limit
+        let end = if limit <= 0 {
+            first
+        } else {
+            ((limit as usize).div_ceil(self.stride)).clamp(first, self.out_w)
+        };
+        out[..first].fill(0.0);
+        out[end..].fill(0.0);
+        let start = (first * self.stride) as isize + offset;
+        if self.stride == 1 {
+            out[first..end].copy_from_slice(&src[start as usize..start as usize + end - first]);
+        } else {
+            for (k, o) in out[first..end].iter_mut().enumerate() {
+                *o = src[start as usize + k * self.stride];
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each pool thread's unfolding buffer, kept between calls: fresh
+    /// multi-megabyte allocations would be zeroed by the kernel every time.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A raw output pointer shared by tiles that write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+fn convolve(
+    input: &[f32],
+    batch: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    tile_floats: usize,
+) -> Vec<f32> {
+    let (depth, out_px) = (g.depth(), g.out_h * g.out_w);
+    let image_len = g.c_in * g.h * g.w;
+    let mut out = Vec::<f32>::with_capacity(batch * g.c_out * out_px);
+    // Whole output rows per tile: as many as fit `tile_floats`, but enough
+    // tiles for every thread.
+    let threads = rayon::current_num_threads().max(1);
+    let fit_rows = (tile_floats / (depth * g.out_w).max(1)).clamp(1, g.out_h);
+    let mut tiles_per_image = g.out_h.div_ceil(fit_rows);
+    if batch * tiles_per_image < threads {
+        tiles_per_image = threads.div_ceil(batch).min(g.out_h);
+    }
+    let rows_per_tile = g.out_h.div_ceil(tiles_per_image);
+    let tiles_per_image = g.out_h.div_ceil(rows_per_tile);
+    let tasks = batch * tiles_per_image;
+    // Too few tiles to share out: one tile at a time, the GEMM threaded.
+    let share_tiles = tasks >= threads;
+    let inner = if !share_tiles {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run_tile = |task: usize| {
+        let (image, tile) = (task / tiles_per_image, task % tiles_per_image);
+        let rows = tile * rows_per_tile..((tile + 1) * rows_per_tile).min(g.out_h);
+        let n = rows.len() * g.out_w;
+        let src = &input[image * image_len..(image + 1) * image_len];
+        // Each task writes rows `rows` of every output channel of its own
+        // image, which no other task touches; the buffer holds
+        // batch·c_out·out_px floats.
+        let dst = out_ptr.at(image * g.c_out * out_px + rows.start * g.out_w);
+        if let Some(bias) = bias {
+            for (c, &value) in bias.iter().enumerate() {
+                // SAFETY: as above, row c of this tile.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(c * out_px), n) }.fill(value);
+            }
+        }
+        let gemm_into = |rhs: *const f32, rhs_rs: usize| {
+            // SAFETY: dst is c_out rows of n floats, `out_px` apart; lhs is
+            // the c_out × depth weight matrix; rhs is depth rows of n floats,
+            // `rhs_rs` apart.
+            unsafe {
+                gemm::gemm(
+                    g.c_out,
+                    n,
+                    depth,
+                    dst,
+                    1,
+                    out_px as isize,
+                    bias.is_some(),
+                    weight.as_ptr(),
+                    1,
+                    depth as isize,
+                    rhs,
+                    1,
+                    rhs_rs as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    inner,
+                )
+            }
+        };
+        if g.is_pointwise() {
+            gemm_into(src[rows.start * g.out_w..].as_ptr(), out_px);
+            return;
+        }
+        COL.with(|col| {
+            let mut col = col.borrow_mut();
+            if col.len() < depth * n {
+                col.resize(depth * n, 0.0);
+            }
+            g.unfold(src, rows.clone(), &mut col[..depth * n]);
+            gemm_into(col.as_ptr(), n);
+        });
+    };
+    if share_tiles {
+        (0..tasks).into_par_iter().for_each(run_tile);
+    } else {
+        (0..tasks).for_each(run_tile);
+    }
+    // SAFETY: the tiles together wrote every output element.
+    unsafe { out.set_len(batch * g.c_out * out_px) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Our kernel against candle's on the shapes the models use, and on odd
+    /// ones: strides, paddings, rectangular kernels, ragged tiles.
+    #[test]
+    fn matches_candle_convolution() {
+        let dev = Device::Cpu;
+        let cases = [
+            // (batch, c_in, h, w, c_out, k, stride, padding)
+            (2, 8, 16, 16, 12, 3, 1, 1),
+            (1, 4, 9, 7, 5, 3, 2, 1),
+            (2, 6, 10, 10, 6, 1, 1, 0),
+            (1, 3, 8, 8, 7, 2, 2, 0),
+            (3, 5, 11, 13, 4, 3, 1, 0),
+            (1, 4, 6, 6, 3, 5, 1, 2),
+            (1, 2, 5, 5, 2, 3, 3, 2),
+        ];
+        for (b, c_in, h, w, c_out, k, stride, padding) in cases {
+            let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+            let config = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            for bias in [None, Some(bias)] {
+                let ours = Conv2d {
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                    config,
+                };
+                let theirs = candle_nn::Conv2d::new(weight.clone(), bias, config);
+                let (a, e) = (ours.forward(&x).unwrap(), theirs.forward(&x).unwrap());
+                assert_eq!(a.dims(), e.dims(), "case {:?}", (b, c_in, h, w, k, stride));
+                let err = crate::relative_error(&a, &e).unwrap();
+                assert!(err < 1e-5, "case {:?}: {err}", (b, c_in, h, w, k, stride));
+            }
+        }
+    }
+
+    #[test]
+    fn many_tiles_per_image_match_candle() {
+        // 41 output rows of 30 columns, depth 8·9, tiles of 2 rows: 21
+        // tiles per image, the last one ragged.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 8, 41, 30), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1., (16, 8, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., 16, &dev).unwrap();
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let g = Geometry::new((8, 41, 30), (3, 3), 1, 1, 16).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let out = convolve(
+            &flat(&x),
+            2,
+            &flat(&weight),
+            Some(&flat(&bias)),
+            &g,
+            2 * 72 * 30,
+        );
+        let ours = Tensor::from_vec(out, (2, 16, 41, 30), &dev).unwrap();
+        let theirs = candle_nn::Conv2d::new(weight, Some(bias), config)
+            .forward(&x)
+            .unwrap();
+        let err = crate::relative_error(&ours, &theirs).unwrap();
+        assert!(err < 1e-5, "{err}");
+    }
+}
