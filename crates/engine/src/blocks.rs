@@ -1,8 +1,9 @@
 //! Building blocks shared by the UNet and the VAE.
 
 use crate::conv::{conv2d, Conv2d};
+use crate::group_norm::{group_norm, GroupNorm};
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
 pub fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
     let cfg = Conv2dConfig {
@@ -58,12 +59,12 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&t.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(s) => s.forward(x)? + h,
             None => x + h,

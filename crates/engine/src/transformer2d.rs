@@ -4,11 +4,9 @@
 //! and back to an image with a residual.
 
 use crate::conv::{conv2d, Conv2d};
+use crate::group_norm::{group_norm, GroupNorm};
 use candle_core::{Module, Tensor, D};
-use candle_nn::{
-    group_norm, layer_norm, linear, linear_no_bias, Conv2dConfig, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
-};
+use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
 use crate::blocks::multi_head_attention;
 use crate::unet::UNetConfig;

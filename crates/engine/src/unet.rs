@@ -8,8 +8,9 @@
 use std::path::Path;
 
 use crate::conv::{conv2d, Conv2d};
+use crate::group_norm::{group_norm, GroupNorm};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::blocks::{conv3x3, sinusoidal_embedding, ResnetBlock};
@@ -390,7 +391,7 @@ impl UNet {
                 x = conv.forward(&x.upsample_nearest2d(h, w)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }
 

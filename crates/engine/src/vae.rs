@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use crate::conv::{conv2d, Conv2d};
+use crate::group_norm::{group_norm, GroupNorm};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::blocks::{attention, conv3x3, ResnetBlock};
 use serde::Deserialize;
@@ -194,7 +195,7 @@ impl VaeDecoder {
                 x = conv.forward(&x.upsample_nearest2d(h * 2, w * 2)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 
     /// Latents → (h, w, 3) floats in [0, 1] for a batch of one, diffusers'
