@@ -2,6 +2,7 @@
 
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
+use crate::softmax::softmax_last_dim_in_place;
 use candle_core::{Module, Tensor};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
@@ -102,7 +103,7 @@ pub fn attention(
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        return candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v);
+        return softmax_last_dim_in_place(scores)?.matmul(&v);
     }
     // Scaling the queries first saves a pass over every score.
     let q = (q * scale)?.contiguous()?;
@@ -123,7 +124,7 @@ pub fn attention(
         for start in (0..nq).step_by(rows) {
             let len = rows.min(nq - start);
             let chunk = qh.narrow(1, start, len)?.contiguous()?;
-            let probs = candle_nn::ops::softmax_last_dim(&chunk.matmul(&kh)?)?;
+            let probs = softmax_last_dim_in_place(chunk.matmul(&kh)?)?;
             out.push(probs.matmul(&vh)?);
         }
         per_heads.push(Tensor::cat(&out, 1)?);

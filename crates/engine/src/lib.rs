@@ -31,6 +31,7 @@ pub mod noise;
 pub mod schedule;
 pub mod sd;
 pub mod sd3;
+pub mod softmax;
 pub mod t5;
 mod text_encoders;
 pub mod tokenizer;
