@@ -108,6 +108,13 @@ impl Pipeline {
 impl CandleGenerator {
     /// Fails when the configured device cannot be opened.
     pub fn new(models_dir: PathBuf, options: EngineOptions) -> Result<Self, String> {
+        if !(0..=19).contains(&options.nice) {
+            return Err(format!(
+                "[engine] nice = {}: expected 0 to 19",
+                options.nice
+            ));
+        }
+        crate::priority::lower_pool_priority(options.nice);
         Ok(Self {
             models_dir,
             device: options.device()?,
@@ -207,6 +214,7 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
+        crate::priority::lower_current_thread_priority(self.options.nice);
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
         let mut loaded = self

@@ -28,6 +28,7 @@ pub mod group_norm;
 pub mod memory;
 pub mod mmdit;
 pub mod noise;
+pub mod priority;
 pub mod schedule;
 pub mod sd;
 pub mod sd3;

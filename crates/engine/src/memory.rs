@@ -25,6 +25,10 @@ pub struct EngineOptions {
     /// denoiser is freed first and loaded again after), then free them:
     /// slower per job, but the peak is the larger side, not the sum.
     pub drop_text_encoders: bool,
+    /// Scheduling niceness of the engine's threads (Linux, 0–19): above
+    /// the server's 0, status polls and uploads are answered promptly while
+    /// a generation runs; the engine still gets every idle cycle.
+    pub nice: i32,
 }
 
 impl Default for EngineOptions {
@@ -33,6 +37,7 @@ impl Default for EngineOptions {
             device: "cpu".into(),
             memory_budget_gib: None,
             drop_text_encoders: false,
+            nice: 10,
         }
     }
 }
