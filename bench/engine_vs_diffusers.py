@@ -5,14 +5,14 @@ layout and loaded by both. In one run on one machine it times:
 
 - text encoding, batch 2 (prompt + negative);
 - one UNet step at SIZE² (latents SIZE/8), batch 2 (classifier-free guidance);
-- a VAE decode at SIZE², batch 1;
+- a VAE decode at SIZE², batch 1, and at LARGE_VAE² (default 1024²);
 
 and reports medians, ours/diffusers ratios, peak RSS, and the FLOP floor per
 stage: FLOPs counted by torch's FlopCounterMode, divided by the matmul
 throughput measured here in the same run (a 2048³ float32 matmul in torch).
 
 usage (in the fixtures venv, see fixtures/README.md; builds the example):
-  python bench/engine_vs_diffusers.py [--size 512] [--repeats 3] [--out bench/results/engine.json]
+  python bench/engine_vs_diffusers.py [--size 512] [--large-vae 1024] [--repeats 3] [--out bench/results/engine.json]
 """
 
 import argparse
@@ -33,6 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
+ap.add_argument("--large-vae", type=int, default=1024, help="second VAE decode size; 0 skips it")
 ap.add_argument("--repeats", type=int, default=3)
 ap.add_argument("--model-dir", default="/tmp/cyberimage-bench-sd15")
 ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
@@ -105,6 +106,11 @@ def diffusers_side():
         f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
         f()
         results["vae_decode_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+        if args.large_vae:
+            z = torch.randn(1, 4, args.large_vae // 8, args.large_vae // 8)
+            f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
+            f()
+            results["vae_decode_large_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
@@ -124,7 +130,8 @@ def ours_side():
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
     exe = Path(target) / "release" / "examples" / "bench_stages"
     # Warm-up run is the first of repeats + 1; it is dropped.
-    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)],
+    extra = [str(args.large_vae)] if args.large_vae else []
+    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)] + extra,
                          capture_output=True, text=True, check=True)
     out = {}
     for line in run.stdout.splitlines():
@@ -140,7 +147,9 @@ def main():
     theirs = diffusers_side()
     ours = ours_side()
     stages = {}
-    for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1"):
+    for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1", "vae_decode_large_b1"):
+        if stage not in theirs:
+            continue
         t_ours, t_theirs = median(ours[stage]["seconds"]), median(theirs[stage]["seconds"])
         stages[stage] = {
             "ours_s": t_ours, "diffusers_s": t_theirs, "ratio_ours_over_diffusers": t_ours / t_theirs,
@@ -148,11 +157,12 @@ def main():
             "ours_runs": ours[stage]["seconds"], "diffusers_runs": theirs[stage]["seconds"],
         }
     result = {
-        "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "matmul_gflops_anchor": peak, "weights_mib": weights_mib,
         "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
         "diffusers_peak_rss_mib": theirs["peak_rss_mib"], "stages": stages,
-        "command": "python bench/engine_vs_diffusers.py --size %d --repeats %d" % (args.size, args.repeats),
+        "command": "python bench/engine_vs_diffusers.py --size %d --large-vae %d --repeats %d"
+                   % (args.size, args.large_vae, args.repeats),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

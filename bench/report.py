@@ -102,8 +102,11 @@ def main():
                 "| Stage | CyberImage (s) | diffusers (s) | ours / diffusers | GFLOP | floor (s) | ours / floor |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         names = {"text_encode_b2": "CLIP text encode, batch 2", "unet_step_b2": f"UNet step {engine['size']}², batch 2 (CFG)",
-                 "vae_decode_b1": f"VAE decode {engine['size']}², batch 1"}
+                 "vae_decode_b1": f"VAE decode {engine['size']}², batch 1",
+                 "vae_decode_large_b1": f"VAE decode {engine.get('large_vae')}², batch 1"}
         for key, label in names.items():
+            if key not in s:
+                continue
             r = s[key]
             out.append(f"| {label} | {r['ours_s']:.2f} | {r['diffusers_s']:.2f} | {r['ratio_ours_over_diffusers']:.2f}× | "
                        f"{r['gflop']:.0f} | {r['floor_s']:.2f} | {r['ours_s'] / r['floor_s']:.1f}× |")
@@ -130,11 +133,15 @@ def main():
     out += ["## Targets", ""]
     if engine:
         s = engine["stages"]
-        unet, vae = s["unet_step_b2"], s["vae_decode_b1"]
+        unet = s["unet_step_b2"]
+        vaes = [s[k] for k in ("vae_decode_b1", "vae_decode_large_b1") if k in s]
+        vae_sizes = [engine["size"], engine.get("large_vae")]
+        vae_ratios = [f"{size}²: {v['ratio_ours_over_diffusers']:.2f}×, {v['ours_s'] / v['floor_s']:.1f}× the FLOP floor"
+                      for size, v in zip(vae_sizes, vaes)]
         out += [f"- Denoiser step ≤ 0.8× diffusers: {met(unet['ratio_ours_over_diffusers'] <= 0.8)} "
                 f"({unet['ratio_ours_over_diffusers']:.2f}×; {unet['ours_s'] / unet['floor_s']:.1f}× the FLOP floor).",
-                f"- VAE decode ≤ 0.8× diffusers: {met(vae['ratio_ours_over_diffusers'] <= 0.8)} "
-                f"({vae['ratio_ours_over_diffusers']:.2f}×; {vae['ours_s'] / vae['floor_s']:.1f}× the FLOP floor).",
+                f"- VAE decode ≤ 0.8× diffusers: {met(all(v['ratio_ours_over_diffusers'] <= 0.8 for v in vaes))} "
+                f"({'; '.join(vae_ratios)}).",
                 f"- Peak RSS ≤ 1.3× the weights (SD 1.5 f32): {met(engine['ours_peak_rss_mib'] / engine['weights_mib'] <= 1.3)} "
                 f"({engine['ours_peak_rss_mib'] / engine['weights_mib']:.2f}×).",
                 flux_fit_target(flux)]
@@ -146,7 +153,7 @@ def main():
                 f"- Status polling p99 ≤ 5 ms: {met(max(x['p99_ms'], y['p99_ms']) <= 5)} "
                 f"(REST {x['p99_ms']:.1f} ms, JSON-RPC {y['p99_ms']:.1f} ms)."]
     out += ["", "## Not measured yet", "",
-            "SDXL UNet at 1024² (batch 2), the VAE at 1024², SD 3.5 Large stages and an end-to-end SD-Turbo job "
+            "SDXL UNet at 1024² (batch 2), SD 3.5 Large stages and an end-to-end SD-Turbo job "
             "on real-size weights: the pipelines exist and their full-size configs build (engine tests), but "
             "these runs are not in the harness yet.", ""]
     history = RESULTS / "history.md"

@@ -3,7 +3,9 @@
 //! guidance), VAE decode (batch 1). Prints one JSON line per stage with
 //! every run's seconds and the process's peak RSS, for bench/engine_vs_diffusers.py.
 //!
-//! cargo run --release -p cyberimage-engine --example bench_stages -- MODEL_DIR SIZE REPEATS
+//! With LARGE_VAE_SIZE, also a VAE decode at that size (batch 1).
+//!
+//! cargo run --release -p cyberimage-engine --example bench_stages -- MODEL_DIR SIZE REPEATS [LARGE_VAE_SIZE]
 
 use std::time::Instant;
 
@@ -39,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(&args[1]);
     let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let repeats: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let large_vae: Option<usize> = args.get(4).map(|s| s.parse()).transpose()?;
     let device = Device::Cpu;
     let report = |stage: &str, seconds: Vec<f64>| {
         println!(
@@ -68,5 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vae = VaeDecoder::load(&dir.join("vae"), DType::F32, &device)?;
     let z = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &device)?;
     report("vae_decode_b1", time(repeats, || vae.decode(&z)));
+    if let Some(large) = large_vae {
+        let z = Tensor::randn(0f32, 1f32, (1, 4, large / 8, large / 8), &device)?;
+        report("vae_decode_large_b1", time(repeats, || vae.decode(&z)));
+    }
     Ok(())
 }
