@@ -6,6 +6,8 @@ layout and loaded by both. In one run on one machine it times:
 - text encoding, batch 2 (prompt + negative);
 - one UNet step at SIZE² (latents SIZE/8), batch 2 (classifier-free guidance);
 - a VAE decode at SIZE², batch 1, and at LARGE_VAE² (default 1024²);
+- the UNet and VAE stages again in bf16: ours with `[engine] precision =
+  "bf16"` (bf16 products, f32 sums), diffusers with the modules in bfloat16;
 
 and reports medians, ours/diffusers ratios, peak RSS, and the FLOP floor per
 stage: FLOPs counted by torch's FlopCounterMode, divided by the matmul
@@ -35,6 +37,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
 ap.add_argument("--large-vae", type=int, default=1024, help="second VAE decode size; 0 skips it")
 ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                help="skip the bf16 runs (ours: [engine] precision = \"bf16\"; diffusers: the modules in bfloat16)")
 ap.add_argument("--model-dir", default="/tmp/cyberimage-bench-sd15")
 ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
 args = ap.parse_args()
@@ -100,6 +104,12 @@ def diffusers_side():
         f = lambda: unet(sample, 500, encoder_hidden_states=context).sample  # noqa: E731
         f()
         results["unet_step_b2"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+        if args.bf16:
+            unet = unet.to(torch.bfloat16)
+            s16, c16 = sample.bfloat16(), context.bfloat16()
+            f = lambda: unet(s16, 500, encoder_hidden_states=c16).sample  # noqa: E731
+            f()
+            results["unet_step_b2"]["bf16_seconds"] = timed(f, args.repeats)
         del unet
         vae = AutoencoderKL.from_pretrained(MODEL / "vae").eval()
         z = torch.randn(1, 4, latent, latent)
@@ -111,6 +121,14 @@ def diffusers_side():
             f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
             f()
             results["vae_decode_large_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
+        if args.bf16:
+            vae = vae.to(torch.bfloat16)
+            sizes = [("vae_decode_b1", args.size)] + ([("vae_decode_large_b1", args.large_vae)] if args.large_vae else [])
+            for stage, size in sizes:
+                z16 = (torch.randn(1, 4, size // 8, size // 8) / 0.18215).bfloat16()
+                f = lambda: vae.decode(z16).sample  # noqa: E731
+                f()
+                results[stage]["bf16_seconds"] = timed(f, args.repeats)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
@@ -122,7 +140,7 @@ def matmul_gflops():
     return 2 * 2048**3 / secs / 1e9
 
 
-def ours_side():
+def ours_side(flags=()):
     build = subprocess.run(["cargo", "build", "--release", "-q", "-p", "cyberimage-engine", "--example", "bench_stages"],
                            cwd=ROOT, capture_output=True, text=True)
     if build.returncode != 0:
@@ -131,7 +149,7 @@ def ours_side():
     exe = Path(target) / "release" / "examples" / "bench_stages"
     # Warm-up run is the first of repeats + 1; it is dropped.
     extra = [str(args.large_vae)] if args.large_vae else []
-    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)] + extra,
+    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)] + extra + list(flags),
                          capture_output=True, text=True, check=True)
     out = {}
     for line in run.stdout.splitlines():
@@ -146,6 +164,7 @@ def main():
     peak = matmul_gflops()
     theirs = diffusers_side()
     ours = ours_side()
+    ours16 = ours_side(["--bf16"]) if args.bf16 else {}
     stages = {}
     for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1", "vae_decode_large_b1"):
         if stage not in theirs:
@@ -156,13 +175,20 @@ def main():
             "gflop": theirs[stage]["flops"] / 1e9, "floor_s": theirs[stage]["flops"] / (peak * 1e9),
             "ours_runs": ours[stage]["seconds"], "diffusers_runs": theirs[stage]["seconds"],
         }
+        if stage in ours16 and "bf16_seconds" in theirs[stage]:
+            stages[stage].update({
+                "ours_bf16_s": median(ours16[stage]["seconds"]),
+                "diffusers_bf16_s": median(theirs[stage]["bf16_seconds"]),
+                "ours_bf16_runs": ours16[stage]["seconds"], "diffusers_bf16_runs": theirs[stage]["bf16_seconds"],
+            })
     result = {
         "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "matmul_gflops_anchor": peak, "weights_mib": weights_mib,
         "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
+        "ours_bf16_peak_rss_mib": max((v["peak_rss_mib"] for v in ours16.values()), default=None),
         "diffusers_peak_rss_mib": theirs["peak_rss_mib"], "stages": stages,
-        "command": "python bench/engine_vs_diffusers.py --size %d --large-vae %d --repeats %d"
-                   % (args.size, args.large_vae, args.repeats),
+        "command": "python bench/engine_vs_diffusers.py --size %d --large-vae %d --repeats %d%s"
+                   % (args.size, args.large_vae, args.repeats, "" if args.bf16 else " --no-bf16"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

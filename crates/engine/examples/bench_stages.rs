@@ -3,9 +3,10 @@
 //! guidance), VAE decode (batch 1). Prints one JSON line per stage with
 //! every run's seconds and the process's peak RSS, for bench/engine_vs_diffusers.py.
 //!
-//! With LARGE_VAE_SIZE, also a VAE decode at that size (batch 1).
+//! With LARGE_VAE_SIZE, also a VAE decode at that size (batch 1). With
+//! `--bf16`, the UNet and VAE run as `[engine] precision = "bf16"` runs them.
 //!
-//! cargo run --release -p cyberimage-engine --example bench_stages -- MODEL_DIR SIZE REPEATS [LARGE_VAE_SIZE]
+//! cargo run --release -p cyberimage-engine --example bench_stages -- MODEL_DIR SIZE REPEATS [LARGE_VAE_SIZE] [--bf16]
 
 use std::time::Instant;
 
@@ -37,7 +38,12 @@ fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> Vec<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    let all: Vec<String> = std::env::args().collect();
+    let bf16 = all.iter().any(|a| a == "--bf16");
+    let args: Vec<String> = all.into_iter().filter(|a| a != "--bf16").collect();
+    let scoped = |f: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
+        cyberimage_engine::bf16_gemm::scoped(bf16, f)
+    };
     let dir = std::path::PathBuf::from(&args[1]);
     let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let repeats: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
@@ -64,16 +70,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample = Tensor::randn(0f32, 1f32, (2, 4, latent, latent), &device)?;
     report(
         "unet_step_b2",
-        time(repeats, || unet.forward(&sample, 500.0, &context, None)),
+        time(repeats, || {
+            scoped(&mut || unet.forward(&sample, 500.0, &context, None))
+        }),
     );
     drop(unet);
 
     let vae = VaeDecoder::load(&dir.join("vae"), DType::F32, &device)?;
     let z = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &device)?;
-    report("vae_decode_b1", time(repeats, || vae.decode(&z)));
+    report(
+        "vae_decode_b1",
+        time(repeats, || scoped(&mut || vae.decode(&z))),
+    );
     if let Some(large) = large_vae {
         let z = Tensor::randn(0f32, 1f32, (1, 4, large / 8, large / 8), &device)?;
-        report("vae_decode_large_b1", time(repeats, || vae.decode(&z)));
+        report(
+            "vae_decode_large_b1",
+            time(repeats, || scoped(&mut || vae.decode(&z))),
+        );
     }
     Ok(())
 }

@@ -12,9 +12,12 @@
 //! Devices other than the CPU, and dtypes other than f32, use candle's.
 
 use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::bf16_gemm::{self, PackedA};
 use rayon::prelude::*;
 
 /// Largest unfolded tile one thread keeps (floats): 1 Mi floats (4 MiB),
@@ -27,6 +30,8 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// The weights packed for the bf16 kernel, made on first bf16 use.
+    packed_bf16: Arc<OnceLock<PackedA>>,
 }
 
 /// Loads a square convolution as candle-nn's `conv2d` would (same names,
@@ -39,14 +44,38 @@ pub fn conv2d(
     vb: VarBuilder,
 ) -> candle_core::Result<Conv2d> {
     let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
-    Ok(Conv2d {
-        weight: layer.weight().clone(),
-        bias: layer.bias().cloned(),
+    Ok(Conv2d::new(
+        layer.weight().clone(),
+        layer.bias().cloned(),
         config,
-    })
+    ))
 }
 
 impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+            packed_bf16: Arc::default(),
+        }
+    }
+
+    /// The bf16-packed weights when this thread computes in bf16.
+    fn bf16_weights(&self, weight: &Tensor) -> candle_core::Result<Option<&PackedA>> {
+        if !bf16_gemm::in_use() {
+            return Ok(None);
+        }
+        if let Some(packed) = self.packed_bf16.get() {
+            return Ok(Some(packed));
+        }
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        let depth = c_in * kh * kw;
+        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedA::new(&flat, c_out, depth, depth);
+        Ok(Some(self.packed_bf16.get_or_init(|| packed)))
+    }
+
     fn uses_own_kernel(&self, x: &Tensor) -> bool {
         x.device().is_cpu()
             && x.dtype() == DType::F32
@@ -67,6 +96,7 @@ impl Module for Conv2d {
         let op = ConvOp {
             padding: self.config.padding,
             stride: self.config.stride,
+            packed_bf16: self.bf16_weights(&weight)?,
         };
         match &self.bias {
             Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
@@ -75,9 +105,11 @@ impl Module for Conv2d {
     }
 }
 
-struct ConvOp {
+struct ConvOp<'a> {
     padding: usize,
     stride: usize,
+    /// Set when computing in bf16.
+    packed_bf16: Option<&'a PackedA>,
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -88,7 +120,7 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Resul
     }
 }
 
-impl ConvOp {
+impl ConvOp<'_> {
     fn run(
         &self,
         input: (&CpuStorage, &Layout),
@@ -105,7 +137,10 @@ impl ConvOp {
         let out = convolve(
             f32_slice(input.0, input.1)?,
             b,
-            f32_slice(weight.0, weight.1)?,
+            Weights {
+                f32: f32_slice(weight.0, weight.1)?,
+                bf16: self.packed_bf16,
+            },
             bias,
             &geometry,
             TILE_FLOATS,
@@ -115,7 +150,7 @@ impl ConvOp {
     }
 }
 
-impl CustomOp2 for ConvOp {
+impl CustomOp2 for ConvOp<'_> {
     fn name(&self) -> &'static str {
         "cyberimage-conv2d"
     }
@@ -131,7 +166,7 @@ impl CustomOp2 for ConvOp {
     }
 }
 
-impl CustomOp3 for ConvOp {
+impl CustomOp3 for ConvOp<'_> {
     fn name(&self) -> &'static str {
         "cyberimage-conv2d"
     }
@@ -274,10 +309,16 @@ impl OutPtr {
     }
 }
 
+/// A convolution's weights: as stored, and packed for bf16 when in use.
+struct Weights<'a> {
+    f32: &'a [f32],
+    bf16: Option<&'a PackedA>,
+}
+
 fn convolve(
     input: &[f32],
     batch: usize,
-    weight: &[f32],
+    weights: Weights,
     bias: Option<&[f32]>,
     g: &Geometry,
     tile_floats: usize,
@@ -297,7 +338,8 @@ fn convolve(
     let tiles_per_image = g.out_h.div_ceil(rows_per_tile);
     let tasks = batch * tiles_per_image;
     // Too few tiles to share out: one tile at a time, the GEMM threaded.
-    let share_tiles = tasks >= threads;
+    // The bf16 kernel runs on one thread per tile.
+    let share_tiles = tasks >= threads || weights.bf16.is_some();
     let inner = if !share_tiles {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -319,7 +361,13 @@ fn convolve(
                 unsafe { std::slice::from_raw_parts_mut(dst.add(c * out_px), n) }.fill(value);
             }
         }
-        let gemm_into = |rhs: *const f32, rhs_rs: usize| {
+        let gemm_into = |rhs: &[f32], rhs_rs: usize| {
+            if let Some(packed) = weights.bf16 {
+                // SAFETY: as for the f32 product below; the kernel is
+                // available (checked when bf16 was switched on).
+                unsafe { bf16_gemm::gemm(packed, rhs, rhs_rs, n, dst, out_px, bias.is_some()) };
+                return;
+            }
             // SAFETY: dst is c_out rows of n floats, `out_px` apart; lhs is
             // the c_out × depth weight matrix; rhs is depth rows of n floats,
             // `rhs_rs` apart.
@@ -332,10 +380,10 @@ fn convolve(
                     1,
                     out_px as isize,
                     bias.is_some(),
-                    weight.as_ptr(),
+                    weights.f32.as_ptr(),
                     1,
                     depth as isize,
-                    rhs,
+                    rhs.as_ptr(),
                     1,
                     rhs_rs as isize,
                     1.0,
@@ -348,7 +396,7 @@ fn convolve(
             }
         };
         if g.is_pointwise() {
-            gemm_into(src[rows.start * g.out_w..].as_ptr(), out_px);
+            gemm_into(&src[rows.start * g.out_w..], out_px);
             return;
         }
         COL.with(|col| {
@@ -357,7 +405,7 @@ fn convolve(
                 col.resize(depth * n, 0.0);
             }
             g.unfold(src, rows.clone(), &mut col[..depth * n]);
-            gemm_into(col.as_ptr(), n);
+            gemm_into(&col[..depth * n], n);
         });
     };
     if share_tiles {
@@ -400,16 +448,23 @@ mod tests {
                 ..Default::default()
             };
             for bias in [None, Some(bias)] {
-                let ours = Conv2d {
-                    weight: weight.clone(),
-                    bias: bias.clone(),
-                    config,
-                };
+                let ours = Conv2d::new(weight.clone(), bias.clone(), config);
                 let theirs = candle_nn::Conv2d::new(weight.clone(), bias, config);
                 let (a, e) = (ours.forward(&x).unwrap(), theirs.forward(&x).unwrap());
                 assert_eq!(a.dims(), e.dims(), "case {:?}", (b, c_in, h, w, k, stride));
                 let err = crate::relative_error(&a, &e).unwrap();
                 assert!(err < 1e-5, "case {:?}: {err}", (b, c_in, h, w, k, stride));
+                if bf16_gemm::available() {
+                    // 8 significant bits per operand, f32 sums.
+                    let a = bf16_gemm::scoped(true, || ours.forward(&x)).unwrap();
+                    let err = crate::relative_error(&a, &e).unwrap();
+                    assert!(
+                        err < 2e-2,
+                        "bf16 case {:?}: {err}",
+                        (b, c_in, h, w, k, stride)
+                    );
+                    assert!(err > 1e-6, "bf16 case {:?} ran in f32", (b, c_in, h, w, k));
+                }
             }
         }
     }
@@ -428,14 +483,11 @@ mod tests {
         };
         let g = Geometry::new((8, 41, 30), (3, 3), 1, 1, 16).unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let out = convolve(
-            &flat(&x),
-            2,
-            &flat(&weight),
-            Some(&flat(&bias)),
-            &g,
-            2 * 72 * 30,
-        );
+        let weights = Weights {
+            f32: &flat(&weight),
+            bf16: None,
+        };
+        let out = convolve(&flat(&x), 2, weights, Some(&flat(&bias)), &g, 2 * 72 * 30);
         let ours = Tensor::from_vec(out, (2, 16, 41, 30), &dev).unwrap();
         let theirs = candle_nn::Conv2d::new(weight, Some(bias), config)
             .forward(&x)

@@ -114,6 +114,13 @@ impl CandleGenerator {
                 options.nice
             ));
         }
+        if options.precision == crate::memory::Precision::Bf16 && !crate::bf16_gemm::available() {
+            return Err(
+                "[engine] precision = \"bf16\" needs a CPU with AVX-512 BF16, which this \
+                        one lacks; use \"f32\""
+                    .into(),
+            );
+        }
         crate::priority::lower_pool_priority(options.nice);
         Ok(Self {
             models_dir,
@@ -260,16 +267,18 @@ impl Generator for CandleGenerator {
             cancel,
             device: &self.device,
         };
-        let (images, mut metadata) = match (&loaded_model.pipeline, encoded) {
-            (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
-                run.stable_diffusion(sd, &cond)?
-            }
-            (Pipeline::Sd3(sd3), Encoded::Sd3(cond)) => run.sd3(sd3, &cond)?,
-            (Pipeline::Flux(flux), Encoded::Flux(cond)) => run.flux(flux, &cond)?,
-            _ => return Err(failed("the prompt was encoded for another pipeline")),
-        };
+        let bf16 = self.options.precision == crate::memory::Precision::Bf16;
+        let (images, mut metadata) =
+            crate::bf16_gemm::scoped(bf16, || match (&loaded_model.pipeline, encoded) {
+                (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
+                    run.stable_diffusion(sd, &cond)
+                }
+                (Pipeline::Sd3(sd3), Encoded::Sd3(cond)) => run.sd3(sd3, &cond),
+                (Pipeline::Flux(flux), Encoded::Flux(cond)) => run.flux(flux, &cond),
+                _ => Err(failed("the prompt was encoded for another pipeline")),
+            })?;
         metadata.extend([
-            ("dtype".into(), "f32".into()),
+            ("dtype".into(), self.options.precision.describe().into()),
             ("noise".into(), "chacha8-box-muller".into()),
             ("weights_sha256".into(), loaded_model.weights_sha256.clone()),
             (

@@ -10,6 +10,7 @@
 //! stage by stage for parity with diffusers on tiny random models.
 //! `CandleGenerator` implements `cyberimage_core::Generator` over them.
 
+pub mod bf16_gemm;
 pub mod blocks;
 pub mod builtin;
 pub mod clip;
@@ -43,7 +44,7 @@ pub mod weights;
 
 pub use error::EngineLoadError;
 pub use generator::{hf_cache_dir, hf_repo_dir, CandleGenerator};
-pub use memory::EngineOptions;
+pub use memory::{EngineOptions, Precision};
 
 /// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
 /// hold to 1e-4 in f32.

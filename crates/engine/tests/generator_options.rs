@@ -102,3 +102,46 @@ fn a_memory_budget_refuses_a_model_that_does_not_fit() {
     };
     assert!(pixels(roomy_budget, "tiny-flux-random").is_ok());
 }
+
+/// bf16 convolutions on the tiny SD models: pixels close to f32's (the
+/// operands keep 8 significant bits), not identical (the kernel ran), and
+/// the image's metadata says how it was computed. Where the CPU lacks
+/// AVX-512 BF16, the generator refuses the option at startup instead.
+#[test]
+fn bf16_convolutions_stay_close_to_f32_and_are_declared() {
+    let bf16 = EngineOptions {
+        precision: cyberimage_engine::Precision::Bf16,
+        ..Default::default()
+    };
+    if !cyberimage_engine::bf16_gemm::available() {
+        let err = CandleGenerator::new(std::env::temp_dir(), bf16)
+            .err()
+            .expect("refused without AVX-512 BF16");
+        assert!(err.contains("AVX-512 BF16"), "{err}");
+        return;
+    }
+    for key in ["tiny-sd15-random", "tiny-sdxl-random"] {
+        let exact = pixels(EngineOptions::default(), key).unwrap();
+        let rounded = pixels(bf16.clone(), key).unwrap();
+        assert_ne!(exact, rounded, "{key}: bf16 changed nothing");
+        let mean_diff = exact
+            .iter()
+            .zip(&rounded)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / exact.len() as f64;
+        assert!(mean_diff < 2.0, "{key}: mean pixel difference {mean_diff}");
+    }
+    let models = tempfile::tempdir().unwrap();
+    let generator = CandleGenerator::new(models.path().to_path_buf(), bf16).unwrap();
+    let model = model("tiny-sd15-random");
+    let image = generator
+        .generate(&model, &spec(&model), &NoProgress, &CancelToken::new())
+        .unwrap()
+        .remove(0);
+    let dtype = image.extra_metadata.iter().find(|(k, _)| k == "dtype");
+    assert_eq!(
+        dtype.map(|(_, v)| v.as_str()),
+        Some("f32 with bf16 convolutions")
+    );
+}
