@@ -113,6 +113,65 @@ impl PackedA {
     }
 }
 
+/// A right operand given as its transpose (n rows of k: a linear layer's
+/// weights, `[out, in]`), packed once.
+#[derive(Debug)]
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    data: Vec<u32>,
+}
+
+impl PackedB {
+    /// Packs the transpose of row-major `bt` (n rows of k).
+    pub fn from_transposed(bt: &[f32], n: usize, k: usize) -> Self {
+        let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
+        let mut data = vec![0u32; pairs * panels * NR];
+        let mut at = 0;
+        for kb in (0..pairs).step_by(KC) {
+            let kc = KC.min(pairs - kb);
+            for panel in 0..panels {
+                for p in kb..kb + kc {
+                    for j in 0..NR.min(n - panel * NR) {
+                        let row = &bt[(panel * NR + j) * k..][..k];
+                        let hi = if 2 * p + 1 < k { row[2 * p + 1] } else { 0.0 };
+                        data[at + j] = pair(row[2 * p], hi);
+                    }
+                    at += NR;
+                }
+            }
+        }
+        Self { n, k, data }
+    }
+
+    pub fn columns(&self) -> usize {
+        self.n
+    }
+
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+}
+
+/// C (m × n, rows `c_stride` apart) = C·`accumulate` + A·B, with A
+/// row-major (m × k, rows `a_stride` apart) packed here and B packed once.
+///
+/// # Safety
+/// As for [`gemm`].
+pub unsafe fn gemm_packed_b(
+    a: &[f32],
+    m: usize,
+    a_stride: usize,
+    b: &PackedB,
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    let packed_a = PackedA::new(a, m, b.k, a_stride);
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_packed(&packed_a, &b.data, b.n, c, c_stride, accumulate) }
+}
+
 /// Packs row-major `b` (k rows of n, `row_stride` apart) into `out`.
 fn pack_b(b: &[f32], k: usize, n: usize, row_stride: usize, out: &mut Vec<u32>) {
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
@@ -288,6 +347,43 @@ mod tests {
         assert_eq!(rounded(1.0 + 1.0 / 256.0), 1.0);
         assert_eq!(rounded(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
         assert!(rounded(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn a_transposed_right_operand_gives_the_same_product() {
+        if !available() {
+            return;
+        }
+        let (m, k, n) = (30, 77, 41);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let bt: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
+        let (mut via_a, mut via_b) = (vec![0f32; m * n], vec![0f32; m * n]);
+        unsafe {
+            gemm(
+                &PackedA::new(&a, m, k, k),
+                &b,
+                n,
+                n,
+                via_a.as_mut_ptr(),
+                n,
+                false,
+            );
+            gemm_packed_b(
+                &a,
+                m,
+                k,
+                &PackedB::from_transposed(&bt, n, k),
+                via_b.as_mut_ptr(),
+                n,
+                false,
+            );
+        }
+        assert_eq!(via_a, via_b);
     }
 
     /// The kernel against an f64 product of the same bf16-rounded operands:

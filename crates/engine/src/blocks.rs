@@ -2,9 +2,10 @@
 
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
+use crate::linear::{linear, Linear};
 use crate::softmax::softmax_last_dim_in_place;
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 pub fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
     let cfg = Conv2dConfig {

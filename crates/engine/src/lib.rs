@@ -26,6 +26,7 @@ pub mod flux_model;
 pub mod flux_weights;
 pub mod generator;
 pub mod group_norm;
+pub mod linear;
 pub mod memory;
 pub mod mmdit;
 pub mod noise;

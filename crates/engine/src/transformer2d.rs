@@ -5,8 +5,9 @@
 
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
+use crate::linear::{linear, linear_no_bias, Linear};
 use candle_core::{Module, Tensor, D};
-use candle_nn::{layer_norm, linear, linear_no_bias, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, Conv2dConfig, LayerNorm, VarBuilder};
 
 use crate::blocks::multi_head_attention;
 use crate::unet::UNetConfig;

@@ -9,8 +9,9 @@ use std::path::Path;
 
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
+use crate::linear::{linear, Linear};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
 use crate::blocks::{conv3x3, sinusoidal_embedding, ResnetBlock};

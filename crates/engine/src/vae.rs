@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
+use crate::linear::{linear, Linear};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::blocks::{attention, conv3x3, ResnetBlock};
 use serde::Deserialize;

@@ -103,12 +103,12 @@ fn a_memory_budget_refuses_a_model_that_does_not_fit() {
     assert!(pixels(roomy_budget, "tiny-flux-random").is_ok());
 }
 
-/// bf16 convolutions on the tiny SD models: pixels close to f32's (the
+/// bf16 matrix products on the tiny SD models: pixels close to f32's (the
 /// operands keep 8 significant bits), not identical (the kernel ran), and
 /// the image's metadata says how it was computed. Where the CPU lacks
 /// AVX-512 BF16, the generator refuses the option at startup instead.
 #[test]
-fn bf16_convolutions_stay_close_to_f32_and_are_declared() {
+fn bf16_products_stay_close_to_f32_and_are_declared() {
     let bf16 = EngineOptions {
         precision: cyberimage_engine::Precision::Bf16,
         ..Default::default()
@@ -142,6 +142,6 @@ fn bf16_convolutions_stay_close_to_f32_and_are_declared() {
     let dtype = image.extra_metadata.iter().find(|(k, _)| k == "dtype");
     assert_eq!(
         dtype.map(|(_, v)| v.as_str()),
-        Some("f32 with bf16 convolutions")
+        Some("f32 with bf16 matrix products")
     );
 }
