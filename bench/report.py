@@ -121,8 +121,8 @@ def main():
                 f"({rss_ratio:.2f}× the weights), diffusers {engine['diffusers_peak_rss_mib']:.0f} MiB.", ""]
         if bf16_rows:
             out += ["### The same stages in bf16", "",
-                    "Ours with `[engine] precision = \"bf16\"` (convolutions and linear layers multiply bf16-rounded "
-                    "operands on AVX-512 BF16 with f32 sums; attention scores, norms and activations stay f32), diffusers with the UNet/VAE converted to "
+                    "Ours with `[engine] precision = \"bf16\"` (convolutions, linear layers and attention products "
+                    "multiply bf16-rounded operands on AVX-512 BF16 with f32 sums; softmax, norms and activations stay f32), diffusers with the UNet/VAE converted to "
                     "bfloat16 (`module.to(torch.bfloat16)`, oneDNN). Same weights, same run. The f32 FLOP floor "
                     "is the one above; bf16 can go under it.", "",
                     "| Stage | ours bf16 (s) | diffusers bf16 (s) | ours bf16 / diffusers f32 | "

@@ -79,28 +79,28 @@ impl PackedA {
     /// Packs row-major `a` (m rows of k, `row_stride` apart).
     pub fn new(a: &[f32], m: usize, k: usize, row_stride: usize) -> Self {
         let (pairs, blocks_m) = (k.div_ceil(2), m.div_ceil(MR));
-        let mut data = vec![0u32; pairs.div_ceil(KC) * KC * blocks_m * MR];
-        let at = |row: usize, col: usize| {
-            if row < m && col < k {
-                a[row * row_stride + col]
-            } else {
-                0.0
-            }
-        };
-        let mut out = 0;
+        let mut data = vec![0u32; pairs * blocks_m * MR];
+        let mut block_at = 0;
         for kb in (0..pairs).step_by(KC) {
             let kc = KC.min(pairs - kb);
             for mb in 0..blocks_m {
-                for p in kb..kb + kc {
-                    for r in 0..MR {
-                        let row = mb * MR + r;
-                        data[out] = pair(at(row, 2 * p), at(row, 2 * p + 1));
-                        out += 1;
+                let block = &mut data[block_at..block_at + kc * MR];
+                // Row by row: contiguous reads, writes MR apart; rows past
+                // m stay zero.
+                for r in 0..MR.min(m - mb * MR) {
+                    let row = &a[(mb * MR + r) * row_stride..][..k];
+                    let full = (k / 2).min(kb + kc).saturating_sub(kb);
+                    for (p, two) in row[2 * kb..2 * (kb + full)].chunks_exact(2).enumerate() {
+                        block[p * MR + r] = pair(two[0], two[1]);
+                    }
+                    if full < kc {
+                        // k is odd: the last pair has no second value.
+                        block[full * MR + r] = pair(row[k - 1], 0.0);
                     }
                 }
+                block_at += kc * MR;
             }
         }
-        data.truncate(out);
         Self { m, k, data }
     }
 
@@ -141,6 +141,13 @@ impl PackedB {
                 }
             }
         }
+        Self { n, k, data }
+    }
+
+    /// Packs row-major `b` (k rows of n, `row_stride` apart).
+    pub fn from_rows(b: &[f32], k: usize, n: usize, row_stride: usize) -> Self {
+        let mut data = Vec::new();
+        pack_b(b, k, n, row_stride, &mut data);
         Self { n, k, data }
     }
 

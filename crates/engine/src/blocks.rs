@@ -97,6 +97,13 @@ pub fn attention(
 ) -> candle_core::Result<Tensor> {
     let kt = k.t()?.contiguous()?;
     let v = v.contiguous()?;
+    if mask.is_none()
+        && crate::bf16_gemm::in_use()
+        && q.device().is_cpu()
+        && q.dtype() == candle_core::DType::F32
+    {
+        return crate::attention_bf16::attention(q, &kt, &v, scale);
+    }
     let (bh, nq, _) = q.dims3()?;
     let nk = kt.dim(2)?;
     if mask.is_some() || bh * nq * nk <= CHUNK_SCORES {

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::bf16_gemm::{self, PackedA};
+use crate::shared_out::SharedOut;
 use rayon::prelude::*;
 
 /// Largest unfolded tile one thread keeps (floats): 1 Mi floats (4 MiB),
@@ -296,19 +297,6 @@ thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A raw output pointer shared by tiles that write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// A convolution's weights: as stored, and packed for bf16 when in use.
 struct Weights<'a> {
     f32: &'a [f32],
@@ -345,7 +333,7 @@ fn convolve(
     } else {
         gemm::Parallelism::None
     };
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(&mut out);
     let run_tile = |task: usize| {
         let (image, tile) = (task / tiles_per_image, task % tiles_per_image);
         let rows = tile * rows_per_tile..((tile + 1) * rows_per_tile).min(g.out_h);

@@ -10,6 +10,7 @@
 //! stage by stage for parity with diffusers on tiny random models.
 //! `CandleGenerator` implements `cyberimage_core::Generator` over them.
 
+pub mod attention_bf16;
 pub mod bf16_gemm;
 pub mod blocks;
 pub mod builtin;
@@ -34,6 +35,7 @@ pub mod priority;
 pub mod schedule;
 pub mod sd;
 pub mod sd3;
+mod shared_out;
 pub mod softmax;
 pub mod t5;
 mod text_encoders;

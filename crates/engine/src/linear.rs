@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
+use crate::shared_out::SharedOut;
 
 /// Input rows per task: a multiple of the kernel's 12-row tile.
 const ROWS_PER_TASK: usize = 96;
@@ -36,19 +37,6 @@ impl From<candle_nn::Linear> for Linear {
             inner,
             packed_bf16: Arc::default(),
         }
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
@@ -79,7 +67,7 @@ impl Linear {
             out.par_chunks_mut(n)
                 .for_each(|row| row.copy_from_slice(bias));
         }
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(&mut out);
         (0..m.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .for_each(|task| {

@@ -29,10 +29,10 @@ pub struct EngineOptions {
     /// the server's 0, status polls and uploads are answered promptly while
     /// a generation runs; the engine still gets every idle cycle.
     pub nice: i32,
-    /// `f32`, or `bf16`: the UNet's and VAE's convolutions and linear
-    /// layers multiply bf16-rounded operands with f32 sums (AVX-512 BF16
-    /// CPUs; about twice the multiply rate, results within about 1 % of
-    /// f32's). Parity with diffusers holds for f32.
+    /// `f32`, or `bf16`: convolutions, the UNet's and VAE's linear layers
+    /// and attention products multiply bf16-rounded operands with f32 sums
+    /// (AVX-512 BF16 CPUs; about twice the multiply rate, results within
+    /// about 1 % of f32's). Parity with diffusers holds for f32.
     pub precision: Precision,
 }
 

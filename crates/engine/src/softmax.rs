@@ -45,37 +45,45 @@ impl InplaceOp1 for SoftmaxOp {
         let rows_per_task = (16_384 / row).max(1);
         data[start..end]
             .par_chunks_mut(row * rows_per_task)
-            .for_each(|rows| softmax_rows(rows, row));
+            .for_each(|rows| softmax_rows(rows, row, None));
         Ok(())
     }
 }
 
-fn softmax_rows(data: &mut [f32], row: usize) {
+/// Replaces each row of `data` (rows of `row` scores) by e^(x − row max)
+/// and writes the row's sum of them to `sums`, leaving the division to the
+/// caller (attention divides its few output columns instead of every score).
+pub fn exp_rows(data: &mut [f32], row: usize, sums: &mut [f32]) {
+    softmax_rows(data, row, Some(sums))
+}
+
+/// Softmax over each row of `data`, or with `sums`, the exponentials only.
+fn softmax_rows(data: &mut [f32], row: usize, sums: Option<&mut [f32]>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { softmax_rows_avx512(data, row) };
+            return unsafe { softmax_rows_avx512(data, row, sums) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { softmax_rows_avx2(data, row) };
+            return unsafe { softmax_rows_avx2(data, row, sums) };
         }
     }
-    softmax_rows_portable(data, row)
+    softmax_rows_portable(data, row, sums)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_rows_avx512(data: &mut [f32], row: usize) {
-    softmax_rows_portable(data, row)
+unsafe fn softmax_rows_avx512(data: &mut [f32], row: usize, sums: Option<&mut [f32]>) {
+    softmax_rows_portable(data, row, sums)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(data: &mut [f32], row: usize) {
-    softmax_rows_portable(data, row)
+unsafe fn softmax_rows_avx2(data: &mut [f32], row: usize, sums: Option<&mut [f32]>) {
+    softmax_rows_portable(data, row, sums)
 }
 
 /// Lanes the loops keep side by side, so they vectorise without reordering
@@ -83,28 +91,40 @@ unsafe fn softmax_rows_avx2(data: &mut [f32], row: usize) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_rows_portable(data: &mut [f32], row: usize) {
-    for values in data.chunks_mut(row) {
-        let max = row_max(values);
-        let mut sums = [0f32; LANES];
-        let mut chunks = values.chunks_exact_mut(LANES);
-        for chunk in &mut chunks {
-            for lane in 0..LANES {
-                let e = exp(chunk[lane] - max);
-                chunk[lane] = e;
-                sums[lane] += e;
+fn softmax_rows_portable(data: &mut [f32], row: usize, mut sums: Option<&mut [f32]>) {
+    for (index, values) in data.chunks_mut(row).enumerate() {
+        let sum = exp_row(values);
+        match sums.as_deref_mut() {
+            Some(sums) => sums[index] = sum,
+            None => {
+                let inverse = 1.0 / sum;
+                for v in values.iter_mut() {
+                    *v *= inverse;
+                }
             }
         }
-        let mut sum: f32 = sums.iter().sum();
-        for v in chunks.into_remainder() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        let inverse = 1.0 / sum;
-        for v in values.iter_mut() {
-            *v *= inverse;
+    }
+}
+
+/// e^(x − max) in place over one row; returns their sum.
+#[inline(always)]
+fn exp_row(values: &mut [f32]) -> f32 {
+    let max = row_max(values);
+    let mut sums = [0f32; LANES];
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for lane in 0..LANES {
+            let e = exp(chunk[lane] - max);
+            chunk[lane] = e;
+            sums[lane] += e;
         }
     }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    sum
 }
 
 #[inline(always)]
