@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{gemm_packed_b, PackedB};
-use crate::shared_out::SharedOut;
+use crate::cpu_buffers::SharedOut;
 
 /// Query rows per task: 64 rows of scores against 4096 keys (SD at 512²)
 /// are 1 MiB, about one core's L2, through the three passes over them.

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::bf16_gemm::{self, PackedA};
-use crate::shared_out::SharedOut;
+use crate::cpu_buffers::{contiguous_f32, SharedOut};
 use rayon::prelude::*;
 
 /// Largest unfolded tile one thread keeps (floats): 1 Mi floats (4 MiB),
@@ -113,14 +113,6 @@ struct ConvOp<'a> {
     packed_bf16: Option<&'a PackedA>,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv2d kernel: operand not contiguous"),
-    }
-}
-
 impl ConvOp<'_> {
     fn run(
         &self,
@@ -134,12 +126,14 @@ impl ConvOp<'_> {
             candle_core::bail!("conv2d: input has {c_in} channels, weights expect {w_cin}");
         }
         let geometry = Geometry::new((c_in, h, w), (kh, kw), self.stride, self.padding, c_out)?;
-        let bias = bias.map(|(s, l)| f32_slice(s, l)).transpose()?;
+        let bias = bias
+            .map(|(s, l)| contiguous_f32(s, l, "conv2d bias"))
+            .transpose()?;
         let out = convolve(
-            f32_slice(input.0, input.1)?,
+            contiguous_f32(input.0, input.1, "conv2d input")?,
             b,
             Weights {
-                f32: f32_slice(weight.0, weight.1)?,
+                f32: contiguous_f32(weight.0, weight.1, "conv2d weights")?,
                 bf16: self.packed_bf16,
             },
             bias,

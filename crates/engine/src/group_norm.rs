@@ -123,10 +123,7 @@ impl CustomOp1 for GroupNormOp {
         if dims.len() < 2 || dims[1] != channels {
             candle_core::bail!("group norm over {channels} channels got shape {dims:?}");
         }
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("group norm kernel: input not contiguous");
-        };
-        let input = &storage.as_slice::<f32>()?[start..end];
+        let input = crate::cpu_buffers::contiguous_f32(storage, layout, "group norm")?;
         let per_channel: usize = dims[2..].iter().product();
         let per_group = per_channel * channels / self.groups;
         let mut out = vec![0f32; input.len()];

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
-use crate::shared_out::SharedOut;
+use crate::cpu_buffers::SharedOut;
 
 /// Input rows per task: a multiple of the kernel's 12-row tile.
 const ROWS_PER_TASK: usize = 96;

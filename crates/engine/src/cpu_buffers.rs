@@ -1,4 +1,21 @@
-//! An output buffer written by parallel tasks, each to its own rows.
+//! The CPU buffers our kernels read and write: a contiguous f32 operand out
+//! of candle's storage, and an output buffer parallel tasks write disjoint
+//! parts of.
+
+use candle_core::{CpuStorage, Layout};
+
+/// The f32 elements of a contiguous operand (`what` names it in the error).
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: operand not contiguous"),
+    }
+}
 
 /// A raw pointer into an output buffer, shared by tasks that write
 /// disjoint parts of it (which the caller guarantees).
