@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{gemm_packed_b, PackedB};
-use crate::cpu_buffers::SharedOut;
+use crate::cpu_buffers::{with_f32, SharedOut};
 
 /// Query rows per task: 64 rows of scores against 4096 keys (SD at 512²)
 /// are 1 MiB, about one core's L2, through the three passes over them.
@@ -29,56 +29,59 @@ thread_local! {
 pub fn attention(q: &Tensor, kt: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let (heads, nq, d) = q.dims3()?;
     let nk = v.dim(1)?;
-    let q = (q * scale)?.flatten_all()?.to_vec1::<f32>()?;
-    let kt = kt.flatten_all()?.to_vec1::<f32>()?;
-    let v = v.flatten_all()?.to_vec1::<f32>()?;
-    let keys: Vec<PackedB> = (0..heads)
-        .into_par_iter()
-        .map(|h| PackedB::from_rows(&kt[h * d * nk..(h + 1) * d * nk], d, nk, nk))
-        .collect();
-    let values: Vec<PackedB> = (0..heads)
-        .into_par_iter()
-        .map(|h| PackedB::from_rows(&v[h * nk * d..(h + 1) * nk * d], nk, d, d))
-        .collect();
+    let keys: Vec<PackedB> = with_f32(kt, "attention keys", |kt| {
+        (0..heads)
+            .into_par_iter()
+            .map(|h| PackedB::from_rows(&kt[h * d * nk..(h + 1) * d * nk], d, nk, nk))
+            .collect()
+    })?;
+    let values: Vec<PackedB> = with_f32(v, "attention values", |v| {
+        (0..heads)
+            .into_par_iter()
+            .map(|h| PackedB::from_rows(&v[h * nk * d..(h + 1) * nk * d], nk, d, d))
+            .collect()
+    })?;
     let mut out = vec![0f32; heads * nq * d];
     let shared = SharedOut::new(&mut out);
-    let blocks = nq.div_ceil(ROWS);
-    (0..heads * blocks).into_par_iter().for_each(|task| {
-        let (h, block) = (task / blocks, task % blocks);
-        let start = block * ROWS;
-        let len = ROWS.min(nq - start);
-        let first = (h * nq + start) * d;
-        SCORES.with(|scores| {
-            let mut scores = scores.borrow_mut();
-            if scores.len() < len * nk {
-                scores.resize(len * nk, 0.0);
-            }
-            let scores = &mut scores[..len * nk];
-            let mut sums = vec![0f32; len];
-            // SAFETY: `scores` holds len rows of nk floats; this task's
-            // output rows (len × d at `first`) are its own; the kernel is
-            // available (the caller runs under bf16_gemm::scoped).
-            unsafe {
-                gemm_packed_b(
-                    &q[first..first + len * d],
-                    len,
-                    d,
-                    &keys[h],
-                    scores.as_mut_ptr(),
-                    nk,
-                    false,
-                );
-                crate::softmax::exp_rows(scores, nk, &mut sums);
-                let dst = shared.at(first);
-                gemm_packed_b(scores, len, nk, &values[h], dst, d, false);
-                let rows = std::slice::from_raw_parts_mut(dst, len * d);
-                for (row, sum) in rows.chunks_mut(d).zip(&sums) {
-                    let inverse = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inverse);
+    with_f32(&(q * scale)?, "attention queries", |q| {
+        let blocks = nq.div_ceil(ROWS);
+        (0..heads * blocks).into_par_iter().for_each(|task| {
+            let (h, block) = (task / blocks, task % blocks);
+            let start = block * ROWS;
+            let len = ROWS.min(nq - start);
+            let first = (h * nq + start) * d;
+            SCORES.with(|scores| {
+                let mut scores = scores.borrow_mut();
+                if scores.len() < len * nk {
+                    scores.resize(len * nk, 0.0);
                 }
-            }
+                let scores = &mut scores[..len * nk];
+                let mut sums = vec![0f32; len];
+                // SAFETY: `scores` holds len rows of nk floats; this task's
+                // output rows (len × d at `first`) are its own; the kernel is
+                // available (the caller runs under bf16_gemm::scoped).
+                unsafe {
+                    gemm_packed_b(
+                        &q[first..first + len * d],
+                        len,
+                        d,
+                        &keys[h],
+                        scores.as_mut_ptr(),
+                        nk,
+                        false,
+                    );
+                    crate::softmax::exp_rows(scores, nk, &mut sums);
+                    let dst = shared.at(first);
+                    gemm_packed_b(scores, len, nk, &values[h], dst, d, false);
+                    let rows = std::slice::from_raw_parts_mut(dst, len * d);
+                    for (row, sum) in rows.chunks_mut(d).zip(&sums) {
+                        let inverse = 1.0 / sum;
+                        row.iter_mut().for_each(|x| *x *= inverse);
+                    }
+                }
+            });
         });
-    });
+    })?;
     Tensor::from_vec(out, (heads, nq, d), &candle_core::Device::Cpu)
 }
 

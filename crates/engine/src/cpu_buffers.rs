@@ -2,7 +2,7 @@
 //! of candle's storage, and an output buffer parallel tasks write disjoint
 //! parts of.
 
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 /// The f32 elements of a contiguous operand (`what` names it in the error).
 pub(crate) fn contiguous_f32<'a>(
@@ -15,6 +15,21 @@ pub(crate) fn contiguous_f32<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what}: operand not contiguous"),
     }
+}
+
+/// Lends `f` the f32 elements of `tensor` (a CPU tensor, made contiguous
+/// first if it is not) without copying them out.
+pub(crate) fn with_f32<R>(
+    tensor: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    let tensor = tensor.contiguous()?;
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{what}: not on the CPU");
+    };
+    Ok(f(contiguous_f32(cpu, layout, what)?))
 }
 
 /// A raw pointer into an output buffer, shared by tasks that write

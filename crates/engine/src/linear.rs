@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
-use crate::cpu_buffers::SharedOut;
+use crate::cpu_buffers::{with_f32, SharedOut};
 
 /// Input rows per task: a multiple of the kernel's 12-row tile.
 const ROWS_PER_TASK: usize = 96;
@@ -57,7 +57,6 @@ impl Linear {
         let (n, k) = (packed.columns(), packed.depth());
         let dims = x.dims().to_vec();
         let m = x.elem_count() / k;
-        let input = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
         let bias = match self.inner.bias() {
             Some(b) => Some(b.to_vec1::<f32>()?),
@@ -68,25 +67,27 @@ impl Linear {
                 .for_each(|row| row.copy_from_slice(bias));
         }
         let out_ptr = SharedOut::new(&mut out);
-        (0..m.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .for_each(|task| {
-                let start = task * ROWS_PER_TASK;
-                let rows = ROWS_PER_TASK.min(m - start);
-                // SAFETY: each task writes its own rows of `out` (m × n);
-                // the kernel is available (scoped checks it).
-                unsafe {
-                    bf16_gemm::gemm_packed_b(
-                        &input[start * k..(start + rows) * k],
-                        rows,
-                        k,
-                        packed,
-                        out_ptr.at(start * n),
-                        n,
-                        bias.is_some(),
-                    )
-                }
-            });
+        with_f32(x, "linear input", |input| {
+            (0..m.div_ceil(ROWS_PER_TASK))
+                .into_par_iter()
+                .for_each(|task| {
+                    let start = task * ROWS_PER_TASK;
+                    let rows = ROWS_PER_TASK.min(m - start);
+                    // SAFETY: each task writes its own rows of `out` (m × n);
+                    // the kernel is available (scoped checks it).
+                    unsafe {
+                        bf16_gemm::gemm_packed_b(
+                            &input[start * k..(start + rows) * k],
+                            rows,
+                            k,
+                            packed,
+                            out_ptr.at(start * n),
+                            n,
+                            bias.is_some(),
+                        )
+                    }
+                });
+        })?;
         let mut shape = dims;
         *shape.last_mut().expect("a linear input has dimensions") = n;
         Tensor::from_vec(out, shape, x.device())
