@@ -20,19 +20,13 @@ usage (in the fixtures venv, see fixtures/README.md; builds the example):
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+from common import ROOT, build, flops, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
-ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
 ap.add_argument("--large-vae", type=int, default=1024, help="second VAE decode size; 0 skips it")
@@ -67,25 +61,6 @@ def build_weights():
     UNet2DConditionModel(**UNET).save_pretrained(MODEL / "unet", safe_serialization=True)
     AutoencoderKL(**VAE).save_pretrained(MODEL / "vae", safe_serialization=True)
     CLIPTextModel(CLIP).save_pretrained(MODEL / "text_encoder", safe_serialization=True)
-
-
-def median(xs):
-    return statistics.median(xs)
-
-
-def timed(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def flops(fn):
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def diffusers_side():
@@ -129,42 +104,27 @@ def diffusers_side():
                 f = lambda: vae.decode(z16).sample  # noqa: E731
                 f()
                 results[stage]["bf16_seconds"] = timed(f, args.repeats)
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_rss_mib"] = peak_rss_mib()
     return results
 
 
-def matmul_gflops():
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    secs = median(timed(lambda: a @ b, 5))
-    return 2 * 2048**3 / secs / 1e9
-
-
-def ours_side(flags=()):
-    build = subprocess.run(["cargo", "build", "--release", "-q", "-p", "cyberimage-engine", "--example", "bench_stages"],
-                           cwd=ROOT, capture_output=True, text=True)
-    if build.returncode != 0:
-        sys.exit(build.stderr)
-    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
-    exe = Path(target) / "release" / "examples" / "bench_stages"
+def ours_side(exe, flags=()):
     # Warm-up run is the first of repeats + 1; it is dropped.
-    extra = [str(args.large_vae)] if args.large_vae else []
-    run = subprocess.run([str(exe), str(MODEL), str(args.size), str(args.repeats + 1)] + extra + list(flags),
-                         capture_output=True, text=True, check=True)
+    extra = [args.large_vae] if args.large_vae else []
     out = {}
-    for line in run.stdout.splitlines():
-        rec = json.loads(line)
+    for rec in run_json_lines(exe, MODEL, args.size, args.repeats + 1, *extra, *flags):
         out[rec["stage"]] = {"seconds": rec["seconds"][1:], "peak_rss_mib": rec["peak_rss_mib"]}
     return out
 
 
 def main():
+    exe = build("cyberimage-engine", "bench_stages")
     build_weights()
     weights_mib = sum(p.stat().st_size for p in MODEL.rglob("*.safetensors")) / 2**20
     peak = matmul_gflops()
     theirs = diffusers_side()
-    ours = ours_side()
-    ours16 = ours_side(["--bf16"]) if args.bf16 else {}
+    ours = ours_side(exe)
+    ours16 = ours_side(exe, ["--bf16"]) if args.bf16 else {}
     stages = {}
     for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1", "vae_decode_large_b1"):
         if stage not in theirs:

@@ -19,18 +19,12 @@ usage (in the fixtures venv, see fixtures/README.md; builds the example):
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
+from common import ROOT, build, flops, matmul_gflops, peak_rss_mib, run_json_lines, timed
 from diffusers import FluxTransformer2DModel
-from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
 ap.add_argument("--repeats", type=int, default=2)
 ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024],
@@ -48,34 +42,11 @@ CONFIG = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, a
               axes_dims_rope=(16, 56, 56))
 
 
-def timed(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def matmul_gflops():
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    secs = statistics.median(timed(lambda: a @ b, 5))
-    return 2 * 2048**3 / secs / 1e9
+EXE = build("cyberimage-engine", "bench_flux")
 
 
 def example(*argv):
-    build = subprocess.run(["cargo", "build", "--release", "-q", "-p", "cyberimage-engine", "--example", "bench_flux"],
-                           cwd=ROOT, capture_output=True, text=True)
-    if build.returncode != 0:
-        sys.exit(build.stderr)
-    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
-    run = subprocess.run([str(Path(target) / "release" / "examples" / "bench_flux"), *map(str, argv)],
-                         capture_output=True, text=True)
-    if run.returncode != 0:
-        # A negative code is a signal: -9 is usually the OOM killer.
-        sys.exit(f"bench_flux {argv[0]} exited with {run.returncode}: {run.stderr}\n{run.stdout}")
-    return [json.loads(line) for line in run.stdout.splitlines()]
+    return run_json_lines(EXE, *argv)
 
 
 def inputs(size, dtype):
@@ -102,12 +73,10 @@ def blocks():
                 f()
                 entry = {"seconds": timed(f, args.repeats)}
                 if dtype == torch.float32:
-                    with FlopCounterMode(display=False) as counter:
-                        f()
-                    entry["flops"] = counter.get_total_flops()
+                    entry["flops"] = flops(f)
                 results[f"diffusers_{size}_{name}"] = entry
             del model
-    results["diffusers_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["diffusers_peak_rss_mib"] = peak_rss_mib()
     for size in args.sizes:
         for rec in example("blocks", folder, size, args.repeats):
             variant = rec["stage"].split(f"flux_blocks_{size}_")[1]

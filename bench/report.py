@@ -1,5 +1,6 @@
 """Writes BENCHMARKS.md from the results the benchmark scripts saved in
-bench/results/ (engine.json from engine_vs_diffusers.py, flux.json from
+bench/results/ (engine.json from engine_vs_diffusers.py, sdxl.json from
+sdxl_vs_diffusers.py, e2e.json from e2e_turbo.py, flux.json from
 flux_vs_diffusers.py, load.json from load_status.py). Targets come from the benchmark issue; each is marked met or
 not met by the numbers, never by hand.
 
@@ -72,6 +73,47 @@ def flux_e2e_section(e2e):
             f"| {s['e2e_encode']:.1f} | {s['e2e_load']:.1f} | {s['e2e_step']:.1f} | {s['e2e_decode']:.1f} | {gib:.1f} |", ""]
 
 
+def sdxl_section(x):
+    return ["## SDXL UNet step vs diffusers (identical weights)", "",
+            f"Command: `{x['command']}` (torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
+            f"config, random weights ({x['weights_mib']:.0f} MiB of float32 safetensors) loaded by both; batch 2 "
+            f"(CFG) at {x['size']}² with random text states, pooled text and size conditioning. Median of "
+            f"{x['repeats']} runs after a warm-up. Floor = FLOPs / {x['matmul_gflops_anchor']:.0f} GFLOP/s "
+            "(f32 matmul anchor, same run). bf16 as in the SD 1.5 table.", "",
+            "| | ours (s) | diffusers (s) | ours / diffusers f32 | ours / diffusers bf16 | GFLOP | f32 floor (s) | "
+            "ours / floor | peak RSS ours / diffusers (MiB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| f32 | {x['ours_s']:.2f} | {x['diffusers_s']:.2f} | {x['ours_s'] / x['diffusers_s']:.2f}× | | "
+            f"{x['gflop']:.0f} | {x['floor_s']:.2f} | {x['ours_s'] / x['floor_s']:.2f}× | "
+            f"{x['ours_peak_rss_mib']:.0f} / {x['diffusers_peak_rss_mib']:.0f} |"] + (
+            [f"| bf16 | {x['ours_bf16_s']:.2f} | {x['diffusers_bf16_s']:.2f} | {x['ours_bf16_s'] / x['diffusers_s']:.2f}× | "
+             f"{x['ours_bf16_s'] / x['diffusers_bf16_s']:.2f}× | | | {x['ours_bf16_s'] / x['floor_s']:.2f}× | "
+             f"{x['ours_bf16_peak_rss_mib']:.0f} / |"] if "ours_bf16_s" in x else []) + [""]
+
+
+def e2e_section(x):
+    med = statistics.median
+    rows = [("f32", x["ours"], x["diffusers"])]
+    if x.get("ours_bf16"):
+        rows.append(("bf16", x["ours_bf16"], x["diffusers_bf16"]))
+    out = ["## End to end: one SD-Turbo class job, prompt to PNG", "",
+           f"Command: `{x['command']}` (torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
+           f"architecture with random weights ({x['weights_mib']:.0f} MiB of float32 safetensors), one 512² image, "
+           "1 Euler step, guidance 0. Ours: a job through the release server on loopback, timed from "
+           "`POST /api/generate` until its status says completed (queue, text encoding, step, VAE decode, PNG file "
+           "and database row). diffusers: `StableDiffusionPipeline(...)` plus saving the PNG. Warm: median of "
+           f"{x['repeats']} jobs after the first. Cold: ours from starting the server, diffusers from "
+           "`from_pretrained`, to the first image.", "",
+           "| precision | ours warm (s) | diffusers warm (s) | ours / diffusers | ours cold (s) | diffusers cold (s) |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for name, ours, theirs in rows:
+        o, d = med(ours["seconds"]), med(theirs["seconds"])
+        out.append(f"| {name} | {o:.2f} | {d:.2f} | {o / d:.2f}× | {ours['cold_s']:.1f} | {theirs['cold_s']:.1f} |")
+    out += ["", f"Peak RSS (f32): ours {x['ours']['peak_rss_mib']:.0f} MiB (the whole server), diffusers "
+            f"{x['diffusers_peak_rss_mib']:.0f} MiB.", ""]
+    return out
+
+
 def flux_fit_target(flux):
     e2e = (flux or {}).get("e2e")
     if not e2e:
@@ -85,6 +127,8 @@ def main():
     engine = json.loads((RESULTS / "engine.json").read_text()) if (RESULTS / "engine.json").exists() else None
     load = json.loads((RESULTS / "load.json").read_text()) if (RESULTS / "load.json").exists() else None
     flux = json.loads((RESULTS / "flux.json").read_text()) if (RESULTS / "flux.json").exists() else None
+    sdxl = json.loads((RESULTS / "sdxl.json").read_text()) if (RESULTS / "sdxl.json").exists() else None
+    e2e = json.loads((RESULTS / "e2e.json").read_text()) if (RESULTS / "e2e.json").exists() else None
     out = ["# Benchmarks", "",
            "Measured on this project's CI-class machine: "
            f"{cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
@@ -132,6 +176,10 @@ def main():
                 out.append(f"\nPeak RSS with bf16: CyberImage {engine['ours_bf16_peak_rss_mib']:.0f} MiB "
                            "(the bf16-packed weights are kept beside the f32 ones).")
             out.append("")
+    if sdxl:
+        out += sdxl_section(sdxl)
+    if e2e:
+        out += e2e_section(e2e)
     if flux and flux.get("blocks"):
         out += flux_section(flux)
     if flux and flux.get("e2e"):
@@ -166,14 +214,23 @@ def main():
                 if not all(ours_key in r for _, r in stages):
                     continue
                 ratios = [r[ours_key] / r[theirs_key] for _, r in stages]
-                detail = ", ".join(f"{size}² {x:.2f}×" for (size, _), x in zip(stages, ratios))
+                detail = ", ".join(f"{label} {x:.2f}×" for (label, _), x in zip(stages, ratios))
                 lines.append(f"  - {name}: {met(all(x <= 0.8 for x in ratios))} ({detail}).")
-            floors = ", ".join(f"{size}² {r['ours_s'] / r['floor_s']:.1f}×" for size, r in stages)
+            floors = ", ".join(f"{label} {r['ours_s'] / r['floor_s']:.1f}×" for label, r in stages)
             lines.append(f"  - ours f32 against the f32 FLOP floor: {floors}.")
+            # 0.8× diffusers f32 can ask for more than the f32 matmul anchor
+            # delivers: then no f32 implementation here can meet it.
+            under = [(label, 0.8 * r["diffusers_s"] / r["floor_s"]) for label, r in stages
+                     if 0.8 * r["diffusers_s"] < r["floor_s"]]
+            if under:
+                detail = ", ".join(f"{label} {x:.2f}×" for label, x in under)
+                lines.append(f"  - 0.8× diffusers f32 lies under the f32 FLOP floor ({detail} of it): "
+                             "out of reach for exact f32 products at the matmul rate measured here.")
             return lines
 
-        out += speed_target("Denoiser step (SD 1.5 UNet, batch 2)", [(engine["size"], unet)])
-        out += speed_target("VAE decode", list(zip(vae_sizes, vaes)))
+        unets = [(f"SD 1.5 {engine['size']}²", unet)] + ([(f"SDXL {sdxl['size']}²", sdxl)] if sdxl else [])
+        out += speed_target("Denoiser step (UNet, batch 2)", unets)
+        out += speed_target("VAE decode", [(f"{size}²", r) for size, r in zip(vae_sizes, vaes)])
         out += [f"- Peak RSS ≤ 1.3× the weights (SD 1.5 f32): {met(engine['ours_peak_rss_mib'] / engine['weights_mib'] <= 1.3)} "
                 f"({engine['ours_peak_rss_mib'] / engine['weights_mib']:.2f}×).",
                 flux_fit_target(flux)]
@@ -185,9 +242,8 @@ def main():
                 f"- Status polling p99 ≤ 5 ms: {met(max(x['p99_ms'], y['p99_ms']) <= 5)} "
                 f"(REST {x['p99_ms']:.1f} ms, JSON-RPC {y['p99_ms']:.1f} ms)."]
     out += ["", "## Not measured yet", "",
-            "SDXL UNet at 1024² (batch 2), SD 3.5 Large stages and an end-to-end SD-Turbo job "
-            "on real-size weights: the pipelines exist and their full-size configs build (engine tests), but "
-            "these runs are not in the harness yet.", ""]
+            "SD 3.5 Large stages on real-size weights: the pipeline exists and its full-size config builds "
+            "(engine tests), but it is not in the harness yet.", ""]
     history = RESULTS / "history.md"
     if history.exists():
         out += [history.read_text().rstrip(), ""]

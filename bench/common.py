@@ -1,0 +1,80 @@
+"""What the benchmark scripts share: timing, the matmul anchor, FLOP
+counting, peak RSS, and building + running the engine's Rust examples.
+
+The examples are built once, before anything is timed, so that editing the
+sources while a long benchmark runs cannot change (or break) what it
+measures halfway through.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def timed(fn, repeats):
+    """Wall-clock seconds of each of `repeats` calls."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def flops(fn):
+    """FLOPs of one call, as torch's FlopCounterMode counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_gflops():
+    """The anchor for FLOP floors: a 2048³ float32 matmul in torch, here, now."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    secs = median(timed(lambda: a @ b, 5))
+    return 2 * 2048**3 / secs / 1e9
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")))
+
+
+def build(package, example=None):
+    """`cargo build --release` of an example (or the package's binary);
+    returns the executable's path."""
+    cmd = ["cargo", "build", "--release", "-q", "-p", package]
+    if example:
+        cmd += ["--example", example]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    release = target_dir() / "release"
+    return release / "examples" / example if example else release / "cyberimage"
+
+
+def run_json_lines(exe, *argv):
+    """Runs a built example; returns the JSON records it printed, one per line."""
+    run = subprocess.run([str(exe), *map(str, argv)], capture_output=True, text=True)
+    if run.returncode != 0:
+        # A negative code is a signal: -9 is usually the OOM killer.
+        sys.exit(f"{Path(exe).name} {argv[:1]} exited with {run.returncode}: {run.stderr}\n{run.stdout}")
+    return [json.loads(line) for line in run.stdout.splitlines()]
