@@ -11,6 +11,7 @@
 use candle_core::{Device, Module, Tensor};
 use serde::Deserialize;
 
+use crate::activations::gelu_tanh;
 use crate::blocks::{attention, sinusoidal_embedding};
 use crate::dit::{chunks, modulate, rms_norm};
 use crate::flux_weights::{FluxWeights, QLinear};
@@ -263,7 +264,7 @@ impl DoubleBlock {
 
         let stream = |x: &Tensor, attn: &Tensor, m: &[Tensor], wts: &StreamWeights| {
             let x = (x + wts.proj.forward(attn)?.broadcast_mul(&m[2].unsqueeze(1)?)?)?;
-            let hidden = wts.mlp_in.forward(&modulate(&x, &m[3], &m[4])?)?.gelu()?;
+            let hidden = gelu_tanh(&wts.mlp_in.forward(&modulate(&x, &m[3], &m[4])?)?)?;
             &x + wts
                 .mlp_out
                 .forward(&hidden)?
@@ -295,7 +296,7 @@ impl SingleBlock {
         let attended = rope_attention(&q, &k, &v, rope)?;
         let out = self
             .linear2
-            .forward(&Tensor::cat(&[&attended, &mlp.gelu()?], 2)?)?;
+            .forward(&Tensor::cat(&[&attended, &gelu_tanh(&mlp)?], 2)?)?;
         x + out.broadcast_mul(&m[2].unsqueeze(1)?)?
     }
 }

@@ -13,6 +13,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::vector_math::{sigmoid, vectorised_fn};
+
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     weight: Tensor,
@@ -142,19 +144,26 @@ impl CustomOp1 for GroupNormOp {
                     let gamma = self.weight[first_channel + c] as f64;
                     let scale = (gamma * rstd) as f32;
                     let shift = (self.bias[first_channel + c] as f64 - mean * gamma * rstd) as f32;
-                    if self.silu {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            let y = s * scale + shift;
-                            *d = y / (1.0 + (-y).exp());
-                        }
-                    } else {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s * scale + shift;
-                        }
-                    }
+                    scale_shift(src, dst, scale, shift, self.silu);
                 }
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+vectorised_fn! {
+    /// `src·scale + shift` into `dst`, through SiLU when `silu`.
+    fn scale_shift(src: &[f32], dst: &mut [f32], scale: f32, shift: f32, silu: bool) {
+        if silu {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                let y = s * scale + shift;
+                *d = y * sigmoid(y);
+            }
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s * scale + shift;
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! stage by stage for parity with diffusers on tiny random models.
 //! `CandleGenerator` implements `cyberimage_core::Generator` over them.
 
+pub mod activations;
 pub mod attention_bf16;
 pub mod bf16_gemm;
 pub mod blocks;
@@ -43,6 +44,7 @@ pub mod tokenizer;
 mod transformer2d;
 pub mod unet;
 pub mod vae;
+mod vector_math;
 pub mod weights;
 
 pub use error::EngineLoadError;

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::Deserialize;
 
+use crate::activations::gelu_tanh;
 use crate::blocks::{attention, sinusoidal_embedding};
 use crate::dit::{chunks, modulate, rms_norm};
 use crate::weights::{read_config, var_builder};
@@ -119,7 +120,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(&self.proj.forward(x)?.gelu()?)
+        self.out.forward(&gelu_tanh(&self.proj.forward(x)?)?)
     }
 }
 

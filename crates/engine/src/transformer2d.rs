@@ -6,9 +6,10 @@
 use crate::conv::{conv2d, Conv2d};
 use crate::group_norm::{group_norm, GroupNorm};
 use crate::linear::{linear, linear_no_bias, Linear};
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{layer_norm, Conv2dConfig, LayerNorm, VarBuilder};
 
+use crate::activations::geglu;
 use crate::blocks::multi_head_attention;
 use crate::unet::UNetConfig;
 
@@ -81,10 +82,7 @@ impl TransformerBlock {
         let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + x)?;
         // GEGLU: the projection holds the value half, then the gate half.
         let proj = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = proj.dim(D::Minus1)? / 2;
-        let value = proj.narrow(D::Minus1, 0, half)?;
-        let gate = proj.narrow(D::Minus1, half, half)?.gelu_erf()?;
-        self.ff_out.forward(&(value * gate)?)? + x
+        self.ff_out.forward(&geglu(&proj)?)? + x
     }
 }
 
