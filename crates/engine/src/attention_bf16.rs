@@ -3,9 +3,10 @@
 //!
 //! Per head, K^T and V are packed once; tasks of (head, block of query rows)
 //! are spread over the rayon pool. Each computes its scores into a buffer
-//! it keeps, exponentiates them in place (the row sums kept, not applied),
-//! multiplies by V and divides its few output columns by the sums — one
-//! pass less over the scores than normalising them. Scores, exponentials
+//! it keeps, exponentiates them as it packs them for the value product
+//! (the row sums kept, not applied), multiplies by V and divides its few
+//! output columns by the sums — two passes less over the scores than
+//! normalising them in place and packing them after. Scores, exponentials
 //! and sums stay f32; only the products' operands are rounded to bf16.
 
 use std::cell::RefCell;
@@ -13,8 +14,9 @@ use std::cell::RefCell;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::bf16_gemm::{gemm_packed_b, PackedB};
+use crate::bf16_gemm::{gemm_packed_b, gemm_prepacked, PackedA, PackedB};
 use crate::cpu_buffers::{with_f32, SharedOut};
+use crate::softmax::{exp_shifted, max_of};
 
 /// Query rows per task: 64 rows of scores against 4096 keys (SD at 512²)
 /// are 1 MiB, about one core's L2, through the three passes over them.
@@ -56,7 +58,6 @@ pub fn attention(q: &Tensor, kt: &Tensor, v: &Tensor, scale: f64) -> candle_core
                     scores.resize(len * nk, 0.0);
                 }
                 let scores = &mut scores[..len * nk];
-                let mut sums = vec![0f32; len];
                 // SAFETY: `scores` holds len rows of nk floats; this task's
                 // output rows (len × d at `first`) are its own; the kernel is
                 // available (the caller runs under bf16_gemm::scoped).
@@ -70,9 +71,16 @@ pub fn attention(q: &Tensor, kt: &Tensor, v: &Tensor, scale: f64) -> candle_core
                         nk,
                         false,
                     );
-                    crate::softmax::exp_rows(scores, nk, &mut sums);
+                    let maxes: Vec<f32> = scores.chunks(nk).map(max_of).collect();
+                    let mut sums = vec![0f32; len];
+                    // The exponentials are made as they are packed for the
+                    // value product: never written back as f32 scores.
+                    let probabilities = PackedA::from_rows_with(len, nk, |row, columns, out| {
+                        let src = &scores[row * nk..][columns];
+                        sums[row] += exp_shifted(src, maxes[row], out);
+                    });
                     let dst = shared.at(first);
-                    gemm_packed_b(scores, len, nk, &values[h], dst, d, false);
+                    gemm_prepacked(&probabilities, &values[h], dst, d, false);
                     let rows = std::slice::from_raw_parts_mut(dst, len * d);
                     for (row, sum) in rows.chunks_mut(d).zip(&sums) {
                         let inverse = 1.0 / sum;

@@ -78,24 +78,40 @@ pub struct PackedA {
 impl PackedA {
     /// Packs row-major `a` (m rows of k, `row_stride` apart).
     pub fn new(a: &[f32], m: usize, k: usize, row_stride: usize) -> Self {
+        Self::from_rows_with(m, k, |row, columns, out| {
+            out.copy_from_slice(&a[row * row_stride..][columns]);
+        })
+    }
+
+    /// Packs an m × k operand whose values `fill(row, columns, out)` writes
+    /// into `out`, a block of at most 2·KC columns of one row at a time:
+    /// computed values (attention's exponentials) go straight from L1 into
+    /// the packed layout instead of through a full f32 matrix.
+    pub fn from_rows_with(
+        m: usize,
+        k: usize,
+        mut fill: impl FnMut(usize, std::ops::Range<usize>, &mut [f32]),
+    ) -> Self {
         let (pairs, blocks_m) = (k.div_ceil(2), m.div_ceil(MR));
         let mut data = vec![0u32; pairs * blocks_m * MR];
+        let mut values = [0f32; 2 * KC];
         let mut block_at = 0;
         for kb in (0..pairs).step_by(KC) {
             let kc = KC.min(pairs - kb);
+            let columns = 2 * kb..(2 * (kb + kc)).min(k);
+            let width = columns.len();
             for mb in 0..blocks_m {
                 let block = &mut data[block_at..block_at + kc * MR];
-                // Row by row: contiguous reads, writes MR apart; rows past
-                // m stay zero.
+                // Row by row: writes MR apart; rows past m stay zero.
                 for r in 0..MR.min(m - mb * MR) {
-                    let row = &a[(mb * MR + r) * row_stride..][..k];
-                    let full = (k / 2).min(kb + kc).saturating_sub(kb);
-                    for (p, two) in row[2 * kb..2 * (kb + full)].chunks_exact(2).enumerate() {
-                        block[p * MR + r] = pair(two[0], two[1]);
+                    fill(mb * MR + r, columns.clone(), &mut values[..width]);
+                    let twos = values[..width].chunks_exact(2);
+                    if let [last] = twos.remainder() {
+                        // k odd: the last pair has no second value.
+                        block[width / 2 * MR + r] = pair(*last, 0.0);
                     }
-                    if full < kc {
-                        // k is odd: the last pair has no second value.
-                        block[full * MR + r] = pair(row[k - 1], 0.0);
+                    for (p, two) in twos.enumerate() {
+                        block[p * MR + r] = pair(two[0], two[1]);
                     }
                 }
                 block_at += kc * MR;
@@ -174,9 +190,33 @@ pub unsafe fn gemm_packed_b(
     c_stride: usize,
     accumulate: bool,
 ) {
-    let packed_a = PackedA::new(a, m, b.k, a_stride);
     // SAFETY: forwarded from the caller.
-    unsafe { gemm_packed(&packed_a, &b.data, b.n, c, c_stride, accumulate) }
+    unsafe {
+        gemm_prepacked(
+            &PackedA::new(a, m, b.k, a_stride),
+            b,
+            c,
+            c_stride,
+            accumulate,
+        )
+    }
+}
+
+/// C (a.rows() × b.columns(), rows `c_stride` apart) = C·`accumulate` + A·B,
+/// both operands packed.
+///
+/// # Safety
+/// As for [`gemm`].
+pub unsafe fn gemm_prepacked(
+    a: &PackedA,
+    b: &PackedB,
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    assert_eq!(a.k, b.k, "bf16 gemm: inner dimensions differ");
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_packed(a, &b.data, b.n, c, c_stride, accumulate) }
 }
 
 /// Packs row-major `b` (k rows of n, `row_stride` apart) into `out`.

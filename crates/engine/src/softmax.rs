@@ -45,22 +45,51 @@ impl InplaceOp1 for SoftmaxOp {
         let rows_per_task = (16_384 / row).max(1);
         data[start..end]
             .par_chunks_mut(row * rows_per_task)
-            .for_each(|rows| softmax_rows(rows, row, None));
+            .for_each(|rows| softmax_rows(rows, row));
         Ok(())
     }
 }
 
-/// Replaces each row of `data` (rows of `row` scores) by e^(x − row max)
-/// and writes the row's sum of them to `sums`, leaving the division to the
-/// caller (attention divides its few output columns instead of every score).
-pub fn exp_rows(data: &mut [f32], row: usize, sums: &mut [f32]) {
-    softmax_rows(data, row, Some(sums))
+vectorised_fn! {
+    /// Softmax over each row of `data` (rows of `row` scores).
+    fn softmax_rows(data: &mut [f32], row: usize) {
+        for values in data.chunks_mut(row) {
+            let max = row_max(values);
+            let inverse = 1.0 / exp_shifted_in_place(values, max);
+            for v in values.iter_mut() {
+                *v *= inverse;
+            }
+        }
+    }
 }
 
 vectorised_fn! {
-    /// Softmax over each row of `data`, or with `sums`, the exponentials only.
-    fn softmax_rows(data: &mut [f32], row: usize, sums: Option<&mut [f32]>) {
-        softmax_rows_portable(data, row, sums)
+    /// The largest of `values` (−∞ for none).
+    pub(crate) fn max_of(values: &[f32]) -> f32 {
+        row_max(values)
+    }
+}
+
+vectorised_fn! {
+    /// e^(x − max) of `src` into `dst` (softmax numerators, to be divided
+    /// by the caller); returns their sum.
+    pub(crate) fn exp_shifted(src: &[f32], max: f32, dst: &mut [f32]) -> f32 {
+        let mut sums = [0f32; LANES];
+        let chunks = src.chunks_exact(LANES).zip(dst.chunks_exact_mut(LANES));
+        for (from, to) in chunks {
+            for lane in 0..LANES {
+                let e = exp(from[lane] - max);
+                to[lane] = e;
+                sums[lane] += e;
+            }
+        }
+        let done = src.len() / LANES * LANES;
+        let mut sum: f32 = sums.iter().sum();
+        for (from, to) in src[done..].iter().zip(&mut dst[done..]) {
+            *to = exp(*from - max);
+            sum += *to;
+        }
+        sum
     }
 }
 
@@ -68,26 +97,9 @@ vectorised_fn! {
 /// a single running sum.
 const LANES: usize = 16;
 
-#[inline(always)]
-fn softmax_rows_portable(data: &mut [f32], row: usize, mut sums: Option<&mut [f32]>) {
-    for (index, values) in data.chunks_mut(row).enumerate() {
-        let sum = exp_row(values);
-        match sums.as_deref_mut() {
-            Some(sums) => sums[index] = sum,
-            None => {
-                let inverse = 1.0 / sum;
-                for v in values.iter_mut() {
-                    *v *= inverse;
-                }
-            }
-        }
-    }
-}
-
 /// e^(x − max) in place over one row; returns their sum.
 #[inline(always)]
-fn exp_row(values: &mut [f32]) -> f32 {
-    let max = row_max(values);
+fn exp_shifted_in_place(values: &mut [f32], max: f32) -> f32 {
     let mut sums = [0f32; LANES];
     let mut chunks = values.chunks_exact_mut(LANES);
     for chunk in &mut chunks {

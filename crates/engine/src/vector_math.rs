@@ -15,21 +15,21 @@
 /// it (measured: it stayed a baseline copy calling `fmaf`), so the body
 /// is pasted into each copy instead.
 macro_rules! vectorised_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn portable($($arg: $ty),*) $body
+            fn portable($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) {
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                 portable($($arg),*)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 portable($($arg),*)
             }
 
@@ -62,7 +62,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let underflow = x < -87.0;
     let x = if underflow { -87.0 } else { x };
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     // e^r by Taylor to degree 6: |error| < 2e-7 for |r| ≤ ln 2 / 2.
     let p = (1.0f32 / 720.0).mul_add(r, 1.0 / 120.0);
@@ -71,7 +72,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 0.5);
     let p = p.mul_add(r, 1.0);
     let p = p.mul_add(r, 1.0);
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // n sits in the low mantissa bits of `shifted` (offset by ROUND's):
+    // reading it from there keeps the loop in vector registers, where
+    // `n as i32` (a saturating conversion) would be done lane by lane.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if underflow {
         0.0
     } else {
