@@ -1,5 +1,7 @@
 """What the benchmark scripts share: timing, the matmul anchor, FLOP
-counting, peak RSS, and building + running the engine's Rust examples.
+counting, peak RSS, the commit measured, and building + running the
+engine's Rust examples. torch is imported only by the functions that use it
+(load_status.py runs without it).
 
 The examples are built once, before anything is timed, so that editing the
 sources while a long benchmark runs cannot change (or break) what it
@@ -14,9 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +36,8 @@ def timed(fn, repeats):
 
 def flops(fn):
     """FLOPs of one call, as torch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -44,6 +45,8 @@ def flops(fn):
 
 def matmul_gflops():
     """The anchor for FLOP floors: a 2048³ float32 matmul in torch, here, now."""
+    import torch
+
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
     secs = median(timed(lambda: a @ b, 5))
@@ -52,6 +55,13 @@ def matmul_gflops():
 
 def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def git_rev():
+    """The commit measured (with "+changes" when the work tree differs)."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "crates"], cwd=ROOT).returncode != 0
+    return rev + ("+changes" if dirty else "")
 
 
 def target_dir():

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -142,7 +142,7 @@ def main():
                 "ours_bf16_runs": ours16[stage]["seconds"], "diffusers_bf16_runs": theirs[stage]["bf16_seconds"],
             })
     result = {
-        "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "commit": git_rev(), "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "matmul_gflops_anchor": peak, "weights_mib": weights_mib,
         "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
         "ours_bf16_peak_rss_mib": max((v["peak_rss_mib"] for v in ours16.values()), default=None),

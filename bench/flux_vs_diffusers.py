@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, matmul_gflops, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, matmul_gflops, peak_rss_mib, run_json_lines, timed
 from diffusers import FluxTransformer2DModel
 
 ap = argparse.ArgumentParser()
@@ -94,13 +94,13 @@ def e2e():
              if p.suffix in (".gguf", ".safetensors")}
     return {"stages": {r["stage"]: r["seconds"][0] for r in records},
             "peak_rss_mib": max(r["peak_rss_mib"] for r in records), "files_bytes": files,
-            "command": "python bench/flux_vs_diffusers.py --e2e"}
+            "command": "python bench/flux_vs_diffusers.py --e2e", "commit": git_rev()}
 
 
 def main():
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    result = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+    result = {"commit": git_rev(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_gflops_anchor": matmul_gflops(), "sizes": args.sizes, "repeats": args.repeats,
               "command": "python bench/flux_vs_diffusers.py --repeats %d --sizes %s"
                          % (args.repeats, " ".join(map(str, args.sizes)))}
@@ -111,7 +111,7 @@ def main():
     else:
         # Only the end-to-end run: the block timings, and the anchor and
         # settings they were measured with, stay as they were.
-        for key in ("blocks", "matmul_gflops_anchor", "sizes", "repeats", "command"):
+        for key in ("blocks", "matmul_gflops_anchor", "sizes", "repeats", "command", "commit"):
             result[key] = previous.get(key)
     result["e2e"] = previous.get("e2e")
     out.write_text(json.dumps(result, indent=2))

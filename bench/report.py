@@ -36,7 +36,7 @@ def flux_section(flux):
     b = flux["blocks"]
     med = statistics.median
     out = ["## FLUX transformer blocks vs diffusers (identical weights)", "",
-           f"Command: `{flux['command']}` (torch {flux['torch']}, {flux['threads']} threads). "
+           f"Command: `{flux['command']}` (commit {flux.get('commit', '?')}, torch {flux['torch']}, {flux['threads']} threads). "
            "FLUX.1-dev's full width (24 heads × 128, T5 width 4096, 512 text tokens) with 1 double + 1 single "
            "block, random weights saved once in the diffusers layout and loaded by both; a real step runs 19 + 38 "
            "such blocks. Ours in f32 and from GGUF Q8_0 / Q4_K quantized in-process from the same weights "
@@ -63,7 +63,7 @@ def flux_e2e_section(e2e):
     transformer = sum(v for k, v in files.items() if k.startswith("transformer")) / 2**30
     t5 = sum(v for k, v in files.items() if k.startswith("text_encoder_2")) / 2**30
     return ["## FLUX.1-dev end to end with a GGUF Q4_K transformer", "",
-            f"Command: `{e2e['command']}`. Full-size FLUX.1-dev with random weights: transformer GGUF Q4_K "
+            f"Command: `{e2e['command']}` (commit {e2e.get('commit', '?')}). Full-size FLUX.1-dev with random weights: transformer GGUF Q4_K "
             f"({transformer:.1f} GiB file), T5-XXL bf16 ({t5:.1f} GiB file, 2× that once loaded as f32), CLIP-L and "
             "the VAE in f32. One 512² job, 1 step, run as the generator runs it with "
             "`[engine] drop_text_encoders = true`: the prompt is encoded with only CLIP and T5 resident, they are "
@@ -75,7 +75,7 @@ def flux_e2e_section(e2e):
 
 def sdxl_section(x):
     return ["## SDXL UNet step vs diffusers (identical weights)", "",
-            f"Command: `{x['command']}` (torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
+            f"Command: `{x['command']}` (commit {x.get('commit', '?')}, torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
             f"config, random weights ({x['weights_mib']:.0f} MiB of float32 safetensors) loaded by both; batch 2 "
             f"(CFG) at {x['size']}² with random text states, pooled text and size conditioning. Median of "
             f"{x['repeats']} runs after a warm-up. Floor = FLOPs / {x['matmul_gflops_anchor']:.0f} GFLOP/s "
@@ -97,7 +97,7 @@ def e2e_section(x):
     if x.get("ours_bf16"):
         rows.append(("bf16", x["ours_bf16"], x["diffusers_bf16"]))
     out = ["## End to end: one SD-Turbo class job, prompt to PNG", "",
-           f"Command: `{x['command']}` (torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
+           f"Command: `{x['command']}` (commit {x.get('commit', '?')}, torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
            f"architecture with random weights ({x['weights_mib']:.0f} MiB of float32 safetensors), one 512² image, "
            "1 Euler step, guidance 0. Ours: a job through the release server on loopback, timed from "
            "`POST /api/generate` until its status says completed (queue, text encoding, step, VAE decode, PNG file "
@@ -132,12 +132,13 @@ def main():
     out = ["# Benchmarks", "",
            "Measured on this project's CI-class machine: "
            f"{cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-           f"commit {git_rev()}. Every ratio is against an anchor measured in the same run. "
+           f"report written at commit {git_rev()}; each section names the commit it measured. "
+           "Every ratio is against an anchor measured in the same run. "
            "Regenerate this file with `python bench/report.py` after running the commands below.", ""]
     if engine:
         s = engine["stages"]
         out += ["## Engine vs diffusers (identical weights)", "",
-                f"Command: `{engine['command']}` (fixtures venv: torch {engine['torch']}, "
+                f"Command: `{engine['command']}` (commit {engine.get('commit', '?')}, fixtures venv: torch {engine['torch']}, "
                 f"{engine['threads']} threads). Full-size SD 1.5 architecture, random weights "
                 f"({engine['weights_mib']:.0f} MiB of float32 safetensors) loaded by both. "
                 f"Median of {engine['repeats']} runs after a warm-up. "
@@ -187,7 +188,7 @@ def main():
     if load:
         r = load["results"]
         out += ["## Server overhead: status polling during a generation", "",
-                f"Command: `{load['command']}` (wrk, 2 threads, on loopback, release build). "
+                f"Command: `{load['command']}` (commit {load.get('commit', '?')}, wrk, 2 threads, on loopback, release build). "
                 "The engine runs a long generation on the built-in tiny model the whole time "
                 f"(still running at the end: {load['generation_running_throughout']}), so the server, "
                 "the engine and wrk share the 2 cores. Anchor: `GET /health`.", "",

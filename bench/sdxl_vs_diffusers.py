@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
 from diffusers import UNet2DConditionModel
 
 ap = argparse.ArgumentParser()
@@ -83,7 +83,7 @@ def main():
     ours16 = ours_side(exe, ["--bf16"]) if args.bf16 else None
     t_ours, t_theirs = median(ours["seconds"]), median(theirs["seconds"])
     result = {
-        "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "commit": git_rev(), "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_gflops_anchor": anchor, "weights_mib": weights_mib,
         "ours_s": t_ours, "diffusers_s": t_theirs, "ratio_ours_over_diffusers": t_ours / t_theirs,
         "gflop": theirs["flops"] / 1e9, "floor_s": theirs["flops"] / (anchor * 1e9),
