@@ -84,8 +84,9 @@ const MIN_ROWS: usize = 256;
 
 /// Scaled dot-product attention over (batch·heads, tokens, head_dim)
 /// operands, with an optional additive mask broadcast over the scores.
-/// Large unmasked attentions run in chunks (a few heads × at least 256
-/// query rows), so the full score matrix is never materialised. Everything is made contiguous:
+/// Unmasked f32 attention on the CPU is `attention_cpu`'s; elsewhere large
+/// unmasked attentions run in chunks (a few heads × at least 256 query
+/// rows), so the full score matrix is never materialised. Everything is made contiguous:
 /// candle 0.11's CPU batched matmul is wrong for a transposed left operand
 /// with batch > 1 (issue #3744).
 pub fn attention(
@@ -97,12 +98,9 @@ pub fn attention(
 ) -> candle_core::Result<Tensor> {
     let kt = k.t()?.contiguous()?;
     let v = v.contiguous()?;
-    if mask.is_none()
-        && crate::bf16_gemm::in_use()
-        && q.device().is_cpu()
-        && q.dtype() == candle_core::DType::F32
-    {
-        return crate::attention_bf16::attention(q, &kt, &v, scale);
+    if mask.is_none() && q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
+        let bf16 = crate::bf16_gemm::in_use();
+        return crate::attention_cpu::attention(q, &kt, &v, scale, bf16);
     }
     let (bh, nq, _) = q.dims3()?;
     let nk = kt.dim(2)?;

@@ -244,9 +244,18 @@ impl Generator for CandleGenerator {
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
             let keep = !self.options.drop_text_encoders;
-            let pipeline = Pipeline::load(model.family, &dir, &self.device, keep)?;
-            let weights_sha256 =
-                crate::digest::weights_sha256(&dir, &self.models_dir).map_err(|e| {
+            // Hashing gigabytes takes seconds: done on a second thread
+            // while this one reads the same files (from the page cache,
+            // for whichever comes second).
+            let (pipeline, hashed) = std::thread::scope(|scope| {
+                let hashing = scope.spawn(|| crate::digest::weights_sha256(&dir, &self.models_dir));
+                let pipeline = Pipeline::load(model.family, &dir, &self.device, keep);
+                (pipeline, hashing.join())
+            });
+            let pipeline = pipeline?;
+            let weights_sha256 = hashed
+                .map_err(|_| failed("the weights hashing thread panicked"))?
+                .map_err(|e| {
                     failed(format!("cannot hash the weights in {}: {e}", dir.display()))
                 })?;
             *loaded = Some(LoadedModel {

@@ -11,7 +11,7 @@
 //! `CandleGenerator` implements `cyberimage_core::Generator` over them.
 
 pub mod activations;
-pub mod attention_bf16;
+pub mod attention_cpu;
 pub mod bf16_gemm;
 pub mod blocks;
 pub mod builtin;

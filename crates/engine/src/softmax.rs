@@ -64,6 +64,18 @@ vectorised_fn! {
 }
 
 vectorised_fn! {
+    /// Replaces each row of `data` (rows of `row` scores) by e^(x − row
+    /// max) and writes the row's sum to `sums`, leaving the division to the
+    /// caller (attention divides its few output columns, not every score).
+    pub(crate) fn exp_rows(data: &mut [f32], row: usize, sums: &mut [f32]) {
+        for (values, sum) in data.chunks_mut(row).zip(sums.iter_mut()) {
+            let max = row_max(values);
+            *sum = exp_shifted_in_place(values, max);
+        }
+    }
+}
+
+vectorised_fn! {
     /// The largest of `values` (−∞ for none).
     pub(crate) fn max_of(values: &[f32]) -> f32 {
         row_max(values)

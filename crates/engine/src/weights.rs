@@ -175,10 +175,23 @@ fn read_safetensors(
                 "tensor {name}: bad data offsets"
             )));
         }
-        buf.resize(expected, 0);
         file.seek(SeekFrom::Start(data_start + start))?;
-        file.read_exact(&mut buf)?;
-        let tensor = Tensor::from_raw_buffer(&buf, dtype, &entry.shape, device)?;
+        let tensor = if dtype == DType::F32 && cfg!(target_endian = "little") {
+            // Straight into the tensor's own buffer: no staging copy, and a
+            // large zeroed allocation is fresh pages the read fills once.
+            let mut values = vec![0f32; expected / 4];
+            // SAFETY: the bytes of initialised f32s; every bit pattern is
+            // an f32, and the file stores them little-endian like this CPU.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), expected)
+            };
+            file.read_exact(bytes)?;
+            Tensor::from_vec(values, entry.shape.as_slice(), device)?
+        } else {
+            buf.resize(expected, 0);
+            file.read_exact(&mut buf)?;
+            Tensor::from_raw_buffer(&buf, dtype, &entry.shape, device)?
+        };
         let tensor = if tensor.dtype().is_float() && tensor.dtype() != float_dtype {
             tensor.to_dtype(float_dtype)?
         } else {
