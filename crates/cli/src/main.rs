@@ -16,6 +16,12 @@ use cyberimage_core::Generator as _;
 
 use crate::config::{Config, FlagOverrides};
 
+/// Freed tensor-sized blocks are kept for the next tensor of their size
+/// instead of going back to the OS (see the module's notes).
+#[global_allocator]
+static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+
 #[derive(Parser)]
 #[command(
     name = "cyberimage",

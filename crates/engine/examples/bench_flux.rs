@@ -27,6 +27,11 @@ use cyberimage_engine::flux::{load_transformer, Flux};
 use cyberimage_engine::flux_model::FluxTransformer;
 use cyberimage_engine::flux_weights::{quantize_tensor, FluxWeights};
 
+/// As the binary runs: large freed blocks reused (see block_cache_alloc).
+#[global_allocator]
+static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

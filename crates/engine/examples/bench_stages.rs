@@ -19,6 +19,11 @@ use cyberimage_engine::clip::ClipTextEncoder;
 use cyberimage_engine::unet::{AddedConditioning, UNet};
 use cyberimage_engine::vae::VaeDecoder;
 
+/// As the binary runs: large freed blocks reused (see block_cache_alloc).
+#[global_allocator]
+static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -238,11 +238,16 @@ impl Generator for CandleGenerator {
             // the larger of the two, not their sum; it is loaded again
             // below (each job pays that load).
             *loaded = None;
+            // The freed weights go back to the system, not into the
+            // allocator's cache of reusable blocks; likewise the encoders'.
+            crate::block_cache_alloc::release_parked();
             encoded = Some(Encoded::alone(model.family, &dir, &self.device, spec)?);
+            crate::block_cache_alloc::release_parked();
             cancel.check()?;
         }
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
+            crate::block_cache_alloc::release_parked();
             let keep = !self.options.drop_text_encoders;
             // Hashing gigabytes takes seconds: done on a second thread
             // while this one reads the same files (from the page cache,

@@ -13,6 +13,7 @@
 pub mod activations;
 pub mod attention_cpu;
 pub mod bf16_gemm;
+pub mod block_cache_alloc;
 pub mod blocks;
 pub mod builtin;
 pub mod clip;
