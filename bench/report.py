@@ -163,7 +163,8 @@ def main():
                                  f"{r['ours_bf16_s'] / r['floor_s']:.2f}× |")
         rss_ratio = engine["ours_peak_rss_mib"] / engine["weights_mib"]
         out += ["", f"Peak RSS: CyberImage {engine['ours_peak_rss_mib']:.0f} MiB "
-                f"({rss_ratio:.2f}× the weights), diffusers {engine['diffusers_peak_rss_mib']:.0f} MiB.", ""]
+                f"({rss_ratio:.2f}× the weights; it counts the freed blocks the allocator keeps for the next "
+                f"tensor of their size, up to 2 GiB), diffusers {engine['diffusers_peak_rss_mib']:.0f} MiB.", ""]
         if bf16_rows:
             out += ["### The same stages in bf16", "",
                     "Ours with `[engine] precision = \"bf16\"` (convolutions, linear layers and attention products "
