@@ -33,7 +33,7 @@ from pathlib import Path
 
 import requests
 import torch
-from common import ROOT, build, git_rev, median, peak_rss_mib
+from common import ROOT, build, git_rev, machine, median, peak_rss_mib
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -155,7 +155,7 @@ def main():
     theirs_rss = peak_rss_mib()
     ours = ours_side(exe, "f32")
     result = {
-        "commit": git_rev(), "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "commit": git_rev(), "machine": machine(), "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "weights_mib": weights_mib, "ours": ours, "diffusers": theirs, "diffusers_peak_rss_mib": theirs_rss,
         "ours_s": median(ours["seconds"]), "diffusers_s": median(theirs["seconds"]),
         "command": "python bench/e2e_turbo.py --repeats %d%s" % (args.repeats, "" if args.bf16 else " --no-bf16"),

@@ -11,7 +11,8 @@ layout and loaded by both. In one run on one machine it times:
 
 and reports medians, ours/diffusers ratios, peak RSS, and the FLOP floor per
 stage: FLOPs counted by torch's FlopCounterMode, divided by the matmul
-throughput measured here in the same run (a 2048³ float32 matmul in torch).
+throughput measured here in the same run (a 2048³ float32 matmul, the
+faster of torch and our engine).
 
 usage (in the fixtures venv, see fixtures/README.md; builds the example):
   python bench/engine_vs_diffusers.py [--size 512] [--large-vae 1024] [--repeats 3] [--out bench/results/engine.json]
@@ -23,7 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, git_rev, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -121,7 +122,8 @@ def main():
     exe = build("cyberimage-engine", "bench_stages")
     build_weights()
     weights_mib = sum(p.stat().st_size for p in MODEL.rglob("*.safetensors")) / 2**20
-    peak = matmul_gflops()
+    anchor = matmul_anchor()
+    peak = anchor["best"]
     theirs = diffusers_side()
     ours = ours_side(exe)
     ours16 = ours_side(exe, ["--bf16"]) if args.bf16 else {}
@@ -142,8 +144,8 @@ def main():
                 "ours_bf16_runs": ours16[stage]["seconds"], "diffusers_bf16_runs": theirs[stage]["bf16_seconds"],
             })
     result = {
-        "commit": git_rev(), "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "matmul_gflops_anchor": peak, "weights_mib": weights_mib,
+        "commit": git_rev(), "machine": machine(), "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "matmul_gflops_anchor": peak, "matmul_gflops": anchor, "weights_mib": weights_mib,
         "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
         "ours_bf16_peak_rss_mib": max((v["peak_rss_mib"] for v in ours16.values()), default=None),
         "diffusers_peak_rss_mib": theirs["peak_rss_mib"], "stages": stages,

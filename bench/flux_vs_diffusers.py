@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, git_rev, matmul_gflops, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, machine, matmul_anchor, peak_rss_mib, run_json_lines, timed
 from diffusers import FluxTransformer2DModel
 
 ap = argparse.ArgumentParser()
@@ -94,24 +94,27 @@ def e2e():
              if p.suffix in (".gguf", ".safetensors")}
     return {"stages": {r["stage"]: r["seconds"][0] for r in records},
             "peak_rss_mib": max(r["peak_rss_mib"] for r in records), "files_bytes": files,
-            "command": "python bench/flux_vs_diffusers.py --e2e", "commit": git_rev()}
+            "command": "python bench/flux_vs_diffusers.py --e2e", "commit": git_rev(), "machine": machine()}
 
 
 def main():
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
-    result = {"commit": git_rev(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "matmul_gflops_anchor": matmul_gflops(), "sizes": args.sizes, "repeats": args.repeats,
+    result = {"commit": git_rev(), "machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "sizes": args.sizes, "repeats": args.repeats,
               "command": "python bench/flux_vs_diffusers.py --repeats %d --sizes %s"
                          % (args.repeats, " ".join(map(str, args.sizes)))}
     out.parent.mkdir(parents=True, exist_ok=True)
     # Saved after each part, so a later failure keeps the earlier numbers.
     if args.sizes:
+        rates = matmul_anchor()
+        result.update(matmul_gflops_anchor=rates["best"], matmul_gflops=rates)
         result["blocks"] = blocks()
     else:
         # Only the end-to-end run: the block timings, and the anchor and
         # settings they were measured with, stay as they were.
-        for key in ("blocks", "matmul_gflops_anchor", "sizes", "repeats", "command", "commit"):
+        for key in ("blocks", "matmul_gflops_anchor", "matmul_gflops", "sizes", "repeats", "command", "commit",
+                    "machine"):
             result[key] = previous.get(key)
     result["e2e"] = previous.get("e2e")
     out.write_text(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import requests
-from common import git_rev
+from common import git_rev, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
@@ -89,7 +89,7 @@ def main():
     anchor = results["health_anchor"]["requests_per_s"]
     for r in results.values():
         r["ratio_to_health"] = r["requests_per_s"] / anchor
-    report = {"commit": git_rev(), "command": f"python bench/load_status.py --seconds {args.seconds} --connections {args.connections}",
+    report = {"commit": git_rev(), "machine": machine(), "command": f"python bench/load_status.py --seconds {args.seconds} --connections {args.connections}",
               "generation_running_throughout": still_running, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, git_rev, matmul_gflops, median, peak_rss_mib, run_json_lines, timed
+from common import ROOT, build, flops, git_rev, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
 from diffusers import UNet2DConditionModel
 
 ap = argparse.ArgumentParser()
@@ -77,14 +77,15 @@ def main():
     exe = build("cyberimage-engine", "bench_stages")
     build_weights()
     weights_mib = sum(p.stat().st_size for p in UNET_DIR.glob("*.safetensors")) / 2**20
-    anchor = matmul_gflops()
+    rates = matmul_anchor()
+    anchor = rates["best"]
     theirs = diffusers_side()
     ours = ours_side(exe)
     ours16 = ours_side(exe, ["--bf16"]) if args.bf16 else None
     t_ours, t_theirs = median(ours["seconds"]), median(theirs["seconds"])
     result = {
-        "commit": git_rev(), "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "matmul_gflops_anchor": anchor, "weights_mib": weights_mib,
+        "commit": git_rev(), "machine": machine(), "size": args.size, "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "matmul_gflops_anchor": anchor, "matmul_gflops": rates, "weights_mib": weights_mib,
         "ours_s": t_ours, "diffusers_s": t_theirs, "ratio_ours_over_diffusers": t_ours / t_theirs,
         "gflop": theirs["flops"] / 1e9, "floor_s": theirs["flops"] / (anchor * 1e9),
         "ours_runs": ours["seconds"], "diffusers_runs": theirs["seconds"],
