@@ -79,37 +79,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let unet = UNet::load(&dir.join("unet"), DType::F32, &device)?;
-    let context = match encoded {
-        Some(states) => states,
-        None => Tensor::randn(
-            0f32,
-            1f32,
-            (2, 77, unet.config.cross_attention_dim),
-            &device,
-        )?,
-    };
-    let added = match (
-        unet.config.projection_class_embeddings_input_dim,
-        unet.config.addition_time_embed_dim,
-    ) {
-        (Some(input), Some(time_dim)) if unet.needs_added_conditioning() => {
-            let s = size as f32;
-            Some(AddedConditioning {
-                text_embeds: Tensor::randn(0f32, 1f32, (2, input - 6 * time_dim), &device)?,
-                time_ids: Tensor::new(&[[s, s, 0.0, 0.0, s, s]; 2], &device)?,
-            })
-        }
-        _ => None,
-    };
-    let sample = Tensor::randn(0f32, 1f32, (2, 4, latent, latent), &device)?;
-    report(
-        "unet_step_b2",
-        time(repeats, || {
-            scoped(&mut || unet.forward(&sample, 500.0, &context, added.as_ref()))
-        }),
-    );
-    drop(unet);
+    if dir.join("unet").exists() {
+        let unet = UNet::load(&dir.join("unet"), DType::F32, &device)?;
+        let context = match encoded {
+            Some(states) => states,
+            None => Tensor::randn(
+                0f32,
+                1f32,
+                (2, 77, unet.config.cross_attention_dim),
+                &device,
+            )?,
+        };
+        let added = match (
+            unet.config.projection_class_embeddings_input_dim,
+            unet.config.addition_time_embed_dim,
+        ) {
+            (Some(input), Some(time_dim)) if unet.needs_added_conditioning() => {
+                let s = size as f32;
+                Some(AddedConditioning {
+                    text_embeds: Tensor::randn(0f32, 1f32, (2, input - 6 * time_dim), &device)?,
+                    time_ids: Tensor::new(&[[s, s, 0.0, 0.0, s, s]; 2], &device)?,
+                })
+            }
+            _ => None,
+        };
+        let sample = Tensor::randn(0f32, 1f32, (2, 4, latent, latent), &device)?;
+        report(
+            "unet_step_b2",
+            time(repeats, || {
+                scoped(&mut || unet.forward(&sample, 500.0, &context, added.as_ref()))
+            }),
+        );
+        drop(unet);
+    }
 
     if !dir.join("vae").exists() {
         return Ok(());

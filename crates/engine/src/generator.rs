@@ -64,8 +64,14 @@ impl Encoded {
             ModelFamily::Sd3 => {
                 Sd3::encode_alone(dir, device, &spec.prompt, negative).map(Self::Sd3)
             }
-            _ => StableDiffusion::encode_alone(dir, device, &spec.prompt, negative)
-                .map(Self::StableDiffusion),
+            _ => StableDiffusion::encode_alone(
+                dir,
+                device,
+                &spec.prompt,
+                negative,
+                f64::from(spec.guidance_scale),
+            )
+            .map(Self::StableDiffusion),
         }
         .map_err(failed)
     }
@@ -77,7 +83,7 @@ impl Pipeline {
         let negative = spec.negative_prompt.as_deref();
         match self {
             Self::StableDiffusion(sd) => sd
-                .encode_prompts(&spec.prompt, negative)
+                .encode_for_guidance(&spec.prompt, negative, f64::from(spec.guidance_scale))
                 .map(Encoded::StableDiffusion),
             Self::Sd3(sd3) => sd3.encode_prompts(&spec.prompt, negative).map(Encoded::Sd3),
             Self::Flux(flux) => flux.encode_prompt(&spec.prompt).map(Encoded::Flux),

@@ -32,12 +32,31 @@ pub struct StableDiffusion {
     device: Device,
 }
 
-/// What the denoiser is conditioned on, in CFG order (uncond, cond).
+/// What the denoiser is conditioned on, in CFG order (uncond, cond), or
+/// the prompt's row alone when the run is not guided.
 pub struct Conditioning {
-    /// (2, tokens, dim)
+    /// (2, tokens, dim), or (1, tokens, dim) unguided.
     pub context: Tensor,
-    /// SDXL: (2, projection_dim) pooled text.
+    /// SDXL: (rows, projection_dim) pooled text.
     pub pooled: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// The (first row, rows) a run at `guidance` reads: both with
+    /// classifier-free guidance (> 1), else only the prompt's, the last.
+    fn rows_for(&self, guidance: f64) -> Result<(usize, usize), EngineLoadError> {
+        let rows = self.context.dim(0)?;
+        if guidance <= 1.0 {
+            return Ok((rows - 1, 1));
+        }
+        if rows != 2 {
+            return Err(EngineLoadError::Unsupported(format!(
+                "guidance {guidance} needs the negative prompt encoded too; \
+                 this conditioning holds only the prompt"
+            )));
+        }
+        Ok((0, 2))
+    }
 }
 
 /// Called after each denoising step with (steps done, latents); returning
@@ -56,25 +75,33 @@ struct TextSettings {
 }
 
 /// The prompt and the negative prompt (`None`: "" — or zeros where the
-/// model says so, as diffusers does) as (uncond, cond) conditioning.
+/// model says so, as diffusers does) as (uncond, cond) conditioning; when
+/// not `guided`, the prompt alone (an unguided run never reads the
+/// negative half, and encoding it costs as much as the prompt).
 fn encode_with(
     encoders: &[(PromptTokenizer, ClipTextEncoder)],
     text: &TextSettings,
     device: &Device,
     prompt: &str,
     negative: Option<&str>,
+    guided: bool,
 ) -> Result<Conditioning, EngineLoadError> {
-    let zero_negative = negative.is_none() && text.force_zeros_for_empty_prompt;
+    let zero_negative = guided && negative.is_none() && text.force_zeros_for_empty_prompt;
     let negative = negative.unwrap_or("");
+    let texts: &[&str] = if guided {
+        &[negative, prompt]
+    } else {
+        &[prompt]
+    };
     let mut contexts = Vec::new();
     let mut pooled = None;
     for (tokenizer, encoder) in encoders {
-        let ids: Vec<u32> = [negative, prompt]
+        let ids: Vec<u32> = texts
             .iter()
             .map(|p| tokenizer.encode(p))
             .collect::<Result<Vec<_>, _>>()?
             .concat();
-        let out = encoder.forward(&Tensor::from_vec(ids, (2, 77), device)?)?;
+        let out = encoder.forward(&Tensor::from_vec(ids, (texts.len(), 77), device)?)?;
         if text.sdxl {
             contexts.push(out.penultimate_hidden_state);
             // Only the last encoder's pooled output is used.
@@ -193,21 +220,42 @@ impl StableDiffusion {
         prompt: &str,
         negative: Option<&str>,
     ) -> Result<Conditioning, EngineLoadError> {
+        self.encode_for_guidance(prompt, negative, f64::INFINITY)
+    }
+
+    /// What a run at `guidance` reads: as `encode_prompts` with
+    /// classifier-free guidance (> 1), else the prompt alone.
+    pub fn encode_for_guidance(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+        guidance: f64,
+    ) -> Result<Conditioning, EngineLoadError> {
         let text = TextSettings {
             sdxl: self.is_sdxl(),
             force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt,
         };
-        self.encoders
-            .with(|encoders| encode_with(encoders, &text, &self.device, prompt, negative))
+        self.encoders.with(|encoders| {
+            encode_with(
+                encoders,
+                &text,
+                &self.device,
+                prompt,
+                negative,
+                guidance > 1.0,
+            )
+        })
     }
 
-    /// Encodes with the folder's text encoders alone, loaded for this call
-    /// and freed after: nothing else of the model needs to be resident.
+    /// As `encode_for_guidance`, with the folder's text encoders alone,
+    /// loaded for this call and freed after: nothing else of the model
+    /// needs to be resident.
     pub fn encode_alone(
         dir: &Path,
         device: &Device,
         prompt: &str,
         negative: Option<&str>,
+        guidance: f64,
     ) -> Result<Conditioning, EngineLoadError> {
         let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
         let unet: crate::unet::UNetConfig = read_config(&dir.join("unet/config.json"))?;
@@ -221,6 +269,7 @@ impl StableDiffusion {
             device,
             prompt,
             negative,
+            guidance > 1.0,
         )
     }
 
@@ -268,7 +317,7 @@ impl StableDiffusion {
         // Like diffusers: no classifier-free guidance at guidance <= 1 (one
         // UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
         let cfg = guidance > 1.0;
-        let (first_row, rows) = if cfg { (0, 2) } else { (1, 1) };
+        let (first_row, rows) = cond.rows_for(guidance)?;
         let context = cond.context.narrow(0, first_row, rows)?;
         let added = self.added_conditioning(cond, first_row, rows, &latents)?;
         let mut latents = (latents * scheduler.init_noise_sigma())?;

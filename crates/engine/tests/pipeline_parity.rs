@@ -44,10 +44,12 @@ fn run_with_noise(
 ) -> candle_core::Tensor {
     let refs = references();
     let meta = reference_settings();
+    // As the generator encodes: without guidance, the prompt alone.
     let context = sd
-        .encode_prompts(
+        .encode_for_guidance(
             meta["prompt"].as_str().unwrap(),
             meta["negative_prompt"].as_str(),
+            guidance,
         )
         .unwrap();
     let check = trajectory.map(Trajectory::new);
@@ -92,6 +94,40 @@ fn turbo_single_step_without_guidance_matches_diffusers() {
     let refs = euler_references();
     let image = run_and_compare(&euler_pipeline("trailing"), 1, 0.0, None);
     assert_images_close(&image, &refs["turbo_image"]);
+}
+
+#[test]
+fn unguided_encoding_is_the_prompt_row_and_cannot_drive_guidance() {
+    let meta = reference_settings();
+    let sd = euler_pipeline("trailing");
+    let (prompt, negative) = (
+        meta["prompt"].as_str().unwrap(),
+        meta["negative_prompt"].as_str(),
+    );
+    let guided = sd.encode_prompts(prompt, negative).unwrap();
+    let alone = sd.encode_for_guidance(prompt, negative, 1.0).unwrap();
+    assert_eq!(alone.context.dim(0).unwrap(), 1);
+    let diff = (guided.context.narrow(0, 1, 1).unwrap() - &alone.context)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "prompt row differs by {diff}");
+    let latents = references()["initial_latents"].clone();
+    let err = sd
+        .denoise(
+            &alone,
+            latents,
+            1,
+            7.5,
+            &mut |_| unreachable!(),
+            &mut |_, _| true,
+        )
+        .expect_err("guidance 7.5 without the negative row must fail");
+    assert!(err.to_string().contains("negative prompt"), "{err}");
 }
 
 #[test]
