@@ -227,6 +227,7 @@ impl JobService {
             self.record_progress(&job, rest, &cancel).await;
         }
 
+        let engine_seconds = started.elapsed().as_secs_f64();
         let outcome = match outcome {
             Ok(images) => {
                 let saving = Progress {
@@ -235,7 +236,7 @@ impl JobService {
                     total_steps: total,
                 };
                 self.record_progress(&job, saving, &cancel).await;
-                self.save_and_complete(&job, images).await
+                self.save_and_complete(&job, images, engine_seconds).await
             }
             Err(e) => Err(e),
         };
@@ -277,11 +278,15 @@ impl JobService {
         }
     }
 
+    /// `engine_seconds`: from the job's start to the engine's images, for
+    /// the log line that splits a job's time between engine and saving.
     async fn save_and_complete(
         &self,
         job: &Job,
         images: Vec<GeneratedImage>,
+        engine_seconds: f64,
     ) -> Result<(), EngineError> {
+        let saving_started = std::time::Instant::now();
         let store = self.store.clone();
         let spec = job.spec.clone();
         let job_id = job.id;
@@ -321,7 +326,13 @@ impl JobService {
             saved.map_err(|e| EngineError::Failed(format!("could not save image: {e}")))?;
         match self.db.complete_job(job.id, &records).await {
             Ok(true) => {
-                tracing::info!(job = %job.id, images = records.len(), "job completed");
+                tracing::info!(
+                    job = %job.id,
+                    images = records.len(),
+                    engine_seconds = format!("{engine_seconds:.3}"),
+                    saving_seconds = format!("{:.3}", saving_started.elapsed().as_secs_f64()),
+                    "job completed"
+                );
                 let done = Progress {
                     stage: Stage::Completed,
                     step: job.spec.total_steps(),
