@@ -28,6 +28,22 @@ def git_rev():
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+def provenance(x):
+    """Where a result comes from: its commit and the CPU it ran on (results
+    from before the harness recorded the CPU say so)."""
+    return f"commit {x.get('commit', '?')}, {x.get('machine', 'CPU not recorded')}"
+
+
+def anchor_text(x):
+    """How the FLOP floor's matmul rate was chosen, with both rates when the
+    result has them."""
+    rates = x.get("matmul_gflops")
+    if not rates:
+        return f"{x['matmul_gflops_anchor']:.0f} GFLOP/s (f32 2048³ matmul in torch, same run)"
+    return (f"{rates['best']:.0f} GFLOP/s (f32 2048³ matmul, same run: the faster of torch's "
+            f"{rates['torch']:.0f} and ours {rates['cyberimage']:.0f})")
+
+
 def met(ok):
     return "**met**" if ok else "**not met**"
 
@@ -36,12 +52,12 @@ def flux_section(flux):
     b = flux["blocks"]
     med = statistics.median
     out = ["## FLUX transformer blocks vs diffusers (identical weights)", "",
-           f"Command: `{flux['command']}` (commit {flux.get('commit', '?')}, torch {flux['torch']}, {flux['threads']} threads). "
+           f"Command: `{flux['command']}` ({provenance(flux)}, torch {flux['torch']}, {flux['threads']} threads). "
            "FLUX.1-dev's full width (24 heads × 128, T5 width 4096, 512 text tokens) with 1 double + 1 single "
            "block, random weights saved once in the diffusers layout and loaded by both; a real step runs 19 + 38 "
            "such blocks. Ours in f32 and from GGUF Q8_0 / Q4_K quantized in-process from the same weights "
            f"(activations quantized to 8 bits by the kernels); median of {flux['repeats']} runs after a warm-up. "
-           f"Floor = FLOPs / {flux['matmul_gflops_anchor']:.0f} GFLOP/s (f32 matmul anchor, same run).", "",
+           f"Floor = FLOPs / {anchor_text(flux)}.", "",
            "| Size | diffusers f32 (s) | diffusers bf16 (s) | ours f32 (s) | ours Q8_0 (s) | ours Q4_K (s) | "
            "ours f32 / diffusers f32 | best ours / best diffusers | GFLOP | f32 floor (s) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -63,7 +79,7 @@ def flux_e2e_section(e2e):
     transformer = sum(v for k, v in files.items() if k.startswith("transformer")) / 2**30
     t5 = sum(v for k, v in files.items() if k.startswith("text_encoder_2")) / 2**30
     return ["## FLUX.1-dev end to end with a GGUF Q4_K transformer", "",
-            f"Command: `{e2e['command']}` (commit {e2e.get('commit', '?')}). Full-size FLUX.1-dev with random weights: transformer GGUF Q4_K "
+            f"Command: `{e2e['command']}` ({provenance(e2e)}). Full-size FLUX.1-dev with random weights: transformer GGUF Q4_K "
             f"({transformer:.1f} GiB file), T5-XXL bf16 ({t5:.1f} GiB file, 2× that once loaded as f32), CLIP-L and "
             "the VAE in f32. One 512² job, 1 step, run as the generator runs it with "
             "`[engine] drop_text_encoders = true`: the prompt is encoded with only CLIP and T5 resident, they are "
@@ -75,11 +91,11 @@ def flux_e2e_section(e2e):
 
 def sdxl_section(x):
     return ["## SDXL UNet step vs diffusers (identical weights)", "",
-            f"Command: `{x['command']}` (commit {x.get('commit', '?')}, torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
+            f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
             f"config, random weights ({x['weights_mib']:.0f} MiB of float32 safetensors) loaded by both; batch 2 "
             f"(CFG) at {x['size']}² with random text states, pooled text and size conditioning. Median of "
-            f"{x['repeats']} runs after a warm-up. Floor = FLOPs / {x['matmul_gflops_anchor']:.0f} GFLOP/s "
-            "(f32 matmul anchor, same run). bf16 as in the SD 1.5 table.", "",
+            f"{x['repeats']} runs after a warm-up. Floor = FLOPs / {anchor_text(x)}. "
+            "bf16 as in the SD 1.5 table.", "",
             "| | ours (s) | diffusers (s) | ours / diffusers f32 | ours / diffusers bf16 | GFLOP | f32 floor (s) | "
             "ours / floor | peak RSS ours / diffusers (MiB) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -97,11 +113,12 @@ def e2e_section(x):
     if x.get("ours_bf16"):
         rows.append(("bf16", x["ours_bf16"], x["diffusers_bf16"]))
     out = ["## End to end: one SD-Turbo class job, prompt to PNG", "",
-           f"Command: `{x['command']}` (commit {x.get('commit', '?')}, torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
+           f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
            f"architecture with random weights ({x['weights_mib']:.0f} MiB of float32 safetensors), one 512² image, "
            "1 Euler step, guidance 0. Ours: a job through the release server on loopback, timed from "
-           "`POST /api/generate` until its status says completed (queue, text encoding, step, VAE decode, PNG file "
-           "and database row). diffusers: `StableDiffusionPipeline(...)` plus saving the PNG. Warm: median of "
+           "`POST /api/generate` until its event stream (`/api/events?job_id=`) ends with the job (queue, text "
+           "encoding, step, VAE decode, PNG file and database row; results before 2026-11-28 polled the status "
+           "every 10 ms instead, which cost about 1 s per job on 2 cores). diffusers: `StableDiffusionPipeline(...)` plus saving the PNG. Warm: median of "
            f"{x['repeats']} jobs after the first. Cold: ours from starting the server, diffusers from "
            "`from_pretrained`, to the first image.", "",
            "| precision | ours warm (s) | diffusers warm (s) | ours / diffusers | ours cold (s) | diffusers cold (s) |",
@@ -130,20 +147,20 @@ def main():
     sdxl = json.loads((RESULTS / "sdxl.json").read_text()) if (RESULTS / "sdxl.json").exists() else None
     e2e = json.loads((RESULTS / "e2e.json").read_text()) if (RESULTS / "e2e.json").exists() else None
     out = ["# Benchmarks", "",
-           "Measured on this project's CI-class machine: "
-           f"{cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-           f"report written at commit {git_rev()}; each section names the commit it measured. "
-           "Every ratio is against an anchor measured in the same run. "
-           "Regenerate this file with `python bench/report.py` after running the commands below.", ""]
+           "Measured on this project's CI-class machines (2 cores, 24 GiB; the CPU model has changed between "
+           "sessions, so each section names the CPU and the commit it measured). Report written at commit "
+           f"{git_rev()} on {cpu_name()}, "
+           f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
+           "Every ratio is against an anchor measured in the same run; compare ratios, not seconds, across "
+           "sections. Regenerate this file with `python bench/report.py` after running the commands below.", ""]
     if engine:
         s = engine["stages"]
         out += ["## Engine vs diffusers (identical weights)", "",
-                f"Command: `{engine['command']}` (commit {engine.get('commit', '?')}, fixtures venv: torch {engine['torch']}, "
+                f"Command: `{engine['command']}` ({provenance(engine)}, fixtures venv: torch {engine['torch']}, "
                 f"{engine['threads']} threads). Full-size SD 1.5 architecture, random weights "
                 f"({engine['weights_mib']:.0f} MiB of float32 safetensors) loaded by both. "
                 f"Median of {engine['repeats']} runs after a warm-up. "
-                f"FLOP floor = FLOPs (torch FlopCounterMode) / matmul throughput measured in the same run "
-                f"({engine['matmul_gflops_anchor']:.0f} GFLOP/s, float32 2048³).", "",
+                f"FLOP floor = FLOPs (torch FlopCounterMode) / {anchor_text(engine)}.", "",
                 "| Stage | CyberImage (s) | diffusers (s) | ours / diffusers | GFLOP | floor (s) | ours / floor |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         bf16_rows = []
@@ -189,7 +206,7 @@ def main():
     if load:
         r = load["results"]
         out += ["## Server overhead: status polling during a generation", "",
-                f"Command: `{load['command']}` (commit {load.get('commit', '?')}, wrk, 2 threads, on loopback, release build). "
+                f"Command: `{load['command']}` ({provenance(load)}, wrk, 2 threads, on loopback, release build). "
                 "The engine runs a long generation on the built-in tiny model the whole time "
                 f"(still running at the end: {load['generation_running_throughout']}), so the server, "
                 "the engine and wrk share the 2 cores. Anchor: `GET /health`.", "",
