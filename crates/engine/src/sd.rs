@@ -41,12 +41,18 @@ pub struct Conditioning {
     pub pooled: Option<Tensor>,
 }
 
+/// Like diffusers: classifier-free guidance only above 1 (at or below,
+/// one UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
+fn is_guided(guidance: f64) -> bool {
+    guidance > 1.0
+}
+
 impl Conditioning {
-    /// The (first row, rows) a run at `guidance` reads: both with
-    /// classifier-free guidance (> 1), else only the prompt's, the last.
+    /// The (first row, rows) a run at `guidance` reads: both when guided,
+    /// else only the prompt's, the last.
     fn rows_for(&self, guidance: f64) -> Result<(usize, usize), EngineLoadError> {
         let rows = self.context.dim(0)?;
-        if guidance <= 1.0 {
+        if !is_guided(guidance) {
             return Ok((rows - 1, 1));
         }
         if rows != 2 {
@@ -242,7 +248,7 @@ impl StableDiffusion {
                 &self.device,
                 prompt,
                 negative,
-                guidance > 1.0,
+                is_guided(guidance),
             )
         })
     }
@@ -269,7 +275,7 @@ impl StableDiffusion {
             device,
             prompt,
             negative,
-            guidance > 1.0,
+            is_guided(guidance),
         )
     }
 
@@ -314,9 +320,7 @@ impl StableDiffusion {
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
-        // Like diffusers: no classifier-free guidance at guidance <= 1 (one
-        // UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
-        let cfg = guidance > 1.0;
+        let cfg = is_guided(guidance);
         let (first_row, rows) = cond.rows_for(guidance)?;
         let context = cond.context.narrow(0, first_row, rows)?;
         let added = self.added_conditioning(cond, first_row, rows, &latents)?;
