@@ -8,24 +8,11 @@ usage: python bench/report.py
 """
 
 import json
-import platform
 import statistics
-import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, git_rev, machine
+
 RESULTS = ROOT / "bench" / "results"
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def git_rev():
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def provenance(x):
@@ -149,8 +136,7 @@ def main():
     out = ["# Benchmarks", "",
            "Measured on this project's CI-class machines (2 cores, 24 GiB; the CPU model has changed between "
            "sessions, so each section names the CPU and the commit it measured). Report written at commit "
-           f"{git_rev()} on {cpu_name()}, "
-           f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
+           f"{git_rev()} on {machine()}. "
            "Every ratio is against an anchor measured in the same run; compare ratios, not seconds, across "
            "sections. Regenerate this file with `python bench/report.py` after running the commands below.", ""]
     if engine:
