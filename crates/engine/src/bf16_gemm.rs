@@ -286,8 +286,74 @@ unsafe fn pack_pair_rows_avx512(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
     }
 }
 
+/// Packs B (k × n) given row by row: `row(r, out)` writes row r into
+/// `out` (n values). Rows are asked for in order, two at a time, and go
+/// from a two-row buffer straight into the packed layout.
+fn pack_b_by_rows(
+    k: usize,
+    n: usize,
+    row: &mut impl FnMut(usize, &mut [f32]),
+    buffer: &mut Vec<f32>,
+    out: &mut Vec<u32>,
+) {
+    let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
+    out.clear();
+    out.resize(pairs * panels * NR, 0);
+    buffer.resize(2 * n, 0.0);
+    let (lo, hi) = buffer.split_at_mut(n);
+    for p in 0..pairs {
+        // Pair p's place in the layout: its k block, then one NR-wide
+        // slot in each panel of that block.
+        let kb = p / KC * KC;
+        let kc = KC.min(pairs - kb);
+        let block = kb * panels * NR + (p - kb) * NR;
+        row(2 * p, lo);
+        let has_hi = 2 * p + 1 < k;
+        if has_hi {
+            row(2 * p + 1, hi);
+        }
+        for panel in 0..panels {
+            let (c0, width) = (panel * NR, NR.min(n - panel * NR));
+            let at = block + panel * kc * NR;
+            let dst = &mut out[at..at + NR];
+            if has_hi {
+                pack_pair_rows(&lo[c0..c0 + width], &hi[c0..c0 + width], dst);
+            } else {
+                for (d, &l) in dst.iter_mut().zip(&lo[c0..c0 + width]) {
+                    *d = pair(l, 0.0);
+                }
+            }
+        }
+    }
+}
+
 thread_local! {
     static PACKED_B: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static B_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// As [`gemm`], with B (a.depth() × n) given row by row through `row`
+/// (see `pack_b_by_rows`): a caller that computes B's rows (a
+/// convolution's unfolding) never writes B out whole.
+///
+/// # Safety
+/// As for [`gemm`].
+pub unsafe fn gemm_rows(
+    a: &PackedA,
+    n: usize,
+    mut row: impl FnMut(usize, &mut [f32]),
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    PACKED_B.with(|packed| {
+        B_ROWS.with(|buffer| {
+            let mut packed = packed.borrow_mut();
+            pack_b_by_rows(a.k, n, &mut row, &mut buffer.borrow_mut(), &mut packed);
+            // SAFETY: forwarded from the caller.
+            unsafe { gemm_packed(a, &packed, n, c, c_stride, accumulate) }
+        })
+    })
 }
 
 /// C (m × n, rows `c_stride` apart) = C·`accumulate` + A·B, with B
@@ -471,6 +537,41 @@ mod tests {
                 assert_eq!(vector[j], scalar, "column {j}: {} / {}", lo[j], hi[j]);
             }
         }
+    }
+
+    #[test]
+    fn a_right_operand_given_row_by_row_gives_the_same_product() {
+        if !available() {
+            return;
+        }
+        // Odd k (a last pair with no second row), two k blocks, a ragged
+        // last panel.
+        let (m, k, n) = (13, 2 * KC + 37, 70);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 29 % 89) as f32 - 44.0) / 44.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 41 % 83) as f32 - 41.0) / 41.0)
+            .collect();
+        let packed = PackedA::new(&a, m, k, k);
+        let (mut whole, mut by_rows) = (vec![1f32; m * n], vec![1f32; m * n]);
+        let mut asked = Vec::new();
+        unsafe {
+            gemm(&packed, &b, n, n, whole.as_mut_ptr(), n, true);
+            gemm_rows(
+                &packed,
+                n,
+                |r, out| {
+                    asked.push(r);
+                    out.copy_from_slice(&b[r * n..(r + 1) * n]);
+                },
+                by_rows.as_mut_ptr(),
+                n,
+                true,
+            );
+        }
+        assert_eq!(asked, (0..k).collect::<Vec<_>>());
+        assert_eq!(whole, by_rows);
     }
 
     #[test]

@@ -233,25 +233,36 @@ impl Geometry {
     /// overhangs the padding).
     fn unfold(&self, image: &[f32], rows: std::ops::Range<usize>, col: &mut [f32]) {
         let n = rows.len() * self.out_w;
-        let mut dst_row = 0;
-        for c in 0..self.c_in {
-            let plane = &image[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let dst = &mut col[dst_row * n..(dst_row + 1) * n];
-                    dst_row += 1;
-                    for (r, y) in rows.clone().enumerate() {
-                        let out = &mut dst[r * self.out_w..(r + 1) * self.out_w];
-                        let iy = (y * self.stride + i) as isize - self.padding as isize;
-                        if iy < 0 || iy >= self.h as isize {
-                            out.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                        self.unfold_row(src, j, out);
-                    }
-                }
+        for (index, dst) in col.chunks_exact_mut(n).take(self.depth()).enumerate() {
+            self.unfold_one(image, rows.clone(), index, dst);
+        }
+    }
+
+    /// Row `index` (input channel, kernel row, kernel column) of the
+    /// unfolded matrix for output rows `rows`, into `dst`
+    /// (`rows.len()·out_w` values).
+    fn unfold_one(
+        &self,
+        image: &[f32],
+        rows: std::ops::Range<usize>,
+        index: usize,
+        dst: &mut [f32],
+    ) {
+        let (c, i, j) = (
+            index / (self.kh * self.kw),
+            index / self.kw % self.kh,
+            index % self.kw,
+        );
+        let plane = &image[c * self.h * self.w..(c + 1) * self.h * self.w];
+        for (r, y) in rows.enumerate() {
+            let out = &mut dst[r * self.out_w..(r + 1) * self.out_w];
+            let iy = (y * self.stride + i) as isize - self.padding as isize;
+            if iy < 0 || iy >= self.h as isize {
+                out.fill(0.0);
+                continue;
             }
+            let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+            self.unfold_row(src, j, out);
         }
     }
 
@@ -379,6 +390,15 @@ fn convolve(
         };
         if g.is_pointwise() {
             gemm_into(&src[rows.start * g.out_w..], out_px);
+            return;
+        }
+        if let Some(packed) = weights.bf16 {
+            // Unfolded rows go through an L1-sized buffer straight into the
+            // packed operand: the f32 tile is never written out whole.
+            let unfold =
+                |index: usize, out: &mut [f32]| g.unfold_one(src, rows.clone(), index, out);
+            // SAFETY: as for gemm_into.
+            unsafe { bf16_gemm::gemm_rows(packed, n, unfold, dst, out_px, bias.is_some()) };
             return;
         }
         COL.with(|col| {
