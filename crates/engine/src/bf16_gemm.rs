@@ -220,33 +220,41 @@ pub unsafe fn gemm_prepacked(
 }
 
 /// Packs row-major `b` (k rows of n, `row_stride` apart) into `out`.
-///
-/// Done per call for a convolution's unfolded input, where it costs about
-/// as much as the product itself once the layer has few output channels:
-/// full panels are converted 16 columns at a time by the CPU's own
-/// rounding instruction (`vcvtneps2bf16`, nearest-even like [`bf16_bits`];
-/// it flushes subnormal inputs to zero, which at bf16's 8 bits is noise).
 fn pack_b(b: &[f32], k: usize, n: usize, row_stride: usize, out: &mut Vec<u32>) {
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
     out.clear();
     out.resize(pairs * panels * NR, 0);
-    let mut at = 0;
-    for kb in (0..pairs).step_by(KC) {
-        let kc = KC.min(pairs - kb);
-        for panel in 0..panels {
-            let (c0, width) = (panel * NR, NR.min(n - panel * NR));
-            for p in kb..kb + kc {
-                let lo = &b[2 * p * row_stride + c0..][..width];
-                let dst = &mut out[at..at + NR];
-                if 2 * p + 1 < k {
-                    let hi = &b[(2 * p + 1) * row_stride + c0..][..width];
-                    pack_pair_rows(lo, hi, dst);
-                } else {
-                    for (d, &l) in dst.iter_mut().zip(lo) {
-                        *d = pair(l, 0.0);
-                    }
+    for p in 0..pairs {
+        let lo = &b[2 * p * row_stride..][..n];
+        let hi = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * row_stride..][..n]);
+        pack_pair_into_panels(out, pairs, p, lo, hi);
+    }
+}
+
+/// Writes k-pair `p` of B (rows `lo` and `hi` of n values; no `hi` for the
+/// last pair of an odd k) into its NR-wide slot in each panel of its k
+/// block, in `out` sized for `pairs` pairs. Full slots are converted 16
+/// columns at a time by the CPU's own rounding instruction
+/// (`vcvtneps2bf16`, nearest-even like [`bf16_bits`]; it flushes
+/// subnormal inputs to zero, which at bf16's 8 bits is noise): per call,
+/// for a convolution's input, this costs about as much as the product once
+/// the layer has few output channels.
+fn pack_pair_into_panels(out: &mut [u32], pairs: usize, p: usize, lo: &[f32], hi: Option<&[f32]>) {
+    let n = lo.len();
+    let panels = n.div_ceil(NR);
+    let kb = p / KC * KC;
+    let kc = KC.min(pairs - kb);
+    let block = kb * panels * NR + (p - kb) * NR;
+    for panel in 0..panels {
+        let columns = panel * NR..(panel * NR + NR).min(n);
+        let at = block + panel * kc * NR;
+        let dst = &mut out[at..at + NR];
+        match hi {
+            Some(hi) => pack_pair_rows(&lo[columns.clone()], &hi[columns], dst),
+            None => {
+                for (d, &l) in dst.iter_mut().zip(&lo[columns]) {
+                    *d = pair(l, 0.0);
                 }
-                at += NR;
             }
         }
     }
@@ -302,28 +310,12 @@ fn pack_b_by_rows(
     buffer.resize(2 * n, 0.0);
     let (lo, hi) = buffer.split_at_mut(n);
     for p in 0..pairs {
-        // Pair p's place in the layout: its k block, then one NR-wide
-        // slot in each panel of that block.
-        let kb = p / KC * KC;
-        let kc = KC.min(pairs - kb);
-        let block = kb * panels * NR + (p - kb) * NR;
         row(2 * p, lo);
         let has_hi = 2 * p + 1 < k;
         if has_hi {
             row(2 * p + 1, hi);
         }
-        for panel in 0..panels {
-            let (c0, width) = (panel * NR, NR.min(n - panel * NR));
-            let at = block + panel * kc * NR;
-            let dst = &mut out[at..at + NR];
-            if has_hi {
-                pack_pair_rows(&lo[c0..c0 + width], &hi[c0..c0 + width], dst);
-            } else {
-                for (d, &l) in dst.iter_mut().zip(&lo[c0..c0 + width]) {
-                    *d = pair(l, 0.0);
-                }
-            }
-        }
+        pack_pair_into_panels(out, pairs, p, lo, has_hi.then_some(&*hi));
     }
 }
 
