@@ -8,11 +8,14 @@ against, in one run:
 - GET /api/status/{job_id}           (REST status of the running job),
 - POST /api/mcp context.image_generation.status (the seed's JSON-RPC).
 
-Reports requests/s and p50/p99 latency per target and the ratio to the
-anchor, as JSON (and BENCHMARKS.md quotes it).
+Each target is driven at several concurrency levels (wrk connections, each
+sending its next request as soon as the last one is answered): latency
+under a closed-loop load is mostly queueing, so one level alone says
+little. Reports requests/s and p50/p99 latency per target and level and
+the ratio to the anchor, as JSON (and BENCHMARKS.md quotes it).
 
 usage: python bench/load_status.py [--binary target/release/cyberimage] [--seconds 10]
-       [--connections 32] [--out bench/results/load.json]
+       [--connections 4 8 16 32] [--out bench/results/load.json]
 Needs `wrk` (apt-get install wrk).
 """
 
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ap = argparse.ArgumentParser()
 ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "cyberimage"))
 ap.add_argument("--seconds", type=int, default=10)
-ap.add_argument("--connections", type=int, default=32)
+ap.add_argument("--connections", type=int, nargs="+", default=[4, 8, 16, 32])
 ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
 args = ap.parse_args()
 
@@ -45,8 +48,8 @@ def ms(text):
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def wrk(url, script=None):
-    cmd = ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", url]
+def wrk(connections, url, script=None):
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{args.seconds}s", "--latency", url]
     if script:
         cmd[1:1] = ["-s", script]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -62,12 +65,14 @@ def main():
     data = tempfile.mkdtemp(prefix="cyberimage-load-")
     proc = subprocess.Popen([args.binary, "serve", "--bind", "127.0.0.1:0", "--data-dir", data],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+                            # A step limit above the default, so one job outlasts every level.
+                            env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin",
+                                 "CYBERIMAGE_LIMITS__MAX_STEPS": "2000"})
     base = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
     try:
         job = requests.post(f"{base}/api/generate", json={
             "prompt": "keep the engine busy", "model": "tiny-sd15-random",
-            "settings": {"num_inference_steps": 150, "width": 512, "height": 512, "num_images": 8}}).json()
+            "settings": {"num_inference_steps": 2000, "width": 512, "height": 512, "num_images": 8}}).json()
         job_id = job["job_id"]
         while requests.get(f"{base}/api/status/{job_id}").json()["status"] != "processing":
             time.sleep(0.05)
@@ -76,21 +81,27 @@ def main():
         script = Path(data) / "rpc.lua"
         script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                           f"wrk.body = {json.dumps(body)}\n")
-        results = {
-            "health_anchor": wrk(f"{base}/health"),
-            "rest_status": wrk(f"{base}/api/status/{job_id}"),
-            "jsonrpc_status": wrk(f"{base}/api/mcp", str(script)),
-        }
+        levels = []
+        for connections in args.connections:
+            levels.append({"connections": connections, "results": {
+                "health_anchor": wrk(connections, f"{base}/health"),
+                "rest_status": wrk(connections, f"{base}/api/status/{job_id}"),
+                "jsonrpc_status": wrk(connections, f"{base}/api/mcp", str(script)),
+            }})
         still_running = requests.get(f"{base}/api/status/{job_id}").json()["status"] == "processing"
         requests.post(f"{base}/api/cancel/{job_id}")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    anchor = results["health_anchor"]["requests_per_s"]
-    for r in results.values():
-        r["ratio_to_health"] = r["requests_per_s"] / anchor
-    report = {"commit": git_rev(), "machine": machine(), "command": f"python bench/load_status.py --seconds {args.seconds} --connections {args.connections}",
-              "generation_running_throughout": still_running, "results": results}
+    for level in levels:
+        results = level["results"]
+        anchor = results["health_anchor"]["requests_per_s"]
+        for r in results.values():
+            r["ratio_to_health"] = r["requests_per_s"] / anchor
+    connections = " ".join(map(str, args.connections))
+    report = {"commit": git_rev(), "machine": machine(),
+              "command": f"python bench/load_status.py --seconds {args.seconds} --connections {connections}",
+              "generation_running_throughout": still_running, "levels": levels}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

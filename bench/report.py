@@ -127,6 +127,34 @@ def flux_fit_target(flux):
             f"(peak RSS {gib:.1f} GiB with text encoders dropped after encoding).")
 
 
+def load_levels(load):
+    """The concurrency levels of a load result (results from before the
+    sweep hold one level, `connections` in their command)."""
+    if "levels" in load:
+        return load["levels"]
+    connections = int(load["command"].split("--connections")[1].split()[0])
+    return [{"connections": connections, "results": load["results"]}]
+
+
+def load_targets(load):
+    """Both status targets (>= 10k req/s and p99 <= 5 ms) must hold at the
+    same level, for REST and JSON-RPC alike; every level's outcome is listed."""
+    lines = ["- Status polling during a generation, ≥ 10k req/s with p99 ≤ 5 ms (REST and JSON-RPC at the same "
+             "number of connections):"]
+    met_at = []
+    for level in load_levels(load):
+        r = level["results"]
+        pair = [r["rest_status"], r["jsonrpc_status"]]
+        ok = all(x["requests_per_s"] >= 10_000 and x["p99_ms"] <= 5 for x in pair)
+        if ok:
+            met_at.append(level["connections"])
+        lines.append(f"  - {level['connections']} connections: {met(ok)} (REST {pair[0]['requests_per_s']:.0f} req/s, "
+                     f"p99 {pair[0]['p99_ms']:.1f} ms; JSON-RPC {pair[1]['requests_per_s']:.0f} req/s, "
+                     f"p99 {pair[1]['p99_ms']:.1f} ms).")
+    lines[0] += f" {met(bool(met_at))}" + (f" at {', '.join(map(str, met_at))} connections." if met_at else ".")
+    return lines
+
+
 def main():
     engine = json.loads((RESULTS / "engine.json").read_text()) if (RESULTS / "engine.json").exists() else None
     load = json.loads((RESULTS / "load.json").read_text()) if (RESULTS / "load.json").exists() else None
@@ -146,7 +174,10 @@ def main():
                 f"{engine['threads']} threads). Full-size SD 1.5 architecture, random weights "
                 f"({engine['weights_mib']:.0f} MiB of float32 safetensors) loaded by both. "
                 f"Median of {engine['repeats']} runs after a warm-up. "
-                f"FLOP floor = FLOPs (torch FlopCounterMode) / {anchor_text(engine)}.", "",
+                f"FLOP floor = FLOPs (torch FlopCounterMode) / {anchor_text(engine)}. The FLOPs are those "
+                "of direct arithmetic; our 3×3 convolutions with enough channels and pixels use Winograd's "
+                "F(4×4, 3×3), which needs 4× fewer multiplications, so a stage made of them can run under "
+                "its floor.", "",
                 "| Stage | CyberImage (s) | diffusers (s) | ours / diffusers | GFLOP | floor (s) | ours / floor |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         bf16_rows = []
@@ -190,17 +221,22 @@ def main():
     if flux and flux.get("e2e"):
         out += flux_e2e_section(flux["e2e"])
     if load:
-        r = load["results"]
         out += ["## Server overhead: status polling during a generation", "",
                 f"Command: `{load['command']}` ({provenance(load)}, wrk, 2 threads, on loopback, release build). "
                 "The engine runs a long generation on the built-in tiny model the whole time "
                 f"(still running at the end: {load['generation_running_throughout']}), so the server, "
-                "the engine and wrk share the 2 cores. Anchor: `GET /health`.", "",
-                "| Target | requests/s | p50 (ms) | p99 (ms) | vs /health |", "|---|---:|---:|---:|---:|"]
-        for key, label in [("health_anchor", "GET /health (anchor)"), ("rest_status", "GET /api/status/{id}"),
-                           ("jsonrpc_status", "POST /api/mcp context.image_generation.status")]:
-            x = r[key]
-            out.append(f"| {label} | {x['requests_per_s']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['ratio_to_health']:.2f} |")
+                "the engine and wrk share the 2 cores. Each level is a number of wrk connections, each sending "
+                "its next request as soon as the last is answered (a closed loop: past the server's capacity "
+                "more connections only lengthen the queue, so latency grows with the level while requests/s "
+                "stays flat). Anchor: `GET /health` at the same level.", "",
+                "| Connections | Target | requests/s | p50 (ms) | p99 (ms) | vs /health |",
+                "|---:|---|---:|---:|---:|---:|"]
+        for level in load_levels(load):
+            for key, label in [("health_anchor", "GET /health (anchor)"), ("rest_status", "GET /api/status/{id}"),
+                               ("jsonrpc_status", "POST /api/mcp context.image_generation.status")]:
+                x = level["results"][key]
+                out.append(f"| {level['connections']} | {label} | {x['requests_per_s']:.0f} | {x['p50_ms']:.2f} | "
+                           f"{x['p99_ms']:.2f} | {x['ratio_to_health']:.2f} |")
         out.append("")
     out += ["## Targets", ""]
     if engine:
@@ -224,13 +260,14 @@ def main():
             floors = ", ".join(f"{label} {r['ours_s'] / r['floor_s']:.1f}×" for label, r in stages)
             lines.append(f"  - ours f32 against the f32 FLOP floor: {floors}.")
             # 0.8× diffusers f32 can ask for more than the f32 matmul anchor
-            # delivers: then no f32 implementation here can meet it.
+            # delivers for direct arithmetic: only fewer multiplications
+            # (Winograd's convolutions) get there.
             under = [(label, 0.8 * r["diffusers_s"] / r["floor_s"]) for label, r in stages
                      if 0.8 * r["diffusers_s"] < r["floor_s"]]
             if under:
                 detail = ", ".join(f"{label} {x:.2f}×" for label, x in under)
                 lines.append(f"  - 0.8× diffusers f32 lies under the f32 FLOP floor ({detail} of it): "
-                             "out of reach for exact f32 products at the matmul rate measured here.")
+                             "out of reach for direct f32 arithmetic at the matmul rate measured here.")
             return lines
 
         unets = [(f"SD 1.5 {engine['size']}²", unet)] + ([(f"SDXL {sdxl['size']}²", sdxl)] if sdxl else [])
@@ -240,12 +277,7 @@ def main():
                 f"({engine['ours_peak_rss_mib'] / engine['weights_mib']:.2f}×).",
                 flux_fit_target(flux)]
     if load:
-        x = load["results"]["rest_status"]
-        y = load["results"]["jsonrpc_status"]
-        out += [f"- Status polling ≥ 10k req/s during a generation: {met(min(x['requests_per_s'], y['requests_per_s']) >= 10_000)} "
-                f"(REST {x['requests_per_s']:.0f}, JSON-RPC {y['requests_per_s']:.0f}).",
-                f"- Status polling p99 ≤ 5 ms: {met(max(x['p99_ms'], y['p99_ms']) <= 5)} "
-                f"(REST {x['p99_ms']:.1f} ms, JSON-RPC {y['p99_ms']:.1f} ms)."]
+        out += load_targets(load)
     out += ["", "## Not measured yet", "",
             "SD 3.5 Large stages on real-size weights: the pipeline exists and its full-size config builds "
             "(engine tests), but it is not in the harness yet.", ""]

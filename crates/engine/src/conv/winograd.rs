@@ -53,11 +53,22 @@ const MIN_STRIP_TILES: usize = 128;
 /// direct kernel's time; 640 at 32², 128 tiles, 0.5–0.7×).
 const MIN_TILES: usize = 64;
 
+/// The same when the alternative is the bf16 kernel, itself ~0.6× of
+/// direct f32 (measured: 640 channels at 32², batch 1 — 64 tiles — took
+/// 1.4× the bf16 kernel's time; from 128 tiles up 0.6–0.93×).
+const MIN_TILES_OVER_BF16: usize = 128;
+
 /// Whether Winograd's form applies and pays: a 3×3 kernel, stride 1,
 /// padding 1 (the shape of every convolution in the SD UNets' and VAEs'
-/// resnets), and enough channels on both sides.
-pub(super) fn suits(g: &Geometry, batch: usize) -> bool {
-    batch * g.out_h.div_ceil(M) * g.out_w.div_ceil(M) >= MIN_TILES
+/// resnets), enough channels on both sides, and enough tiles against the
+/// kernel it would replace (`over_bf16`: the bf16 one).
+pub(super) fn suits(g: &Geometry, batch: usize, over_bf16: bool) -> bool {
+    let min_tiles = if over_bf16 {
+        MIN_TILES_OVER_BF16
+    } else {
+        MIN_TILES
+    };
+    batch * g.out_h.div_ceil(M) * g.out_w.div_ceil(M) >= min_tiles
         && g.kh == 3
         && g.kw == 3
         && g.stride == 1
@@ -494,7 +505,7 @@ mod tests {
             let weight = Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let g = Geometry::new((c_in, h, w), (3, 3), 1, 1, c_out).unwrap();
-            assert!(suits(&g, 64));
+            assert!(suits(&g, 64, false));
             for bias in [None, Some(bias)] {
                 let config = Conv2dConfig {
                     padding: 1,
@@ -529,7 +540,17 @@ mod tests {
         ];
         for (input, kernel, stride, padding, c_out) in shapes {
             let g = Geometry::new(input, kernel, stride, padding, c_out).unwrap();
-            assert!(!suits(&g, 64), "{:?}", (input, kernel, stride, padding));
+            assert!(
+                !suits(&g, 64, false),
+                "{:?}",
+                (input, kernel, stride, padding)
+            );
         }
+        // 16×16 outputs are 4×4 tiles: 4 images make 64 of them.
+        let g = Geometry::new((16, 16, 16), (3, 3), 1, 1, 16).unwrap();
+        assert!(suits(&g, 4, false));
+        assert!(!suits(&g, 3, false), "48 tiles");
+        assert!(!suits(&g, 4, true), "64 tiles, against the bf16 kernel");
+        assert!(suits(&g, 8, true));
     }
 }
