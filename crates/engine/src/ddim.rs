@@ -52,6 +52,16 @@ impl Ddim {
                 )))
             }
         };
+        // "leading" adds steps_offset (1 in the SD 1.x configs), so as many
+        // steps as training timesteps would reach timestep n, past the
+        // noise schedule (diffusers fails there with an index error).
+        if let Some(&last) = timesteps.iter().find(|&&t| t >= n) {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{steps} steps reach timestep {last} with steps_offset {}, past the {n} training \
+                 timesteps: use fewer steps",
+                cfg.steps_offset
+            )));
+        }
         Ok(Self {
             alphas_cumprod,
             final_alpha_cumprod,
@@ -95,5 +105,36 @@ impl Ddim {
             )
         };
         (pred_x0 * alpha_prev.sqrt())? + (pred_eps * (1.0 - alpha_prev).sqrt())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(spacing: &str) -> SchedulerConfig {
+        serde_json::from_value(serde_json::json!({
+            "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": spacing,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn as_many_steps_as_timesteps_is_a_clear_error_not_a_panic() {
+        let err = Ddim::new(&config("leading"), 1000)
+            .err()
+            .expect("timestep 1000");
+        assert!(err.to_string().contains("use fewer steps"), "{err}");
+        let ddim = Ddim::new(&config("leading"), 999).unwrap();
+        assert_eq!(ddim.timesteps()[0], 999);
+        let sample = Tensor::ones(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        for &t in ddim.timesteps() {
+            ddim.step(&sample, t, &sample).unwrap();
+        }
+        for spacing in ["trailing", "linspace"] {
+            let ddim = Ddim::new(&config(spacing), 1000).unwrap();
+            assert_eq!(ddim.timesteps()[0], 999, "{spacing}");
+        }
     }
 }
