@@ -127,7 +127,7 @@ impl CandleGenerator {
                     .into(),
             );
         }
-        crate::priority::lower_pool_priority(options.nice);
+        crate::priority::lower_pool_priority(options.thread_priority());
         Ok(Self {
             models_dir,
             device: options.device()?,
@@ -227,7 +227,7 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        crate::priority::lower_current_thread_priority(self.options.nice);
+        crate::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
         let mut loaded = self

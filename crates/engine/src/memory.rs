@@ -29,6 +29,10 @@ pub struct EngineOptions {
     /// the server's 0, status polls and uploads are answered promptly while
     /// a generation runs; the engine still gets every idle cycle.
     pub nice: i32,
+    /// Run the engine's threads under Linux's `SCHED_IDLE` instead of
+    /// niced: the server answers faster under load, but any other busy
+    /// process on the machine stalls generations.
+    pub idle_priority: bool,
     /// `f32`, or `bf16`: convolutions, the UNet's and VAE's linear layers
     /// and attention products multiply bf16-rounded operands with f32 sums
     /// (AVX-512 BF16 CPUs; about twice the multiply rate, results within
@@ -62,12 +66,22 @@ impl Default for EngineOptions {
             memory_budget_gib: None,
             drop_text_encoders: false,
             nice: 10,
+            idle_priority: false,
             precision: Precision::F32,
         }
     }
 }
 
 impl EngineOptions {
+    /// How low the engine's threads run.
+    pub fn thread_priority(&self) -> crate::priority::ThreadPriority {
+        if self.idle_priority {
+            crate::priority::ThreadPriority::Idle
+        } else {
+            crate::priority::ThreadPriority::Nice(self.nice)
+        }
+    }
+
     /// The device named by `device`. CUDA needs a binary built with
     /// `--features cuda` (candle's CUDA kernels); otherwise this says so.
     pub fn device(&self) -> Result<candle_core::Device, String> {
