@@ -14,7 +14,10 @@ spacing), guidance 0: what SD-Turbo ships for.
   `pipe(prompt, ...)` and `image.save(png)`.
 
 Each side also reports its cold start (ours: server start to the first
-image done; diffusers: from_pretrained plus the first image) and peak RSS.
+image done, on a new data folder, where the weights' digests are computed;
+diffusers: from_pretrained plus the first image) and peak RSS; ours also a
+restart (a second server on the same folder, digests cached, to its first
+image done).
 With bf16 (default on; `--no-bf16` skips), again with ours under
 `[engine] precision = "bf16"` and the pipeline in bfloat16.
 
@@ -106,49 +109,72 @@ def vm_hwm_mib(pid):
     return 0.0
 
 
+def serve(exe, config, data):
+    """Starts the release server on `config` and `data`; returns the process
+    and its base URL."""
+    proc = subprocess.Popen([str(exe), "--config", str(config), "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
+    return proc, re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
+
+
+def timed_job(base, seed):
+    """One job from POST to the end of its event stream, in seconds."""
+    start = time.perf_counter()
+    job = requests.post(f"{base}/api/generate", json={
+        "prompt": PROMPT, "model": "sd-turbo-bench",
+        "settings": {"num_inference_steps": 1, "guidance_scale": 0.0, "width": 512, "height": 512,
+                     "num_images": 1, "seed": seed}})
+    job.raise_for_status()
+    job_id = job.json()["job_id"]
+    # The job's event stream ends when the job does: no poll loop
+    # competing with the engine for the 2 cores (a 10 ms status
+    # poll cost about 1 s per job here).
+    with requests.get(f"{base}/api/events", params={"job_id": job_id}, stream=True, timeout=3600) as events:
+        events.raise_for_status()
+        for _ in events.iter_lines():
+            pass
+    seconds = time.perf_counter() - start
+    status = requests.get(f"{base}/api/status/{job_id}").json()
+    if status["status"] != "completed":
+        raise SystemExit(f"our job ended {status['status']}: {status}")
+    return seconds
+
+
 def ours_side(exe, precision):
+    """Cold start (a new data folder: the weights are hashed on this first
+    load), warm jobs, and a restart on the same folder (the weights' digests
+    are cached there, as on a server that restarts)."""
     data = Path(tempfile.mkdtemp(prefix="cyberimage-e2e-"))
     config = data / "cyberimage.toml"
     config.write_text(f'[engine]\nprecision = "{precision}"\n\n[[models]]\nkey = "sd-turbo-bench"\n'
                       f'source = "{MODEL}"\nfamily = "sd-turbo"\ndescription = "random weights (benchmark)"\n'
                       'defaults = { steps = 1, guidance_scale = 0.0, width = 512, height = 512 }\n')
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "--config", str(config), "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={"RUST_LOG": "warn", "PATH": "/usr/bin:/bin"})
     try:
-        base = re.search(r"listening on (http://\S+)", proc.stdout.readline()).group(1)
-        runs = []
-        for i in range(args.repeats + 1):
-            run_start = time.perf_counter()
-            job = requests.post(f"{base}/api/generate", json={
-                "prompt": PROMPT, "model": "sd-turbo-bench",
-                "settings": {"num_inference_steps": 1, "guidance_scale": 0.0, "width": 512, "height": 512,
-                             "num_images": 1, "seed": i}})
-            job.raise_for_status()
-            job_id = job.json()["job_id"]
-            # The job's event stream ends when the job does: no poll loop
-            # competing with the engine for the 2 cores (a 10 ms status
-            # poll cost about 1 s per job here).
-            with requests.get(f"{base}/api/events", params={"job_id": job_id}, stream=True, timeout=3600) as events:
-                events.raise_for_status()
-                for _ in events.iter_lines():
-                    pass
-            runs.append(time.perf_counter() - run_start)
-            status = requests.get(f"{base}/api/status/{job_id}").json()
-            if status["status"] != "completed":
-                raise SystemExit(f"our job ended {status['status']}: {status}")
-            if i == 0:
-                cold = time.perf_counter() - start
+        start = time.perf_counter()
+        proc, base = serve(exe, config, data)
+        try:
+            runs = [timed_job(base, 0)]
+            cold = time.perf_counter() - start
+            runs += [timed_job(base, i) for i in range(1, args.repeats + 1)]
+            rss = vm_hwm_mib(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        start = time.perf_counter()
+        proc, base = serve(exe, config, data)
+        try:
+            timed_job(base, args.repeats + 1)
+            restart = time.perf_counter() - start
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
         pngs = list((data / "images").rglob("*.png"))
-        if len(pngs) != args.repeats + 1:
-            raise SystemExit(f"expected {args.repeats + 1} PNG files, found {len(pngs)}")
-        rss = vm_hwm_mib(proc.pid)
+        if len(pngs) != args.repeats + 2:
+            raise SystemExit(f"expected {args.repeats + 2} PNG files, found {len(pngs)}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
         shutil.rmtree(data)
-    return {"cold_s": cold, "seconds": runs[1:], "peak_rss_mib": rss}
+    return {"cold_s": cold, "restart_s": restart, "seconds": runs[1:], "peak_rss_mib": rss}
 
 
 def main():

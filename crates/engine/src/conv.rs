@@ -86,8 +86,10 @@ impl Conv2d {
         }
         let (c_out, c_in, kh, kw) = weight.dims4()?;
         let depth = c_in * kh * kw;
-        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedA::new(&flat, c_out, depth, depth);
+        // Read in place, not copied out first.
+        let packed = crate::cpu_buffers::with_f32(weight, "conv2d weights", |flat| {
+            PackedA::new(flat, c_out, depth, depth)
+        })?;
         Ok(Some(self.packed_bf16.get_or_init(|| packed)))
     }
 

@@ -47,8 +47,10 @@ impl Linear {
         }
         let weight = self.inner.weight();
         let (out, input) = weight.dims2()?;
-        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedB::from_transposed(&flat, out, input);
+        // Read in place, not copied out first.
+        let packed = crate::cpu_buffers::with_f32(weight, "linear weights", |flat| {
+            PackedB::from_transposed(flat, out, input)
+        })?;
         Ok(self.packed_bf16.get_or_init(|| packed))
     }
 

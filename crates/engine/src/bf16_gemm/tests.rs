@@ -95,36 +95,38 @@ fn a_transposed_right_operand_gives_the_same_product() {
     if !available() {
         return;
     }
-    let (m, k, n) = (30, 77, 41);
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-        .collect();
-    let bt: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-        .collect();
-    let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
-    let (mut via_a, mut via_b) = (vec![0f32; m * n], vec![0f32; m * n]);
-    unsafe {
-        gemm(
-            &PackedA::new(&a, m, k, k),
-            &b,
-            n,
-            n,
-            via_a.as_mut_ptr(),
-            n,
-            false,
-        );
-        gemm_packed_b(
-            &a,
-            m,
-            k,
-            &PackedB::from_transposed(&bt, n, k),
-            via_b.as_mut_ptr(),
-            n,
-            false,
-        );
+    // One k-block of pairs, and three.
+    for (m, k, n) in [(30, 77, 41), (30, 601, 41)] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let bt: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
+        let (mut via_a, mut via_b) = (vec![0f32; m * n], vec![0f32; m * n]);
+        unsafe {
+            gemm(
+                &PackedA::new(&a, m, k, k),
+                &b,
+                n,
+                n,
+                via_a.as_mut_ptr(),
+                n,
+                false,
+            );
+            gemm_packed_b(
+                &a,
+                m,
+                k,
+                &PackedB::from_transposed(&bt, n, k),
+                via_b.as_mut_ptr(),
+                n,
+                false,
+            );
+        }
+        assert_eq!(via_a, via_b, "k = {k}");
     }
-    assert_eq!(via_a, via_b);
 }
 
 /// The kernel against an f64 product of the same bf16-rounded operands:
