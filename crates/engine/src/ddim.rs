@@ -113,11 +113,7 @@ mod tests {
     use super::*;
 
     fn config(spacing: &str) -> SchedulerConfig {
-        serde_json::from_value(serde_json::json!({
-            "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": spacing,
-        }))
-        .unwrap()
+        crate::schedule::sd_test_config("DDIMScheduler", spacing)
     }
 
     #[test]

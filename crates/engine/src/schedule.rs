@@ -156,3 +156,14 @@ impl Scheduler {
         }
     }
 }
+
+/// The SD 1.x noise schedule for scheduler `class_name` with timestep
+/// `spacing` and `steps_offset` 1, as their configs ship it (for tests).
+#[cfg(test)]
+pub(crate) fn sd_test_config(class_name: &str, spacing: &str) -> SchedulerConfig {
+    serde_json::from_value(serde_json::json!({
+        "_class_name": class_name, "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": spacing,
+    }))
+    .unwrap()
+}
