@@ -6,8 +6,8 @@
 //! engine's threads niced (Linux), the kernel runs the server's threads
 //! first whenever they are ready, and the engine still gets every cycle the
 //! server leaves idle. `SCHED_IDLE` goes further: a server thread that
-//! wakes takes the core at once (measured during a generation, 32
-//! connections: status p99 6.1-6.4 -> 3.8-4.7 ms), but then any other busy
+//! wakes takes the core at once (measured during a generation, 16
+//! connections: status p99 4.8-5.7 -> 2.9-3.7 ms), but then any other busy
 //! process on the machine stalls generations too, so it is a choice
 //! (`[engine] idle_priority`), not the default. Elsewhere than Linux this
 //! is a no-op.
