@@ -76,23 +76,6 @@ impl Conv2d {
         }
     }
 
-    /// The bf16-packed weights when this thread computes in bf16.
-    fn bf16_weights(&self, weight: &Tensor) -> candle_core::Result<Option<&PackedA>> {
-        if !bf16_gemm::in_use() {
-            return Ok(None);
-        }
-        if let Some(packed) = self.packed_bf16.get() {
-            return Ok(Some(packed));
-        }
-        let (c_out, c_in, kh, kw) = weight.dims4()?;
-        let depth = c_in * kh * kw;
-        // Read in place, not copied out first.
-        let packed = crate::cpu_buffers::with_f32(weight, "conv2d weights", |flat| {
-            PackedA::new(flat, c_out, depth, depth)
-        })?;
-        Ok(Some(self.packed_bf16.get_or_init(|| packed)))
-    }
-
     fn uses_own_kernel(&self, x: &Tensor) -> bool {
         x.device().is_cpu()
             && x.dtype() == DType::F32
@@ -113,7 +96,8 @@ impl Module for Conv2d {
         let op = ConvOp {
             padding: self.config.padding,
             stride: self.config.stride,
-            packed_bf16: self.bf16_weights(&weight)?,
+            // Packed only if the direct kernel takes the layer (see `run`).
+            packed_bf16: bf16_gemm::in_use().then_some(&*self.packed_bf16),
         };
         match &self.bias {
             Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
@@ -125,8 +109,9 @@ impl Module for Conv2d {
 struct ConvOp<'a> {
     padding: usize,
     stride: usize,
-    /// Set when computing in bf16.
-    packed_bf16: Option<&'a PackedA>,
+    /// Set when computing in bf16: the layer's bf16-packed weights, made
+    /// on the first call the bf16 kernel runs.
+    packed_bf16: Option<&'a OnceLock<PackedA>>,
 }
 
 impl ConvOp<'_> {
@@ -145,17 +130,24 @@ impl ConvOp<'_> {
         let bias = bias
             .map(|(s, l)| contiguous_f32(s, l, "conv2d bias"))
             .transpose()?;
-        let out = convolve(
-            contiguous_f32(input.0, input.1, "conv2d input")?,
-            b,
-            Weights {
-                f32: contiguous_f32(weight.0, weight.1, "conv2d weights")?,
-                bf16: self.packed_bf16,
-            },
-            bias,
-            &geometry,
-            TILE_FLOATS,
-        );
+        let input = contiguous_f32(input.0, input.1, "conv2d input")?;
+        let weights = contiguous_f32(weight.0, weight.1, "conv2d weights")?;
+        // Also when computing in bf16, on large enough layers: Winograd's
+        // f32 products take fewer multiplications than the bf16 kernel's
+        // direct ones (measured 0.6–0.93× of its time from 128 tiles up),
+        // lose no precision, and need no bf16 copy of the weights.
+        let winograd = WINOGRAD.load(Ordering::Relaxed)
+            && winograd::suits(&geometry, b, self.packed_bf16.is_some());
+        let out = if winograd {
+            winograd::convolve(input, b, weights, bias, &geometry, winograd::STRIP_FLOATS)
+        } else {
+            let depth = geometry.depth();
+            let bf16 = self
+                .packed_bf16
+                .map(|cell| cell.get_or_init(|| PackedA::new(weights, c_out, depth, depth)));
+            let weights = Weights { f32: weights, bf16 };
+            convolve(input, b, weights, bias, &geometry, TILE_FLOATS)
+        };
         let shape = Shape::from((b, c_out, geometry.out_h, geometry.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -324,6 +316,7 @@ struct Weights<'a> {
     bf16: Option<&'a PackedA>,
 }
 
+/// The direct kernel: output rows unfolded tile by tile, one GEMM each.
 fn convolve(
     input: &[f32],
     batch: usize,
@@ -332,13 +325,6 @@ fn convolve(
     g: &Geometry,
     tile_floats: usize,
 ) -> Vec<f32> {
-    // Also when computing in bf16, on large enough layers: Winograd's f32
-    // products take fewer multiplications than the bf16 kernel's direct
-    // ones (measured 0.6–0.93× of its time from 128 tiles up), and lose no
-    // precision.
-    if WINOGRAD.load(Ordering::Relaxed) && winograd::suits(g, batch, weights.bf16.is_some()) {
-        return winograd::convolve(input, batch, weights.f32, bias, g, winograd::STRIP_FLOATS);
-    }
     let (depth, out_px) = (g.depth(), g.out_h * g.out_w);
     let image_len = g.c_in * g.h * g.w;
     let mut out = Vec::<f32>::with_capacity(batch * g.c_out * out_px);
@@ -521,6 +507,19 @@ mod tests {
             winograd::STRIP_FLOATS,
         );
         assert_eq!(flat(&ours), winograd_out);
+        if bf16_gemm::available() {
+            // Under bf16, 8 images (128 tiles) still go to Winograd in f32,
+            // and no bf16 copy of the weights is made; 4 (64 tiles) go to
+            // the bf16 kernel, which packs them.
+            let layer = Conv2d::new(weight.clone(), Some(bias.clone()), config);
+            let x8 = Tensor::randn(0f32, 1., (8, 16, 16, 16), &dev).unwrap();
+            let under_bf16 = bf16_gemm::scoped(true, || layer.forward(&x8)).unwrap();
+            assert_eq!(flat(&under_bf16), flat(&layer.forward(&x8).unwrap()));
+            assert!(layer.packed_bf16.get().is_none());
+            let packed = bf16_gemm::scoped(true, || layer.forward(&x)).unwrap();
+            assert!(layer.packed_bf16.get().is_some());
+            assert_ne!(flat(&packed), flat(&ours), "ran in bf16");
+        }
         let theirs = candle_nn::Conv2d::new(weight, Some(bias), config)
             .forward(&x)
             .unwrap();
