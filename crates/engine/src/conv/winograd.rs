@@ -145,9 +145,22 @@ fn map_streams<const I: usize, const O: usize>(
 /// Splits `buffer` into `N` consecutive streams of `n` floats.
 #[inline(always)]
 fn streams_mut<const N: usize>(buffer: &mut [f32], n: usize) -> [&mut [f32]; N] {
-    let mut rest = &mut buffer[..N * n];
-    array::from_fn(|_| {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+    strided_streams_mut(buffer, 0, n, n)
+}
+
+/// `N` disjoint streams of `n` floats of `buffer`, the first at `start`, each
+/// `stride` (≥ n) after the one before.
+#[inline(always)]
+fn strided_streams_mut<const N: usize>(
+    buffer: &mut [f32],
+    start: usize,
+    stride: usize,
+    n: usize,
+) -> [&mut [f32]; N] {
+    let mut rest = &mut buffer[start..];
+    array::from_fn(|i| {
+        let skip = if i == 0 { 0 } else { stride - n };
+        let (head, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(n);
         rest = tail;
         head
     })
@@ -275,18 +288,10 @@ vectorised_fn! {
             let base = local * tx;
             for j in 0..T {
                 let inputs: [&[f32]; T] = array::from_fn(|r| &along_x[(r * T + j) * tx..][..tx]);
-                let mut outputs: [Option<&mut [f32]>; T] = [const { None }; T];
-                let mut rest = &mut v[..];
-                let mut consumed = 0;
-                for (i, slot) in outputs.iter_mut().enumerate() {
-                    let start = (i * T + j) * layout.point_stride + base;
-                    let tail = std::mem::take(&mut rest).split_at_mut(start - consumed).1;
-                    let (head, tail) = tail.split_at_mut(tx);
-                    *slot = Some(head);
-                    rest = tail;
-                    consumed = start + tx;
-                }
-                map_streams(tx, inputs, outputs.map(Option::unwrap), input_1d);
+                // Point (i, j) for i in 0..6: T point rows apart.
+                let start = j * layout.point_stride + base;
+                let outputs = strided_streams_mut::<T>(v, start, T * layout.point_stride, tx);
+                map_streams(tx, inputs, outputs, input_1d);
             }
         }
     }
@@ -315,10 +320,8 @@ vectorised_fn! {
             // Along y: point column j's 6 points to the tile's 4 rows.
             for j in 0..T {
                 let inputs: [&[f32]; T] = array::from_fn(|i| &m[(i * T + j) * layout.point_stride + base..][..tx]);
-                let (a0, rest) = along_y.split_at_mut(T * tx);
-                let (a1, rest) = rest.split_at_mut(T * tx);
-                let (a2, a3) = rest.split_at_mut(T * tx);
-                let outputs = [a0, a1, a2, a3].map(|s| &mut s[j * tx..(j + 1) * tx]);
+                // Output row a's column j, for a in 0..4: T·tx apart.
+                let outputs = strided_streams_mut::<M>(along_y, j * tx, T * tx, tx);
                 map_streams(tx, inputs, outputs, output_1d);
             }
             // Along x: each output row's tiles, 4 columns each, interleaved.
