@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+# The layer rule (ARCHITECTURE.md): crates and engine folders import only
+# downward, no import cycles, unsafe only in crates/kernels. The selftest
+# plants an upward import and a cycle in a copy and checks both are caught.
+python3 scripts/check_layers.py
+python3 scripts/check_layers.py --selftest
 cargo clippy --all-targets -- -D warnings
 # With PostgreSQL installed (CI installs it) the repository contract also
 # runs on a real server, and so does the multi-worker scale-out test.

@@ -5,6 +5,8 @@
 //! call `JobService`; they never touch the engine. The OpenAI-compatible
 //! Images API (`/v1/…`) is one more such adapter.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod body;
 mod error_table;

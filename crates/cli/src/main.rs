@@ -1,5 +1,7 @@
 //! `cyberimage`: the server, the CLI and the wiring between the crates.
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod generate_cmd;
 mod hub;
@@ -19,8 +21,8 @@ use crate::config::{Config, FlagOverrides};
 /// Freed tensor-sized blocks are kept for the next tensor of their size
 /// instead of going back to the OS (see the module's notes).
 #[global_allocator]
-static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
 
 #[derive(Parser)]
 #[command(

@@ -4,6 +4,8 @@
 //! language of the request adapters, the jobs service, the engine and the
 //! stores. Keeping it dependency-light keeps every other crate honest.
 
+#![forbid(unsafe_code)]
+
 pub mod engine;
 pub mod ids;
 pub mod job;

@@ -7,6 +7,8 @@
 //! other backends implement the same traits and pass the same contract tests
 //! (`tests/contract.rs`).
 
+#![forbid(unsafe_code)]
+
 pub mod postgres;
 mod rows;
 pub mod sqlite;

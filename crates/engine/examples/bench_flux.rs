@@ -23,14 +23,14 @@ use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::flux::{load_transformer, Flux};
-use cyberimage_engine::flux_model::FluxTransformer;
-use cyberimage_engine::flux_weights::{quantize_tensor, FluxWeights};
+use cyberimage_engine::models::flux::weights::{quantize_tensor, FluxWeights};
+use cyberimage_engine::models::flux::FluxTransformer;
+use cyberimage_engine::pipelines::flux::{load_transformer, Flux};
 
 /// As the binary runs: large freed blocks reused (see block_cache_alloc).
 #[global_allocator]
-static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -15,14 +15,14 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::clip::ClipTextEncoder;
-use cyberimage_engine::unet::{AddedConditioning, UNet};
-use cyberimage_engine::vae::VaeDecoder;
+use cyberimage_engine::models::clip::ClipTextEncoder;
+use cyberimage_engine::models::unet::{AddedConditioning, UNet};
+use cyberimage_engine::models::vae::VaeDecoder;
 
 /// As the binary runs: large freed blocks reused (see block_cache_alloc).
 #[global_allocator]
-static ALLOCATOR: cyberimage_engine::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_engine::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
+    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bf16 = all.iter().any(|a| a == "--bf16");
     let args: Vec<String> = all.into_iter().filter(|a| a != "--bf16").collect();
     let scoped = |f: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
-        cyberimage_engine::bf16_gemm::scoped(bf16, f)
+        cyberimage_kernels::bf16_gemm::scoped(bf16, f)
     };
     let dir = std::path::PathBuf::from(&args[1]);
     let size: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);

@@ -12,12 +12,13 @@ use cyberimage_core::{
     ProgressObserver, ProgressUpdate,
 };
 
-use crate::builtin;
-use crate::flux::{Flux, FluxConditioning};
-use crate::memory::{EngineOptions, ModelFootprint};
-use crate::noise::{gaussian, step_gaussian};
-use crate::sd::{Conditioning, StableDiffusion, StepCallback};
-use crate::sd3::{Sd3, Sd3Conditioning};
+use crate::pipelines::flux::{Flux, FluxConditioning};
+use crate::pipelines::sd::{Conditioning, StableDiffusion};
+use crate::pipelines::sd3::{Sd3, Sd3Conditioning};
+use crate::pipelines::StepCallback;
+use crate::schedulers::noise::{gaussian, step_gaussian};
+use crate::weights::builtin;
+use crate::weights::memory::{EngineOptions, ModelFootprint};
 
 pub struct CandleGenerator {
     /// Where built-in models are written out.
@@ -120,14 +121,16 @@ impl CandleGenerator {
                 options.nice
             ));
         }
-        if options.precision == crate::memory::Precision::Bf16 && !crate::bf16_gemm::available() {
+        if options.precision == crate::weights::memory::Precision::Bf16
+            && !cyberimage_kernels::bf16_gemm::available()
+        {
             return Err(
                 "[engine] precision = \"bf16\" needs a CPU with AVX-512 BF16, which this \
                         one lacks; use \"f32\""
                     .into(),
             );
         }
-        crate::priority::lower_pool_priority(options.thread_priority());
+        cyberimage_kernels::priority::lower_pool_priority(options.thread_priority());
         Ok(Self {
             models_dir,
             device: options.device()?,
@@ -227,7 +230,7 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        crate::priority::lower_current_thread_priority(self.options.thread_priority());
+        cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
         let mut loaded = self
@@ -246,20 +249,21 @@ impl Generator for CandleGenerator {
             *loaded = None;
             // The freed weights go back to the system, not into the
             // allocator's cache of reusable blocks; likewise the encoders'.
-            crate::block_cache_alloc::release_parked();
+            cyberimage_kernels::block_cache_alloc::release_parked();
             encoded = Some(Encoded::alone(model.family, &dir, &self.device, spec)?);
-            crate::block_cache_alloc::release_parked();
+            cyberimage_kernels::block_cache_alloc::release_parked();
             cancel.check()?;
         }
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            crate::block_cache_alloc::release_parked();
+            cyberimage_kernels::block_cache_alloc::release_parked();
             let keep = !self.options.drop_text_encoders;
             // Hashing gigabytes takes seconds: done on a second thread
             // while this one reads the same files (from the page cache,
             // for whichever comes second).
             let (pipeline, hashed) = std::thread::scope(|scope| {
-                let hashing = scope.spawn(|| crate::digest::weights_sha256(&dir, &self.models_dir));
+                let hashing =
+                    scope.spawn(|| crate::weights::digest::weights_sha256(&dir, &self.models_dir));
                 let pipeline = Pipeline::load(model.family, &dir, &self.device, keep);
                 (pipeline, hashing.join())
             });
@@ -287,16 +291,17 @@ impl Generator for CandleGenerator {
             cancel,
             device: &self.device,
         };
-        let bf16 = self.options.precision == crate::memory::Precision::Bf16;
-        let (images, mut metadata) =
-            crate::bf16_gemm::scoped(bf16, || match (&loaded_model.pipeline, encoded) {
+        let bf16 = self.options.precision == crate::weights::memory::Precision::Bf16;
+        let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {
+            match (&loaded_model.pipeline, encoded) {
                 (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
                     run.stable_diffusion(sd, &cond)
                 }
                 (Pipeline::Sd3(sd3), Encoded::Sd3(cond)) => run.sd3(sd3, &cond),
                 (Pipeline::Flux(flux), Encoded::Flux(cond)) => run.flux(flux, &cond),
                 _ => Err(failed("the prompt was encoded for another pipeline")),
-            })?;
+            }
+        })?;
         metadata.extend([
             ("dtype".into(), self.options.precision.describe().into()),
             ("noise".into(), "chacha8-box-muller".into()),
@@ -371,8 +376,8 @@ impl Run<'_> {
             u64,
             Tensor,
             &mut StepCallback,
-        ) -> Result<Option<Tensor>, crate::EngineLoadError>,
-        decode: impl Fn(&Tensor) -> Result<Tensor, crate::EngineLoadError>,
+        ) -> Result<Option<Tensor>, crate::error::EngineLoadError>,
+        decode: impl Fn(&Tensor) -> Result<Tensor, crate::error::EngineLoadError>,
     ) -> Result<Images, EngineError> {
         let spec = self.spec;
         let shape = (
@@ -390,7 +395,7 @@ impl Run<'_> {
             };
             self.observer.on_progress(ProgressUpdate::Decoding);
             let image = decode(&latents).map_err(failed)?;
-            let (width, height, rgb) = crate::vae::unit_to_rgb8(&image).map_err(failed)?;
+            let (width, height, rgb) = crate::models::vae::unit_to_rgb8(&image).map_err(failed)?;
             images.push((seed, width, height, rgb));
         }
         Ok(images)

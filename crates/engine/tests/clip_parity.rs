@@ -4,9 +4,9 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::clip::ClipTextEncoder;
-use cyberimage_engine::relative_error;
-use cyberimage_engine::tokenizer::PromptTokenizer;
+use cyberimage_engine::models::clip::ClipTextEncoder;
+use cyberimage_engine::models::tokenizer::PromptTokenizer;
+use cyberimage_kernels::relative_error;
 use support::{model_dir, reference_settings, references};
 
 fn prompts() -> (String, String) {

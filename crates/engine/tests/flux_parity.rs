@@ -9,12 +9,12 @@ mod support;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use cyberimage_engine::flow::{FlowMatchConfig, FlowSchedule};
-use cyberimage_engine::flux::{load_transformer, pack, Flux};
-use cyberimage_engine::flux_model::FluxTransformer;
-use cyberimage_engine::flux_weights::FluxWeights;
-use cyberimage_engine::relative_error;
-use cyberimage_engine::tokenizer::PromptTokenizer;
+use cyberimage_engine::models::flux::weights::FluxWeights;
+use cyberimage_engine::models::flux::FluxTransformer;
+use cyberimage_engine::models::tokenizer::PromptTokenizer;
+use cyberimage_engine::pipelines::flux::{load_transformer, pack, Flux};
+use cyberimage_engine::schedulers::flow::{FlowMatchConfig, FlowSchedule};
+use cyberimage_kernels::relative_error;
 use support::{
     assert_close, assert_images_close, assert_token_ids, fixture_dir, references_of, settings_of,
     Trajectory,
@@ -94,7 +94,7 @@ fn transformer_output(folder: &std::path::Path) -> Tensor {
 
 fn run_transformer(
     weights: &FluxWeights,
-    config: cyberimage_engine::flux_model::FluxConfig,
+    config: cyberimage_engine::models::flux::FluxConfig,
 ) -> candle_core::Result<Tensor> {
     let refs = references_of(NAME);
     let model = FluxTransformer::new(weights, config).unwrap();

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use cyberimage_engine::clip::{ClipTextConfig, ClipTextEncoder};
-use cyberimage_engine::flux_model::{FluxConfig, FluxTransformer};
-use cyberimage_engine::flux_weights::FluxWeights;
-use cyberimage_engine::mmdit::{Mmdit, MmditConfig};
-use cyberimage_engine::t5::{T5Config, T5Encoder};
-use cyberimage_engine::unet::{UNet, UNetConfig};
-use cyberimage_engine::vae::{VaeConfig, VaeDecoder};
+use cyberimage_engine::models::clip::{ClipTextConfig, ClipTextEncoder};
+use cyberimage_engine::models::flux::weights::FluxWeights;
+use cyberimage_engine::models::flux::{FluxConfig, FluxTransformer};
+use cyberimage_engine::models::mmdit::{Mmdit, MmditConfig};
+use cyberimage_engine::models::t5::{T5Config, T5Encoder};
+use cyberimage_engine::models::unet::{UNet, UNetConfig};
+use cyberimage_engine::models::vae::{VaeConfig, VaeDecoder};
 
 fn configs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/configs")

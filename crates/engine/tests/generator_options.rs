@@ -84,7 +84,7 @@ fn a_memory_budget_refuses_a_model_that_does_not_fit() {
     // can_run says the same before a job is queued, here for the model's
     // files as a local folder (as a user's own download would be).
     let models = tempfile::tempdir().unwrap();
-    let dir = cyberimage_engine::builtin::materialize("tiny-flux", models.path()).unwrap();
+    let dir = cyberimage_engine::weights::builtin::materialize("tiny-flux", models.path()).unwrap();
     let local = ModelEntry {
         key: "my-flux".into(),
         source: dir.display().to_string(),
@@ -113,12 +113,14 @@ fn bf16_products_stay_close_to_f32_and_are_declared() {
         precision: cyberimage_engine::Precision::Bf16,
         ..Default::default()
     };
-    if !cyberimage_engine::bf16_gemm::available() {
+    if !cyberimage_kernels::bf16_gemm::available() {
         let err = CandleGenerator::new(std::env::temp_dir(), bf16)
             .err()
             .expect("refused without AVX-512 BF16");
         assert!(err.contains("AVX-512 BF16"), "{err}");
-        return;
+        return cyberimage_kernels::skipped(
+            "bf16 products: this CPU has no AVX-512 BF16 (checked that bf16 is refused)",
+        );
     }
     for key in ["tiny-sd15-random", "tiny-sdxl-random"] {
         let exact = pixels(EngineOptions::default(), key).unwrap();

@@ -5,7 +5,7 @@
 mod support;
 
 use candle_core::Device;
-use cyberimage_engine::sd::StableDiffusion;
+use cyberimage_engine::pipelines::sd::StableDiffusion;
 use support::{assert_images_close, model_dir, reference_settings, references, Trajectory};
 
 fn euler_references() -> std::collections::HashMap<String, candle_core::Tensor> {

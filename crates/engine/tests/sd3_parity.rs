@@ -7,9 +7,9 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::mmdit::Mmdit;
-use cyberimage_engine::sd3::Sd3;
-use cyberimage_engine::tokenizer::PromptTokenizer;
+use cyberimage_engine::models::mmdit::Mmdit;
+use cyberimage_engine::models::tokenizer::PromptTokenizer;
+use cyberimage_engine::pipelines::sd3::Sd3;
 use support::{
     assert_close, assert_images_close, assert_token_ids, fixture_dir, references_of, settings_of,
     Trajectory,

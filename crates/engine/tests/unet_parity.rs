@@ -4,8 +4,8 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor};
-use cyberimage_engine::relative_error;
-use cyberimage_engine::unet::UNet;
+use cyberimage_engine::models::unet::UNet;
+use cyberimage_kernels::relative_error;
 use support::{model_dir, references};
 
 #[test]

@@ -7,6 +7,8 @@
 //! record the outcome. The database holds the truth; the event bus and the
 //! wake-up signal only make things faster.
 
+#![forbid(unsafe_code)]
+
 mod engine_thread;
 mod error;
 mod events;

@@ -6,6 +6,8 @@
 //! file is written to `tmp/`, fsynced and renamed into place, so a reader
 //! (or a crash) never sees half an image.
 
+#![forbid(unsafe_code)]
+
 mod png_io;
 
 use std::fs::{self, File};

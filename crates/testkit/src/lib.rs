@@ -5,6 +5,8 @@
 //! the same progress and cancel protocol a real pipeline follows, so the jobs
 //! service and the HTTP adapters can be tested without model weights.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -61,7 +61,7 @@ pub fn assert_images_close(image: &candle_core::Tensor, expected: &candle_core::
 /// A stage's output against diffusers': same shape, relative error ≤ `limit`.
 pub fn assert_close(name: &str, ours: &Tensor, expected: &Tensor, limit: f32) -> f32 {
     assert_eq!(ours.dims(), expected.dims(), "{name}");
-    let err = cyberimage_engine::relative_error(ours, expected).unwrap();
+    let err = cyberimage_kernels::relative_error(ours, expected).unwrap();
     eprintln!("{name}: relative error {err:e}");
     assert!(err <= limit, "{name}: relative error {err} > {limit}");
     err
@@ -85,7 +85,7 @@ impl<'a> Trajectory<'a> {
     /// The step callback: compares, never stops the run.
     pub fn check(&self, step: usize, latents: &Tensor) -> bool {
         let expected = self.expected.get(step - 1).unwrap();
-        let err = cyberimage_engine::relative_error(latents, &expected).unwrap();
+        let err = cyberimage_kernels::relative_error(latents, &expected).unwrap();
         self.worst.set(self.worst.get().max(err));
         true
     }
@@ -100,7 +100,7 @@ impl<'a> Trajectory<'a> {
 
 /// Our ids for `texts`, one row each, equal transformers' (`expected`).
 pub fn assert_token_ids(
-    tokenizer: &cyberimage_engine::tokenizer::PromptTokenizer,
+    tokenizer: &cyberimage_engine::models::tokenizer::PromptTokenizer,
     texts: &[&str],
     expected: &Tensor,
     label: &str,

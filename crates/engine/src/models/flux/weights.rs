@@ -1,0 +1,429 @@
+//! Where the FLUX transformer's weights come from, under one naming: the
+//! original Black Forest Labs layout (`double_blocks.0.img_attn.qkv`, …),
+//! which is also what the GGUF files people run on small machines use.
+//!
+//! - a BFL single file (`flux1-dev.safetensors`): read as is;
+//! - a diffusers `transformer/` folder: renamed, with the separate q/k/v
+//!   projections standing in for BFL's fused ones as row blocks (no copy:
+//!   a fused layer runs its blocks and joins the outputs), and the final
+//!   modulation's halves swapped (diffusers orders it scale, shift);
+//! - a GGUF file: quantized matrices stay quantized (matmuls run on the
+//!   quantized blocks), float tensors are read as f32.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::EngineLoadError;
+
+pub enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+    /// A fused matrix kept as its row blocks (diffusers' separate q, k, v).
+    Parts(Vec<Tensor>),
+}
+
+impl Weight {
+    fn dense(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(t) => t.to_dtype(DType::F32),
+            Self::Quantized(q) => q.dequantize(device),
+            Self::Parts(parts) => Tensor::cat(parts, 0)?.to_dtype(DType::F32),
+        }
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Self::Dense(t) => t.dims().to_vec(),
+            Self::Quantized(q) => q.shape().dims().to_vec(),
+            Self::Parts(parts) => {
+                let mut dims = parts[0].dims().to_vec();
+                dims[0] = parts.iter().map(|p| p.dim(0).unwrap_or(0)).sum();
+                dims
+            }
+        }
+    }
+}
+
+/// A linear layer over dense or quantized weights; a fused layer may be
+/// held as row blocks, whose outputs are joined.
+pub struct QLinear {
+    blocks: Vec<QMatMul>,
+    bias: Option<Tensor>,
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        let y = match self.blocks.as_slice() {
+            [one] => one.forward(&x)?,
+            blocks => {
+                let outputs = blocks
+                    .iter()
+                    .map(|b| b.forward(&x))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&outputs, candle_core::D::Minus1)?
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+pub struct FluxWeights {
+    tensors: HashMap<String, Weight>,
+    device: Device,
+    /// What the weights were read from, for metadata and messages.
+    pub format: &'static str,
+}
+
+impl FluxWeights {
+    pub fn from_bfl(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
+        Self {
+            tensors: tensors
+                .into_iter()
+                .map(|(k, v)| (k, Weight::Dense(v)))
+                .collect(),
+            device: device.clone(),
+            format: "safetensors (BFL layout)",
+        }
+    }
+
+    /// Renames a diffusers `FluxTransformer2DModel` state dict into the BFL
+    /// layout. Unknown keys are an error: a silently ignored tensor would
+    /// be a silently wrong model.
+    pub fn from_diffusers(
+        mut d: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self, EngineLoadError> {
+        let mut out: HashMap<String, Weight> = HashMap::new();
+        let take = |d: &mut HashMap<String, Tensor>, key: &str| {
+            d.remove(key).ok_or_else(|| {
+                EngineLoadError::Unsupported(format!("FLUX transformer: missing tensor {key}"))
+            })
+        };
+        let rename_linear = |d: &mut HashMap<String, Tensor>,
+                             out: &mut HashMap<String, Weight>,
+                             from: &str,
+                             to: &str|
+         -> Result<(), EngineLoadError> {
+            let weight = take(d, &format!("{from}.weight"))?;
+            out.insert(format!("{to}.weight"), Weight::Dense(weight));
+            if let Some(bias) = d.remove(&format!("{from}.bias")) {
+                out.insert(format!("{to}.bias"), Weight::Dense(bias));
+            }
+            Ok(())
+        };
+        let fuse = |d: &mut HashMap<String, Tensor>,
+                    out: &mut HashMap<String, Weight>,
+                    parts: &[String],
+                    to: &str|
+         -> Result<(), EngineLoadError> {
+            for suffix in ["weight", "bias"] {
+                let pieces = parts
+                    .iter()
+                    .map(|p| take(d, &format!("{p}.{suffix}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Biases are small: joined now. Matrices stay in blocks.
+                let fused = if suffix == "bias" {
+                    Weight::Dense(Tensor::cat(&pieces, 0)?)
+                } else {
+                    Weight::Parts(pieces)
+                };
+                out.insert(format!("{to}.{suffix}"), fused);
+            }
+            Ok(())
+        };
+        for (from, to) in [
+            ("x_embedder", "img_in"),
+            ("context_embedder", "txt_in"),
+            (
+                "time_text_embed.timestep_embedder.linear_1",
+                "time_in.in_layer",
+            ),
+            (
+                "time_text_embed.timestep_embedder.linear_2",
+                "time_in.out_layer",
+            ),
+            (
+                "time_text_embed.text_embedder.linear_1",
+                "vector_in.in_layer",
+            ),
+            (
+                "time_text_embed.text_embedder.linear_2",
+                "vector_in.out_layer",
+            ),
+            ("proj_out", "final_layer.linear"),
+        ] {
+            rename_linear(&mut d, &mut out, from, to)?;
+        }
+        if d.contains_key("time_text_embed.guidance_embedder.linear_1.weight") {
+            for (from, to) in [("linear_1", "in_layer"), ("linear_2", "out_layer")] {
+                rename_linear(
+                    &mut d,
+                    &mut out,
+                    &format!("time_text_embed.guidance_embedder.{from}"),
+                    &format!("guidance_in.{to}"),
+                )?;
+            }
+        }
+        // diffusers: (scale, shift); BFL: (shift, scale).
+        for suffix in ["weight", "bias"] {
+            let t = take(&mut d, &format!("norm_out.linear.{suffix}"))?;
+            let half = t.dim(0)? / 2;
+            let halves = vec![t.narrow(0, half, half)?, t.narrow(0, 0, half)?];
+            let swapped = if suffix == "bias" {
+                Weight::Dense(Tensor::cat(&halves, 0)?)
+            } else {
+                Weight::Parts(halves)
+            };
+            out.insert(format!("final_layer.adaLN_modulation.1.{suffix}"), swapped);
+        }
+        let count = |prefix: &str, d: &HashMap<String, Tensor>| {
+            (0..)
+                .take_while(|i| d.keys().any(|k| k.starts_with(&format!("{prefix}.{i}."))))
+                .count()
+        };
+        for i in 0..count("transformer_blocks", &d) {
+            let f = format!("transformer_blocks.{i}");
+            let t = format!("double_blocks.{i}");
+            let qkv = |names: [&str; 3]| names.map(|n| format!("{f}.attn.{n}")).to_vec();
+            fuse(
+                &mut d,
+                &mut out,
+                &qkv(["to_q", "to_k", "to_v"]),
+                &format!("{t}.img_attn.qkv"),
+            )?;
+            fuse(
+                &mut d,
+                &mut out,
+                &qkv(["add_q_proj", "add_k_proj", "add_v_proj"]),
+                &format!("{t}.txt_attn.qkv"),
+            )?;
+            for (from, to) in [
+                ("norm1.linear", "img_mod.lin"),
+                ("norm1_context.linear", "txt_mod.lin"),
+                ("attn.to_out.0", "img_attn.proj"),
+                ("attn.to_add_out", "txt_attn.proj"),
+                ("ff.net.0.proj", "img_mlp.0"),
+                ("ff.net.2", "img_mlp.2"),
+                ("ff_context.net.0.proj", "txt_mlp.0"),
+                ("ff_context.net.2", "txt_mlp.2"),
+            ] {
+                rename_linear(
+                    &mut d,
+                    &mut out,
+                    &format!("{f}.{from}"),
+                    &format!("{t}.{to}"),
+                )?;
+            }
+            for (from, to) in [
+                ("norm_q", "img_attn.norm.query_norm"),
+                ("norm_k", "img_attn.norm.key_norm"),
+                ("norm_added_q", "txt_attn.norm.query_norm"),
+                ("norm_added_k", "txt_attn.norm.key_norm"),
+            ] {
+                let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
+                out.insert(format!("{t}.{to}.scale"), Weight::Dense(w));
+            }
+        }
+        for i in 0..count("single_transformer_blocks", &d) {
+            let f = format!("single_transformer_blocks.{i}");
+            let t = format!("single_blocks.{i}");
+            let parts = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
+                .map(|n| format!("{f}.{n}"))
+                .to_vec();
+            fuse(&mut d, &mut out, &parts, &format!("{t}.linear1"))?;
+            rename_linear(
+                &mut d,
+                &mut out,
+                &format!("{f}.proj_out"),
+                &format!("{t}.linear2"),
+            )?;
+            rename_linear(
+                &mut d,
+                &mut out,
+                &format!("{f}.norm.linear"),
+                &format!("{t}.modulation.lin"),
+            )?;
+            for (from, to) in [("norm_q", "query_norm"), ("norm_k", "key_norm")] {
+                let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
+                out.insert(format!("{t}.norm.{to}.scale"), Weight::Dense(w));
+            }
+        }
+        if let Some(left) = d.keys().next() {
+            return Err(EngineLoadError::Unsupported(format!(
+                "FLUX transformer: unexpected tensor {left} ({} left over)",
+                d.len()
+            )));
+        }
+        Ok(Self {
+            tensors: out,
+            device: device.clone(),
+            format: "safetensors (diffusers layout)",
+        })
+    }
+
+    /// Reads a GGUF file in the BFL layout (as the community's FLUX GGUF
+    /// conversions are). Float tensors become f32; quantized ones stay so.
+    pub fn from_gguf(path: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        let io = |source| EngineLoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| EngineLoadError::Unsupported(format!("{}: {e}", path.display())))?;
+        let mut tensors = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let q = content.tensor(&mut file, name, device)?;
+            let weight = match q.dtype() {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                    Weight::Dense(q.dequantize(device)?)
+                }
+                _ => Weight::Quantized(Arc::new(q)),
+            };
+            // Some converters prefix the diffusion model's keys.
+            let name = name
+                .strip_prefix("model.diffusion_model.")
+                .unwrap_or(name)
+                .to_owned();
+            tensors.insert(name, weight);
+        }
+        Ok(Self {
+            tensors,
+            device: device.clone(),
+            format: "GGUF",
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Weight> {
+        self.tensors.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// A float tensor (norm scales), dequantized if it was stored quantized.
+    pub fn dense(&self, name: &str) -> candle_core::Result<Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("FLUX: missing tensor {name}")))?
+            .dense(&self.device)
+    }
+
+    /// `prefix.weight` (out, in) and `prefix.bias`, checked against the
+    /// expected shape.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        input: usize,
+        output: usize,
+    ) -> candle_core::Result<QLinear> {
+        let name = format!("{prefix}.weight");
+        let weight = self
+            .tensors
+            .get(&name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("FLUX: missing tensor {name}")))?;
+        if weight.dims() != [output, input] {
+            candle_core::bail!(
+                "FLUX: {name} is {:?}, expected [{output}, {input}]",
+                weight.dims()
+            );
+        }
+        let blocks = match weight {
+            Weight::Dense(t) => vec![QMatMul::Tensor(t.to_dtype(DType::F32)?)],
+            Weight::Quantized(q) => vec![QMatMul::from_arc(q.clone())?],
+            Weight::Parts(parts) => parts
+                .iter()
+                .map(|p| Ok(QMatMul::Tensor(p.to_dtype(DType::F32)?)))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        let bias = match self.tensors.get(&format!("{prefix}.bias")) {
+            Some(b) => Some(b.dense(&self.device)?),
+            None => None,
+        };
+        Ok(QLinear { blocks, bias })
+    }
+
+    /// Every matrix quantized by `quantize_tensor`. For tests and
+    /// benchmarks of the quantized path.
+    pub fn quantized(&self, dtype: GgmlDType) -> candle_core::Result<Self> {
+        let mut tensors = HashMap::new();
+        for (name, w) in &self.tensors {
+            let weight = quantize_tensor(name, w.dense(&self.device)?, dtype)?;
+            tensors.insert(name.clone(), weight);
+        }
+        Ok(Self::from_weights(tensors, &self.device, "GGUF"))
+    }
+
+    pub fn from_weights(
+        tensors: HashMap<String, Weight>,
+        device: &Device,
+        format: &'static str,
+    ) -> Self {
+        Self {
+            tensors,
+            device: device.clone(),
+            format,
+        }
+    }
+
+    /// Every tensor as f32 (quantized ones dequantized), in the BFL layout.
+    pub fn to_dense(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        self.tensors
+            .iter()
+            .map(|(name, w)| Ok((name.clone(), w.dense(&self.device)?)))
+            .collect()
+    }
+
+    /// Writes the weights as a GGUF file (float tensors as f32).
+    pub fn write_gguf(&self, path: &Path) -> candle_core::Result<()> {
+        let mut owned = Vec::new();
+        for (name, w) in &self.tensors {
+            let q = match w {
+                Weight::Quantized(q) => q.clone(),
+                other => Arc::new(QTensor::quantize(
+                    &other.dense(&self.device)?,
+                    GgmlDType::F32,
+                )?),
+            };
+            owned.push((name.clone(), q));
+        }
+        owned.sort_by(|a, b| a.0.cmp(&b.0));
+        let refs: Vec<(&str, &QTensor)> = owned
+            .iter()
+            .map(|(n, q)| (n.as_str(), q.as_ref()))
+            .collect();
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        gguf_file::write(&mut file, &[], &refs)
+    }
+}
+
+/// How GGUF conversions store a tensor: a matrix quantized to `dtype` when
+/// its rows divide into whole blocks (else Q8_0, else f32), everything
+/// else (biases, norm scales) in f32.
+pub fn quantize_tensor(name: &str, dense: Tensor, dtype: GgmlDType) -> candle_core::Result<Weight> {
+    if dense.rank() != 2 || !name.ends_with(".weight") {
+        return Ok(Weight::Dense(dense));
+    }
+    let cols = dense.dim(1)?;
+    for candidate in [dtype, GgmlDType::Q8_0] {
+        if cols % candidate.block_size() == 0 {
+            return Ok(Weight::Quantized(Arc::new(QTensor::quantize(
+                &dense, candidate,
+            )?)));
+        }
+    }
+    Ok(Weight::Dense(dense))
+}

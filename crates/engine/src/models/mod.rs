@@ -1,0 +1,11 @@
+//! The networks, each built from its diffusers or transformers
+//! `config.json`: text encoders (`clip`, `t5`) with their `tokenizer`, the
+//! denoisers (`unet`, `mmdit`, `flux`) and the VAE decoder (`vae`).
+
+pub mod clip;
+pub mod flux;
+pub mod mmdit;
+pub mod t5;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;

@@ -1,0 +1,229 @@
+//! The FLUX.1 text-to-image pipeline (dev and schnell): the prompt read by
+//! CLIP (pooled) and T5 (every token), latents packed into 2×2 patches,
+//! flow-matching Euler steps of the transformer with the distilled
+//! guidance (dev; there is no unconditional pass and so no negative
+//! prompt), then the 16-channel VAE.
+//!
+//! The transformer is read from `transformer/` as a diffusers folder, a BFL
+//! single file, or a GGUF file (quantized: the memory-efficient way to run
+//! FLUX on a CPU).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::EngineLoadError;
+use crate::models::clip::ClipTextEncoder;
+use crate::models::flux::weights::FluxWeights;
+use crate::models::flux::{FluxConfig, FluxTransformer};
+use crate::models::t5::T5Encoder;
+use crate::models::tokenizer::PromptTokenizer;
+use crate::models::vae::VaeDecoder;
+use crate::pipelines::text_encoders::TextEncoders;
+use crate::pipelines::StepCallback;
+use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
+use crate::weights::{read_config, read_tensors, safetensors_in};
+
+/// The longest T5 prompt FLUX takes (diffusers' default and maximum).
+const T5_MAX_TOKENS: usize = 512;
+
+pub struct Flux {
+    encoders: TextEncoders<FluxEncoders>,
+    transformer: FluxTransformer,
+    vae: VaeDecoder,
+    scheduler: FlowMatchConfig,
+    /// How the transformer's weights were stored (safetensors layout, GGUF).
+    pub transformer_format: &'static str,
+    device: Device,
+}
+
+/// The prompt as FLUX sees it.
+pub struct FluxConditioning {
+    /// (1, tokens, joint_attention_dim)
+    pub t5: Tensor,
+    /// (1, pooled_projection_dim)
+    pub pooled: Tensor,
+}
+
+/// CLIP for the pooled prompt, T5 for its tokens.
+struct FluxEncoders {
+    clip_tokenizer: PromptTokenizer,
+    clip: ClipTextEncoder,
+    t5_tokenizer: PromptTokenizer,
+    t5: T5Encoder,
+}
+
+impl FluxEncoders {
+    fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        let t5_folder = dir.join("tokenizer_2");
+        let t5_len = PromptTokenizer::configured_max_length(&t5_folder)
+            .unwrap_or(T5_MAX_TOKENS)
+            .min(T5_MAX_TOKENS);
+        Ok(Self {
+            clip_tokenizer: PromptTokenizer::load(&dir.join("tokenizer"), 77)?,
+            clip: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
+            t5_tokenizer: PromptTokenizer::load_t5(&t5_folder, t5_len)?,
+            t5: T5Encoder::load(&dir.join("text_encoder_2"), DType::F32, device)?,
+        })
+    }
+
+    fn encode(&self, prompt: &str, device: &Device) -> Result<FluxConditioning, EngineLoadError> {
+        let clip_ids = self.clip_tokenizer.encode(prompt)?;
+        let clip_ids = Tensor::from_vec(clip_ids, (1, 77), device)?;
+        let t5_ids = self.t5_tokenizer.encode(prompt)?;
+        let t5_len = t5_ids.len();
+        let t5_ids = Tensor::from_vec(t5_ids, (1, t5_len), device)?;
+        Ok(FluxConditioning {
+            t5: self.t5.forward(&t5_ids)?,
+            pooled: self.clip.forward(&clip_ids)?.pooled,
+        })
+    }
+}
+
+impl Flux {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads CLIP and T5 for each encoding and
+    /// frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
+        let (weights, config) = load_transformer(&dir.join("transformer"), device)?;
+        Ok(Self {
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, FluxEncoders::load)?,
+            transformer: FluxTransformer::new(&weights, config)?,
+            vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
+            transformer_format: weights.format,
+            device: device.clone(),
+        })
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.vae.config.latent_channels
+    }
+
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.config.block_out_channels.len() - 1)
+    }
+
+    pub fn uses_guidance(&self) -> bool {
+        self.transformer.config.guidance_embeds
+    }
+
+    pub fn encode_prompt(&self, prompt: &str) -> Result<FluxConditioning, EngineLoadError> {
+        self.encoders.with(|e| e.encode(prompt, &self.device))
+    }
+
+    /// Encodes with the folder's CLIP and T5 alone, loaded for this call
+    /// and freed after: the transformer need not be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+    ) -> Result<FluxConditioning, EngineLoadError> {
+        FluxEncoders::load(dir, device)?.encode(prompt, device)
+    }
+
+    /// The schedule for `steps` steps on latents of (rows, cols) patches.
+    pub fn schedule(&self, steps: usize, patches: usize) -> Result<FlowSchedule, EngineLoadError> {
+        FlowSchedule::flux(&self.scheduler, steps, patches)
+    }
+
+    /// Denoises `noise` (1, c, h, w) and returns the final unpacked
+    /// latents, or `None` when `on_step` stopped the run.
+    pub fn denoise(
+        &self,
+        cond: &FluxConditioning,
+        noise: &Tensor,
+        steps: usize,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let (_, _, h, w) = noise.dims4()?;
+        let (rows, cols) = (h / 2, w / 2);
+        let schedule = self.schedule(steps, rows * cols)?;
+        let rope = self
+            .transformer
+            .rope(cond.t5.dim(1)?, rows, cols, &self.device)?;
+        let mut latents = pack(noise)?;
+        for i in 0..schedule.steps() {
+            let velocity = self.transformer.forward(
+                &latents,
+                &cond.t5,
+                &cond.pooled,
+                schedule.sigma(i),
+                guidance,
+                &rope,
+            )?;
+            latents = schedule.step(&velocity, i, &latents)?;
+            if !on_step(i + 1, &latents) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(unpack(&latents, h, w)?))
+    }
+
+    /// Unpacked latents → (h, w, 3) floats in [0, 1].
+    pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
+        Ok(self.vae.decode_unit(latents)?)
+    }
+}
+
+/// (1, c, h, w) → (1, h/2 · w/2, 4c): each 2×2 patch becomes one token.
+pub fn pack(latents: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = latents.dims4()?;
+    latents
+        .reshape((b, c, h / 2, 2, w / 2, 2))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .reshape((b, (h / 2) * (w / 2), c * 4))
+}
+
+/// The inverse of `pack` for latents of height `h` and width `w`.
+pub fn unpack(tokens: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
+    let (b, _, c4) = tokens.dims3()?;
+    let c = c4 / 4;
+    tokens
+        .reshape((b, h / 2, w / 2, c, 2, 2))?
+        .permute((0, 3, 1, 4, 2, 5))?
+        .reshape((b, c, h, w))
+}
+
+/// The transformer's weights from `folder`: a `*.gguf` file if there is
+/// one, else its safetensors (diffusers or BFL layout, told apart by their
+/// names). `config.json` gives the sizes when present.
+pub fn load_transformer(
+    folder: &Path,
+    device: &Device,
+) -> Result<(FluxWeights, FluxConfig), EngineLoadError> {
+    let gguf: Option<PathBuf> = std::fs::read_dir(folder)
+        .map_err(|source| EngineLoadError::Io {
+            path: folder.to_path_buf(),
+            source,
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+    let weights = match gguf {
+        Some(file) => FluxWeights::from_gguf(&file, device)?,
+        None => {
+            let tensors = read_tensors(&safetensors_in(folder)?, device, DType::F32)?;
+            if tensors.contains_key("x_embedder.weight") {
+                FluxWeights::from_diffusers(tensors, device)?
+            } else {
+                FluxWeights::from_bfl(tensors, device)
+            }
+        }
+    };
+    let config_file = folder.join("config.json");
+    let config = if config_file.exists() {
+        read_config(&config_file)?
+    } else {
+        FluxConfig::infer(&weights)?
+    };
+    Ok((weights, config))
+}

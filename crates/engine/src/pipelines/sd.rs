@@ -1,0 +1,353 @@
+//! The Stable Diffusion text-to-image pipeline for SD 1.x/2.x (SD-Turbo
+//! included) and SDXL: CLIP conditioning (SDXL: two encoders' penultimate
+//! states side by side, the second's pooled output and the size
+//! micro-conditioning), classifier-free guidance (skipped at guidance <= 1,
+//! as diffusers does), the model's scheduler (DDIM, Euler, Euler-ancestral),
+//! VAE decoding.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::error::EngineLoadError;
+use crate::models::clip::ClipTextEncoder;
+use crate::models::tokenizer::PromptTokenizer;
+use crate::models::unet::{AddedConditioning, UNet};
+use crate::models::vae::VaeDecoder;
+use crate::pipelines::text_encoders::TextEncoders;
+use crate::pipelines::StepCallback;
+use crate::schedulers::{Scheduler, SchedulerConfig};
+use crate::weights::read_config;
+
+pub struct StableDiffusion {
+    /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
+    /// `text_encoder_2`.
+    encoders: TextEncoders<Vec<(PromptTokenizer, ClipTextEncoder)>>,
+    unet: UNet,
+    vae: VaeDecoder,
+    scheduler_config: SchedulerConfig,
+    /// SDXL: no negative prompt means zero negative conditioning rather
+    /// than the encoding of "".
+    force_zeros_for_empty_prompt: bool,
+    device: Device,
+}
+
+/// What the denoiser is conditioned on, in CFG order (uncond, cond), or
+/// the prompt's row alone when the run is not guided.
+pub struct Conditioning {
+    /// (2, tokens, dim), or (1, tokens, dim) unguided.
+    pub context: Tensor,
+    /// SDXL: (rows, projection_dim) pooled text.
+    pub pooled: Option<Tensor>,
+}
+
+/// Like diffusers: classifier-free guidance only above 1 (at or below,
+/// one UNet pass on the prompt alone; SD-Turbo runs at guidance 0).
+fn is_guided(guidance: f64) -> bool {
+    guidance > 1.0
+}
+
+impl Conditioning {
+    /// The (first row, rows) a run at `guidance` reads: both when guided,
+    /// else only the prompt's, the last.
+    fn rows_for(&self, guidance: f64) -> Result<(usize, usize), EngineLoadError> {
+        let rows = self.context.dim(0)?;
+        if !is_guided(guidance) {
+            return Ok((rows - 1, 1));
+        }
+        if rows != 2 {
+            return Err(EngineLoadError::Unsupported(format!(
+                "guidance {guidance} needs the negative prompt encoded too; \
+                 this conditioning holds only the prompt"
+            )));
+        }
+        Ok((0, 2))
+    }
+}
+
+/// The fresh noise an ancestral scheduler adds at a step (0-based), shaped
+/// like the latents.
+pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
+
+/// How a model reads its prompt.
+struct TextSettings {
+    /// Penultimate states of both encoders and the second's pooled output.
+    sdxl: bool,
+    force_zeros_for_empty_prompt: bool,
+}
+
+/// The prompt and the negative prompt (`None`: "" — or zeros where the
+/// model says so, as diffusers does) as (uncond, cond) conditioning; when
+/// not `guided`, the prompt alone (an unguided run never reads the
+/// negative half, and encoding it costs as much as the prompt).
+fn encode_with(
+    encoders: &[(PromptTokenizer, ClipTextEncoder)],
+    text: &TextSettings,
+    device: &Device,
+    prompt: &str,
+    negative: Option<&str>,
+    guided: bool,
+) -> Result<Conditioning, EngineLoadError> {
+    let zero_negative = guided && negative.is_none() && text.force_zeros_for_empty_prompt;
+    let negative = negative.unwrap_or("");
+    let texts: &[&str] = if guided {
+        &[negative, prompt]
+    } else {
+        &[prompt]
+    };
+    let mut contexts = Vec::new();
+    let mut pooled = None;
+    for (tokenizer, encoder) in encoders {
+        let ids: Vec<u32> = texts
+            .iter()
+            .map(|p| tokenizer.encode(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        let out = encoder.forward(&Tensor::from_vec(ids, (texts.len(), 77), device)?)?;
+        if text.sdxl {
+            contexts.push(out.penultimate_hidden_state);
+            // Only the last encoder's pooled output is used.
+            pooled = Some(out.pooled);
+        } else {
+            contexts.push(out.last_hidden_state);
+        }
+    }
+    let mut context = Tensor::cat(&contexts, 2)?;
+    if zero_negative {
+        let zero_first = |t: Tensor| -> candle_core::Result<Tensor> {
+            Tensor::cat(&[&t.narrow(0, 0, 1)?.zeros_like()?, &t.narrow(0, 1, 1)?], 0)
+        };
+        context = zero_first(context)?;
+        pooled = pooled.map(zero_first).transpose()?;
+    }
+    Ok(Conditioning { context, pooled })
+}
+
+/// (tokenizer, text encoder) folders, in the order their states are joined.
+const ENCODERS: [(&str, &str); 2] = [
+    ("tokenizer", "text_encoder"),
+    ("tokenizer_2", "text_encoder_2"),
+];
+
+fn load_encoders(
+    dir: &Path,
+    device: &Device,
+) -> Result<Vec<(PromptTokenizer, ClipTextEncoder)>, EngineLoadError> {
+    ENCODERS
+        .iter()
+        .filter(|(_, encoder)| dir.join(encoder).is_dir())
+        .map(|(tokenizer, encoder)| {
+            Ok((
+                PromptTokenizer::load(&dir.join(tokenizer), 77)?,
+                ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+            ))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ModelIndex {
+    #[serde(default)]
+    force_zeros_for_empty_prompt: bool,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder (`model_index.json` beside the components).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads the encoders for each encoding
+    /// and frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
+        let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
+        let unet = UNet::load(&dir.join("unet"), DType::F32, device)?;
+        let found = ENCODERS
+            .iter()
+            .filter(|(_, encoder)| dir.join(encoder).is_dir())
+            .count();
+        if found == 0 || (unet.needs_added_conditioning() && found < 2) {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{}: {found} text encoder(s) found, the UNet needs {}",
+                dir.display(),
+                if unet.needs_added_conditioning() {
+                    2
+                } else {
+                    1
+                }
+            )));
+        }
+        Ok(Self {
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, load_encoders)?,
+            unet,
+            vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+            device: device.clone(),
+        })
+    }
+
+    /// Runs with `config` instead of the folder's scheduler (the same
+    /// weights under another sampler).
+    pub fn with_scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler_config = config;
+        self
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// VAE downsampling factor: 2^(blocks - 1), 8 for every real SD model.
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.config.block_out_channels.len() - 1)
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.unet.config.in_channels
+    }
+
+    fn is_sdxl(&self) -> bool {
+        self.unet.needs_added_conditioning()
+    }
+
+    /// Encodes the prompt and the negative prompt (`None`: "" — or, for
+    /// SDXL, zeros — as diffusers does).
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Conditioning, EngineLoadError> {
+        self.encode_for_guidance(prompt, negative, f64::INFINITY)
+    }
+
+    /// What a run at `guidance` reads: as `encode_prompts` with
+    /// classifier-free guidance (> 1), else the prompt alone.
+    pub fn encode_for_guidance(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+        guidance: f64,
+    ) -> Result<Conditioning, EngineLoadError> {
+        let text = TextSettings {
+            sdxl: self.is_sdxl(),
+            force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt,
+        };
+        self.encoders.with(|encoders| {
+            encode_with(
+                encoders,
+                &text,
+                &self.device,
+                prompt,
+                negative,
+                is_guided(guidance),
+            )
+        })
+    }
+
+    /// As `encode_for_guidance`, with the folder's text encoders alone,
+    /// loaded for this call and freed after: nothing else of the model
+    /// needs to be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+        guidance: f64,
+    ) -> Result<Conditioning, EngineLoadError> {
+        let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
+        let unet: crate::models::unet::UNetConfig = read_config(&dir.join("unet/config.json"))?;
+        let text = TextSettings {
+            sdxl: unet.addition_embed_type.as_deref() == Some("text_time"),
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+        };
+        encode_with(
+            &load_encoders(dir, device)?,
+            &text,
+            device,
+            prompt,
+            negative,
+            is_guided(guidance),
+        )
+    }
+
+    /// The scheduler this model runs `steps` steps with.
+    pub fn scheduler(&self, steps: usize) -> Result<Scheduler, EngineLoadError> {
+        Scheduler::new(&self.scheduler_config, steps)
+    }
+
+    /// SDXL's added conditioning for `rows` of `cond` (a narrow of the CFG
+    /// batch): the pooled text, and the image size as both original and
+    /// target size with no crop.
+    fn added_conditioning(
+        &self,
+        cond: &Conditioning,
+        first_row: usize,
+        rows: usize,
+        latents: &Tensor,
+    ) -> Result<Option<AddedConditioning>, EngineLoadError> {
+        let Some(pooled) = &cond.pooled else {
+            return Ok(None);
+        };
+        let factor = self.latent_factor() as f32;
+        let (_, _, h, w) = latents.dims4()?;
+        let (h, w) = (h as f32 * factor, w as f32 * factor);
+        let time_ids = Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?.repeat((rows, 1))?;
+        Ok(Some(AddedConditioning {
+            text_embeds: pooled.narrow(0, first_row, rows)?,
+            time_ids,
+        }))
+    }
+
+    /// Denoises `latents` (1, c, h, w) for `steps` steps of the model's
+    /// scheduler with guidance `guidance`. Returns the final latents, or
+    /// `None` when `on_step` stopped the run.
+    pub fn denoise(
+        &self,
+        cond: &Conditioning,
+        latents: Tensor,
+        steps: usize,
+        guidance: f64,
+        noise: &mut StepNoise,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let scheduler = self.scheduler(steps)?;
+        let cfg = is_guided(guidance);
+        let (first_row, rows) = cond.rows_for(guidance)?;
+        let context = cond.context.narrow(0, first_row, rows)?;
+        let added = self.added_conditioning(cond, first_row, rows, &latents)?;
+        let mut latents = (latents * scheduler.init_noise_sigma())?;
+        for (i, &t) in scheduler.timesteps().iter().enumerate() {
+            let scaled = scheduler.scale_model_input(&latents, i)?;
+            let guided = if cfg {
+                let input = Tensor::cat(&[&scaled, &scaled], 0)?;
+                let eps = self.unet.forward(&input, t, &context, added.as_ref())?;
+                let uncond = eps.narrow(0, 0, 1)?;
+                let cond = eps.narrow(0, 1, 1)?;
+                (&uncond + ((cond - &uncond)? * guidance)?)?
+            } else {
+                self.unet.forward(&scaled, t, &context, added.as_ref())?
+            };
+            let step_noise = if scheduler.needs_noise() {
+                Some(noise(i)?)
+            } else {
+                None
+            };
+            latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
+            if !on_step(i + 1, &latents) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(latents))
+    }
+
+    /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.
+    pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
+        Ok(self.vae.decode_unit(latents)?)
+    }
+}

@@ -1,0 +1,215 @@
+//! The Stable Diffusion 3 / 3.5 text-to-image pipeline: the prompt read by
+//! CLIP-L and CLIP-G (penultimate states side by side, zero-padded to the
+//! T5 width, and their pooled outputs joined) and by T5 (its states
+//! appended after CLIP's), classifier-free guidance with the negative
+//! prompt ("" when none is given), flow-matching Euler with the
+//! scheduler's fixed shift, the MMDiT, and the 16-channel VAE.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::EngineLoadError;
+use crate::models::clip::ClipTextEncoder;
+use crate::models::mmdit::Mmdit;
+use crate::models::t5::T5Encoder;
+use crate::models::tokenizer::PromptTokenizer;
+use crate::models::vae::VaeDecoder;
+use crate::pipelines::text_encoders::TextEncoders;
+use crate::pipelines::StepCallback;
+use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
+use crate::weights::read_config;
+
+/// SD3's default (and usual) T5 prompt length.
+const T5_TOKENS: usize = 256;
+
+pub struct Sd3 {
+    encoders: TextEncoders<Sd3Encoders>,
+    transformer: Mmdit,
+    vae: VaeDecoder,
+    scheduler: FlowMatchConfig,
+    device: Device,
+}
+
+/// (uncond, cond) conditioning.
+pub struct Sd3Conditioning {
+    /// (2, 77 + T5 tokens, joint_attention_dim)
+    pub context: Tensor,
+    /// (2, pooled_projection_dim)
+    pub pooled: Tensor,
+}
+
+struct Sd3Encoders {
+    clip_l: (PromptTokenizer, ClipTextEncoder),
+    clip_g: (PromptTokenizer, ClipTextEncoder),
+    /// Absent when a checkpoint ships without T5: zeros stand in, as in
+    /// diffusers.
+    t5: Option<(PromptTokenizer, T5Encoder)>,
+    t5_tokens: usize,
+}
+
+impl Sd3Encoders {
+    fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        let clip = |tokenizer: &str, encoder: &str| -> Result<_, EngineLoadError> {
+            Ok((
+                PromptTokenizer::load(&dir.join(tokenizer), 77)?,
+                ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+            ))
+        };
+        let t5_folder = dir.join("tokenizer_3");
+        let t5_tokens = PromptTokenizer::configured_max_length(&t5_folder)
+            .unwrap_or(T5_TOKENS)
+            .min(T5_TOKENS);
+        let t5 = if dir.join("text_encoder_3").is_dir() {
+            Some((
+                PromptTokenizer::load_t5(&t5_folder, t5_tokens)?,
+                T5Encoder::load(&dir.join("text_encoder_3"), DType::F32, device)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            clip_l: clip("tokenizer", "text_encoder")?,
+            clip_g: clip("tokenizer_2", "text_encoder_2")?,
+            t5,
+            t5_tokens,
+        })
+    }
+    fn encode(
+        &self,
+        joint: usize,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let texts = [negative.unwrap_or(""), prompt];
+        let ids = |tokenizer: &PromptTokenizer| -> Result<Tensor, EngineLoadError> {
+            let rows = texts
+                .iter()
+                .map(|t| tokenizer.encode(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = rows[0].len();
+            Ok(Tensor::from_vec(rows.concat(), (2, len), device)?)
+        };
+        let l = self.clip_l.1.forward(&ids(&self.clip_l.0)?)?;
+        let g = self.clip_g.1.forward(&ids(&self.clip_g.0)?)?;
+        let t5 = match &self.t5 {
+            Some((tokenizer, encoder)) => encoder.forward(&ids(tokenizer)?)?,
+            None => Tensor::zeros((2, self.t5_tokens, joint), DType::F32, device)?,
+        };
+        let clip = Tensor::cat(
+            &[&l.penultimate_hidden_state, &g.penultimate_hidden_state],
+            2,
+        )?;
+        let width = clip.dim(2)?;
+        if width > joint {
+            return Err(EngineLoadError::Unsupported(format!(
+                "CLIP states of width {width} do not fit the transformer's {joint}"
+            )));
+        }
+        let clip = clip.pad_with_zeros(2, 0, joint - width)?;
+        Ok(Sd3Conditioning {
+            context: Tensor::cat(&[&clip, &t5], 1)?,
+            pooled: Tensor::cat(&[&l.pooled, &g.pooled], 1)?,
+        })
+    }
+}
+
+impl Sd3 {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
+        Self::load_with(dir, device, true)
+    }
+
+    /// `keep_text_encoders: false` loads the three encoders for each
+    /// encoding and frees them after.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        keep_text_encoders: bool,
+    ) -> Result<Self, EngineLoadError> {
+        Ok(Self {
+            encoders: TextEncoders::new(dir, device, keep_text_encoders, Sd3Encoders::load)?,
+            transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
+            vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
+            device: device.clone(),
+        })
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.vae.config.latent_channels
+    }
+
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.config.block_out_channels.len() - 1)
+    }
+
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let joint = self.transformer.config.joint_attention_dim;
+        self.encoders
+            .with(|e| e.encode(joint, &self.device, prompt, negative))
+    }
+
+    /// Encodes with the folder's three text encoders alone, loaded for
+    /// this call and freed after: the MMDiT need not be resident.
+    pub fn encode_alone(
+        dir: &Path,
+        device: &Device,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<Sd3Conditioning, EngineLoadError> {
+        let config: crate::models::mmdit::MmditConfig =
+            read_config(&dir.join("transformer/config.json"))?;
+        Sd3Encoders::load(dir, device)?.encode(config.joint_attention_dim, device, prompt, negative)
+    }
+
+    pub fn schedule(&self, steps: usize) -> Result<FlowSchedule, EngineLoadError> {
+        FlowSchedule::sd3(&self.scheduler, steps)
+    }
+
+    /// Denoises `latents` (1, c, h, w); `None` when `on_step` stopped it.
+    pub fn denoise(
+        &self,
+        cond: &Sd3Conditioning,
+        latents: Tensor,
+        steps: usize,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let schedule = self.schedule(steps)?;
+        let cfg = guidance > 1.0;
+        let (first, rows) = if cfg { (0, 2) } else { (1, 1) };
+        let context = cond.context.narrow(0, first, rows)?;
+        let pooled = cond.pooled.narrow(0, first, rows)?;
+        let mut latents = latents;
+        for i in 0..schedule.steps() {
+            // diffusers keeps timesteps as f32 σ·1000.
+            let timestep = f64::from(schedule.sigmas()[i] * 1000.0);
+            let velocity = if cfg {
+                let input = Tensor::cat(&[&latents, &latents], 0)?;
+                let v = self
+                    .transformer
+                    .forward(&input, timestep, &context, &pooled)?;
+                let uncond = v.narrow(0, 0, 1)?;
+                let cond = v.narrow(0, 1, 1)?;
+                (&uncond + ((cond - &uncond)? * guidance)?)?
+            } else {
+                self.transformer
+                    .forward(&latents, timestep, &context, &pooled)?
+            };
+            latents = schedule.step(&velocity, i, &latents)?;
+            if !on_step(i + 1, &latents) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(latents))
+    }
+
+    pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
+        Ok(self.vae.decode_unit(latents)?)
+    }
+}

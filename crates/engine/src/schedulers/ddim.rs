@@ -1,0 +1,136 @@
+//! The DDIM scheduler (deterministic, eta = 0), configured by a diffusers
+//! `scheduler/scheduler_config.json`, with diffusers' "leading",
+//! "trailing" and "linspace" timestep spacings and epsilon or v prediction.
+
+use candle_core::Tensor;
+
+use crate::error::EngineLoadError;
+use crate::schedulers::config::{alphas_cumprod, linspace, SchedulerConfig};
+
+pub struct Ddim {
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f64,
+    timesteps: Vec<usize>,
+    step_ratio: usize,
+    v_prediction: bool,
+}
+
+impl Ddim {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self, EngineLoadError> {
+        let n = cfg.num_train_timesteps;
+        if steps == 0 || steps > n {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{steps} steps with {n} training timesteps"
+            )));
+        }
+        let alphas_cumprod: Vec<f64> = alphas_cumprod(cfg)?.into_iter().map(f64::from).collect();
+        let final_alpha_cumprod = if cfg.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        let step_ratio = n / steps;
+        let timesteps: Vec<usize> = match cfg.timestep_spacing.as_str() {
+            "leading" => (0..steps)
+                .rev()
+                .map(|i| i * step_ratio + cfg.steps_offset)
+                .collect(),
+            "trailing" => {
+                let ratio = n as f64 / steps as f64;
+                (1..=steps)
+                    .rev()
+                    .map(|i| ((i as f64 * ratio).round() as usize).saturating_sub(1))
+                    .collect()
+            }
+            "linspace" => linspace(0.0, (n - 1) as f64, steps)
+                .map(|t| t.round() as usize)
+                .rev()
+                .collect(),
+            other => {
+                return Err(EngineLoadError::Unsupported(format!(
+                    "timestep_spacing {other:?}"
+                )))
+            }
+        };
+        // "leading" adds steps_offset (1 in the SD 1.x configs), so as many
+        // steps as training timesteps would reach timestep n, past the
+        // noise schedule (diffusers fails there with an index error).
+        if let Some(&last) = timesteps.iter().find(|&&t| t >= n) {
+            return Err(EngineLoadError::Unsupported(format!(
+                "{steps} steps reach timestep {last} with steps_offset {}, past the {n} training \
+                 timesteps: use fewer steps",
+                cfg.steps_offset
+            )));
+        }
+        Ok(Self {
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps,
+            step_ratio,
+            v_prediction: cfg.prediction_type == "v_prediction",
+        })
+    }
+
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// DDIM needs no input scaling and starts from unit-variance noise.
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// One denoising step from `t`: the model's output → the previous sample.
+    pub fn step(
+        &self,
+        model_output: &Tensor,
+        t: usize,
+        sample: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let alpha_t = self.alphas_cumprod[t];
+        let alpha_prev = t
+            .checked_sub(self.step_ratio)
+            .map(|p| self.alphas_cumprod[p])
+            .unwrap_or(self.final_alpha_cumprod);
+        let beta_t = 1.0 - alpha_t;
+        let (pred_x0, pred_eps) = if self.v_prediction {
+            (
+                ((sample * alpha_t.sqrt())? - (model_output * beta_t.sqrt())?)?,
+                ((model_output * alpha_t.sqrt())? + (sample * beta_t.sqrt())?)?,
+            )
+        } else {
+            (
+                ((sample - (model_output * beta_t.sqrt())?)? / alpha_t.sqrt())?,
+                model_output.clone(),
+            )
+        };
+        (pred_x0 * alpha_prev.sqrt())? + (pred_eps * (1.0 - alpha_prev).sqrt())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(spacing: &str) -> SchedulerConfig {
+        crate::schedulers::config::sd_test_config("DDIMScheduler", spacing)
+    }
+
+    #[test]
+    fn as_many_steps_as_timesteps_is_a_clear_error_not_a_panic() {
+        let err = Ddim::new(&config("leading"), 1000)
+            .err()
+            .expect("timestep 1000");
+        assert!(err.to_string().contains("use fewer steps"), "{err}");
+        let ddim = Ddim::new(&config("leading"), 999).unwrap();
+        assert_eq!(ddim.timesteps()[0], 999);
+        let sample = Tensor::ones(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        for &t in ddim.timesteps() {
+            ddim.step(&sample, t, &sample).unwrap();
+        }
+        for spacing in ["trailing", "linspace"] {
+            let ddim = Ddim::new(&config(spacing), 1000).unwrap();
+            assert_eq!(ddim.timesteps()[0], 999, "{spacing}");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! CPU compute that knows no model, and the only `unsafe` code in the
+//! workspace.
+//!
+//! Kernels of our own where candle's were the bottleneck (convolution and
+//! Winograd's form, bf16 products, attention, softmax, group norm, GEGLU
+//! and the tanh GELU), each a candle custom op with candle's implementation
+//! as the fallback for other devices and dtypes, and each tested against
+//! it. Beside them: the primitive layers that dispatch to them (`Conv2d`,
+//! `GroupNorm`, `Linear`, loaded as candle-nn loads its own), the
+//! process's global allocator (`block_cache_alloc`), and the engine
+//! threads' scheduling priority (`priority`), which are system calls.
+//!
+//! Every other crate is `#![forbid(unsafe_code)]`: what they need from raw
+//! memory they get through the safe functions here, whose bounds are
+//! checked. This crate rebuilds only when a kernel changes.
+
+pub mod activations;
+pub mod attention;
+pub mod bf16_gemm;
+pub mod block_cache_alloc;
+pub mod buffers;
+pub mod conv;
+mod f32_gemm;
+pub mod group_norm;
+pub mod linear;
+pub mod priority;
+pub mod softmax;
+mod vector_math;
+
+/// Largest relative error, `max|a-b| / max|b|`: the measure the parity tests
+/// hold to 1e-4 in f32.
+pub fn relative_error(
+    actual: &candle_core::Tensor,
+    expected: &candle_core::Tensor,
+) -> candle_core::Result<f32> {
+    let diff = (actual - expected)?
+        .abs()?
+        .flatten_all()?
+        .max(candle_core::D::Minus1)?;
+    let scale = expected.abs()?.flatten_all()?.max(candle_core::D::Minus1)?;
+    Ok(diff.to_scalar::<f32>()? / scale.to_scalar::<f32>()?.max(f32::MIN_POSITIVE))
+}
+
+/// Tells whoever runs the tests that the calling test skipped part or all
+/// of its checks, and why. Written straight to stderr, which the test
+/// harness does not capture (it captures `print!`/`eprint!`), so a skip
+/// never reads as a silent pass; the harness names the test's thread after
+/// the test.
+#[doc(hidden)]
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}

@@ -1,0 +1,131 @@
+//! Linear layers that run in bf16 when the engine thread asks for it.
+//!
+//! In f32 (the default) this is candle-nn's `Linear`. Under
+//! `bf16_gemm::scoped(true, ..)`, inputs on the CPU multiply the weights
+//! (packed once, on first use) with the bf16 kernel, the rows of the input
+//! shared across the rayon pool, the bias pre-filled into the output.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use crate::bf16_gemm::{self, PackedB};
+use crate::buffers::{with_f32, OutBlock};
+
+/// Input rows per task: a multiple of the kernel's 12-row tile.
+const ROWS_PER_TASK: usize = 96;
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    packed_bf16: Arc<OnceLock<PackedB>>,
+}
+
+pub fn linear(input: usize, output: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear::from(candle_nn::linear(input, output, vb)?))
+}
+
+pub fn linear_no_bias(input: usize, output: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear::from(candle_nn::linear_no_bias(input, output, vb)?))
+}
+
+impl From<candle_nn::Linear> for Linear {
+    fn from(inner: candle_nn::Linear) -> Self {
+        Self {
+            inner,
+            packed_bf16: Arc::default(),
+        }
+    }
+}
+
+impl Linear {
+    fn packed(&self) -> candle_core::Result<&PackedB> {
+        if let Some(packed) = self.packed_bf16.get() {
+            return Ok(packed);
+        }
+        let weight = self.inner.weight();
+        let (out, input) = weight.dims2()?;
+        // Read in place, not copied out first.
+        let packed = crate::buffers::with_f32(weight, "linear weights", |flat| {
+            PackedB::from_transposed(flat, out, input)
+        })?;
+        Ok(self.packed_bf16.get_or_init(|| packed))
+    }
+
+    fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let packed = self.packed()?;
+        let (n, k) = (packed.columns(), packed.depth());
+        let dims = x.dims().to_vec();
+        let m = x.elem_count() / k;
+        let mut out = vec![0f32; m * n];
+        let bias = match self.inner.bias() {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        if let Some(bias) = &bias {
+            out.par_chunks_mut(n)
+                .for_each(|row| row.copy_from_slice(bias));
+        }
+        with_f32(x, "linear input", |input| {
+            // Each task's rows of the output are a slice of their own.
+            out.par_chunks_mut(ROWS_PER_TASK * n)
+                .enumerate()
+                .for_each(|(task, out_rows)| {
+                    let start = task * ROWS_PER_TASK;
+                    let rows = out_rows.len() / n;
+                    bf16_gemm::gemm_packed_b(
+                        &input[start * k..(start + rows) * k],
+                        rows,
+                        k,
+                        packed,
+                        OutBlock::of_slice(out_rows, rows, n, n),
+                        bias.is_some(),
+                    );
+                });
+        })?;
+        let mut shape = dims;
+        *shape.last_mut().expect("a linear input has dimensions") = n;
+        Tensor::from_vec(out, shape, x.device())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let own = bf16_gemm::in_use()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.inner.weight().dtype() == DType::F32;
+        if own {
+            self.forward_bf16(x)
+        } else {
+            self.inner.forward(x)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bf16_stays_close_to_f32_with_and_without_bias() {
+        if !bf16_gemm::available() {
+            return crate::skipped("this CPU has no AVX-512 BF16");
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 150, 64), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 0.1, (40, 64), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., 40, &dev).unwrap();
+        for bias in [None, Some(bias)] {
+            let layer = Linear::from(candle_nn::Linear::new(weight.clone(), bias));
+            let exact = layer.forward(&x).unwrap();
+            let rounded = bf16_gemm::scoped(true, || layer.forward(&x)).unwrap();
+            assert_eq!(rounded.dims(), &[2, 150, 40]);
+            let err = crate::relative_error(&rounded, &exact).unwrap();
+            assert!(err < 2e-2 && err > 1e-6, "{err}");
+        }
+    }
+}
