@@ -201,7 +201,7 @@ async fn gallery(
 }
 
 async fn models(State(state): State<AppState>) -> Json<Value> {
-    let availability = state.service.model_availability();
+    let availability = state.service.model_availability().await;
     Json(views::models(
         state.service.catalogue(),
         Some(&availability),

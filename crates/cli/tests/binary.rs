@@ -23,12 +23,55 @@ impl Drop for Running {
     }
 }
 
+/// The binary, isolated from the machine that runs the tests: its own
+/// `HOME`, `HF_HOME` and cache folder under `dir`, `dir` as its working
+/// folder (so no `./cyberimage.toml` is found), and none of the caller's
+/// `CYBERIMAGE_*` or `HF_*` settings. Without it a machine whose Hugging
+/// Face cache holds real weights would change what these tests see.
+fn isolated(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("CYBERIMAGE_") || name.starts_with("HF_") {
+            command.env_remove(&key);
+        }
+    }
+    let home = dir.join("home");
+    command
+        .env("HOME", &home)
+        .env("HF_HOME", home.join("huggingface"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .current_dir(dir);
+    command
+}
+
+/// The binary looks for weights in the isolated Hugging Face cache and
+/// nowhere else: FLUX.1-dev is missing until a snapshot is planted there.
+#[test]
+fn the_isolated_binary_reads_only_its_own_hugging_face_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let flux_line = |dir: &Path| {
+        let out = isolated(dir).args(["models", "list"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .find(|l| l.contains(" flux-1 "))
+            .unwrap_or_else(|| panic!("no flux-1 line in {text}"))
+            .to_owned()
+    };
+    assert!(flux_line(dir.path()).contains("missing"));
+    let snapshot = dir
+        .path()
+        .join("home/huggingface/hub/models--black-forest-labs--FLUX.1-dev/snapshots/abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(snapshot.join("model_index.json"), "{}").unwrap();
+    assert!(flux_line(dir.path()).contains("ready"));
+}
+
 fn serve(data_dir: &Path) -> Running {
-    let mut child = Command::new(BIN)
+    let mut child = isolated(data_dir)
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env_remove("CYBERIMAGE_CONFIG")
-        .current_dir(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -182,10 +225,9 @@ fn jobs_and_their_state_survive_a_restart() {
 
 #[test]
 fn models_list_marks_the_default() {
-    let out = Command::new(BIN)
+    let dir = tempfile::tempdir().unwrap();
+    let out = isolated(dir.path())
         .args(["models", "list"])
-        .env_remove("CYBERIMAGE_CONFIG")
-        .current_dir(tempfile::tempdir().unwrap().path())
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -210,7 +252,7 @@ fn models_list_marks_the_default() {
 fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.png");
-    let out = Command::new(BIN)
+    let out = isolated(dir.path())
         .args([
             "generate",
             "--prompt",
@@ -222,8 +264,6 @@ fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
         .arg(dir.path())
         .arg("--out")
         .arg(&out_file)
-        .env_remove("CYBERIMAGE_CONFIG")
-        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -232,7 +272,7 @@ fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
     assert!(stderr.contains("cyberimage models pull sd-3.5"), "{stderr}");
     assert!(!out_file.exists());
 
-    let bad = Command::new(BIN)
+    let bad = isolated(dir.path())
         .args([
             "generate",
             "--prompt",
@@ -242,7 +282,6 @@ fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
             "--data-dir",
         ])
         .arg(dir.path())
-        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!bad.status.success());
@@ -256,7 +295,7 @@ fn generate_tiny(
     seed: &str,
 ) -> (Vec<u8>, Vec<(String, String)>) {
     let path = dir.join(out);
-    let run = Command::new(BIN)
+    let run = isolated(dir)
         .args([
             "generate",
             "--prompt",
@@ -276,8 +315,6 @@ fn generate_tiny(
         .arg(dir)
         .arg("--out")
         .arg(&path)
-        .env_remove("CYBERIMAGE_CONFIG")
-        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
@@ -321,7 +358,8 @@ fn generate_with_the_builtin_models_is_real_and_reproducible() {
 
 #[test]
 fn hash_key_prints_the_sha256_digest_the_config_takes() {
-    let out = Command::new(BIN)
+    let dir = tempfile::tempdir().unwrap();
+    let out = isolated(dir.path())
         .args(["hash-key", "abc"])
         .output()
         .unwrap();
@@ -335,14 +373,13 @@ fn hash_key_prints_the_sha256_digest_the_config_takes() {
 #[test]
 fn api_keys_from_the_environment_protect_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = isolated(dir.path())
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env(
             "CYBERIMAGE_AUTH__API_KEY_SHA256",
             r#"["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]"#,
         )
-        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -86,6 +86,23 @@ pub enum EngineError {
     Failed(String),
 }
 
+impl EngineError {
+    /// A job's failure from a panic's payload: "engine panicked: MESSAGE".
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        Self::Failed(format!("engine panicked: {}", panic_message(payload)))
+    }
+}
+
+/// The message of a panic's payload (`panic!` with a string or a format),
+/// or a placeholder for other payloads.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 pub trait Generator: Send + Sync {
     /// Runs on a dedicated OS thread, never on the async runtime.
     fn generate(

@@ -14,7 +14,8 @@ pub mod spec;
 pub mod time;
 
 pub use engine::{
-    CancelToken, EngineError, GeneratedImage, Generator, ProgressObserver, ProgressUpdate,
+    panic_message, CancelToken, EngineError, GeneratedImage, Generator, ProgressObserver,
+    ProgressUpdate,
 };
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};

@@ -4,7 +4,7 @@
 //! machine fail the job with a message naming what is missing.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{Device, Tensor};
 use cyberimage_core::{
@@ -18,7 +18,7 @@ use crate::pipelines::sd3::{Sd3, Sd3Conditioning};
 use crate::pipelines::StepCallback;
 use crate::schedulers::noise::{gaussian, step_gaussian};
 use crate::weights::builtin;
-use crate::weights::memory::{EngineOptions, ModelFootprint};
+use crate::weights::memory::{EngineOptions, ModelFootprint, Precision};
 
 pub struct CandleGenerator {
     /// Where built-in models are written out.
@@ -121,9 +121,7 @@ impl CandleGenerator {
                 options.nice
             ));
         }
-        if options.precision == crate::weights::memory::Precision::Bf16
-            && !cyberimage_kernels::bf16_gemm::available()
-        {
+        if options.precision == Precision::Bf16 && !cyberimage_kernels::bf16_gemm::available() {
             return Err(
                 "[engine] precision = \"bf16\" needs a CPU with AVX-512 BF16, which this \
                         one lacks; use \"f32\""
@@ -207,6 +205,9 @@ fn failed(e: impl std::fmt::Display) -> EngineError {
     EngineError::Failed(e.to_string())
 }
 
+#[cfg(test)]
+mod tests;
+
 impl Generator for CandleGenerator {
     fn can_run(&self, model: &ModelEntry) -> Result<(), EngineError> {
         if let Some(name) = model.source.strip_prefix("builtin:") {
@@ -223,7 +224,56 @@ impl Generator for CandleGenerator {
         self.check_budget(model, &dir)
     }
 
+    /// A panic inside the pipeline fails this job with its message; the
+    /// loaded model, whose state is then unknown, is dropped, so the next
+    /// job loads it afresh.
     fn generate(
+        &self,
+        model: &ModelEntry,
+        spec: &GenerationSpec,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_job(model, spec, observer, cancel)
+        }))
+        .unwrap_or_else(|panic| {
+            *self.lock_loaded() = None;
+            cyberimage_kernels::block_cache_alloc::release_parked();
+            Err(EngineError::from_panic(&*panic))
+        })
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Fault injection for the tests: the next job on this thread panics
+    /// with this message once its model is loaded.
+    static PANIC_IN_NEXT_JOB: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Where a test's injected panic goes off (nothing outside tests).
+fn fault_point() {
+    #[cfg(test)]
+    if let Some(message) = PANIC_IN_NEXT_JOB.with(|cell| cell.take()) {
+        panic!("{message}");
+    }
+}
+
+impl CandleGenerator {
+    /// The loaded model, recovered if a panic poisoned its lock: then it
+    /// is dropped, its state being unknown.
+    fn lock_loaded(&self) -> MutexGuard<'_, Option<LoadedModel>> {
+        self.loaded.lock().unwrap_or_else(|poisoned| {
+            let mut loaded = poisoned.into_inner();
+            *loaded = None;
+            self.loaded.clear_poison();
+            loaded
+        })
+    }
+
+    fn run_job(
         &self,
         model: &ModelEntry,
         spec: &GenerationSpec,
@@ -233,10 +283,7 @@ impl Generator for CandleGenerator {
         cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
-        let mut loaded = self
-            .loaded
-            .lock()
-            .map_err(|_| failed("model cache poisoned"))?;
+        let mut loaded = self.lock_loaded();
         let needs_load = loaded.as_ref().is_none_or(|m| m.key != model.key);
         if needs_load || self.options.drop_text_encoders {
             self.check_budget(model, &dir)?;
@@ -291,8 +338,9 @@ impl Generator for CandleGenerator {
             cancel,
             device: &self.device,
         };
-        let bf16 = self.options.precision == crate::weights::memory::Precision::Bf16;
+        let bf16 = self.options.precision == Precision::Bf16;
         let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {
+            fault_point();
             match (&loaded_model.pipeline, encoded) {
                 (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
                     run.stable_diffusion(sd, &cond)

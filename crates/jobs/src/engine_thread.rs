@@ -36,17 +36,12 @@ impl EngineThread {
             .name(format!("engine-{name}"))
             .spawn(move || {
                 for work in rx {
+                    // A panicking generator fails this job only: the thread
+                    // goes on to the next one.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         generator.generate(&work.model, &work.spec, &*work.observer, &work.cancel)
                     }))
-                    .unwrap_or_else(|panic| {
-                        let msg = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        Err(EngineError::Failed(format!("engine panicked: {msg}")))
-                    });
+                    .unwrap_or_else(|panic| Err(EngineError::from_panic(&*panic)));
                     let _ = work.reply.send(result);
                 }
             })?;

@@ -11,7 +11,7 @@ use cyberimage_core::{
     Progress, SpecRequest,
 };
 use cyberimage_db::{CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts};
-use cyberimage_store::{ImageStore, Variant};
+use cyberimage_store::{ImageStore, StoreError, Variant};
 use tokio::sync::{broadcast, Notify};
 
 use crate::{JobEvent, JobsError};
@@ -71,7 +71,7 @@ pub struct QueueView {
 pub struct JobService {
     pub(crate) db: Arc<dyn Database>,
     pub(crate) store: ImageStore,
-    catalogue: Arc<Catalogue>,
+    pub(crate) catalogue: Arc<Catalogue>,
     pub(crate) config: JobsConfig,
     events: broadcast::Sender<JobEvent>,
     pub(crate) wake: Notify,
@@ -112,15 +112,27 @@ impl JobService {
 
     /// Per configured model: `Ok` when it can run here, else why not;
     /// `None` when no engine is attached to this process (a front end).
-    pub fn model_availability(&self) -> Option<Vec<(String, Result<(), String>)>> {
+    /// The engine reads folders and weight headers to answer, so this runs
+    /// on a blocking thread, never on the async runtime's.
+    pub async fn model_availability(&self) -> Option<Vec<(String, Result<(), String>)>> {
         let probe = self.model_probe.read().expect("probe lock").clone()?;
-        Some(
-            self.catalogue
+        let catalogue = self.catalogue.clone();
+        let probed = tokio::task::spawn_blocking(move || {
+            catalogue
                 .models()
                 .iter()
                 .map(|m| (m.key.clone(), probe.can_run(m).map_err(|e| e.to_string())))
-                .collect(),
-        )
+                .collect::<Vec<_>>()
+        })
+        .await;
+        Some(probed.unwrap_or_else(|join| {
+            let reason = format!("the model check failed: {join}");
+            self.catalogue
+                .models()
+                .iter()
+                .map(|m| (m.key.clone(), Err(reason.clone())))
+                .collect()
+        }))
     }
 
     pub fn metrics(&self) -> &crate::metrics::JobMetrics {
@@ -178,9 +190,7 @@ impl JobService {
     /// Removes half-written files of interrupted saves.
     pub async fn clean_tmp(&self) -> Result<(), JobsError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.clean_tmp())
-            .await
-            .expect("clean_tmp does not panic")?;
+        file_work(move || store.clean_tmp()).await?;
         Ok(())
     }
 
@@ -203,30 +213,44 @@ impl JobService {
         let rows: HashSet<ImageId> = self.db.all_image_ids().await?.into_iter().collect();
         let store = self.store.clone();
         let min_age = self.config.stale_after;
-        let (on_disk, young) = tokio::task::spawn_blocking(move || {
+        let (on_disk, young) = file_work(move || {
             let ids = store.list_ids()?;
             let young: HashSet<ImageId> = ids
                 .iter()
                 .copied()
                 .filter(|id| store.age(*id, Variant::Full).is_some_and(|a| a < min_age))
                 .collect();
-            Ok::<_, cyberimage_store::StoreError>((ids, young))
+            Ok((ids, young))
         })
-        .await
-        .expect("listing does not panic")?;
+        .await?;
         let on_disk: HashSet<ImageId> = on_disk.into_iter().collect();
         let mut report = ReconcileReport::default();
-        for id in on_disk.difference(&rows).filter(|id| !young.contains(id)) {
-            self.store.delete(*id)?;
-            report.orphan_files_removed += 1;
-        }
+        let orphans: Vec<ImageId> = on_disk
+            .difference(&rows)
+            .filter(|id| !young.contains(id))
+            .copied()
+            .collect();
+        report.orphan_files_removed = orphans.len() as u64;
+        let mut to_delete = orphans;
         for id in rows.difference(&on_disk) {
             if self.db.delete_image(*id).await? {
-                self.store.delete(*id)?;
+                to_delete.push(*id);
                 report.dangling_rows_removed += 1;
             }
         }
+        self.delete_files(to_delete).await?;
         Ok(report)
+    }
+
+    /// Deletes images' files on a blocking thread (file-system work stays
+    /// off the async runtime's threads).
+    pub(crate) async fn delete_files(&self, ids: Vec<ImageId>) -> Result<(), JobsError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        file_work(move || ids.iter().try_for_each(|id| store.delete(*id))).await?;
+        Ok(())
     }
 
     pub async fn submit(&self, request: SpecRequest) -> Result<Job, JobsError> {
@@ -376,9 +400,8 @@ impl JobService {
     pub async fn image_bytes(&self, id: ImageId, variant: Variant) -> Result<Vec<u8>, JobsError> {
         self.image(id).await?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.read(id, variant))
-            .await
-            .expect("store read does not panic")?
+        file_work(move || store.read(id, variant))
+            .await?
             .ok_or(JobsError::ImageNotFound)
     }
 
@@ -390,9 +413,7 @@ impl JobService {
             return Err(JobsError::ImageNotFound);
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.delete(id))
-            .await
-            .expect("store delete does not panic")?;
+        file_work(move || store.delete(id)).await?;
         Ok(())
     }
 
@@ -405,4 +426,15 @@ impl JobService {
         }
         self.wake.notify_waiters();
     }
+}
+
+/// Runs file-system work on a blocking thread, off the async runtime's; a
+/// panic there becomes an error of the request or job, never of the
+/// worker loop that asked.
+async fn file_work<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| Err(StoreError::Interrupted(join.to_string())))
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use cyberimage_core::time::now;
 use cyberimage_core::{
-    CancelToken, EngineError, GeneratedImage, Generator, ImageId, ImageRecord, Job, JobStatus,
-    Progress, ProgressObserver, ProgressUpdate, Stage,
+    panic_message, CancelToken, EngineError, GeneratedImage, Generator, ImageId, ImageRecord, Job,
+    JobStatus, Progress, ProgressObserver, ProgressUpdate, Stage,
 };
 use cyberimage_store::{encode_png, thumbnail_png, StoreError};
 use tokio::sync::mpsc;
@@ -57,6 +57,22 @@ impl ProgressObserver for ChannelObserver {
 }
 
 /// Keeps the live-worker gauge true however the worker loop ends.
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+static PANIC_WHILE_SAVING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Where a test's injected panic goes off while saving (nothing outside
+/// tests).
+fn fault_point_saving() {
+    #[cfg(test)]
+    if PANIC_WHILE_SAVING.swap(false, Ordering::SeqCst) {
+        panic!("injected fault while saving");
+    }
+}
+
 struct AliveGuard(Arc<JobService>);
 
 impl Drop for AliveGuard {
@@ -87,15 +103,24 @@ impl JobService {
 
     /// The catalogue models `generator` can run, when workers only claim
     /// those. Asked again each recovery pass: weights may arrive meanwhile.
-    fn runnable_models(&self, generator: &Arc<dyn Generator>) -> Option<Vec<String>> {
-        self.config.claim_only_runnable.then(|| {
-            self.catalogue()
+    /// The engine reads folders to answer: on a blocking thread.
+    async fn runnable_models(&self, generator: &Arc<dyn Generator>) -> Option<Vec<String>> {
+        if !self.config.claim_only_runnable {
+            return None;
+        }
+        let (generator, catalogue) = (generator.clone(), self.catalogue.clone());
+        let probed = tokio::task::spawn_blocking(move || {
+            catalogue
                 .models()
                 .iter()
                 .filter(|m| generator.can_run(m).is_ok())
                 .map(|m| m.key.clone())
                 .collect()
         })
+        .await;
+        // Should the check itself fail, claim nothing rather than jobs this
+        // worker may not be able to run; the next pass asks again.
+        Some(probed.unwrap_or_default())
     }
 
     async fn worker_loop(
@@ -106,7 +131,7 @@ impl JobService {
     ) {
         let mut last_recovery = tokio::time::Instant::now();
         let mut last_model: Option<String> = None;
-        let mut runnable = self.runnable_models(&generator);
+        let mut runnable = self.runnable_models(&generator).await;
         loop {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
@@ -114,7 +139,7 @@ impl JobService {
             // Jobs of workers that died (in any process) go back to the queue.
             if last_recovery.elapsed() >= self.config.stale_after {
                 last_recovery = tokio::time::Instant::now();
-                runnable = self.runnable_models(&generator);
+                runnable = self.runnable_models(&generator).await;
                 match self.recover_stale_jobs().await {
                     Ok(r) if r.requeued + r.failed > 0 => tracing::warn!(
                         requeued = r.requeued,
@@ -291,6 +316,7 @@ impl JobService {
         let spec = job.spec.clone();
         let job_id = job.id;
         let saved = tokio::task::spawn_blocking(move || -> Result<Vec<ImageRecord>, StoreError> {
+            fault_point_saving();
             let mut records = Vec::with_capacity(images.len());
             for (index, image) in images.iter().enumerate() {
                 let record = ImageRecord {
@@ -319,11 +345,26 @@ impl JobService {
             }
             Ok(records)
         })
-        .await
-        .expect("saving does not panic");
-
-        let records =
-            saved.map_err(|e| EngineError::Failed(format!("could not save image: {e}")))?;
+        .await;
+        // A panic while saving fails this job, not the worker. Files it
+        // wrote before panicking have no rows: the periodic reconcile pass
+        // removes them.
+        let records = match saved {
+            Ok(saved) => {
+                saved.map_err(|e| EngineError::Failed(format!("could not save image: {e}")))?
+            }
+            Err(join) if join.is_panic() => {
+                let message = panic_message(&*join.into_panic());
+                return Err(EngineError::Failed(format!(
+                    "saving the images panicked: {message}"
+                )));
+            }
+            Err(join) => {
+                return Err(EngineError::Failed(format!(
+                    "saving the images was interrupted: {join}"
+                )))
+            }
+        };
         match self.db.complete_job(job.id, &records).await {
             Ok(true) => {
                 tracing::info!(
@@ -344,8 +385,9 @@ impl JobService {
             outcome => {
                 // Cancelled while saving, or the database refused: the files
                 // must not outlive the missing rows.
-                for r in &records {
-                    let _ = self.store.delete(r.id);
+                let ids = records.iter().map(|r| r.id).collect();
+                if let Err(e) = self.delete_files(ids).await {
+                    tracing::warn!(job = %job.id, error = %e, "files of an unrecorded job left for reconcile");
                 }
                 match outcome {
                     Ok(_) => Err(EngineError::Cancelled),

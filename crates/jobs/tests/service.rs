@@ -305,6 +305,31 @@ async fn engine_failures_and_panics_fail_the_job_with_the_reason() {
     assert!(end.error.unwrap().contains("models pull tiny"));
 }
 
+/// Fault injection through the real service: the engine panics on one
+/// job; that job fails with the panic's message and the same worker runs
+/// the next job to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_engine_fails_that_job_and_the_next_one_completes() {
+    let h = harness(10).await;
+    let generator = Arc::new(ScriptedGenerator {
+        panic_on_prompt: Some("boom".into()),
+        ..Default::default()
+    });
+    h.service.spawn_worker(generator.clone(), "w").unwrap();
+    let doomed = h.service.submit(request("boom")).await.unwrap();
+    let end = wait_for(&h.service, doomed.id, |j| j.status.is_terminal()).await;
+    assert_eq!(end.status, JobStatus::Failed);
+    assert_eq!(
+        end.error.as_deref(),
+        Some("generation failed: engine panicked: scripted panic for prompt \"boom\"")
+    );
+    let next = h.service.submit(request("calm")).await.unwrap();
+    let done = wait_for(&h.service, next.id, |j| j.status.is_terminal()).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.images.len(), 1);
+    assert_eq!(generator.calls.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_puts_the_running_job_back_in_the_queue() {
     let h = harness(10).await;

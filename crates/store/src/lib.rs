@@ -28,6 +28,9 @@ pub enum StoreError {
     Encode(String),
     #[error("cannot decode PNG: {0}")]
     Decode(String),
+    /// The blocking task doing the file work panicked or was cancelled.
+    #[error("file work did not finish: {0}")]
+    Interrupted(String),
 }
 
 #[derive(Clone, Debug)]

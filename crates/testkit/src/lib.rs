@@ -21,6 +21,9 @@ pub struct ScriptedGenerator {
     pub step_delay: Duration,
     /// When set, every generation fails with this engine error message.
     pub fail_with: Option<String>,
+    /// When set, a job whose prompt is exactly this panics in the engine
+    /// (fault injection: the jobs service must fail that job only).
+    pub panic_on_prompt: Option<String>,
     /// How many generations were started (including failed/cancelled).
     pub calls: AtomicU32,
 }
@@ -67,6 +70,9 @@ impl Generator for ScriptedGenerator {
         observer.on_progress(ProgressUpdate::LoadingModel);
         if let Some(msg) = &self.fail_with {
             return Err(EngineError::Failed(msg.clone()));
+        }
+        if self.panic_on_prompt.as_deref() == Some(spec.prompt.as_str()) {
+            panic!("scripted panic for prompt {:?}", spec.prompt);
         }
         let total = spec.total_steps();
         let mut images = Vec::new();

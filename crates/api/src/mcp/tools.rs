@@ -84,7 +84,7 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         "submit_generation" => generate(server, ctx, &args, false).await?,
         "get_generation" => get_generation(server, ctx, &args).await,
         "cancel_generation" => cancel_generation(server, ctx, &args).await,
-        "list_models" => list_models(server, &args),
+        "list_models" => list_models(server, &args).await,
         "search_gallery" => search_gallery(server, ctx, &args).await,
         other => {
             return Err(McpError::invalid_params(format!("unknown tool: {other}")).into());
@@ -353,13 +353,13 @@ async fn cancel_generation(server: &McpServer, ctx: &CallContext, args: &Value) 
     }
 }
 
-fn list_models(server: &McpServer, args: &Value) -> ToolResult {
+async fn list_models(server: &McpServer, args: &Value) -> ToolResult {
     if let Err(e) = check_known(args, &[]) {
         return e;
     }
     let catalogue = server.service.catalogue();
     let default = catalogue.default_key();
-    let availability = server.service.model_availability();
+    let availability = server.service.model_availability().await;
     let models: Vec<Value> = catalogue
         .models()
         .iter()
