@@ -14,8 +14,9 @@ Fails, naming file and line, when:
    `crate::a::b`, `super::x`, a declared child's `child::x` or a
    `use crate::{..}` group is an edge to the file that defines that module;
    declaring `mod child;` is not);
-4. `unsafe` appears outside crates/kernels, or a crate root other than the
-   kernels' lacks `#![forbid(unsafe_code)]`.
+4. `unsafe` appears outside crates/kernels, a crate root other than the
+   kernels' lacks `#![forbid(unsafe_code)]`, or an `unsafe fn` in the
+   kernels has no `# Safety` section.
 
 `--selftest` plants an upward import and a cycle in a copy of the engine
 and checks that both are caught.
@@ -230,6 +231,15 @@ def check_crates(root, problems):
 
 
 def check_unsafe(root, problems):
+    # In the kernels, every `unsafe fn` says what its callers must promise:
+    # a `# Safety` section in the doc comment just above it.
+    for file in sorted((root / "crates/kernels/src").rglob("*.rs")):
+        lines = file.read_text().splitlines()
+        for number, raw in enumerate(lines, 1):
+            if re.search(r"\bunsafe fn\b", strip_comments(raw)):
+                above = lines[max(0, number - 12):number - 1]
+                if not any("# Safety" in line for line in above):
+                    problems.append(f"{file.relative_to(root)}:{number}: unsafe fn without a # Safety section")
     for crate in sorted(root.glob("crates/*")):
         if crate.name == "kernels":
             continue

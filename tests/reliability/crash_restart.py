@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import check, finish, start_server  # noqa: E402
+from harness import check, finish, isolated_env, start_server  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("binary", nargs="?", default="target/debug/cyberimage")
@@ -40,10 +40,10 @@ rng = random.Random(args.seed)
 
 def main():
     data = tempfile.mkdtemp(prefix="cyberimage-crash-")
-    env = {**os.environ, "RUST_LOG": "warn",
-           # Short heartbeats so a restarted server re-queues quickly.
-           "CYBERIMAGE_QUEUE__HEARTBEAT_INTERVAL_MS": "200", "CYBERIMAGE_QUEUE__STALE_AFTER_SECS": "1",
-           "CYBERIMAGE_QUEUE__MAX_ATTEMPTS": "3", "CYBERIMAGE_QUEUE__POLL_INTERVAL_MS": "100"}
+    env = isolated_env(data, RUST_LOG="warn",
+                       # Short heartbeats so a restarted server re-queues quickly.
+                       CYBERIMAGE_QUEUE__HEARTBEAT_INTERVAL_MS="200", CYBERIMAGE_QUEUE__STALE_AFTER_SECS="1",
+                       CYBERIMAGE_QUEUE__MAX_ATTEMPTS="3", CYBERIMAGE_QUEUE__POLL_INTERVAL_MS="100")
     accepted = []
     kills_mid_generation = 0
     print(f"seed {args.seed}, {args.trials} trials")

@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import check, finish  # noqa: E402
+from harness import check, finish, isolated_env  # noqa: E402
 
 BINARY = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage")
 ADMIN_URL = os.environ["POSTGRES_TEST_URL"]
@@ -39,15 +39,15 @@ def main():
     psql(ADMIN_URL, f"CREATE DATABASE {name}")
     db_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     data = tempfile.mkdtemp(prefix="cyberimage-scale-")
-    env = {
-        **os.environ,
-        "RUST_LOG": "warn",
-        "CYBERIMAGE_DATABASE_URL": db_url,
-        "CYBERIMAGE_QUEUE__HEARTBEAT_INTERVAL_MS": "300",
-        "CYBERIMAGE_QUEUE__STALE_AFTER_SECS": "3",
-        "CYBERIMAGE_QUEUE__POLL_INTERVAL_MS": "100",
-        "CYBERIMAGE_QUEUE__MAX_PENDING": "100",
-    }
+    env = isolated_env(
+        data,
+        RUST_LOG="warn",
+        CYBERIMAGE_DATABASE_URL=db_url,
+        CYBERIMAGE_QUEUE__HEARTBEAT_INTERVAL_MS="300",
+        CYBERIMAGE_QUEUE__STALE_AFTER_SECS="3",
+        CYBERIMAGE_QUEUE__POLL_INTERVAL_MS="100",
+        CYBERIMAGE_QUEUE__MAX_PENDING="100",
+    )
     procs = []
     try:
         front = subprocess.Popen([BINARY, "serve", "--no-worker", "--bind", "127.0.0.1:0", "--data-dir", data],

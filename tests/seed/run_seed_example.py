@@ -13,7 +13,6 @@ live `cyberimage serve` on the address the example hard-codes
 usage: python tests/seed/run_seed_example.py path/to/cyberimage
 """
 
-import os
 import re
 import socket
 import subprocess
@@ -22,6 +21,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import isolated_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT.parent / "shared" / "seed" / "MCP_INTEGRATION.md"
@@ -66,7 +68,9 @@ def main() -> int:
               for name, key in (("SDXL", "tiny-sdxl-random"), ("SD 3.5", "tiny-sd3-random"),
                                         ("FLUX", "tiny-flux-random"))}
     with tempfile.TemporaryDirectory() as data:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CYBERIMAGE_")}
+        # Its own HOME and HF_HOME: a machine whose Hugging Face cache holds
+        # SD 3.5 must not turn the honest failure into a real generation.
+        env = isolated_env(data)
         server = subprocess.Popen(
             [binary, "serve", "--bind", "127.0.0.1:5050", "--data-dir", data],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,9 +10,14 @@
 //! of that.
 //!
 //! Blocks of at least `MIN_BLOCK` bytes are rounded up to whole MiB (the
-//! size class); at most `MAX_CACHED` bytes in `SLOTS` blocks are kept, the
-//! oldest freed first when full, so a process holds at most that much more
-//! than it uses. `release_parked` empties the cache at the next allocator
+//! size class) and allocated with `ALIGN`; at most `MAX_CACHED` bytes in
+//! `SLOTS` blocks are kept, a parked one evicted round-robin when full, so a
+//! process holds at most that much more than it uses. Each slot is one
+//! atomic word (size class and address together), so no lock is taken and
+//! no thread waits on another. Growing a large block is the system's
+//! `realloc` (`mremap`, no copy); within its size class it is free. Nothing
+//! on these paths can panic: unwinding out of an allocator is undefined
+//! behaviour. `release_parked` empties the cache at the next allocator
 //! call: the engine asks for it when it frees a model, whose weight tensors
 //! would otherwise be parked. (Lending parked pages to the kernel with
 //! `MADV_FREE` was tried: the TLB shootdowns cost 3 % of a VAE decode.)
@@ -20,8 +25,7 @@
 //! `#[global_allocator] static A: BlockCacheAlloc = BlockCacheAlloc::new();`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Counts `release_parked` calls; an allocator that has seen fewer frees
 /// everything parked at its next large allocation or free.
@@ -42,26 +46,39 @@ const GRANULE: usize = 1 << 20;
 const MAX_CACHED: usize = 2 << 30;
 /// Most blocks parked at once.
 const SLOTS: usize = 32;
-/// Alignment the system allocator gives every large block; requests for
-/// more bypass the cache.
+/// The alignment of every cached block (the system allocator's own for
+/// blocks this large); requests for more bypass the cache.
 const ALIGN: usize = 16;
+/// A slot's word: the block's size in granules above this bit, its address
+/// below (user-space addresses fit 47 bits on x86-64 and 48 on AArch64).
+const ADDRESS_BITS: u32 = 48;
 
-#[derive(Clone, Copy)]
-struct Parked {
-    ptr: usize,
-    size: usize,
-    /// Order of parking: the smallest is the oldest.
-    stamp: u64,
+/// A parked block as one word, or None when it cannot be packed.
+fn pack(ptr: *mut u8, size: usize) -> Option<usize> {
+    let (address, granules) = (ptr as usize, size / GRANULE);
+    (address < 1 << ADDRESS_BITS && granules < 1 << (usize::BITS - ADDRESS_BITS))
+        .then_some(granules << ADDRESS_BITS | address)
 }
 
-struct Parking {
-    blocks: [Option<Parked>; SLOTS],
-    bytes: usize,
-    clock: u64,
+fn unpack(word: usize) -> (*mut u8, usize) {
+    let address = word & ((1 << ADDRESS_BITS) - 1);
+    (address as *mut u8, (word >> ADDRESS_BITS) * GRANULE)
+}
+
+/// The layout a cached block of `size` bytes is allocated and freed with.
+fn block_layout(size: usize) -> Layout {
+    // SAFETY: ALIGN is a power of two; size is a request's size rounded up
+    // to whole MiB, far below isize::MAX.
+    unsafe { Layout::from_size_align_unchecked(size, ALIGN) }
 }
 
 pub struct BlockCacheAlloc {
-    parking: Mutex<Parking>,
+    /// 0 when empty, else `pack(ptr, size)`.
+    slots: [AtomicUsize; SLOTS],
+    /// Bytes parked, or reserved by a block being parked.
+    bytes: AtomicUsize,
+    /// The next slot to evict from when the cache is full.
+    cursor: AtomicUsize,
     /// The `RELEASES` count this allocator last acted on.
     releases_seen: AtomicU64,
 }
@@ -75,11 +92,9 @@ impl Default for BlockCacheAlloc {
 impl BlockCacheAlloc {
     pub const fn new() -> Self {
         Self {
-            parking: Mutex::new(Parking {
-                blocks: [None; SLOTS],
-                bytes: 0,
-                clock: 0,
-            }),
+            slots: [const { AtomicUsize::new(0) }; SLOTS],
+            bytes: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
             releases_seen: AtomicU64::new(0),
         }
     }
@@ -96,153 +111,210 @@ impl BlockCacheAlloc {
         if self.releases_seen.swap(requested, Ordering::AcqRel) == requested {
             return;
         }
-        let blocks = match self.parking.lock() {
-            Ok(mut parking) => {
-                parking.bytes = 0;
-                std::mem::replace(&mut parking.blocks, [None; SLOTS])
-            }
-            Err(_) => return,
-        };
-        for block in blocks.into_iter().flatten() {
-            // SAFETY: as in dealloc.
-            unsafe {
-                System.dealloc(
-                    block.ptr as *mut u8,
-                    Layout::from_size_align_unchecked(block.size, ALIGN),
-                )
-            };
+        for slot in &self.slots {
+            self.free_slot(slot);
         }
+    }
+
+    /// Empties `slot`, freeing its block; false if it was empty.
+    fn free_slot(&self, slot: &AtomicUsize) -> bool {
+        let word = slot.swap(0, Ordering::AcqRel);
+        if word == 0 {
+            return false;
+        }
+        let (ptr, size) = unpack(word);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        // SAFETY: a parked block is a System block of this rounded size and
+        // ALIGN, no longer reachable from the cache (swapped out above).
+        unsafe { System.dealloc(ptr, block_layout(size)) };
+        true
+    }
+
+    /// Frees one parked block, round-robin; false if none is parked.
+    fn evict_one(&self) -> bool {
+        (0..SLOTS).any(|_| {
+            let index = self.cursor.fetch_add(1, Ordering::Relaxed) % SLOTS;
+            self.free_slot(&self.slots[index])
+        })
     }
 
     /// A parked block of exactly `size` bytes, taken out of the cache.
     fn take(&self, size: usize) -> Option<*mut u8> {
         self.release_if_requested();
-        let mut parking = self.parking.lock().ok()?;
-        let slot = parking
-            .blocks
-            .iter_mut()
-            .find(|b| b.is_some_and(|b| b.size == size))?;
-        let block = slot.take()?;
-        parking.bytes -= block.size;
-        Some(block.ptr as *mut u8)
+        for slot in &self.slots {
+            let word = slot.load(Ordering::Acquire);
+            if word == 0 || unpack(word).1 != size {
+                continue;
+            }
+            // Whoever swaps the word out owns the block; a lost race moves on.
+            if slot
+                .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                return Some(unpack(word).0);
+            }
+        }
+        None
     }
 
-    /// Parks a freed block; returns the blocks to free for good (evicted
-    /// to make room, or this one when it cannot be kept).
-    fn park(&self, ptr: *mut u8, size: usize) -> [Option<(usize, usize)>; SLOTS + 1] {
+    /// Parks a freed block of `size` bytes; false when it cannot be kept
+    /// (the caller frees it).
+    fn park(&self, ptr: *mut u8, size: usize) -> bool {
         self.release_if_requested();
-        let mut release = [None; SLOTS + 1];
-        let Ok(mut parking) = self.parking.lock() else {
-            release[0] = Some((ptr as usize, size));
-            return release;
+        let Some(word) = pack(ptr, size).filter(|_| size <= MAX_CACHED) else {
+            return false;
         };
-        if size > MAX_CACHED {
-            release[0] = Some((ptr as usize, size));
-            return release;
+        // Room in bytes first: evict until the block fits under the cap.
+        while self.bytes.fetch_add(size, Ordering::AcqRel) + size > MAX_CACHED {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            if !self.evict_one() {
+                return false;
+            }
         }
-        let mut evicted = 0;
-        loop {
-            let full = parking.blocks.iter().all(Option::is_some);
-            if !full && parking.bytes + size <= MAX_CACHED {
+        // Then a slot: bounded tries, evicting when all are taken.
+        for _ in 0..=SLOTS {
+            for slot in &self.slots {
+                if slot
+                    .compare_exchange(0, word, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return true;
+                }
+            }
+            if !self.evict_one() {
                 break;
             }
-            let oldest = parking
-                .blocks
-                .iter_mut()
-                .filter(|b| b.is_some())
-                .min_by_key(|b| b.map(|b| b.stamp))
-                .and_then(Option::take)
-                .expect("a full cache has a block");
-            parking.bytes -= oldest.size;
-            release[evicted] = Some((oldest.ptr, oldest.size));
-            evicted += 1;
         }
-        parking.clock += 1;
-        let stamp = parking.clock;
-        let slot = parking
-            .blocks
-            .iter_mut()
-            .find(|b| b.is_none())
-            .expect("room was made");
-        *slot = Some(Parked {
-            ptr: ptr as usize,
-            size,
-            stamp,
-        });
-        parking.bytes += size;
-        release
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        false
+    }
+
+    /// Bytes parked now (for tests and diagnostics).
+    pub fn parked_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Sizes of the blocks parked now.
+    #[cfg(test)]
+    fn parked_sizes(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .map(|slot| slot.load(Ordering::Acquire))
+            .filter(|&word| word != 0)
+            .map(|word| unpack(word).1)
+            .collect()
     }
 }
 
-// SAFETY: every block handed out is either fresh from `System` with the
-// caller's alignment and a size at least the caller's, or a parked block
-// of the same size class (same rounded size, alignment ≤ ALIGN, which is
-// what System gave it); blocks are returned to `System` with the rounded
-// layout they were allocated with.
+// SAFETY: every block handed out is either fresh from `System` or a parked
+// block of the same size class; cached-class blocks are always allocated,
+// grown and freed with `block_layout(class)` (ALIGN ≥ the caller's
+// alignment, size ≥ the caller's), every other block with the caller's own
+// layout; no path panics.
 unsafe impl GlobalAlloc for BlockCacheAlloc {
+    /// # Safety
+    /// The contract of the `GlobalAlloc` method of this name.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match Self::class(layout) {
-            Some(size) => self.take(size).unwrap_or_else(|| {
-                // SAFETY: size ≥ layout.size() > 0, alignment unchanged.
-                unsafe { System.alloc(Layout::from_size_align_unchecked(size, layout.align())) }
-            }),
+            Some(size) => match self.take(size) {
+                Some(ptr) => ptr,
+                // SAFETY: a non-zero size.
+                None => unsafe { System.alloc(block_layout(size)) },
+            },
             // SAFETY: forwarded.
             None => unsafe { System.alloc(layout) },
         }
     }
 
+    /// # Safety
+    /// The contract of the `GlobalAlloc` method of this name.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match Self::class(layout) {
             Some(size) => match self.take(size) {
                 Some(ptr) => {
-                    // SAFETY: the block holds `size` bytes.
+                    // SAFETY: the block holds `size` ≥ layout.size() bytes.
                     unsafe { ptr.write_bytes(0, layout.size()) };
                     ptr
                 }
                 // SAFETY: as in alloc; fresh pages from the system are
                 // zero without a pass over them.
-                None => unsafe {
-                    System.alloc_zeroed(Layout::from_size_align_unchecked(size, layout.align()))
-                },
+                None => unsafe { System.alloc_zeroed(block_layout(size)) },
             },
             // SAFETY: forwarded.
             None => unsafe { System.alloc_zeroed(layout) },
         }
     }
 
+    /// # Safety
+    /// The contract of the `GlobalAlloc` method of this name.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(size) = Self::class(layout) else {
+        match Self::class(layout) {
+            Some(size) => {
+                if !self.park(ptr, size) {
+                    // SAFETY: allocated with this layout (see alloc).
+                    unsafe { System.dealloc(ptr, block_layout(size)) }
+                }
+            }
             // SAFETY: forwarded.
-            return unsafe { System.dealloc(ptr, layout) };
-        };
-        for (ptr, size) in self.park(ptr, size).into_iter().flatten() {
-            // SAFETY: allocated by System with this rounded size and an
-            // alignment ≤ ALIGN (System ignores a smaller one for blocks
-            // this large).
-            unsafe {
-                System.dealloc(
-                    ptr as *mut u8,
-                    Layout::from_size_align_unchecked(size, ALIGN),
-                )
-            };
+            None => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    /// # Safety
+    /// The contract of the `GlobalAlloc` method of this name.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees new_size is valid for this alignment.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match (Self::class(layout), Self::class(new_layout)) {
+            // The block already has the room.
+            (Some(old), Some(new)) if old == new => ptr,
+            // Both cached classes: the system moves or extends the pages
+            // (mremap) rather than copying; the result is a System block
+            // of the new rounded size and ALIGN, as the class wants.
+            // SAFETY: allocated with block_layout(old); new is non-zero.
+            (Some(old), Some(new)) => unsafe { System.realloc(ptr, block_layout(old), new) },
+            // SAFETY: forwarded.
+            (None, None) => unsafe { System.realloc(ptr, layout, new_size) },
+            // Into or out of the cached classes: the two sides' layouts
+            // differ in alignment, so a new block and a copy.
+            _ => {
+                // SAFETY: new_layout has a non-zero size (the caller's).
+                let new_ptr = unsafe { self.alloc(new_layout) };
+                if !new_ptr.is_null() {
+                    // SAFETY: both blocks hold at least the bytes copied,
+                    // and are distinct.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                }
+                new_ptr
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     /// `release_parked` reaches every instance: tests that check what is
     /// parked take turns.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+    fn layout(bytes: usize, align: usize) -> Layout {
+        Layout::from_size_align(bytes, align).unwrap()
+    }
+
     #[test]
     fn a_freed_large_block_serves_the_next_request_of_its_class() {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cache = BlockCacheAlloc::new();
-        let big = Layout::from_size_align(6 << 20, 8).unwrap();
-        let near = Layout::from_size_align((6 << 20) - 100, 8).unwrap();
+        let big = layout(6 << 20, 8);
+        let near = layout((6 << 20) - 100, 8);
         unsafe {
             let first = cache.alloc(big);
             first.write_bytes(0xAB, big.size());
@@ -253,40 +325,41 @@ mod tests {
             assert!((0..near.size()).step_by(4099).all(|i| *again.add(i) == 0));
             cache.dealloc(again, near);
             // Another class gets its own block.
-            let other = Layout::from_size_align(9 << 20, 8).unwrap();
+            let other = layout(9 << 20, 8);
             let third = cache.alloc(other);
             assert_ne!(third, first);
             cache.dealloc(third, other);
             // Small blocks and over-aligned ones bypass the cache.
-            let small = Layout::from_size_align(1024, 8).unwrap();
+            let small = layout(1024, 8);
             let s = cache.alloc(small);
             cache.dealloc(s, small);
-            let aligned = Layout::from_size_align(8 << 20, 4096).unwrap();
+            let aligned = layout(8 << 20, 4096);
             let a = cache.alloc(aligned);
             assert_eq!(a as usize % 4096, 0);
             cache.dealloc(a, aligned);
         }
-        let parking = cache.parking.lock().unwrap();
-        assert_eq!(parking.bytes, (6 << 20) + (9 << 20));
+        assert_eq!(cache.parked_bytes(), (6 << 20) + (9 << 20));
+        let mut sizes = cache.parked_sizes();
+        sizes.sort();
+        assert_eq!(sizes, [6 << 20, 9 << 20]);
     }
 
     #[test]
     fn parked_blocks_are_freed_on_request() {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cache = BlockCacheAlloc::new();
-        let big = Layout::from_size_align(5 << 20, 16).unwrap();
-        let small = Layout::from_size_align(64, 16).unwrap();
+        let (big, small) = (layout(5 << 20, 16), layout(64, 16));
         unsafe {
             let block = cache.alloc(big);
             cache.dealloc(block, big);
-            assert_eq!(cache.parking.lock().unwrap().bytes, 5 << 20);
+            assert_eq!(cache.parked_bytes(), 5 << 20);
             release_parked();
             // Small requests do not look at the cache; the next large one does.
             let s = cache.alloc(small);
             cache.dealloc(s, small);
-            let other = Layout::from_size_align(7 << 20, 16).unwrap();
+            let other = layout(7 << 20, 16);
             let fresh = cache.alloc(other);
-            assert_eq!(cache.parking.lock().unwrap().bytes, 0);
+            assert_eq!(cache.parked_bytes(), 0);
             cache.dealloc(fresh, other);
         }
     }
@@ -295,29 +368,98 @@ mod tests {
     fn the_cache_stays_within_its_bounds() {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cache = BlockCacheAlloc::new();
-        let layout = |mib: usize| Layout::from_size_align(mib << 20, 16).unwrap();
+        let mib = |n: usize| layout(n << 20, 16);
         unsafe {
             // More blocks than slots, then more bytes than the cap.
             let blocks: Vec<_> = (0..SLOTS + 4)
-                .map(|i| (cache.alloc(layout(4 + i)), layout(4 + i)))
+                .map(|i| (cache.alloc(mib(4 + i)), mib(4 + i)))
                 .collect();
             for (ptr, l) in blocks {
                 cache.dealloc(ptr, l);
             }
-            let huge = layout(600);
+            let huge = mib(600);
             let h1 = cache.alloc(huge);
             let h2 = cache.alloc(huge);
+            let h3 = cache.alloc(huge);
             cache.dealloc(h1, huge);
             cache.dealloc(h2, huge);
+            cache.dealloc(h3, huge);
         }
-        let parking = cache.parking.lock().unwrap();
-        let kept = parking.blocks.iter().flatten().count();
-        assert!(kept <= SLOTS && parking.bytes <= MAX_CACHED);
-        // The newest block was kept; the oldest small ones were released.
-        assert!(parking.blocks.iter().flatten().any(|b| b.size == 600 << 20));
-        assert!(!parking.blocks.iter().flatten().any(|b| b.size == 4 << 20));
-        // The sum matches what is parked.
-        let sum: usize = parking.blocks.iter().flatten().map(|b| b.size).sum();
-        assert_eq!(sum, parking.bytes);
+        let sizes = cache.parked_sizes();
+        assert!(sizes.len() <= SLOTS && cache.parked_bytes() <= MAX_CACHED);
+        // The newest block was kept, by evicting older ones.
+        assert!(sizes.contains(&(600 << 20)));
+        // The count matches what is parked.
+        assert_eq!(sizes.iter().sum::<usize>(), cache.parked_bytes());
+    }
+
+    #[test]
+    fn realloc_keeps_the_contents_across_classes_and_the_block_within_one() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = BlockCacheAlloc::new();
+        let fill = |ptr: *mut u8, len: usize| {
+            for i in (0..len).step_by(997) {
+                unsafe { *ptr.add(i) = (i % 251) as u8 };
+            }
+        };
+        let check = |ptr: *mut u8, len: usize| {
+            (0..len)
+                .step_by(997)
+                .all(|i| unsafe { *ptr.add(i) } == (i % 251) as u8)
+        };
+        unsafe {
+            // Small to large (a copy into a cached-class block).
+            let small = layout(1 << 20, 8);
+            let p = cache.alloc(small);
+            fill(p, small.size());
+            let large = layout(5 << 20, 8);
+            let p = cache.realloc(p, small, large.size());
+            assert!(check(p, small.size()));
+            fill(p, large.size());
+            // Within the class: the same block.
+            let same = cache.realloc(p, large, (5 << 20) - 10);
+            assert_eq!(same, p);
+            // To another class: grown by the system, contents kept.
+            let grown = cache.realloc(same, layout((5 << 20) - 10, 8), 12 << 20);
+            assert!(check(grown, (5 << 20) - 10));
+            // Back below the cache: a copy into a small block.
+            let shrunk = cache.realloc(grown, layout(12 << 20, 8), 1 << 20);
+            assert!(check(shrunk, 1 << 20));
+            cache.dealloc(shrunk, layout(1 << 20, 8));
+            // Over-aligned blocks go to the system both ways.
+            let aligned = layout(8 << 20, 4096);
+            let a = cache.alloc(aligned);
+            fill(a, 1 << 20);
+            let a = cache.realloc(a, aligned, 16 << 20);
+            assert!(check(a, 1 << 20) && (a as usize).is_multiple_of(4096));
+            cache.dealloc(a, layout(16 << 20, 4096));
+        }
+    }
+
+    #[test]
+    fn threads_share_the_cache_without_losing_a_block() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = BlockCacheAlloc::new();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let cache = &cache;
+                scope.spawn(move || {
+                    for i in 0..200 {
+                        let l = layout((4 + (t + i) % 6) << 20, 16);
+                        unsafe {
+                            let p = cache.alloc(l);
+                            assert!(!p.is_null());
+                            *p = t as u8;
+                            *p.add(l.size() - 1) = i as u8;
+                            assert_eq!((*p, *p.add(l.size() - 1)), (t as u8, i as u8));
+                            cache.dealloc(p, l);
+                        }
+                    }
+                });
+            }
+        });
+        let sizes = cache.parked_sizes();
+        assert_eq!(sizes.iter().sum::<usize>(), cache.parked_bytes());
+        assert!(cache.parked_bytes() <= MAX_CACHED);
     }
 }

@@ -21,12 +21,16 @@ macro_rules! vectorised_fn {
             #[inline(always)]
             fn portable($($arg: $ty),*) $(-> $ret)? $body
 
+            /// # Safety
+            /// The CPU must have AVX-512F.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
             unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                 portable($($arg),*)
             }
 
+            /// # Safety
+            /// The CPU must have AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
