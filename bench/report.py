@@ -172,6 +172,48 @@ def load_targets(load, setting="default configuration"):
     return lines
 
 
+STAGE_NAMES = {"text_encode_b2": "CLIP text encode, batch 2", "unet_step_b2": "UNet step, batch 2 (CFG)",
+               "vae_decode_b1": "VAE decode, batch 1", "vae_decode_large_b1": "VAE decode (large), batch 1"}
+
+
+def ab_table(x, stage_label=lambda stage, x: STAGE_NAMES.get(stage, stage)):
+    """Rows of an ab_stages.py result: median seconds (spread), ratio to the
+    first build, median minor page faults, peak RSS."""
+    builds = list(x["builds"])
+    anchor = builds[0]
+    out = ["| Stage | build | median (s) | min–max (s) | / " + anchor + " | minor faults per run | peak RSS (MiB) |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for stage, by_build in x["stages"].items():
+        for name in builds:
+            r = by_build[name]
+            faults = "n/a" if r["median_minor_faults"] is None else f"{r['median_minor_faults']:,.0f}"
+            out.append(f"| {stage_label(stage, x)} | {name} | {r['median_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} | "
+                       f"{r['ratio_to_' + anchor]:.2f}× | {faults} | {r['peak_rss_mib']:.0f} |")
+    return out
+
+
+def sized_stage(stage, x):
+    size = x["large_vae"] if stage == "vae_decode_large_b1" else x["size"]
+    return STAGE_NAMES.get(stage, stage).replace(" (large)", "").replace(",", f" {size}²,", 1)
+
+
+def alloc_section(x):
+    return ["## Allocator: the engine's global allocator on the VAE decode", "",
+            f"Command: `{x['command']}` ({provenance(x)}). The same `bench_stages` over a folder holding only the "
+            "full-size SD 1.5 VAE, once per global allocator, interleaved round by round: `block_cache` is the "
+            "block cache the engine had until session 8 (freed blocks ≥ 4 MiB parked by MiB size class, ≤ 2 GiB, "
+            "fixed for realloc, alignment and locking; commit 9be6ab6), `mimalloc_10s` the engine's allocator now "
+            "(mimalloc 3 with a 10 s purge delay, `crates/kernels/src/alloc.rs`), `mimalloc_default` mimalloc with "
+            "its 10 ms delay, `glibc` the system allocator. Anchor: the block cache, same run. A minor fault is "
+            "one page (4 KiB, or 2 MiB under transparent huge pages) the kernel mapped and zeroed.", ""] + \
+        ab_table(x, sized_stage) + [""]
+
+
+def ab_section(title, x, note):
+    return [f"### {title}", "", f"Command: `{x['command']}` ({provenance(x)}). {note}", ""] + \
+        ab_table(x, sized_stage) + [""]
+
+
 def main():
     engine = json.loads((RESULTS / "engine.json").read_text()) if (RESULTS / "engine.json").exists() else None
     load = json.loads((RESULTS / "load.json").read_text()) if (RESULTS / "load.json").exists() else None
@@ -216,8 +258,8 @@ def main():
                                  f"{r['ours_bf16_s'] / r['floor_s']:.2f}× |")
         rss_ratio = engine["ours_peak_rss_mib"] / engine["weights_mib"]
         out += ["", f"Peak RSS: CyberImage {engine['ours_peak_rss_mib']:.0f} MiB "
-                f"({rss_ratio:.2f}× the weights; it counts the freed blocks the allocator keeps for the next "
-                f"tensor of their size, up to 2 GiB), diffusers {engine['diffusers_peak_rss_mib']:.0f} MiB.", ""]
+                f"({rss_ratio:.2f}× the weights; it counts freed memory the allocator keeps for reuse, see "
+                f"Allocator), diffusers {engine['diffusers_peak_rss_mib']:.0f} MiB.", ""]
         if bf16_rows:
             out += ["### The same stages in bf16", "",
                     "Ours with `[engine] precision = \"bf16\"` (convolutions, linear layers and attention products "
@@ -239,6 +281,19 @@ def main():
         out += flux_section(flux)
     if flux and flux.get("e2e"):
         out += flux_e2e_section(flux["e2e"])
+    alloc = json.loads((RESULTS / "alloc.json").read_text()) if (RESULTS / "alloc.json").exists() else None
+    if alloc:
+        out += alloc_section(alloc)
+    layout = [(json.loads((RESULTS / f"ab_layout_{p}.json").read_text()), p)
+              for p in ("f32", "bf16") if (RESULTS / f"ab_layout_{p}.json").exists()]
+    if layout:
+        out += ["## Before and after the engine layout (session 8)", "",
+                "The benchmark stages of `engine_vs_diffusers.py` (ours only) on its full-size SD 1.5 weights, "
+                "three builds of `bench_stages` interleaved: `before` at 4c39d81 (the flat engine), `layout` "
+                "after the move into layer folders, the kernels crate and the checked output buffers (still the "
+                "block cache), `after` with mimalloc as well. Anchor: `before`, same run.", ""]
+        for x, precision in layout:
+            out += ab_section(f"{precision}", x, f"`[engine] precision = \"{precision}\"` for the UNet and VAE.")
     if load:
         out += ["## Server overhead: status polling during a generation", "",
                 "The engine runs a long generation on the built-in tiny model the whole time, so the server, "

@@ -18,11 +18,11 @@ use cyberimage_core::Generator as _;
 
 use crate::config::{Config, FlagOverrides};
 
-/// Freed tensor-sized blocks are kept for the next tensor of their size
-/// instead of going back to the OS (see the module's notes).
+/// mimalloc, freed memory kept for the next tensors rather than returned to
+/// the OS at once (see cyberimage_kernels::alloc).
 #[global_allocator]
-static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::alloc::EngineAllocator =
+    cyberimage_kernels::alloc::EngineAllocator;
 
 #[derive(Parser)]
 #[command(

@@ -27,10 +27,11 @@ use cyberimage_engine::models::flux::weights::{quantize_tensor, FluxWeights};
 use cyberimage_engine::models::flux::FluxTransformer;
 use cyberimage_engine::pipelines::flux::{load_transformer, Flux};
 
-/// As the binary runs: large freed blocks reused (see block_cache_alloc).
+/// As the binary runs: mimalloc, freed memory kept for reuse (see
+/// cyberimage_kernels::alloc).
 #[global_allocator]
-static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::alloc::EngineAllocator =
+    cyberimage_kernels::alloc::EngineAllocator;
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

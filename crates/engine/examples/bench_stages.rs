@@ -15,10 +15,11 @@
 #[path = "support/stages.rs"]
 mod stages;
 
-/// As the binary runs: large freed blocks reused (see block_cache_alloc).
+/// As the binary runs: mimalloc, freed memory kept for reuse (see
+/// cyberimage_kernels::alloc).
 #[global_allocator]
-static ALLOCATOR: cyberimage_kernels::block_cache_alloc::BlockCacheAlloc =
-    cyberimage_kernels::block_cache_alloc::BlockCacheAlloc::new();
+static ALLOCATOR: cyberimage_kernels::alloc::EngineAllocator =
+    cyberimage_kernels::alloc::EngineAllocator;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     stages::main()

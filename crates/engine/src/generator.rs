@@ -6,19 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use candle_core::{Device, Tensor};
+mod families;
+mod run;
+
+use candle_core::Device;
 use cyberimage_core::{
-    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry, ModelFamily,
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
     ProgressObserver, ProgressUpdate,
 };
 
-use crate::pipelines::flux::{Flux, FluxConditioning};
-use crate::pipelines::sd::{Conditioning, StableDiffusion};
-use crate::pipelines::sd3::{Sd3, Sd3Conditioning};
-use crate::pipelines::StepCallback;
-use crate::schedulers::noise::{gaussian, step_gaussian};
 use crate::weights::builtin;
 use crate::weights::memory::{EngineOptions, ModelFootprint, Precision};
+use families::{family, LoadedPipeline};
+use run::{failed, Run};
 
 pub struct CandleGenerator {
     /// Where built-in models are written out.
@@ -32,84 +32,8 @@ pub struct CandleGenerator {
 
 struct LoadedModel {
     key: String,
-    pipeline: Pipeline,
+    pipeline: Box<dyn LoadedPipeline>,
     weights_sha256: String,
-}
-
-enum Pipeline {
-    StableDiffusion(Box<StableDiffusion>),
-    Sd3(Box<Sd3>),
-    Flux(Box<Flux>),
-}
-
-/// A job's prompt, encoded for its pipeline.
-enum Encoded {
-    StableDiffusion(Conditioning),
-    Sd3(Sd3Conditioning),
-    Flux(FluxConditioning),
-}
-
-impl Encoded {
-    /// With only the text encoders resident (`drop_text_encoders`).
-    fn alone(
-        family: ModelFamily,
-        dir: &Path,
-        device: &Device,
-        spec: &GenerationSpec,
-    ) -> Result<Self, EngineError> {
-        let negative = spec.negative_prompt.as_deref();
-        match family {
-            ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
-                Flux::encode_alone(dir, device, &spec.prompt).map(Self::Flux)
-            }
-            ModelFamily::Sd3 => {
-                Sd3::encode_alone(dir, device, &spec.prompt, negative).map(Self::Sd3)
-            }
-            _ => StableDiffusion::encode_alone(
-                dir,
-                device,
-                &spec.prompt,
-                negative,
-                f64::from(spec.guidance_scale),
-            )
-            .map(Self::StableDiffusion),
-        }
-        .map_err(failed)
-    }
-}
-
-impl Pipeline {
-    /// With the pipeline's own (kept or per-use) encoders.
-    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineError> {
-        let negative = spec.negative_prompt.as_deref();
-        match self {
-            Self::StableDiffusion(sd) => sd
-                .encode_for_guidance(&spec.prompt, negative, f64::from(spec.guidance_scale))
-                .map(Encoded::StableDiffusion),
-            Self::Sd3(sd3) => sd3.encode_prompts(&spec.prompt, negative).map(Encoded::Sd3),
-            Self::Flux(flux) => flux.encode_prompt(&spec.prompt).map(Encoded::Flux),
-        }
-        .map_err(failed)
-    }
-
-    fn load(
-        family: ModelFamily,
-        dir: &Path,
-        device: &Device,
-        keep: bool,
-    ) -> Result<Self, EngineError> {
-        let loaded = match family {
-            ModelFamily::FluxDev | ModelFamily::FluxSchnell => {
-                Flux::load_with(dir, device, keep).map(|f| Self::Flux(Box::new(f)))
-            }
-            ModelFamily::Sd3 => Sd3::load_with(dir, device, keep).map(|s| Self::Sd3(Box::new(s))),
-            _ => StableDiffusion::load_with(dir, device, keep)
-                .map(|s| Self::StableDiffusion(Box::new(s))),
-        };
-        loaded.map_err(|e| {
-            EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
-        })
-    }
 }
 
 impl CandleGenerator {
@@ -201,10 +125,6 @@ pub fn hf_repo_dir(cache: &Path, repo: &str) -> PathBuf {
     cache.join(format!("models--{}", repo.replace('/', "--")))
 }
 
-fn failed(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Failed(e.to_string())
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -239,7 +159,7 @@ impl Generator for CandleGenerator {
         }))
         .unwrap_or_else(|panic| {
             *self.lock_loaded() = None;
-            cyberimage_kernels::block_cache_alloc::release_parked();
+            cyberimage_kernels::alloc::release_freed_memory();
             Err(EngineError::from_panic(&*panic))
         })
     }
@@ -294,16 +214,20 @@ impl CandleGenerator {
             // the larger of the two, not their sum; it is loaded again
             // below (each job pays that load).
             *loaded = None;
-            // The freed weights go back to the system, not into the
-            // allocator's cache of reusable blocks; likewise the encoders'.
-            cyberimage_kernels::block_cache_alloc::release_parked();
-            encoded = Some(Encoded::alone(model.family, &dir, &self.device, spec)?);
-            cyberimage_kernels::block_cache_alloc::release_parked();
+            // The freed weights go back to the system now, not after the
+            // allocator's purge delay; likewise the encoders'.
+            cyberimage_kernels::alloc::release_freed_memory();
+            encoded = Some(
+                family(model.family)
+                    .encode_alone(&dir, &self.device, spec)
+                    .map_err(failed)?,
+            );
+            cyberimage_kernels::alloc::release_freed_memory();
             cancel.check()?;
         }
         if loaded.as_ref().is_none_or(|m| m.key != model.key) {
             *loaded = None;
-            cyberimage_kernels::block_cache_alloc::release_parked();
+            cyberimage_kernels::alloc::release_freed_memory();
             let keep = !self.options.drop_text_encoders;
             // Hashing gigabytes takes seconds: done on a second thread
             // while this one reads the same files (from the page cache,
@@ -311,7 +235,11 @@ impl CandleGenerator {
             let (pipeline, hashed) = std::thread::scope(|scope| {
                 let hashing =
                     scope.spawn(|| crate::weights::digest::weights_sha256(&dir, &self.models_dir));
-                let pipeline = Pipeline::load(model.family, &dir, &self.device, keep);
+                let pipeline = family(model.family)
+                    .load(&dir, &self.device, keep)
+                    .map_err(|e| {
+                        EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
+                    });
                 (pipeline, hashing.join())
             });
             let pipeline = pipeline?;
@@ -330,7 +258,7 @@ impl CandleGenerator {
         cancel.check()?;
         let encoded = match encoded {
             Some(encoded) => encoded,
-            None => loaded_model.pipeline.encode(spec)?,
+            None => loaded_model.pipeline.encode(spec).map_err(failed)?,
         };
         let run = Run {
             spec,
@@ -341,14 +269,7 @@ impl CandleGenerator {
         let bf16 = self.options.precision == Precision::Bf16;
         let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {
             fault_point();
-            match (&loaded_model.pipeline, encoded) {
-                (Pipeline::StableDiffusion(sd), Encoded::StableDiffusion(cond)) => {
-                    run.stable_diffusion(sd, &cond)
-                }
-                (Pipeline::Sd3(sd3), Encoded::Sd3(cond)) => run.sd3(sd3, &cond),
-                (Pipeline::Flux(flux), Encoded::Flux(cond)) => run.flux(flux, &cond),
-                _ => Err(failed("the prompt was encoded for another pipeline")),
-            }
+            loaded_model.pipeline.run(&run, &encoded)
         })?;
         metadata.extend([
             ("dtype".into(), self.options.precision.describe().into()),
@@ -372,146 +293,5 @@ impl CandleGenerator {
                 extra_metadata: metadata.clone(),
             })
             .collect())
-    }
-}
-
-/// One job's images through a loaded pipeline.
-struct Run<'a> {
-    spec: &'a GenerationSpec,
-    observer: &'a dyn ProgressObserver,
-    cancel: &'a CancelToken,
-    device: &'a Device,
-}
-
-/// Per image: (seed, width, height, RGB8 pixels).
-type Images = Vec<(u64, usize, usize, Vec<u8>)>;
-type Metadata = Vec<(String, String)>;
-
-impl Run<'_> {
-    /// The initial noise of image `index`: (seed, tensor of `shape`).
-    fn noise(
-        &self,
-        index: u32,
-        shape: (usize, usize, usize, usize),
-    ) -> Result<(u64, Tensor), EngineError> {
-        let seed = self.spec.image_seed(index);
-        let count = shape.0 * shape.1 * shape.2 * shape.3;
-        let noise = Tensor::from_vec(gaussian(seed, count), shape, self.device).map_err(failed)?;
-        Ok((seed, noise))
-    }
-
-    /// Reports step progress across all images; false once cancelled.
-    fn step_reporter(&self, index: u32) -> impl FnMut(usize, &Tensor) -> bool + '_ {
-        let done_before = index * self.spec.steps;
-        let total = self.spec.total_steps();
-        move |step, _| {
-            self.observer.on_progress(ProgressUpdate::Step {
-                done: done_before + step as u32,
-                total,
-            });
-            !self.cancel.is_cancelled()
-        }
-    }
-
-    /// Every image of the job: seeded noise of (channels, h/factor,
-    /// w/factor) → `denoise` (given the seed, the noise and the step
-    /// reporter; `None` when cancelled) → `decode` to (h, w, 3) in [0, 1].
-    fn images(
-        &self,
-        channels: usize,
-        factor: usize,
-        mut denoise: impl FnMut(
-            u64,
-            Tensor,
-            &mut StepCallback,
-        ) -> Result<Option<Tensor>, crate::error::EngineLoadError>,
-        decode: impl Fn(&Tensor) -> Result<Tensor, crate::error::EngineLoadError>,
-    ) -> Result<Images, EngineError> {
-        let spec = self.spec;
-        let shape = (
-            1,
-            channels,
-            spec.height as usize / factor,
-            spec.width as usize / factor,
-        );
-        let mut images = Vec::new();
-        for index in 0..spec.num_images {
-            let (seed, noise) = self.noise(index, shape)?;
-            let result = denoise(seed, noise, &mut self.step_reporter(index)).map_err(failed)?;
-            let Some(latents) = result else {
-                return Err(EngineError::Cancelled);
-            };
-            self.observer.on_progress(ProgressUpdate::Decoding);
-            let image = decode(&latents).map_err(failed)?;
-            let (width, height, rgb) = crate::models::vae::unit_to_rgb8(&image).map_err(failed)?;
-            images.push((seed, width, height, rgb));
-        }
-        Ok(images)
-    }
-
-    fn stable_diffusion(
-        &self,
-        sd: &StableDiffusion,
-        cond: &Conditioning,
-    ) -> Result<(Images, Metadata), EngineError> {
-        let steps = self.spec.steps as usize;
-        let guidance = f64::from(self.spec.guidance_scale);
-        let sampler = sd.scheduler(steps).map_err(failed)?.name();
-        let images = self.images(
-            sd.latent_channels(),
-            sd.latent_factor(),
-            |seed, latents, on_step| {
-                let shape = latents.dims4()?;
-                let count = shape.1 * shape.2 * shape.3;
-                sd.denoise(
-                    cond,
-                    latents,
-                    steps,
-                    guidance,
-                    &mut |step| {
-                        Tensor::from_vec(step_gaussian(seed, step, count), shape, self.device)
-                    },
-                    on_step,
-                )
-            },
-            |latents| sd.decode_unit(latents),
-        )?;
-        Ok((images, vec![("sampler".into(), sampler.into())]))
-    }
-
-    fn sd3(&self, sd3: &Sd3, cond: &Sd3Conditioning) -> Result<(Images, Metadata), EngineError> {
-        let steps = self.spec.steps as usize;
-        let guidance = f64::from(self.spec.guidance_scale);
-        let images = self.images(
-            sd3.latent_channels(),
-            sd3.latent_factor(),
-            |_, noise, on_step| sd3.denoise(cond, noise, steps, guidance, on_step),
-            |latents| sd3.decode_unit(latents),
-        )?;
-        Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
-    }
-
-    fn flux(
-        &self,
-        flux: &Flux,
-        cond: &FluxConditioning,
-    ) -> Result<(Images, Metadata), EngineError> {
-        let steps = self.spec.steps as usize;
-        let guidance = f64::from(self.spec.guidance_scale);
-        let images = self.images(
-            flux.latent_channels(),
-            flux.latent_factor(),
-            |_, noise, on_step| flux.denoise(cond, &noise, steps, guidance, on_step),
-            |latents| flux.decode_unit(latents),
-        )?;
-        let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];
-        if !flux.uses_guidance() {
-            metadata.push((
-                "guidance".into(),
-                "none (schnell: not guidance-distilled)".into(),
-            ));
-        }
-        metadata.push(("transformer_weights".into(), flux.transformer_format.into()));
-        Ok((images, metadata))
     }
 }

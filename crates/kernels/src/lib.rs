@@ -7,7 +7,7 @@
 //! as the fallback for other devices and dtypes, and each tested against
 //! it. Beside them: the primitive layers that dispatch to them (`Conv2d`,
 //! `GroupNorm`, `Linear`, loaded as candle-nn loads its own), the
-//! process's global allocator (`block_cache_alloc`), and the engine
+//! process's global allocator (`alloc`, mimalloc tuned for tensors), and the engine
 //! threads' scheduling priority (`priority`), which are system calls.
 //!
 //! Every other crate is `#![forbid(unsafe_code)]`: what they need from raw
@@ -15,9 +15,9 @@
 //! checked. This crate rebuilds only when a kernel changes.
 
 pub mod activations;
+pub mod alloc;
 pub mod attention;
 pub mod bf16_gemm;
-pub mod block_cache_alloc;
 pub mod buffers;
 pub mod conv;
 mod f32_gemm;

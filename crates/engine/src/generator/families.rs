@@ -1,0 +1,227 @@
+//! The families the generator can run, each behind the same two traits, and
+//! the one place a model's family picks its implementation ([`family`]).
+//! A new family adds its pipeline under `pipelines/`, an implementation
+//! here, and one line in `family`.
+
+use std::any::Any;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use cyberimage_core::{EngineError, GenerationSpec, ModelFamily};
+
+use super::run::{failed, Images, Metadata, Run};
+use crate::error::EngineLoadError;
+use crate::pipelines::flux::{Flux, FluxConditioning};
+use crate::pipelines::sd::{Conditioning, StableDiffusion};
+use crate::pipelines::sd3::{Sd3, Sd3Conditioning};
+use crate::schedulers::noise::step_gaussian;
+
+/// A job's prompt, encoded by a family for its own pipeline (which takes
+/// it back with [`conditioning`]).
+pub(super) type Encoded = Box<dyn Any + Send>;
+
+/// A family's entry points before anything is loaded.
+pub(super) trait Family: Sync {
+    /// Loads the pipeline from a diffusers folder; `keep_encoders` false
+    /// loads the text encoders per use instead (`drop_text_encoders`).
+    fn load(
+        &self,
+        dir: &Path,
+        device: &Device,
+        keep_encoders: bool,
+    ) -> Result<Box<dyn LoadedPipeline>, EngineLoadError>;
+
+    /// Encodes the job's prompt with only the text encoders resident.
+    fn encode_alone(
+        &self,
+        dir: &Path,
+        device: &Device,
+        spec: &GenerationSpec,
+    ) -> Result<Encoded, EngineLoadError>;
+}
+
+/// A loaded pipeline, as the generator drives it.
+pub(super) trait LoadedPipeline: Send {
+    /// Encodes the job's prompt with the pipeline's own encoders.
+    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError>;
+
+    /// Every image of the job, and the metadata the family adds.
+    fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError>;
+}
+
+/// The family that runs `family`: the registration of every family.
+pub(super) fn family(family: ModelFamily) -> &'static dyn Family {
+    match family {
+        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo | ModelFamily::Sdxl => {
+            &StableDiffusionFamily
+        }
+        ModelFamily::Sd3 => &Sd3Family,
+        ModelFamily::FluxDev | ModelFamily::FluxSchnell => &FluxFamily,
+    }
+}
+
+/// The conditioning a pipeline's own family encoded.
+fn conditioning<T: 'static>(encoded: &Encoded) -> Result<&T, EngineError> {
+    encoded
+        .downcast_ref::<T>()
+        .ok_or_else(|| failed("the prompt was encoded for another pipeline"))
+}
+
+fn boxed<T: Send + 'static>(value: T) -> Encoded {
+    Box::new(value)
+}
+
+struct StableDiffusionFamily;
+
+impl Family for StableDiffusionFamily {
+    fn load(
+        &self,
+        dir: &Path,
+        device: &Device,
+        keep_encoders: bool,
+    ) -> Result<Box<dyn LoadedPipeline>, EngineLoadError> {
+        Ok(Box::new(StableDiffusion::load_with(
+            dir,
+            device,
+            keep_encoders,
+        )?))
+    }
+
+    fn encode_alone(
+        &self,
+        dir: &Path,
+        device: &Device,
+        spec: &GenerationSpec,
+    ) -> Result<Encoded, EngineLoadError> {
+        let negative = spec.negative_prompt.as_deref();
+        let guidance = f64::from(spec.guidance_scale);
+        StableDiffusion::encode_alone(dir, device, &spec.prompt, negative, guidance).map(boxed)
+    }
+}
+
+impl LoadedPipeline for StableDiffusion {
+    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
+        let negative = spec.negative_prompt.as_deref();
+        self.encode_for_guidance(&spec.prompt, negative, f64::from(spec.guidance_scale))
+            .map(boxed)
+    }
+
+    fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
+        let cond: &Conditioning = conditioning(encoded)?;
+        let steps = run.spec.steps as usize;
+        let guidance = f64::from(run.spec.guidance_scale);
+        let sampler = self.scheduler(steps).map_err(failed)?.name();
+        let images = run.images(
+            self.latent_channels(),
+            self.latent_factor(),
+            |seed, latents, on_step| {
+                let shape = latents.dims4()?;
+                let count = shape.1 * shape.2 * shape.3;
+                self.denoise(
+                    cond,
+                    latents,
+                    steps,
+                    guidance,
+                    &mut |step| {
+                        Tensor::from_vec(step_gaussian(seed, step, count), shape, run.device)
+                    },
+                    on_step,
+                )
+            },
+            |latents| self.decode_unit(latents),
+        )?;
+        Ok((images, vec![("sampler".into(), sampler.into())]))
+    }
+}
+
+struct Sd3Family;
+
+impl Family for Sd3Family {
+    fn load(
+        &self,
+        dir: &Path,
+        device: &Device,
+        keep_encoders: bool,
+    ) -> Result<Box<dyn LoadedPipeline>, EngineLoadError> {
+        Ok(Box::new(Sd3::load_with(dir, device, keep_encoders)?))
+    }
+
+    fn encode_alone(
+        &self,
+        dir: &Path,
+        device: &Device,
+        spec: &GenerationSpec,
+    ) -> Result<Encoded, EngineLoadError> {
+        let negative = spec.negative_prompt.as_deref();
+        Sd3::encode_alone(dir, device, &spec.prompt, negative).map(boxed)
+    }
+}
+
+impl LoadedPipeline for Sd3 {
+    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
+        self.encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
+            .map(boxed)
+    }
+
+    fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
+        let cond: &Sd3Conditioning = conditioning(encoded)?;
+        let steps = run.spec.steps as usize;
+        let guidance = f64::from(run.spec.guidance_scale);
+        let images = run.images(
+            self.latent_channels(),
+            self.latent_factor(),
+            |_, noise, on_step| self.denoise(cond, noise, steps, guidance, on_step),
+            |latents| self.decode_unit(latents),
+        )?;
+        Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
+    }
+}
+
+struct FluxFamily;
+
+impl Family for FluxFamily {
+    fn load(
+        &self,
+        dir: &Path,
+        device: &Device,
+        keep_encoders: bool,
+    ) -> Result<Box<dyn LoadedPipeline>, EngineLoadError> {
+        Ok(Box::new(Flux::load_with(dir, device, keep_encoders)?))
+    }
+
+    fn encode_alone(
+        &self,
+        dir: &Path,
+        device: &Device,
+        spec: &GenerationSpec,
+    ) -> Result<Encoded, EngineLoadError> {
+        Flux::encode_alone(dir, device, &spec.prompt).map(boxed)
+    }
+}
+
+impl LoadedPipeline for Flux {
+    fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
+        self.encode_prompt(&spec.prompt).map(boxed)
+    }
+
+    fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
+        let cond: &FluxConditioning = conditioning(encoded)?;
+        let steps = run.spec.steps as usize;
+        let guidance = f64::from(run.spec.guidance_scale);
+        let images = run.images(
+            self.latent_channels(),
+            self.latent_factor(),
+            |_, noise, on_step| self.denoise(cond, &noise, steps, guidance, on_step),
+            |latents| self.decode_unit(latents),
+        )?;
+        let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];
+        if !self.uses_guidance() {
+            metadata.push((
+                "guidance".into(),
+                "none (schnell: not guidance-distilled)".into(),
+            ));
+        }
+        metadata.push(("transformer_weights".into(), self.transformer_format.into()));
+        Ok((images, metadata))
+    }
+}

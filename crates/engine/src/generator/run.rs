@@ -1,0 +1,89 @@
+//! One job's images through a loaded pipeline, whatever its family: seeded
+//! noise per image, step progress across all images, cancel between steps,
+//! decoding to RGB8.
+
+use candle_core::{Device, Tensor};
+use cyberimage_core::{CancelToken, EngineError, GenerationSpec, ProgressObserver, ProgressUpdate};
+
+use crate::pipelines::StepCallback;
+use crate::schedulers::noise::gaussian;
+
+/// A job's failure from any error the engine's layers return.
+pub(super) fn failed(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Failed(e.to_string())
+}
+
+/// One job's images through a loaded pipeline.
+pub(super) struct Run<'a> {
+    pub spec: &'a GenerationSpec,
+    pub observer: &'a dyn ProgressObserver,
+    pub cancel: &'a CancelToken,
+    pub device: &'a Device,
+}
+
+/// Per image: (seed, width, height, RGB8 pixels).
+pub(super) type Images = Vec<(u64, usize, usize, Vec<u8>)>;
+pub(super) type Metadata = Vec<(String, String)>;
+
+impl Run<'_> {
+    /// The initial noise of image `index`: (seed, tensor of `shape`).
+    fn noise(
+        &self,
+        index: u32,
+        shape: (usize, usize, usize, usize),
+    ) -> Result<(u64, Tensor), EngineError> {
+        let seed = self.spec.image_seed(index);
+        let count = shape.0 * shape.1 * shape.2 * shape.3;
+        let noise = Tensor::from_vec(gaussian(seed, count), shape, self.device).map_err(failed)?;
+        Ok((seed, noise))
+    }
+
+    /// Reports step progress across all images; false once cancelled.
+    fn step_reporter(&self, index: u32) -> impl FnMut(usize, &Tensor) -> bool + '_ {
+        let done_before = index * self.spec.steps;
+        let total = self.spec.total_steps();
+        move |step, _| {
+            self.observer.on_progress(ProgressUpdate::Step {
+                done: done_before + step as u32,
+                total,
+            });
+            !self.cancel.is_cancelled()
+        }
+    }
+
+    /// Every image of the job: seeded noise of (channels, h/factor,
+    /// w/factor) → `denoise` (given the seed, the noise and the step
+    /// reporter; `None` when cancelled) → `decode` to (h, w, 3) in [0, 1].
+    pub fn images(
+        &self,
+        channels: usize,
+        factor: usize,
+        mut denoise: impl FnMut(
+            u64,
+            Tensor,
+            &mut StepCallback,
+        ) -> Result<Option<Tensor>, crate::error::EngineLoadError>,
+        decode: impl Fn(&Tensor) -> Result<Tensor, crate::error::EngineLoadError>,
+    ) -> Result<Images, EngineError> {
+        let spec = self.spec;
+        let shape = (
+            1,
+            channels,
+            spec.height as usize / factor,
+            spec.width as usize / factor,
+        );
+        let mut images = Vec::new();
+        for index in 0..spec.num_images {
+            let (seed, noise) = self.noise(index, shape)?;
+            let result = denoise(seed, noise, &mut self.step_reporter(index)).map_err(failed)?;
+            let Some(latents) = result else {
+                return Err(EngineError::Cancelled);
+            };
+            self.observer.on_progress(ProgressUpdate::Decoding);
+            let image = decode(&latents).map_err(failed)?;
+            let (width, height, rgb) = crate::models::vae::unit_to_rgb8(&image).map_err(failed)?;
+            images.push((seed, width, height, rgb));
+        }
+        Ok(images)
+    }
+}
