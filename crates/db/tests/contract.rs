@@ -39,7 +39,9 @@ async fn postgres() -> Option<Backend> {
             std::env::var("CI").as_deref() != Ok("true"),
             "CI must run the contract on PostgreSQL: set POSTGRES_TEST_URL"
         );
-        eprintln!("skipped: POSTGRES_TEST_URL is not set");
+        cyberimage_testkit::skipped(
+            "no PostgreSQL: POSTGRES_TEST_URL is not set (scripts/with-postgres.sh starts one)",
+        );
         return None;
     };
     let name = format!("contract_{}", JobId::new().to_string().replace('-', ""));

@@ -118,7 +118,7 @@ fn bf16_products_stay_close_to_f32_and_are_declared() {
             .err()
             .expect("refused without AVX-512 BF16");
         assert!(err.contains("AVX-512 BF16"), "{err}");
-        return cyberimage_kernels::skipped(
+        return cyberimage_testkit::skipped(
             "bf16 products: this CPU has no AVX-512 BF16 (checked that bf16 is refused)",
         );
     }

@@ -182,7 +182,7 @@ mod tests {
                 let err = crate::relative_error(&ours, &expected).unwrap();
                 assert!(err < 2e-2 && err > 1e-6, "bf16 {nq}×{nk}: {err}");
             } else {
-                crate::skipped("bf16 half: this CPU has no AVX-512 BF16");
+                cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");
             }
         }
     }

@@ -345,7 +345,7 @@ mod tests {
                     );
                     assert!(err > 1e-6, "bf16 case {:?} ran in f32", (b, c_in, h, w, k));
                 } else {
-                    crate::skipped("bf16 half: this CPU has no AVX-512 BF16");
+                    cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");
                 }
             }
         }
@@ -391,7 +391,7 @@ mod tests {
             assert!(layer.packed_bf16.get().is_some());
             assert_ne!(flat(&packed), flat(&ours), "ran in bf16");
         } else {
-            crate::skipped("bf16 half: this CPU has no AVX-512 BF16");
+            cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");
         }
         let theirs = candle_nn::Conv2d::new(weight, Some(bias), config)
             .forward(&x)

@@ -40,16 +40,3 @@ pub fn relative_error(
     let scale = expected.abs()?.flatten_all()?.max(candle_core::D::Minus1)?;
     Ok(diff.to_scalar::<f32>()? / scale.to_scalar::<f32>()?.max(f32::MIN_POSITIVE))
 }
-
-/// Tells whoever runs the tests that the calling test skipped part or all
-/// of its checks, and why. Written straight to stderr, which the test
-/// harness does not capture (it captures `print!`/`eprint!`), so a skip
-/// never reads as a silent pass; the harness names the test's thread after
-/// the test.
-#[doc(hidden)]
-pub fn skipped(reason: &str) {
-    use std::io::Write;
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("a test");
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
-}

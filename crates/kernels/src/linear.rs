@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn bf16_stays_close_to_f32_with_and_without_bias() {
         if !bf16_gemm::available() {
-            return crate::skipped("this CPU has no AVX-512 BF16");
+            return cyberimage_testkit::skipped("this CPU has no AVX-512 BF16");
         }
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (2, 150, 64), &dev).unwrap();

@@ -1,5 +1,7 @@
 //! Test-only helpers. Nothing here is linked into the `cyberimage` binary.
 //!
+//! [`skipped`] is how a test says it could not run some of its checks here.
+//!
 //! [`ScriptedGenerator`] is a *test double* of the engine: it paints a
 //! deterministic gradient (a function of seed and size) while walking through
 //! the same progress and cancel protocol a real pipeline follows, so the jobs
@@ -98,4 +100,16 @@ impl Generator for ScriptedGenerator {
         cancel.check()?;
         Ok(images)
     }
+}
+
+/// Tells whoever runs the tests that the calling test skipped part or all
+/// of its checks, and why. Written straight to stderr, which the test
+/// harness does not capture (it captures `print!`/`eprint!`), so a skip
+/// never reads as a silent pass; the harness names the test's thread after
+/// the test.
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }

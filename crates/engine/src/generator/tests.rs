@@ -66,7 +66,7 @@ fn a_panicking_job_fails_alone_and_the_next_one_runs() {
         "the bf16 setting is restored"
     );
     if !bf16 {
-        cyberimage_kernels::skipped("bf16 restore: this CPU has no AVX-512 BF16");
+        cyberimage_testkit::skipped("bf16 restore: this CPU has no AVX-512 BF16");
     }
 
     let images = generator

@@ -19,7 +19,7 @@ fn rounds_to_nearest_even() {
 #[test]
 fn vector_packing_rounds_as_the_scalar_one() {
     if !available() {
-        return crate::skipped("this CPU has no AVX-512 BF16");
+        return cyberimage_testkit::skipped("this CPU has no AVX-512 BF16");
     }
     // Ties both ways, values just off a tie, signs, magnitudes, an
     // infinity and a NaN: the hardware rounding must match pair().
@@ -58,7 +58,7 @@ fn vector_packing_rounds_as_the_scalar_one() {
 #[test]
 fn a_right_operand_given_row_by_row_gives_the_same_product() {
     if !available() {
-        return crate::skipped("this CPU has no AVX-512 BF16");
+        return cyberimage_testkit::skipped("this CPU has no AVX-512 BF16");
     }
     // Odd k (a last pair with no second row), two k blocks, a ragged
     // last panel.
@@ -97,7 +97,7 @@ fn a_right_operand_given_row_by_row_gives_the_same_product() {
 #[test]
 fn a_transposed_right_operand_gives_the_same_product() {
     if !available() {
-        return crate::skipped("this CPU has no AVX-512 BF16");
+        return cyberimage_testkit::skipped("this CPU has no AVX-512 BF16");
     }
     // One k-block of pairs, and three.
     for (m, k, n) in [(30, 77, 41), (30, 601, 41)] {
@@ -134,7 +134,7 @@ fn a_transposed_right_operand_gives_the_same_product() {
 #[test]
 fn matches_a_reference_product_of_the_rounded_operands() {
     if !available() {
-        return crate::skipped("this CPU has no AVX-512 BF16");
+        return cyberimage_testkit::skipped("this CPU has no AVX-512 BF16");
     }
     let mut seed = 1u64;
     let mut random = || {
