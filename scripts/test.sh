@@ -19,6 +19,9 @@ HAVE_PG=""
 if ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then HAVE_PG=1; fi
 if [ -n "$HAVE_PG" ]; then
   scripts/with-postgres.sh cargo test --workspace
+  # The contract again on a server that accepts TLS only (sslmode=require,
+  # verify-full with a CA made by the script).
+  scripts/with-postgres.sh --ssl cargo test -p cyberimage-db --test contract
 else
   echo "note: PostgreSQL is not installed; its contract tests are skipped" >&2
   cargo test --workspace

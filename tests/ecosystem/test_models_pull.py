@@ -8,12 +8,20 @@ gated repo.
 
 Then the pulled model runs through the real engine from the HF cache layout.
 
+The same stand-in then serves over HTTPS (real TLS, Python's ssl module)
+with a certificate signed by a certificate authority made in this test: a
+pull that trusts it through SSL_CERT_FILE succeeds, and one that does not
+fails saying the certificate is not trusted and how to trust a CA.
+
 usage: python tests/ecosystem/test_models_pull.py path/to/cyberimage
 """
 
+import datetime
 import hashlib
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -89,6 +97,60 @@ class Hub(BaseHTTPRequestHandler):
         self.wfile.write(data[start:])
 
 
+def make_ca_and_server_cert(folder):
+    """A CA made here, and a server certificate for 127.0.0.1 it signed:
+    returns (ca.pem, server.pem, server.key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("CyberImage test CA")).issuer_name(name("CyberImage test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0]).not_valid_after(valid[1])
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def https_hub(folder):
+    """The stand-in hub over TLS with a certificate of a test CA; returns
+    (server, endpoint, CA file)."""
+    ca, cert, key = make_ca_and_server_cert(folder)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"https://127.0.0.1:{server.server_address[1]}", ca
+
+
 def run(*args, env):
     return subprocess.run([BINARY, *args], capture_output=True, text=True, env=env)
 
@@ -157,6 +219,23 @@ defaults = {{ steps = 4, guidance_scale = 7.5, width = 64, height = 64 }}
     listed = run("models", "list", env=env).stdout
     check("after remove: missing again", "missing" in listed.split("tiny-hub")[1].splitlines()[0], listed)
     server.shutdown()
+
+    # HTTPS, trusted and not.
+    tls_server, tls_endpoint, ca = https_hub(tmp)
+    empty_dir = tmp / "no-cas"
+    empty_dir.mkdir()
+    tls_env = {**env, "HF_ENDPOINT": tls_endpoint, "HF_HUB_CACHE": str(tmp / "hub-tls")}
+    untrusted = run("models", "pull", "tiny-hub", env={**tls_env, "SSL_CERT_FILE": str(tmp / "server.pem"),
+                                                       "SSL_CERT_DIR": str(empty_dir)})
+    check("an untrusted certificate fails, saying so and how to trust a CA",
+          untrusted.returncode != 0 and "certificate is not trusted" in untrusted.stderr
+          and "SSL_CERT_FILE" in untrusted.stderr, untrusted.stderr)
+    trusted = run("models", "pull", "tiny-hub", env={**tls_env, "SSL_CERT_FILE": str(ca), "SSL_CERT_DIR": str(empty_dir)})
+    tls_snapshot = tmp / "hub-tls" / "models--test-org--tiny-sd15" / "snapshots" / COMMIT
+    check("over HTTPS with the test CA in SSL_CERT_FILE the pull completes",
+          trusted.returncode == 0 and (tls_snapshot / "unet" / "diffusion_pytorch_model.safetensors").exists(),
+          trusted.stderr)
+    tls_server.shutdown()
     finish()
 
 

@@ -73,6 +73,28 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// A request that got no answer, with what to do when the reason is the
+/// server's TLS certificate (the first thing a corporate proxy breaks).
+pub(crate) fn request_failed(what: String, e: reqwest::Error) -> anyhow::Error {
+    let chain: Vec<String> =
+        std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+    if chain.iter().any(|m| m.contains("certificate")) {
+        return anyhow::anyhow!(
+            "{what}: its TLS certificate is not trusted ({}). If this network uses its own \
+             certificate authority, point SSL_CERT_FILE (a PEM file) or SSL_CERT_DIR at it",
+            chain.last().map(String::as_str).unwrap_or_default()
+        );
+    }
+    anyhow::Error::new(e).context(what)
+}
+
+/// How long connecting to the hub may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the hub may go silent in the middle of an answer.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Hub {
     pub fn new(endpoint: Option<String>) -> anyhow::Result<Self> {
         let endpoint = endpoint
@@ -83,8 +105,14 @@ impl Hub {
             .ok()
             .filter(|t| !t.is_empty());
         Ok(Self {
+            // HTTPS through rustls with the system's CA store, or the one
+            // SSL_CERT_FILE / SSL_CERT_DIR name (corporate proxies' CAs).
+            // No overall timeout: a weight file takes as long as it takes;
+            // but a hub that stops answering fails instead of hanging.
             http: reqwest::Client::builder()
                 .user_agent(concat!("cyberimage/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
                 .build()?,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             token,
@@ -125,7 +153,7 @@ impl Hub {
             .get(&url)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.endpoint))?;
+            .map_err(|e| request_failed(format!("cannot reach {}", self.endpoint), e))?;
         if !resp.status().is_success() {
             return Err(self.explain(repo, resp.status()));
         }
@@ -208,7 +236,7 @@ impl Hub {
         let resp = req
             .send()
             .await
-            .with_context(|| format!("cannot download {}", file.rfilename))?;
+            .map_err(|e| request_failed(format!("cannot download {}", file.rfilename), e))?;
         let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
         if !resp.status().is_success() {
             return Err(self.explain(repo, resp.status()));
