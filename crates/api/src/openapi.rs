@@ -65,13 +65,15 @@ fn schemas() -> Value {
                 "prompt": {"type": "string", "maxLength": 4000},
                 "negative_prompt": {"type": "string"},
                 "model": {"type": "string", "description": "Model key; the server default when omitted."},
+                "model_id": {"type": "string", "description": "The same as `model`, as CyberImage's REST clients name it."},
                 "settings": {"type": "object", "properties": {
                     "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
                     "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 150},
                     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 30},
                     "height": {"type": "integer", "minimum": 64, "maximum": 2048},
                     "width": {"type": "integer", "minimum": 64, "maximum": 2048},
-                    "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991_u64}}},
+                    "seed": {"type": "integer", "minimum": -1, "maximum": 9007199254740991_u64,
+                             "description": "-1 or omitted: random."}}},
             },
         },
         "JobSubmitted": {

@@ -70,10 +70,20 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
             .map(|(v, name)| integer(v, &name))
             .transpose()
     };
+    // CyberImage's own REST clients name the model `model_id`; the seed's
+    // methods name it `model`. Either, or both if they agree.
+    let model = match (text(top, "model")?, text(top, "model_id")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!(
+                "model ({a:?}) and model_id ({b:?}) name different models; send one"
+            ))
+        }
+        (model, model_id) => model.or(model_id),
+    };
     Ok(SpecRequest {
         prompt: text(top, "prompt")?,
         negative_prompt: text(top, "negative_prompt")?,
-        model: text(top, "model")?,
+        model,
         width: int(&["width"])?,
         height: int(&["height"])?,
         steps: int(&["num_inference_steps", "steps"])?,
@@ -104,6 +114,19 @@ mod tests {
         assert_eq!(nested, flat);
         assert_eq!(nested.width, Some(512));
         assert_eq!(nested.guidance_scale, Some(7.5));
+    }
+
+    #[test]
+    fn model_id_names_the_model_as_cyberimage_rest_clients_send_it() {
+        let by_id = spec_request(&json!({"prompt": "p", "model_id": "sd-3.5"})).unwrap();
+        assert_eq!(by_id.model.as_deref(), Some("sd-3.5"));
+        let both = spec_request(&json!({"prompt": "p", "model": "a", "model_id": "a"})).unwrap();
+        assert_eq!(both.model.as_deref(), Some("a"));
+        let clash =
+            spec_request(&json!({"prompt": "p", "model": "a", "model_id": "b"})).unwrap_err();
+        assert!(clash.contains("model_id"), "{clash}");
+        let wrong = spec_request(&json!({"prompt": "p", "model_id": 3})).unwrap_err();
+        assert_eq!(wrong, "model_id must be a string");
     }
 
     #[test]

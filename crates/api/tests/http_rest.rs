@@ -102,6 +102,43 @@ async fn rest_errors_are_json_with_the_right_status() {
     .await;
 }
 
+/// What CyberImage's own REST clients and A1111 users send: the model as
+/// `model_id`, and `seed: -1` for a random seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_id_and_seed_minus_one_are_understood() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let submitted = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "a fox", "model_id": "flux-1", "settings": {"seed": -1}}),
+        )
+        .await;
+    assert_eq!(submitted.status(), 202);
+    let job: Value = submitted.json().await.unwrap();
+    let done = s
+        .wait_status(job["job_id"].as_str().unwrap(), &["completed"])
+        .await;
+    assert_eq!(done["model"], "flux-1", "{done}");
+    let seed = done["images"][0]["metadata"]["settings"]["seed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a seed was chosen: {done}"));
+    assert!(seed < 1 << 53);
+    let clash = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "a fox", "model": "tiny", "model_id": "flux-1"}),
+        )
+        .await;
+    assert_error(clash, 400, "invalid_request").await;
+    let below = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "a fox", "settings": {"seed": -2}}),
+        )
+        .await;
+    assert_error(below, 400, "invalid_parameter").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_ids_that_could_escape_are_404_without_touching_disk() {
     let s = start(10, None).await;

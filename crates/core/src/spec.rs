@@ -11,6 +11,10 @@ use crate::model::Catalogue;
 /// as doubles, see the exact seed that made an image.
 pub const MAX_SEED: u64 = (1 << 53) - 1;
 
+/// The seed that asks for a random one, as A1111 and stable-diffusion.cpp
+/// spell it (omitting the seed does the same).
+pub const RANDOM_SEED: i64 = -1;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -225,9 +229,11 @@ impl SpecRequest {
             ));
         }
 
+        // -1 is "random" in A1111's and stable-diffusion.cpp's APIs, and
+        // their users send it.
         let seed = match self.seed {
+            None | Some(RANDOM_SEED) => random_seed() & MAX_SEED,
             Some(s) => in_range("seed", s, 0, MAX_SEED as i64)? as u64,
-            None => random_seed() & MAX_SEED,
         };
 
         Ok(GenerationSpec {
@@ -269,6 +275,22 @@ mod tests {
         assert_eq!(spec.num_images, 1);
         assert_eq!(spec.seed, 42);
         assert_eq!(spec.negative_prompt, None);
+    }
+
+    #[test]
+    fn seed_minus_one_is_random_like_omitting_it() {
+        let spec = resolve(SpecRequest {
+            seed: Some(RANDOM_SEED),
+            ..prompt("a cat")
+        })
+        .unwrap();
+        assert_eq!(spec.seed, 42, "the random seed, as without one");
+        let fixed = resolve(SpecRequest {
+            seed: Some(0),
+            ..prompt("a cat")
+        })
+        .unwrap();
+        assert_eq!(fixed.seed, 0);
     }
 
     #[test]
@@ -350,7 +372,7 @@ mod tests {
             ),
             (
                 SpecRequest {
-                    seed: Some(-1),
+                    seed: Some(-2),
                     ..prompt("a")
                 },
                 "seed",

@@ -22,7 +22,7 @@ fn generation_properties(server: &McpServer) -> Map<String, Value> {
         "height": {"type": "integer", "minimum": limits.min_dimension, "maximum": limits.max_dimension, "description": "Pixels; as width."},
         "steps": {"type": "integer", "minimum": 1, "maximum": limits.max_steps, "description": "Denoising steps; model default when omitted."},
         "guidance": {"type": "number", "minimum": 0, "maximum": limits.max_guidance_scale, "description": "Guidance scale; model default when omitted."},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991_u64, "description": "Same seed and settings give the same image; random when omitted."},
+        "seed": {"type": "integer", "minimum": -1, "maximum": 9007199254740991_u64, "description": "Same seed and settings give the same image; random when omitted or -1."},
         "num_images": {"type": "integer", "minimum": 1, "maximum": limits.max_num_images, "default": 1},
     });
     match props {
