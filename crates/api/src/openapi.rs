@@ -103,6 +103,11 @@ fn schemas() -> Value {
                 "progress": {"type": "object"},
                 "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
                 "error": {"type": ["string", "null"]},
+                "id": {"type": "string", "description": "The job id again, as CyberImage's REST status names it."},
+                "model_id": {"type": "string", "description": "The model again, under CyberImage's REST name."},
+                "negative_prompt": {"type": ["string", "null"]},
+                "settings": {"type": "object", "description": "The job's resolved settings (the seed as chosen)."},
+                "message": {"type": "string", "description": "Where the job stands, for a person."},
             },
         },
         "OpenAiImageRequest": {
@@ -207,7 +212,33 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "/api/images/{image_id}",
             "Delete an image (row, file, thumbnail)",
             json!({
-            "parameters": [image_id],
+            "parameters": [image_id.clone()],
+            "responses": {"200": json_response("Deleted", json!({"type": "object"})), "404": error_response("No such image")}}),
+        ),
+        (
+            "get",
+            "/api/image/{image_id}",
+            "Image metadata (CyberImage's REST name for /api/images/{image_id})",
+            json!({
+            "parameters": [image_id.clone()],
+            "responses": {"200": json_response("The image", json!({"$ref": "#/components/schemas/Image"})),
+                          "404": error_response("No such image")}}),
+        ),
+        (
+            "get",
+            "/api/image/{image_id}/metadata",
+            "Image metadata (CyberImage's REST name)",
+            json!({
+            "parameters": [image_id.clone()],
+            "responses": {"200": json_response("The image", json!({"$ref": "#/components/schemas/Image"})),
+                          "404": error_response("No such image")}}),
+        ),
+        (
+            "delete",
+            "/api/image/{image_id}",
+            "Delete an image (CyberImage's REST name for DELETE /api/images/{image_id})",
+            json!({
+            "parameters": [image_id.clone()],
             "responses": {"200": json_response("Deleted", json!({"type": "object"})), "404": error_response("No such image")}}),
         ),
         (

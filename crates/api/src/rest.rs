@@ -29,6 +29,12 @@ pub fn routes() -> Router<AppState> {
             "/api/images/{image_id}",
             delete(delete_image).get(image_info),
         )
+        // CyberImage's own REST names for the same image record.
+        .route(
+            "/api/image/{image_id}",
+            delete(delete_image).get(image_info),
+        )
+        .route("/api/image/{image_id}/metadata", get(image_info))
         .route("/api/gallery", get(gallery))
         .route("/api/models", get(models))
         .route("/api/queue", get(queue))
@@ -67,7 +73,7 @@ async fn status(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = state.service.job(job_id(&raw)?).await?;
-    Ok(Json(views::job_status(&job)))
+    Ok(Json(views::rest_job_status(&job)))
 }
 
 async fn cancel(
@@ -75,7 +81,7 @@ async fn cancel(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = state.service.cancel(job_id(&raw)?).await?;
-    Ok(Json(views::job_status(&job)))
+    Ok(Json(views::rest_job_status(&job)))
 }
 
 async fn png_response(

@@ -33,6 +33,36 @@ pub fn image(img: &ImageRecord) -> Value {
     })
 }
 
+/// The REST status: the seed's status result, plus the fields CyberImage's
+/// own REST status has (`id`, `model_id`, `negative_prompt`, `settings`,
+/// `message`). The seed's JSON-RPC status keeps its exact shape
+/// ([`job_status`]).
+pub fn rest_job_status(job: &Job) -> Value {
+    let spec = &job.spec;
+    let mut v = job_status(job);
+    let obj = v.as_object_mut().expect("object");
+    for (key, value) in [
+        ("id", json!(job.id)),
+        ("model_id", json!(spec.model)),
+        ("negative_prompt", json!(spec.negative_prompt)),
+        (
+            "settings",
+            json!({
+                "num_images": spec.num_images,
+                "num_inference_steps": spec.steps,
+                "guidance_scale": spec.guidance_scale,
+                "width": spec.width,
+                "height": spec.height,
+                "seed": spec.seed,
+            }),
+        ),
+        ("message", json!(status_message(job))),
+    ] {
+        obj.insert(key.into(), value);
+    }
+    v
+}
+
 /// The seed's status result.
 pub fn job_status(job: &Job) -> Value {
     let mut v = json!({
@@ -59,6 +89,25 @@ pub fn job_status(job: &Job) -> Value {
         _ => {}
     }
     v
+}
+
+/// One line a person can read about where the job stands.
+fn status_message(job: &Job) -> String {
+    let images = job.spec.num_images;
+    let plural = if images == 1 { "" } else { "s" };
+    match job.status {
+        JobStatus::Pending => "Waiting in the queue".into(),
+        JobStatus::Processing => format!(
+            "Generating {images} image{plural}: step {} of {}",
+            job.progress.step, job.progress.total_steps
+        ),
+        JobStatus::Completed => format!("Generated {} image{plural}", job.images.len()),
+        JobStatus::Failed => format!(
+            "Failed: {}",
+            job.error.as_deref().unwrap_or("no reason recorded")
+        ),
+        JobStatus::Cancelled => "Cancelled".into(),
+    }
 }
 
 /// The seed's submit result.

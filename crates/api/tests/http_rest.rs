@@ -119,6 +119,43 @@ async fn model_id_and_seed_minus_one_are_understood() {
         .wait_status(job["job_id"].as_str().unwrap(), &["completed"])
         .await;
     assert_eq!(done["model"], "flux-1", "{done}");
+    // CyberImage's REST status fields beside the seed's.
+    assert_eq!(done["model_id"], "flux-1");
+    assert_eq!(done["id"], job["job_id"]);
+    assert_eq!(done["message"], "Generated 1 image");
+    assert_eq!(done["settings"]["num_images"], 1);
+    assert_eq!(
+        done["settings"]["seed"],
+        done["images"][0]["metadata"]["settings"]["seed"]
+    );
+    // And its image routes, the same records as ours.
+    let image = done["images"][0]["id"].as_str().unwrap();
+    let ours: Value = s
+        .get(&format!("/api/images/{image}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        format!("/api/image/{image}"),
+        format!("/api/image/{image}/metadata"),
+    ] {
+        let theirs: Value = s.get(&path).await.json().await.unwrap();
+        assert_eq!(theirs, ours, "{path}");
+    }
+    let deleted = s
+        .http
+        .delete(format!("{}/api/image/{image}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_error(
+        s.get(&format!("/api/images/{image}")).await,
+        404,
+        "image_not_found",
+    )
+    .await;
     let seed = done["images"][0]["metadata"]["settings"]["seed"]
         .as_u64()
         .unwrap_or_else(|| panic!("a seed was chosen: {done}"));
