@@ -21,7 +21,7 @@ if [ -n "$HAVE_PG" ]; then
   scripts/with-postgres.sh cargo test --workspace
   # The contract again on a server that accepts TLS only (sslmode=require,
   # verify-full with a CA made by the script).
-  scripts/with-postgres.sh --ssl cargo test -p cyberimage-db --test contract
+  scripts/with-postgres.sh --ssl cargo test -p cyberimage-db --test contract --test postgres_tls
 else
   echo "note: PostgreSQL is not installed; its contract tests are skipped" >&2
   cargo test --workspace
