@@ -60,7 +60,7 @@ fn schemas() -> Value {
         "GenerateRequest": {
             "type": "object",
             "required": ["prompt"],
-            "description": "Settings may be given in `settings` (the seed's shape) or at the top level.",
+            "description": "Settings may be given in `settings` (the seed's shape) or at the top level. A field not listed here (nor `steps`, `guidance`, the settings' other names) is refused with a 400 naming it.",
             "properties": {
                 "prompt": {"type": "string", "maxLength": 4000},
                 "negative_prompt": {"type": "string"},

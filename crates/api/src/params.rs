@@ -55,6 +55,51 @@ fn lookup<'a>(
     None
 }
 
+/// The top-level fields `spec_request` reads (the settings may also stand
+/// at the top level).
+const TOP_LEVEL_FIELDS: &[&str] = &["prompt", "negative_prompt", "model", "model_id", "settings"];
+/// The settings `spec_request` reads, by every name it accepts.
+const SETTINGS_FIELDS: &[&str] = &[
+    "num_images",
+    "num_inference_steps",
+    "steps",
+    "guidance_scale",
+    "guidance",
+    "width",
+    "height",
+    "seed",
+];
+
+/// Refuses a field `spec_request` would not read, naming it: a misspelt
+/// `num_inference_step` would otherwise run with the default, silently.
+/// For REST's `/api/generate`, whose fields the OpenAPI document lists;
+/// the seed's JSON-RPC methods stay as lenient as the seed is.
+pub fn check_known_fields(params: &Value) -> Result<(), String> {
+    let Value::Object(top) = params else {
+        return Ok(()); // spec_request reports the shape
+    };
+    let known = |name: &str, names: &[&str]| names.contains(&name);
+    if let Some(name) = top
+        .keys()
+        .find(|k| !known(k, TOP_LEVEL_FIELDS) && !known(k, SETTINGS_FIELDS))
+    {
+        return Err(format!(
+            "unknown field {name:?}; the fields are {} and the settings {}",
+            TOP_LEVEL_FIELDS.join(", "),
+            SETTINGS_FIELDS.join(", ")
+        ));
+    }
+    if let Some(Value::Object(settings)) = top.get("settings") {
+        if let Some(name) = settings.keys().find(|k| !known(k, SETTINGS_FIELDS)) {
+            return Err(format!(
+                "unknown field settings.{name}; the settings are {}",
+                SETTINGS_FIELDS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
     let top = match params {
         Value::Object(m) => m,
@@ -127,6 +172,29 @@ mod tests {
         assert!(clash.contains("model_id"), "{clash}");
         let wrong = spec_request(&json!({"prompt": "p", "model_id": 3})).unwrap_err();
         assert_eq!(wrong, "model_id must be a string");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_and_known_ones_pass() {
+        let ok = json!({"prompt": "p", "model_id": "m", "steps": 3,
+                        "settings": {"num_inference_steps": 4, "seed": -1, "guidance": 2}});
+        assert_eq!(check_known_fields(&ok), Ok(()));
+        let top = check_known_fields(&json!({"prompt": "p", "sampler": "euler"})).unwrap_err();
+        assert!(top.starts_with("unknown field \"sampler\""), "{top}");
+        let nested =
+            check_known_fields(&json!({"prompt": "p", "settings": {"num_inference_step": 4}}))
+                .unwrap_err();
+        assert!(
+            nested.starts_with("unknown field settings.num_inference_step"),
+            "{nested}"
+        );
+        // Every field spec_request reads is known.
+        let all: Map<String, Value> = TOP_LEVEL_FIELDS
+            .iter()
+            .chain(SETTINGS_FIELDS)
+            .map(|f| (f.to_string(), Value::Null))
+            .collect();
+        assert_eq!(check_known_fields(&Value::Object(all)), Ok(()));
     }
 
     #[test]

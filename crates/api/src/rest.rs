@@ -58,6 +58,7 @@ async fn generate(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let value = body::json(raw)?;
+    params::check_known_fields(&value).map_err(ApiError::bad_request)?;
     let request = params::spec_request(&value).map_err(ApiError::bad_request)?;
     let job = state.service.submit(request).await?;
     let location = format!("/api/status/{}", job.id);

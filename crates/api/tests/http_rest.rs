@@ -167,6 +167,14 @@ async fn model_id_and_seed_minus_one_are_understood() {
         )
         .await;
     assert_error(clash, 400, "invalid_request").await;
+    let unknown = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "a fox", "settings": {"num_inference_step": 4}}),
+        )
+        .await;
+    let message = assert_error(unknown, 400, "invalid_request").await;
+    assert!(message.contains("settings.num_inference_step"), "{message}");
     let below = s
         .post(
             "/api/generate",
