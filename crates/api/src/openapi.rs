@@ -248,12 +248,15 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             json!({
             "parameters": [query_param("page", "integer", "1-based page"),
                            query_param("per_page", "integer", "1 to 100; default 24"),
+                           query_param("limit", "integer", "CyberImage's name for per_page (send one of the two)"),
                            query_param("model", "string", "Only this model"),
-                           query_param("q", "string", "Case-insensitive words of the prompt")],
+                           query_param("q", "string", "A case-insensitive substring of the prompt"),
+                           query_param("search", "string", "Up to 16 words, each in the prompt or the model key (case-insensitive), all of them")],
             "responses": {"200": json_response("A page", json!({"type": "object", "properties": {
                 "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
                 "page": {"type": "integer"}, "per_page": {"type": "integer"},
-                "total": {"type": "integer"}, "total_pages": {"type": "integer"}}})),
+                "total": {"type": "integer"}, "total_pages": {"type": "integer"},
+                "has_more": {"type": "boolean", "description": "A later page exists."}}})),
                           "400": error_response("Bad query")}}),
         ),
         (

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use cyberimage_core::{ImageId, JobId};
-use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
+use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError, MAX_KEYWORDS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -155,8 +155,13 @@ async fn delete_image(
 struct GalleryParams {
     page: Option<String>,
     per_page: Option<String>,
+    /// CyberImage's name for `per_page`.
+    limit: Option<String>,
     model: Option<String>,
     q: Option<String>,
+    /// CyberImage's search: words that must all appear in the prompt or
+    /// the model.
+    search: Option<String>,
 }
 
 fn positive(name: &str, raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
@@ -182,20 +187,41 @@ async fn gallery(
     )
     .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     let page = positive("page", p.page.as_deref(), 1, 1_000_000)?;
-    let per_page = positive("per_page", p.per_page.as_deref(), 24, MAX_PER_PAGE)?;
+    let per_page = match (&p.per_page, &p.limit) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "per_page and limit are the same setting; send one",
+            ))
+        }
+        (_, Some(limit)) => positive("limit", Some(limit), 24, MAX_PER_PAGE)?,
+        (per_page, None) => positive("per_page", per_page.as_deref(), 24, MAX_PER_PAGE)?,
+    };
+    for (name, text) in [("q", &p.q), ("search", &p.search)] {
+        if text.as_ref().is_some_and(|t| t.chars().count() > 500) {
+            return Err(ApiError::bad_request(format!(
+                "{name} is limited to 500 characters"
+            )));
+        }
+    }
+    let keywords: Vec<String> = p
+        .search
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if keywords.len() > MAX_KEYWORDS {
+        return Err(ApiError::bad_request(format!(
+            "search takes at most {MAX_KEYWORDS} words"
+        )));
+    }
     let query = GalleryQuery {
         page,
         per_page,
         model: p.model.filter(|m| !m.is_empty()),
         search: p.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()),
+        keywords,
     };
-    if query
-        .search
-        .as_ref()
-        .is_some_and(|q| q.chars().count() > 500)
-    {
-        return Err(ApiError::bad_request("q is limited to 500 characters"));
-    }
     let result = state.service.gallery(&query).await?;
     let total_pages = result.total.div_ceil(u64::from(per_page));
     Ok(Json(json!({
@@ -204,6 +230,7 @@ async fn gallery(
         "per_page": per_page,
         "total": result.total,
         "total_pages": total_pages,
+        "has_more": u64::from(page) < total_pages,
     })))
 }
 

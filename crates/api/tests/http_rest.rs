@@ -271,6 +271,41 @@ async fn gallery_pages_searches_filters_and_deletes() {
         .await
         .unwrap();
     assert_eq!(page2["images"][0]["metadata"]["prompt"], "Neon alley");
+    assert_eq!(
+        (page["has_more"].clone(), page2["has_more"].clone()),
+        (json!(true), json!(false))
+    );
+
+    // CyberImage's names: `limit` for per_page, `search` as words that must
+    // all appear in the prompt or the model.
+    let limited: Value = s.get("/api/gallery?limit=1").await.json().await.unwrap();
+    assert_eq!(
+        (
+            limited["per_page"].clone(),
+            limited["images"].as_array().unwrap().len()
+        ),
+        (json!(1), 1)
+    );
+    let words: Value = s
+        .get("/api/gallery?search=tiny%20NEON")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(words["total"], 2, "{words}");
+    let all_words: Value = s
+        .get("/api/gallery?search=neon%20forest")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all_words["total"], 0);
+    assert_error(
+        s.get("/api/gallery?limit=2&per_page=2").await,
+        400,
+        "invalid_request",
+    )
+    .await;
 
     let neon: Value = s.get("/api/gallery?q=NEON").await.json().await.unwrap();
     assert_eq!(neon["total"], 2);

@@ -58,7 +58,7 @@ pub struct QueueCounts {
     pub processing: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GalleryQuery {
     /// 1-based.
     pub page: u32,
@@ -66,7 +66,13 @@ pub struct GalleryQuery {
     pub model: Option<String>,
     /// Case-insensitive substring of the prompt.
     pub search: Option<String>,
+    /// Case-insensitive words that must each appear in the prompt or the
+    /// model key (CyberImage's `search`): all of them, in any order.
+    pub keywords: Vec<String>,
 }
+
+/// Most keywords one gallery query takes (each is a pair of LIKE tests).
+pub const MAX_KEYWORDS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GalleryPage {

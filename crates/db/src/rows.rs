@@ -113,6 +113,23 @@ pub fn like_pattern(search: &str) -> String {
     p
 }
 
+/// `AND (prompt LIKE k OR model LIKE k)` for each keyword, its pattern bound
+/// at parameter `first + i` (`placeholder` spells a parameter, `like` is
+/// the backend's case-insensitive LIKE); empty for no keywords.
+pub fn keyword_filter(
+    count: usize,
+    first: usize,
+    placeholder: impl Fn(usize) -> String,
+    like: &str,
+) -> String {
+    (0..count)
+        .map(|i| {
+            let p = placeholder(first + i);
+            format!(" AND (prompt {like} {p} ESCAPE '\\' OR model {like} {p} ESCAPE '\\')")
+        })
+        .collect()
+}
+
 /// The columns every backend selects, in the order the readers expect.
 pub const JOB_COLUMNS: &str =
     "id, status, spec, stage, step, total_steps, created_at, started_at, \

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use crate::rows::{like_pattern, millis, spec_json, IMAGE_COLUMNS, JOB_COLUMNS};
+use crate::rows::{keyword_filter, like_pattern, millis, spec_json, IMAGE_COLUMNS, JOB_COLUMNS};
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
     RecoveryReport, AFFINITY_PATIENCE_MS,
@@ -435,22 +435,33 @@ impl ImageRepo for SqliteDb {
 
     async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError> {
         let pattern = query.search.as_deref().map(like_pattern);
+        let keywords: Vec<String> = query.keywords.iter().map(|k| like_pattern(k)).collect();
         let filter = "(?1 IS NULL OR model = ?1) AND (?2 IS NULL OR prompt LIKE ?2 ESCAPE '\\')";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM images WHERE {filter}"))
+        // Keywords after the other parameters: 3.. in the count, 5.. in the page.
+        let count_filter = keyword_filter(keywords.len(), 3, |n| format!("?{n}"), "LIKE");
+        let count_sql = format!("SELECT COUNT(*) FROM images WHERE {filter}{count_filter}");
+        let mut count = sqlx::query_scalar(&count_sql)
             .bind(&query.model)
-            .bind(&pattern)
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(&pattern);
+        for k in &keywords {
+            count = count.bind(k);
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?;
         let per_page = i64::from(query.per_page.max(1));
         let offset = i64::from(query.page.max(1) - 1) * per_page;
+        let page_filter = keyword_filter(keywords.len(), 5, |n| format!("?{n}"), "LIKE");
         let sql = format!(
-            "SELECT {IMAGE_COLUMNS} FROM images WHERE {filter} ORDER BY seq DESC LIMIT ?3 OFFSET ?4"
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE {filter}{page_filter} ORDER BY seq DESC LIMIT ?3 OFFSET ?4"
         );
-        let images = sqlx::query(&sql)
+        let mut page = sqlx::query(&sql)
             .bind(&query.model)
             .bind(&pattern)
             .bind(per_page)
-            .bind(offset)
+            .bind(offset);
+        for k in &keywords {
+            page = page.bind(k);
+        }
+        let images = page
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -12,8 +12,12 @@ use cyberimage_core::{
     GenerationSpec, ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage,
 };
 use cyberimage_db::{
-    CancelOutcome, Database, GalleryQuery, JobRepo, PgDb, RecoveryReport, SqliteDb,
+    CancelOutcome, Database, GalleryPage, GalleryQuery, JobRepo, PgDb, RecoveryReport, SqliteDb,
 };
+
+#[path = "contract/gallery.rs"]
+mod gallery;
+use gallery::gallery_pagination_search_and_delete;
 
 struct Backend {
     db: Arc<dyn Database>,
@@ -276,6 +280,7 @@ async fn cancel_pending_and_running(db: &dyn Database) {
             per_page: 10,
             model: None,
             search: None,
+            keywords: Vec::new(),
         })
         .await
         .unwrap();
@@ -350,76 +355,6 @@ async fn restart_recovery(db: &dyn Database) {
     assert!(db.requeue_job(polite.id).await.unwrap());
     let j = db.get_job(polite.id).await.unwrap().unwrap();
     assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
-}
-
-async fn gallery_pagination_search_and_delete(db: &dyn Database) {
-    let mut all = Vec::new();
-    for (i, model) in ["m1", "m2", "m1"].iter().enumerate() {
-        all.extend(complete(db, &format!("Neon city {i} at 100%_off"), model).await);
-    }
-    all.extend(complete(db, "a quiet lake", "m2").await);
-    let q = |page, per_page, model: Option<&str>, search: Option<&str>| GalleryQuery {
-        page,
-        per_page,
-        model: model.map(str::to_owned),
-        search: search.map(str::to_owned),
-    };
-
-    let p1 = db.list_images(&q(1, 3, None, None)).await.unwrap();
-    assert_eq!(p1.total, 8);
-    assert_eq!(p1.images.len(), 3);
-    let p3 = db.list_images(&q(3, 3, None, None)).await.unwrap();
-    assert_eq!(p3.images.len(), 2);
-    let mut paged = Vec::new();
-    for page in 1..=3 {
-        paged.extend(
-            db.list_images(&q(page, 3, None, None))
-                .await
-                .unwrap()
-                .images,
-        );
-    }
-    let newest_first: Vec<_> = all.iter().rev().map(|i| i.id).collect();
-    assert_eq!(paged.iter().map(|i| i.id).collect::<Vec<_>>(), newest_first);
-    assert!(db
-        .list_images(&q(9, 3, None, None))
-        .await
-        .unwrap()
-        .images
-        .is_empty());
-
-    let neon = db
-        .list_images(&q(1, 50, None, Some("neon CITY")))
-        .await
-        .unwrap();
-    assert_eq!(neon.total, 6, "search is case-insensitive");
-    let literal = db
-        .list_images(&q(1, 50, None, Some("100%_")))
-        .await
-        .unwrap();
-    assert_eq!(literal.total, 6, "% and _ are literal");
-    let none = db.list_images(&q(1, 50, None, Some("1%0"))).await.unwrap();
-    assert_eq!(none.total, 0, "a % in the search is not a wildcard");
-    let m2 = db.list_images(&q(1, 50, Some("m2"), None)).await.unwrap();
-    assert_eq!(m2.total, 4);
-    let both = db
-        .list_images(&q(1, 50, Some("m2"), Some("lake")))
-        .await
-        .unwrap();
-    assert_eq!(both.total, 2);
-
-    let mut ids = db.all_image_ids().await.unwrap();
-    ids.sort();
-    let mut expected: Vec<_> = all.iter().map(|i| i.id).collect();
-    expected.sort();
-    assert_eq!(ids, expected);
-
-    let victim = all[0].id;
-    assert_eq!(db.get_image(victim).await.unwrap().unwrap(), all[0]);
-    assert!(db.delete_image(victim).await.unwrap());
-    assert!(!db.delete_image(victim).await.unwrap());
-    assert_eq!(db.get_image(victim).await.unwrap(), None);
-    assert_eq!(db.list_images(&q(1, 3, None, None)).await.unwrap().total, 7);
 }
 
 async fn list_jobs_by_state(db: &dyn Database) {

@@ -32,6 +32,7 @@ pub async fn list(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
         per_page: PAGE_SIZE,
         model: None,
         search: None,
+        keywords: Vec::new(),
     };
     let result = server
         .service

@@ -430,6 +430,7 @@ async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> 
             per_page: positive_arg(args, "per_page", 12, GALLERY_MAX_PER_PAGE)?,
             model: text_arg(args, "model")?,
             search,
+            keywords: Vec::new(),
         })
     })();
     let query = match parsed {
