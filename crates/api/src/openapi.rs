@@ -268,8 +268,15 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         (
             "get",
             "/api/queue",
-            "Queue counts, active jobs and recent failures",
+            "Queue counts (pending, processing, and CyberImage's totals: completed, failed, cancelled, total, queue_size), active jobs and recent failures",
             ok_json("Queue"),
+        ),
+        (
+            "post",
+            "/api/reset_queue",
+            "Put jobs whose worker died back in the queue now (CyberImage's reset; live jobs are left alone)",
+            json!({"responses": {"200": json_response("What was recovered", json!({"type": "object", "properties": {
+                "requeued": {"type": "integer"}, "failed": {"type": "integer"}, "message": {"type": "string"}}}))}}),
         ),
         (
             "get",

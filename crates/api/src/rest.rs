@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/gallery", get(gallery))
         .route("/api/models", get(models))
         .route("/api/queue", get(queue))
+        .route("/api/reset_queue", post(reset_queue))
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -242,11 +243,34 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
     ))
 }
 
+/// CyberImage's "reset queue": jobs stuck in `processing` go back to the
+/// queue. Here only those whose worker is dead (no heartbeat within
+/// `stale_after`, in any process): a live job is never taken from its
+/// worker. The workers' periodic pass does the same; this does it now.
+async fn reset_queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let report = state.service.recover_stale_jobs().await?;
+    Ok(Json(json!({
+        "requeued": report.requeued,
+        "failed": report.failed,
+        "message": format!(
+            "{} stalled job(s) back in the queue, {} failed after too many attempts",
+            report.requeued, report.failed
+        ),
+    })))
+}
+
 async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let q = state.service.queue(20).await?;
+    let t = q.totals;
     Ok(Json(json!({
         "pending": q.counts.pending,
         "processing": q.counts.processing,
+        // CyberImage's queue totals: every job by status.
+        "completed": t.completed,
+        "failed": t.failed,
+        "cancelled": t.cancelled,
+        "total": t.total(),
+        "queue_size": q.counts.pending + q.counts.processing,
         "jobs": q.active.iter().map(views::job_summary).collect::<Vec<_>>(),
         "recent_failures": q.recent_failures.iter().map(views::job_summary).collect::<Vec<_>>(),
     })))

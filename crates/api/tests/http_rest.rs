@@ -370,6 +370,28 @@ async fn cancel_a_running_job_over_rest_and_see_the_queue() {
     let end = s.wait_status(&id, &["cancelled"]).await;
     assert!(end.get("images").is_none());
     assert_eq!(end["error"], "cancelled by request");
+    // CyberImage's totals, and its reset (nothing is stalled here: the
+    // only job has finished, so nothing is taken from a live worker).
+    let queue: Value = s.get("/api/queue").await.json().await.unwrap();
+    assert_eq!(
+        (
+            queue["cancelled"].clone(),
+            queue["total"].clone(),
+            queue["queue_size"].clone()
+        ),
+        (json!(1), json!(1), json!(0)),
+        "{queue}"
+    );
+    let reset: Value = s
+        .post("/api/reset_queue", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (reset["requeued"].clone(), reset["failed"].clone()),
+        (json!(0), json!(0))
+    );
     let models: Value = s.get("/api/models").await.json().await.unwrap();
     assert_eq!(models["models"]["tiny"]["family"], "sd15");
     assert_eq!(models["models"]["tiny"]["defaults"]["steps"], 4);

@@ -58,6 +58,22 @@ pub struct QueueCounts {
     pub processing: u64,
 }
 
+/// Jobs by status, all of them (the queue page's totals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub processing: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.processing + self.completed + self.failed + self.cancelled
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GalleryQuery {
     /// 1-based.
@@ -136,6 +152,10 @@ pub trait JobRepo: Send + Sync {
     ) -> Result<RecoveryReport, DbError>;
 
     async fn queue_counts(&self) -> Result<QueueCounts, DbError>;
+
+    /// Every job counted by status (a full count: for the queue page, not
+    /// for probes, which use `queue_counts`).
+    async fn status_counts(&self) -> Result<StatusCounts, DbError>;
 
     /// The backend's own consistency check: `"ok"` when sound.
     async fn integrity_check(&self) -> Result<String, DbError>;

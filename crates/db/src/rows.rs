@@ -130,6 +130,26 @@ pub fn keyword_filter(
         .collect()
 }
 
+/// What every backend runs for `status_counts`.
+pub const STATUS_COUNTS_SQL: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
+
+/// `status_counts` from the (status, count) rows of `STATUS_COUNTS_SQL`.
+pub fn status_counts(rows: Vec<(String, i64)>) -> Result<crate::StatusCounts, DbError> {
+    let mut counts = crate::StatusCounts::default();
+    for (status, count) in rows {
+        let count = u64::try_from(count).unwrap_or(0);
+        match status.as_str() {
+            "pending" => counts.pending = count,
+            "processing" => counts.processing = count,
+            "completed" => counts.completed = count,
+            "failed" => counts.failed = count,
+            "cancelled" => counts.cancelled = count,
+            other => return Err(DbError::Corrupt(format!("a job with status {other:?}"))),
+        }
+    }
+    Ok(counts)
+}
+
 /// The columns every backend selects, in the order the readers expect.
 pub const JOB_COLUMNS: &str =
     "id, status, spec, stage, step, total_steps, created_at, started_at, \

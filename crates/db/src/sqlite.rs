@@ -16,10 +16,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use crate::rows::{keyword_filter, like_pattern, millis, spec_json, IMAGE_COLUMNS, JOB_COLUMNS};
+use crate::rows::{
+    keyword_filter, like_pattern, millis, spec_json, status_counts, IMAGE_COLUMNS, JOB_COLUMNS,
+    STATUS_COUNTS_SQL,
+};
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
-    RecoveryReport, AFFINITY_PATIENCE_MS,
+    RecoveryReport, StatusCounts, AFFINITY_PATIENCE_MS,
 };
 
 /// Schema versions, applied in order and recorded in `schema_migrations`.
@@ -395,6 +398,13 @@ impl JobRepo for SqliteDb {
             pending: count("pending")?,
             processing: count("processing")?,
         })
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts, DbError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(STATUS_COUNTS_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        status_counts(rows)
     }
 
     async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError> {

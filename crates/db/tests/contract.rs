@@ -13,6 +13,7 @@ use cyberimage_core::{
 };
 use cyberimage_db::{
     CancelOutcome, Database, GalleryPage, GalleryQuery, JobRepo, PgDb, RecoveryReport, SqliteDb,
+    StatusCounts,
 };
 
 #[path = "contract/gallery.rs"]
@@ -376,6 +377,29 @@ async fn list_jobs_by_state(db: &dyn Database) {
     assert_eq!(failed[0].error.as_deref(), Some("boom"));
 }
 
+async fn status_counts_count_every_job(db: &dyn Database) {
+    assert_eq!(db.status_counts().await.unwrap(), StatusCounts::default());
+    complete(db, "done", "m").await;
+    let running = insert(db, "running", "m").await;
+    let claimed = db.claim_next("w", None, None).await.unwrap().unwrap();
+    assert_eq!(claimed.id, running.id);
+    let failed = insert(db, "failed", "m").await;
+    db.fail_job(failed.id, "boom").await.unwrap();
+    let cancelled = insert(db, "cancelled", "m").await;
+    db.cancel_job(cancelled.id, "x").await.unwrap();
+    insert(db, "waiting", "m").await;
+    let counts = db.status_counts().await.unwrap();
+    let one_each = StatusCounts {
+        pending: 1,
+        processing: 1,
+        completed: 1,
+        failed: 1,
+        cancelled: 1,
+    };
+    assert_eq!(counts, one_each);
+    assert_eq!(counts.total(), 5);
+}
+
 macro_rules! contract {
     ($backend:ident: $($name:ident),* $(,)?) => {
         $(
@@ -498,6 +522,7 @@ mod on_postgres {
         cancel_pending_and_running,
         restart_recovery,
         gallery_pagination_search_and_delete,
+        status_counts_count_every_job,
         list_jobs_by_state,
     );
 }
@@ -512,6 +537,7 @@ mod on_sqlite {
         cancel_pending_and_running,
         restart_recovery,
         gallery_pagination_search_and_delete,
+        status_counts_count_every_job,
         list_jobs_by_state,
     );
 

@@ -26,5 +26,7 @@ pub use png_info::{parse_a1111, parse_png_info, png_info_from_bytes, PngInfo};
 pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};
 pub use worker::WorkerHandle;
 
-pub use cyberimage_db::{GalleryPage, GalleryQuery, QueueCounts, RecoveryReport, MAX_KEYWORDS};
+pub use cyberimage_db::{
+    GalleryPage, GalleryQuery, QueueCounts, RecoveryReport, StatusCounts, MAX_KEYWORDS,
+};
 pub use cyberimage_store::Variant as ImageVariant;

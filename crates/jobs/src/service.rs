@@ -10,7 +10,9 @@ use cyberimage_core::{
     CancelToken, Catalogue, Generator, ImageId, ImageRecord, Job, JobId, JobStatus, Limits,
     Progress, SpecRequest,
 };
-use cyberimage_db::{CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts};
+use cyberimage_db::{
+    CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts, StatusCounts,
+};
 use cyberimage_store::{ImageStore, StoreError, Variant};
 use tokio::sync::{broadcast, Notify};
 
@@ -62,6 +64,8 @@ pub struct ReconcileReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueView {
     pub counts: QueueCounts,
+    /// Every job by status.
+    pub totals: StatusCounts,
     /// Pending and processing jobs, oldest first.
     pub active: Vec<Job>,
     /// The most recent failed jobs, newest first.
@@ -376,6 +380,7 @@ impl JobService {
     pub async fn queue(&self, recent_failures: u32) -> Result<QueueView, JobsError> {
         Ok(QueueView {
             counts: self.db.queue_counts().await?,
+            totals: self.db.status_counts().await?,
             active: self
                 .db
                 .list_jobs(&[JobStatus::Pending, JobStatus::Processing], 200)
