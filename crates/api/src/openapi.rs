@@ -139,7 +139,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     let image_id = path_param("image_id", "`img_` and 32 hex digits.");
     let ok_json = |d: &str| json!({"200": json_response(d, json!({"type": "object"}))});
     vec![
-        ("get", "/health", "Liveness", ok_json("Alive")),
+        ("get", "/health", "Liveness: {\"status\": \"healthy\", \"version\"} (no key needed)", ok_json("Alive")),
         (
             "get",
             "/ready",

@@ -50,8 +50,11 @@ fn image_id(raw: &str) -> Result<ImageId, ApiError> {
     ImageId::parse(raw).map_err(|_| JobsError::ImageNotFound.into())
 }
 
+/// Liveness. `healthy` is the word the CyberImage app answers and its
+/// start scripts wait for. No queue counts here, unlike the app: this probe
+/// needs no API key, and `/api/queue` has them behind one.
 async fn health() -> Json<Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+    Json(json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 async fn generate(

@@ -137,7 +137,7 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
     let server = serve(dir.path());
     let client = reqwest::blocking_client();
     let (status, health) = client.get(format!("{}/health", server.base));
-    assert_eq!((status, health["status"].clone()), (200, json!("ok")));
+    assert_eq!((status, health["status"].clone()), (200, json!("healthy")));
 
     let models = rpc(&server.base, "context.image_generation.models", json!({}));
     let result = &models["result"];
