@@ -116,20 +116,9 @@ impl JobService {
 
     /// Per configured model: `Ok` when it can run here, else why not;
     /// `None` when no engine is attached to this process (a front end).
-    /// The engine reads folders and weight headers to answer, so this runs
-    /// on a blocking thread, never on the async runtime's.
     pub async fn model_availability(&self) -> Option<Vec<(String, Result<(), String>)>> {
         let probe = self.model_probe.read().expect("probe lock").clone()?;
-        let catalogue = self.catalogue.clone();
-        let probed = tokio::task::spawn_blocking(move || {
-            catalogue
-                .models()
-                .iter()
-                .map(|m| (m.key.clone(), probe.can_run(m).map_err(|e| e.to_string())))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        Some(probed.unwrap_or_else(|join| {
+        Some(self.probe_models(probe).await.unwrap_or_else(|join| {
             let reason = format!("the model check failed: {join}");
             self.catalogue
                 .models()
@@ -137,6 +126,30 @@ impl JobService {
                 .map(|m| (m.key.clone(), Err(reason.clone())))
                 .collect()
         }))
+    }
+
+    /// Asks `generator` whether each catalogue model can run, and if not
+    /// why. The engine reads folders and weight headers to answer, so this
+    /// runs on a blocking thread, never on the async runtime's; `Err` when
+    /// that thread panicked.
+    pub(crate) async fn probe_models(
+        &self,
+        generator: Arc<dyn Generator>,
+    ) -> Result<Vec<(String, Result<(), String>)>, tokio::task::JoinError> {
+        let catalogue = self.catalogue.clone();
+        tokio::task::spawn_blocking(move || {
+            catalogue
+                .models()
+                .iter()
+                .map(|m| {
+                    (
+                        m.key.clone(),
+                        generator.can_run(m).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect()
+        })
+        .await
     }
 
     pub fn metrics(&self) -> &crate::metrics::JobMetrics {

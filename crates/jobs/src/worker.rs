@@ -103,24 +103,23 @@ impl JobService {
 
     /// The catalogue models `generator` can run, when workers only claim
     /// those. Asked again each recovery pass: weights may arrive meanwhile.
-    /// The engine reads folders to answer: on a blocking thread.
     async fn runnable_models(&self, generator: &Arc<dyn Generator>) -> Option<Vec<String>> {
         if !self.config.claim_only_runnable {
             return None;
         }
-        let (generator, catalogue) = (generator.clone(), self.catalogue.clone());
-        let probed = tokio::task::spawn_blocking(move || {
-            catalogue
-                .models()
-                .iter()
-                .filter(|m| generator.can_run(m).is_ok())
-                .map(|m| m.key.clone())
-                .collect()
-        })
-        .await;
         // Should the check itself fail, claim nothing rather than jobs this
         // worker may not be able to run; the next pass asks again.
-        Some(probed.unwrap_or_default())
+        let probed = self
+            .probe_models(generator.clone())
+            .await
+            .unwrap_or_default();
+        Some(
+            probed
+                .into_iter()
+                .filter(|(_, can_run)| can_run.is_ok())
+                .map(|(key, _)| key)
+                .collect(),
+        )
     }
 
     async fn worker_loop(
