@@ -108,8 +108,7 @@ impl LoadedPipeline for StableDiffusion {
 
     fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
         let cond: &Conditioning = conditioning(encoded)?;
-        let steps = run.spec.steps as usize;
-        let guidance = f64::from(run.spec.guidance_scale);
+        let (steps, guidance) = (run.steps(), run.guidance());
         let sampler = self.scheduler(steps).map_err(failed)?.name();
         let images = run.images(
             self.latent_channels(),
@@ -165,8 +164,7 @@ impl LoadedPipeline for Sd3 {
 
     fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
         let cond: &Sd3Conditioning = conditioning(encoded)?;
-        let steps = run.spec.steps as usize;
-        let guidance = f64::from(run.spec.guidance_scale);
+        let (steps, guidance) = (run.steps(), run.guidance());
         let images = run.images(
             self.latent_channels(),
             self.latent_factor(),
@@ -206,8 +204,7 @@ impl LoadedPipeline for Flux {
 
     fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError> {
         let cond: &FluxConditioning = conditioning(encoded)?;
-        let steps = run.spec.steps as usize;
-        let guidance = f64::from(run.spec.guidance_scale);
+        let (steps, guidance) = (run.steps(), run.guidance());
         let images = run.images(
             self.latent_channels(),
             self.latent_factor(),

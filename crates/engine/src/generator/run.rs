@@ -26,6 +26,16 @@ pub(super) type Images = Vec<(u64, usize, usize, Vec<u8>)>;
 pub(super) type Metadata = Vec<(String, String)>;
 
 impl Run<'_> {
+    /// Denoising steps per image.
+    pub fn steps(&self) -> usize {
+        self.spec.steps as usize
+    }
+
+    /// The guidance scale, as the pipelines take it.
+    pub fn guidance(&self) -> f64 {
+        f64::from(self.spec.guidance_scale)
+    }
+
     /// The initial noise of image `index`: (seed, tensor of `shape`).
     fn noise(
         &self,
