@@ -29,21 +29,14 @@ use cyberimage_engine::pipelines::flux::{load_transformer, Flux};
 
 /// As the binary runs: mimalloc, freed memory kept for reuse (see
 /// cyberimage_kernels::alloc).
+#[path = "support/proc_stats.rs"]
+#[allow(dead_code)] // minor_faults is for bench_stages
+mod proc_stats;
+use proc_stats::peak_rss_mib;
+
 #[global_allocator]
 static ALLOCATOR: cyberimage_kernels::alloc::EngineAllocator =
     cyberimage_kernels::alloc::EngineAllocator;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
 
 fn report(stage: &str, seconds: Vec<f64>) {
     println!(

@@ -3,34 +3,14 @@
 
 use std::time::Instant;
 
+#[path = "proc_stats.rs"]
+mod proc_stats;
+use proc_stats::{minor_faults, peak_rss_mib};
+
 use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::models::clip::ClipTextEncoder;
 use cyberimage_engine::models::unet::{AddedConditioning, UNet};
 use cyberimage_engine::models::vae::VaeDecoder;
-
-/// Minor page faults of this process so far (field 10 of /proc/self/stat):
-/// what a fresh large allocation costs, page by page.
-fn minor_faults() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let after_name = &s[s.rfind(')')? + 2..];
-            after_name.split_whitespace().nth(7)?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
 
 /// Each run's seconds and minor page faults.
 fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> (Vec<f64>, Vec<u64>) {
