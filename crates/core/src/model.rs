@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// The key the seed contract prefers as default when it is configured.
 pub const PREFERRED_DEFAULT_MODEL: &str = "flux-1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelFamily {
     FluxDev,
@@ -60,11 +60,95 @@ pub struct ModelDefaults {
 pub struct ModelEntry {
     /// What users type: `flux-1`, `sd-3.5`, …
     pub key: String,
-    /// A Hugging Face repo id (`owner/name`) or a local directory or file.
+    /// A Hugging Face repo id (`owner/name`), a local diffusers folder, or
+    /// one checkpoint file (`.safetensors`, or `.gguf` for FLUX).
     pub source: String,
     pub family: ModelFamily,
     pub description: String,
     pub defaults: ModelDefaults,
+    /// For a single-file `source`: the diffusers folder or Hugging Face
+    /// repo whose configs and tokenizers go with it (a checkpoint file has
+    /// none). Unset: the family's reference repo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// A separate VAE file (FLUX's `ae.safetensors`, or one replacing the
+    /// VAE baked into a checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    /// Separate text-encoder files (FLUX's `clip_l` and `t5xxl`), in any
+    /// order: each is recognised from its tensors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_encoders: Vec<String>,
+}
+
+impl ModelEntry {
+    /// An entry with no separate component files.
+    pub fn new(
+        key: impl Into<String>,
+        source: impl Into<String>,
+        family: ModelFamily,
+        description: impl Into<String>,
+        defaults: ModelDefaults,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            source: source.into(),
+            family,
+            description: description.into(),
+            defaults,
+            config: None,
+            vae: None,
+            text_encoders: Vec::new(),
+        }
+    }
+}
+
+impl ModelFamily {
+    /// Every family, for parsing and listing.
+    pub const ALL: [ModelFamily; 7] = [
+        Self::FluxDev,
+        Self::FluxSchnell,
+        Self::Sd3,
+        Self::Sdxl,
+        Self::Sd15,
+        Self::Sd21,
+        Self::SdTurbo,
+    ];
+
+    /// The Hugging Face repo whose configs and tokenizers a single-file
+    /// checkpoint of this family uses unless told otherwise (what
+    /// diffusers' `from_single_file` fetches too).
+    pub fn reference_repo(self) -> &'static str {
+        match self {
+            Self::FluxDev => "black-forest-labs/FLUX.1-dev",
+            Self::FluxSchnell => "black-forest-labs/FLUX.1-schnell",
+            Self::Sd3 => "stabilityai/stable-diffusion-3.5-large",
+            Self::Sdxl => "stabilityai/stable-diffusion-xl-base-1.0",
+            Self::Sd15 => "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            Self::Sd21 => "stabilityai/stable-diffusion-2-1",
+            Self::SdTurbo => "stabilityai/sd-turbo",
+        }
+    }
+
+    /// The settings a model of this family starts from when found by a
+    /// folder scan (its published defaults).
+    pub fn scan_defaults(self) -> ModelDefaults {
+        let (steps, guidance_scale, size) = match self {
+            Self::FluxDev => (30, 3.5, 1024),
+            Self::FluxSchnell => (4, 0.0, 1024),
+            Self::Sd3 => (28, 4.5, 1024),
+            Self::Sdxl => (30, 5.0, 1024),
+            Self::Sd15 => (30, 7.5, 512),
+            Self::Sd21 => (30, 7.5, 768),
+            Self::SdTurbo => (1, 0.0, 512),
+        };
+        ModelDefaults {
+            steps,
+            guidance_scale,
+            width: size,
+            height: size,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,22 +207,23 @@ impl Catalogue {
     /// models with real architectures: the whole pipeline runs, offline,
     /// and the pictures mean nothing.
     pub fn builtin_test_models() -> Vec<ModelEntry> {
-        let tiny =
-            |name: &str, family, architecture: &str, size: &str, guidance_scale| ModelEntry {
-                key: format!("tiny-{name}-random"),
-                source: format!("builtin:tiny-{name}"),
+        let tiny = |name: &str, family, architecture: &str, size: &str, guidance_scale| {
+            ModelEntry::new(
+                format!("tiny-{name}-random"),
+                format!("builtin:tiny-{name}"),
                 family,
-                description: format!(
+                format!(
                     "TEST MODEL with random weights ({architecture} architecture, {size}, \
                      built in): real diffusion, meaningless pictures"
                 ),
-                defaults: ModelDefaults {
+                ModelDefaults {
                     steps: 4,
                     guidance_scale,
                     width: 64,
                     height: 64,
                 },
-            };
+            )
+        };
         vec![
             tiny("sd15", ModelFamily::Sd15, "SD 1.5", "4.5 MB", 7.5),
             tiny("sdxl", ModelFamily::Sdxl, "SDXL", "2.3 MB", 5.0),
@@ -155,12 +240,8 @@ impl Catalogue {
             width: 1024,
             height: 1024,
         };
-        let entry = |key: &str, source: &str, family, description: &str, defaults| ModelEntry {
-            key: key.into(),
-            source: source.into(),
-            family,
-            description: description.into(),
-            defaults,
+        let entry = |key: &str, source: &str, family, description: &str, defaults| {
+            ModelEntry::new(key, source, family, description, defaults)
         };
         vec![
             entry(

@@ -15,8 +15,10 @@ use cyberimage_core::{
     ProgressObserver, ProgressUpdate,
 };
 
+use crate::error::EngineLoadError;
 use crate::weights::builtin;
 use crate::weights::memory::{EngineOptions, ModelFootprint, Precision};
+use crate::weights::single_file::assemble;
 use families::{family, LoadedPipeline};
 use run::{failed, Run};
 
@@ -74,7 +76,8 @@ impl CandleGenerator {
     }
 
     /// The folder holding `model`'s weights: a local path, a built-in model,
-    /// or a Hugging Face repo in the local HF cache.
+    /// a single checkpoint file (assembled into a folder, see
+    /// `weights::single_file`), or a Hugging Face repo in the local HF cache.
     fn resolve(&self, model: &ModelEntry) -> Result<PathBuf, EngineError> {
         if let Some(name) = model.source.strip_prefix("builtin:") {
             return builtin::materialize(name, &self.models_dir)
@@ -84,29 +87,76 @@ impl CandleGenerator {
         if local.is_dir() {
             return Ok(local.to_path_buf());
         }
-        let hub = hf_cache_dir();
-        if let Some(hub) = &hub {
-            let snapshots = hf_repo_dir(hub, &model.source).join("snapshots");
-            if let Ok(entries) = std::fs::read_dir(&snapshots) {
-                if let Some(dir) = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .find(|p| p.join("model_index.json").exists())
-                {
-                    return Ok(dir);
-                }
-            }
+        if local.is_file() {
+            return self.assemble_single_file(model, local);
+        }
+        if let Some(dir) = hf_cached_pipeline(&model.source) {
+            return Ok(dir);
         }
         Err(EngineError::ModelUnavailable(format!(
             "the weights of model {:?} ({}) are not on this machine: looked for a local folder \
-             and in the Hugging Face cache{}. Download them (`cyberimage models pull {}`, \
-             with HF_TOKEN for gated repos) or point the model's `source` at a local diffusers folder",
+             or file and in the Hugging Face cache{}. Download them (`cyberimage models pull {}`, \
+             with HF_TOKEN for gated repos) or point the model's `source` at a local diffusers \
+             folder or checkpoint file",
             model.key,
             model.source,
-            hub.map(|h| format!(" at {}", h.display())).unwrap_or_default(),
+            hf_cache_dir()
+                .map(|h| format!(" at {}", h.display()))
+                .unwrap_or_default(),
             model.key
         )))
     }
+
+    /// A diffusers-layout folder for a model whose weights are one file
+    /// (plus its `vae` and `text_encoders` files), under `models_dir`.
+    fn assemble_single_file(
+        &self,
+        model: &ModelEntry,
+        file: &Path,
+    ) -> Result<PathBuf, EngineError> {
+        let unavailable = |e: EngineLoadError| {
+            EngineError::ModelUnavailable(format!("model {:?}: {e}", model.key))
+        };
+        let text_encoders: Vec<PathBuf> = model.text_encoders.iter().map(PathBuf::from).collect();
+        let plan = assemble::plan(
+            model.family,
+            file,
+            model.vae.as_deref().map(Path::new),
+            &text_encoders,
+        )
+        .map_err(unavailable)?;
+        let config = model
+            .config
+            .clone()
+            .unwrap_or_else(|| model.family.reference_repo().to_string());
+        let config_dir = if Path::new(&config).is_dir() {
+            PathBuf::from(&config)
+        } else {
+            hf_cached_pipeline(&config).ok_or_else(|| {
+                EngineError::ModelUnavailable(format!(
+                    "model {:?} is a single checkpoint file and needs the configs and tokenizers \
+                     of {config} (a few MB, no weights), which are not in the Hugging Face cache: \
+                     run `cyberimage models pull {}`, or set the model's `config` to a local \
+                     diffusers folder",
+                    model.key, model.key
+                ))
+            })?
+        };
+        let out = self.models_dir.join("single-file").join(&model.key);
+        assemble::write(&plan, &config_dir, &out).map_err(unavailable)?;
+        Ok(out)
+    }
+}
+
+/// A pipeline snapshot of `repo` in the Hugging Face cache (a snapshot
+/// with `model_index.json`), if there is one.
+fn hf_cached_pipeline(repo: &str) -> Option<PathBuf> {
+    let snapshots = hf_repo_dir(&hf_cache_dir()?, repo).join("snapshots");
+    std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("model_index.json").exists())
 }
 
 /// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else

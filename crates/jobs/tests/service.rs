@@ -32,6 +32,9 @@ fn catalogue() -> Arc<Catalogue> {
                 width: 64,
                 height: 64,
             },
+            config: None,
+            vae: None,
+            text_encoders: Vec::new(),
         }])
         .unwrap(),
     )

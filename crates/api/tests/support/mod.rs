@@ -33,6 +33,9 @@ pub fn model(key: &str, family: ModelFamily) -> ModelEntry {
             width: 64,
             height: 64,
         },
+        config: None,
+        vae: None,
+        text_encoders: Vec::new(),
     }
 }
 

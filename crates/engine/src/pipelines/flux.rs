@@ -22,7 +22,8 @@ use crate::models::vae::VaeDecoder;
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
-use crate::weights::{read_config, read_tensors, safetensors_in};
+use crate::weights::single_file::pointer;
+use crate::weights::{component_tensors, read_config};
 
 /// The longest T5 prompt FLUX takes (diffusers' default and maximum).
 const T5_MAX_TOKENS: usize = 512;
@@ -194,24 +195,29 @@ pub fn unpack(tokens: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor
 }
 
 /// The transformer's weights from `folder`: a `*.gguf` file if there is
-/// one, else its safetensors (diffusers or BFL layout, told apart by their
+/// one (or its single-file pointer names one), else its safetensors or the
+/// file its pointer names (diffusers or BFL layout, told apart by their
 /// names). `config.json` gives the sizes when present.
 pub fn load_transformer(
     folder: &Path,
     device: &Device,
 ) -> Result<(FluxWeights, FluxConfig), EngineLoadError> {
-    let gguf: Option<PathBuf> = std::fs::read_dir(folder)
-        .map_err(|source| EngineLoadError::Io {
-            path: folder.to_path_buf(),
-            source,
-        })?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "gguf"));
+    let is_gguf = |p: &Path| p.extension().is_some_and(|e| e == "gguf");
+    let gguf: Option<PathBuf> = match pointer(folder)? {
+        Some(part) => is_gguf(&part.file).then_some(part.file),
+        None => std::fs::read_dir(folder)
+            .map_err(|source| EngineLoadError::Io {
+                path: folder.to_path_buf(),
+                source,
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| is_gguf(p)),
+    };
     let weights = match gguf {
         Some(file) => FluxWeights::from_gguf(&file, device)?,
         None => {
-            let tensors = read_tensors(&safetensors_in(folder)?, device, DType::F32)?;
+            let tensors = component_tensors(folder, device, DType::F32)?;
             if tensors.contains_key("x_embedder.weight") {
                 FluxWeights::from_diffusers(tensors, device)?
             } else {

@@ -1,5 +1,6 @@
 //! A model's weights digest: SHA-256 over every weight, config and
-//! tokenizer file of its folder, recorded in each image's metadata so an
+//! tokenizer file of its folder (and the checkpoint files its single-file
+//! pointers name), recorded in each image's metadata so an
 //! image names exactly the weights that made it. Hashing gigabytes takes
 //! seconds, so per-file digests are cached in `models_dir` by path, size
 //! and modification time, and a model is hashed once per process load.
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
+
+use crate::weights::single_file::{ComponentFile, POINTER_FILE};
 
 const CACHE_FILE: &str = ".weights-sha256.json";
 
@@ -54,6 +57,25 @@ fn model_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Each file as (name in the digest, path), with the checkpoint file each
+/// single-file pointer names after the pointer: the weights it reads.
+fn with_pointed_files(root: &Path, files: Vec<PathBuf>) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for rel in files {
+        let path = root.join(&rel);
+        let name = rel.to_string_lossy().into_owned();
+        let pointed = (rel.file_name() == Some(POINTER_FILE.as_ref()))
+            .then(|| std::fs::read(&path).ok())
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<ComponentFile>(&bytes).ok());
+        out.push((name.clone(), path));
+        if let Some(part) = pointed {
+            out.push((format!("{name} -> weights"), part.file));
+        }
+    }
+    out
+}
+
 fn cache_key(path: &Path) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
@@ -74,8 +96,7 @@ pub fn weights_sha256(model_dir: &Path, cache_dir: &Path) -> std::io::Result<Str
         .unwrap_or_default();
     let mut changed = false;
     let mut whole = Sha256::new();
-    for rel in model_files(model_dir)? {
-        let path = model_dir.join(&rel);
+    for (rel, path) in with_pointed_files(model_dir, model_files(model_dir)?) {
         let key = cache_key(&path);
         let digest = match key.as_ref().and_then(|k| cache.get(k)) {
             Some(d) => d.clone(),
@@ -88,7 +109,7 @@ pub fn weights_sha256(model_dir: &Path, cache_dir: &Path) -> std::io::Result<Str
                 d
             }
         };
-        whole.update(rel.to_string_lossy().as_bytes());
+        whole.update(rel.as_bytes());
         whole.update([0]);
         whole.update(digest.as_bytes());
         whole.update(b"\n");

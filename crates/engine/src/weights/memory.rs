@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::weights::safetensors_in;
+use crate::weights::files::safetensors_in;
+use crate::weights::single_file::{component_f32_bytes, pointer};
 
 /// The `[engine]` section of the config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,6 +179,13 @@ impl ModelFootprint {
 /// One component folder: a GGUF file counts as stored (it is used instead
 /// of any safetensors); safetensors count as f32.
 fn folder_footprint(folder: &Path) -> std::io::Result<u64> {
+    if let Ok(Some(part)) = pointer(folder) {
+        return if part.file.extension().is_some_and(|e| e == "gguf") {
+            Ok(std::fs::metadata(&part.file)?.len())
+        } else {
+            component_f32_bytes(&part)
+        };
+    }
     let mut gguf = 0;
     for entry in std::fs::read_dir(folder)? {
         let path = entry?.path();
@@ -193,7 +201,7 @@ fn folder_footprint(folder: &Path) -> std::io::Result<u64> {
     };
     let mut total = 0;
     for file in files {
-        total += crate::weights::f32_bytes(&file)?;
+        total += crate::weights::files::f32_bytes(&file)?;
     }
     Ok(total)
 }
