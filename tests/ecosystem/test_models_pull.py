@@ -82,6 +82,9 @@ class Hub(BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            if start >= len(data):
+                # As the real hub (and RFC 9110) answers a range past the end.
+                return self.send_error(416)
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -169,6 +172,13 @@ family = "sd15"
 description = "the tiny model, from the stand-in hub"
 defaults = {{ steps = 4, guidance_scale = 7.5, width = 64, height = 64 }}
 [[models]]
+key = "tiny-file"
+source = "{ROOT / 'fixtures' / 'single-file' / 'tiny-sd15-ldm.safetensors'}"
+family = "sd15"
+config = "test-org/tiny-sd15"
+description = "an A1111 checkpoint whose configs come from the stand-in hub"
+defaults = {{ steps = 4, guidance_scale = 7.5, width = 64, height = 64 }}
+[[models]]
 key = "gated"
 source = "test-org/gated"
 family = "sd15"
@@ -218,6 +228,55 @@ defaults = {{ steps = 4, guidance_scale = 7.5, width = 64, height = 64 }}
     check("remove deletes the files", removed.returncode == 0 and not snapshot.exists(), removed.stderr)
     listed = run("models", "list", env=env).stdout
     check("after remove: missing again", "missing" in listed.split("tiny-hub")[1].splitlines()[0], listed)
+    check("a checkpoint file without its configs is missing", "missing" in listed.split("tiny-file")[1].splitlines()[0], listed)
+
+    # A single checkpoint file: the pull fetches only the configs and
+    # tokenizers of its config repo; the weights are read from the file.
+    REQUESTS.clear()
+    configs = run("models", "pull", "tiny-file", env=env)
+    asked = [p.rsplit(f"{COMMIT}/", 1)[-1] for p, _ in REQUESTS if "/resolve/" in p]
+    check("pulling a checkpoint file's model fetches its configs and tokenizers",
+          configs.returncode == 0 and "configs and tokenizers" in configs.stdout, configs.stdout + configs.stderr)
+    check("and no weights", asked and not [a for a in asked if a.endswith(".safetensors")], asked)
+    listed = run("models", "list", env=env).stdout
+    check("the file's model is ready", "ready" in listed.split("tiny-file")[1].splitlines()[0], listed)
+    check("a configs-only snapshot does not make the repo's own model ready",
+          "missing" in listed.split("tiny-hub")[1].splitlines()[0], listed)
+    out = tmp / "file.png"
+    gen = run("generate", "--prompt", "from a file", "--model", "tiny-file", "--seed", "5", "--out", str(out), env=env)
+    check("the checkpoint file generates a real PNG", gen.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG", gen.stderr)
+
+    # A crash after the last byte but before the rename leaves a complete
+    # partial file: the next pull finishes it without asking past its end.
+    unet = FILES["unet/diffusion_pytorch_model.safetensors"]
+    blobs = tmp / "hub" / "models--test-org--tiny-sd15" / "blobs"
+    (blobs / (hashlib.sha256(unet).hexdigest() + ".incomplete")).write_bytes(unet)
+    REQUESTS.clear()
+    whole = run("models", "pull", "tiny-hub", env=env)
+    asked = [p for p, _ in REQUESTS if p.endswith("unet/diffusion_pytorch_model.safetensors")]
+    check("a complete partial file is finished, not fetched again", whole.returncode == 0 and not asked,
+          (whole.stderr, asked))
+    check("and it became its blob", (blobs / hashlib.sha256(unet).hexdigest()).exists(), sorted(blobs.iterdir()))
+
+    # [model_scan]: a ComfyUI-shaped folder joins the catalogue; a file
+    # that is no model is listed with the reason.
+    comfy = tmp / "ComfyUI" / "models"
+    (comfy / "checkpoints").mkdir(parents=True)
+    (comfy / "checkpoints" / "dreamy.safetensors").write_bytes(
+        (ROOT / "fixtures" / "single-file" / "tiny-sd15-ldm.safetensors").read_bytes())
+    (comfy / "checkpoints" / "notes.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")
+    scan_config = tmp / "scan.toml"
+    scan_config.write_text(config.read_text() + f"""
+[model_scan]
+folders = ["{comfy}"]
+configs = {{ sd15 = "test-org/tiny-sd15" }}
+""")
+    scanned = run("models", "list", env={**env, "CYBERIMAGE_CONFIG": str(scan_config)})
+    dreamy = [line for line in scanned.stdout.splitlines() if line[2:].startswith("dreamy ")]
+    check("a scanned checkpoint is listed, ready, with its detected family",
+          scanned.returncode == 0 and dreamy and "sd15" in dreamy[0] and "ready" in dreamy[0], scanned.stdout + scanned.stderr)
+    check("a scanned file that is no model is listed with the reason",
+          "notes.safetensors: no known model" in scanned.stdout, scanned.stdout)
     server.shutdown()
 
     # HTTPS, trusted and not.

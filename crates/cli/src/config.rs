@@ -2,11 +2,12 @@
 //! environment < command-line flags. `config.example.toml` documents every
 //! option.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use cyberimage_api::{McpOptions, RateLimitConfig};
-use cyberimage_core::{Catalogue, Limits, ModelEntry};
+use cyberimage_core::{Catalogue, Limits, ModelEntry, ModelFamily};
 use cyberimage_engine::EngineOptions;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -34,6 +35,20 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineOptions,
     pub models: Vec<ModelEntry>,
+    pub model_scan: ModelScanConfig,
+}
+
+/// `[model_scan]`: the model folders of other tools (ComfyUI, A1111),
+/// whose checkpoints join the catalogue beside `[[models]]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelScanConfig {
+    /// `…/ComfyUI/models`, `…/stable-diffusion-webui/models`.
+    pub folders: Vec<PathBuf>,
+    /// Per family, the diffusers folder or Hugging Face repo whose configs
+    /// and tokenizers go with its single files (unset: the family's
+    /// reference repo, fetched by `cyberimage models pull KEY`).
+    pub configs: BTreeMap<ModelFamily, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +125,7 @@ impl Default for Config {
                 .into_iter()
                 .chain(Catalogue::builtin_test_models())
                 .collect(),
+            model_scan: ModelScanConfig::default(),
         }
     }
 }

@@ -45,6 +45,13 @@ pub struct Hub {
     token: Option<String>,
 }
 
+/// Whether a repo file holds weights (the rest are configs and tokenizers).
+pub fn is_weights(path: &str) -> bool {
+    path.ends_with(".safetensors")
+        || path.ends_with(".safetensors.index.json")
+        || path.ends_with(".gguf")
+}
+
 /// Whether a repo file belongs to what a diffusers pipeline loads.
 pub fn wanted(path: &str) -> bool {
     if path == "model_index.json" {
@@ -143,8 +150,15 @@ impl Hub {
         }
     }
 
-    /// Downloads `repo` at `revision` into `cache`; returns the snapshot folder.
-    pub async fn pull(&self, repo: &str, revision: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+    /// Downloads `repo` at `revision` into `cache` (only its configs and
+    /// tokenizers with `configs_only`); returns the snapshot folder.
+    pub async fn pull(
+        &self,
+        repo: &str,
+        revision: &str,
+        cache: &Path,
+        configs_only: bool,
+    ) -> anyhow::Result<PathBuf> {
         let url = format!(
             "{}/api/models/{repo}/revision/{revision}?blobs=true",
             self.endpoint
@@ -164,7 +178,7 @@ impl Hub {
         let files: Vec<&Sibling> = info
             .siblings
             .iter()
-            .filter(|s| wanted(&s.rfilename))
+            .filter(|s| wanted(&s.rfilename) && !(configs_only && is_weights(&s.rfilename)))
             .collect();
         if !files.iter().any(|s| s.rfilename == "model_index.json") {
             bail!("{repo} has no model_index.json: it is not a diffusers pipeline");
@@ -192,7 +206,15 @@ impl Hub {
             let depth = file.rfilename.matches('/').count() + 2;
             let target = PathBuf::from("../".repeat(depth)).join("blobs").join(&blob);
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&target, &link)?;
+            if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+                // Some filesystems (exFAT, some network mounts) have no
+                // symlinks: the snapshot then holds a copy, as
+                // huggingface_hub does there.
+                tracing::debug!(error = %e, "no symlinks here; copying {}", file.rfilename);
+                std::fs::copy(blobs.join(&blob), &link).with_context(|| {
+                    format!("cannot link or copy {} into {}", blob, link.display())
+                })?;
+            }
         }
         bar.finish_with_message("done");
         std::fs::create_dir_all(repo_dir.join("refs"))?;
@@ -225,6 +247,13 @@ impl Hub {
                 .unwrap_or_else(|| hex(&Sha256::digest(file.rfilename.as_bytes())))
         ));
         let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let size = file.lfs.as_ref().map(|l| l.size).or(file.size);
+        // A crash between the last byte and the rename leaves a complete
+        // partial file; asking for the bytes after its end would get 416.
+        if have > 0 && size.is_some_and(|size| have >= size) {
+            bar.inc(have);
+            return self.finish(file, &partial, blobs);
+        }
         let url = format!(
             "{}/{repo}/resolve/{commit}/{}",
             self.endpoint, file.rfilename
@@ -238,6 +267,12 @@ impl Hub {
             .await
             .map_err(|e| request_failed(format!("cannot download {}", file.rfilename), e))?;
         let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        if resp.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && have > 0 {
+            // The hub says nothing follows: the partial file is whole (its
+            // digest decides below).
+            bar.inc(have);
+            return self.finish(file, &partial, blobs);
+        }
         if !resp.status().is_success() {
             return Err(self.explain(repo, resp.status()));
         }
@@ -261,16 +296,22 @@ impl Hub {
         }
         out.sync_all()?;
         drop(out);
-        let digest = file_sha256(&partial)?;
+        self.finish(file, &partial, blobs)
+    }
+
+    /// Checks a downloaded file against its published SHA-256 and moves it
+    /// to its blob name.
+    fn finish(&self, file: &Sibling, partial: &Path, blobs: &Path) -> anyhow::Result<String> {
+        let digest = file_sha256(partial)?;
         let name = match &file.lfs {
             Some(lfs) if lfs.sha256 != digest => {
-                std::fs::remove_file(&partial)?;
+                std::fs::remove_file(partial)?;
                 bail!("{} does not match its published SHA-256 (got {digest}); it was removed, run the command again", file.rfilename);
             }
             Some(lfs) => lfs.sha256.clone(),
             None => digest,
         };
-        std::fs::rename(&partial, blobs.join(&name))?;
+        std::fs::rename(partial, blobs.join(&name))?;
         Ok(name)
     }
 }

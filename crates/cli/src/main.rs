@@ -6,6 +6,7 @@ mod config;
 mod generate_cmd;
 mod hub;
 mod mcp_proxy;
+mod models_cmd;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -14,9 +15,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cyberimage_api::{router, ApiConfig, ApiKeys};
-use cyberimage_core::Generator as _;
 
 use crate::config::{Config, FlagOverrides};
+use crate::models_cmd::ModelsCommand;
 
 /// mimalloc, freed memory kept for the next tensors rather than returned to
 /// the OS at once (see cyberimage_kernels::alloc).
@@ -104,49 +105,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// List configured models; the default is marked with `*`.
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Download a model's weights from the Hugging Face hub into the HF
-    /// cache (resumable; HF_TOKEN for gated repos; HF_ENDPOINT for mirrors).
-    Pull {
-        key: String,
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// Hub address (default: $HF_ENDPOINT, then https://huggingface.co).
-        #[arg(long)]
-        endpoint: Option<String>,
-    },
-    /// Check the downloaded files of a model against their SHA-256.
-    Verify { key: String },
-    /// Delete a model's downloaded files from the HF cache.
-    Remove {
-        key: String,
-        /// Really delete.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-fn init_logging() {
-    let default = if std::env::var("DEBUG").is_ok_and(|v| !v.is_empty() && v != "0") {
-        "debug"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
@@ -227,55 +185,13 @@ async fn main() -> anyhow::Result<()> {
                 | ModelsCommand::Remove { .. }),
         } => {
             let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
-            models_files(config, cmd).await
+            models_cmd::files(config, cmd).await
         }
         Command::Models {
             command: ModelsCommand::List { json },
         } => {
             let config = Config::load(cli.config.as_deref(), FlagOverrides::default())?;
-            let catalogue = cyberimage_core::Catalogue::new(config.models.clone())?;
-            let engine = cyberimage_engine::CandleGenerator::new(
-                config.data_dir.join("models"),
-                config.engine.clone(),
-            )
-            .map_err(anyhow::Error::msg)?;
-            if json {
-                let models: Vec<serde_json::Value> = catalogue
-                    .models()
-                    .iter()
-                    .map(|m| {
-                        let state = engine.can_run(m);
-                        let mut v = serde_json::to_value(m).expect("serialisable");
-                        v["available"] = serde_json::json!(state.is_ok());
-                        v["unavailable_reason"] =
-                            serde_json::json!(state.err().map(|e| e.to_string()));
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&models)?);
-            } else {
-                for m in catalogue.models() {
-                    let mark = if m.key == catalogue.default_key() {
-                        "*"
-                    } else {
-                        " "
-                    };
-                    let state = if engine.can_run(m).is_ok() {
-                        "ready"
-                    } else {
-                        "missing"
-                    };
-                    println!(
-                        "{mark} {:<20} {:<14} {:<8} {:<45} {}",
-                        m.key,
-                        m.family.as_str(),
-                        state,
-                        m.source,
-                        m.description
-                    );
-                }
-            }
-            Ok(())
+            models_cmd::list(&config, json)
         }
     }
 }
@@ -340,71 +256,6 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
     system.service.begin_shutdown();
     for w in system.workers {
         w.join().await;
-    }
-    Ok(())
-}
-
-/// The Hugging Face repo a model key downloads from, and its cache folder.
-fn hub_repo(config: &Config, key: &str) -> anyhow::Result<(String, PathBuf)> {
-    let catalogue = cyberimage_core::Catalogue::new(config.models.clone())?;
-    let Some(model) = catalogue.get(key) else {
-        anyhow::bail!("no model {key:?} is configured (see `cyberimage models list`)");
-    };
-    let source = &model.source;
-    if source.starts_with("builtin:")
-        || std::path::Path::new(source).is_absolute()
-        || source.split('/').count() != 2
-    {
-        anyhow::bail!(
-            "model {key:?} comes from {source:?}, not a Hugging Face repo: nothing to download"
-        );
-    }
-    let cache = cyberimage_engine::hf_cache_dir()
-        .context("no Hugging Face cache folder: set HF_HUB_CACHE or HF_HOME")?;
-    let dir = cyberimage_engine::hf_repo_dir(&cache, source);
-    Ok((source.clone(), dir))
-}
-
-async fn models_files(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
-    match cmd {
-        ModelsCommand::Pull {
-            key,
-            revision,
-            endpoint,
-        } => {
-            let (repo, dir) = hub_repo(&config, &key)?;
-            let cache = dir.parent().expect("repo dir in the cache").to_path_buf();
-            let snapshot = hub::Hub::new(endpoint)?
-                .pull(&repo, &revision, &cache)
-                .await?;
-            println!("{key}: {repo} is in {}", snapshot.display());
-        }
-        ModelsCommand::Verify { key } => {
-            let (repo, dir) = hub_repo(&config, &key)?;
-            let (checked, corrupt) = hub::verify(&dir)?;
-            if corrupt.is_empty() {
-                println!("{key}: {repo}: {checked} files match their SHA-256");
-            } else {
-                anyhow::bail!(
-                    "{key}: {} of {checked} files do not match their SHA-256 ({}); run `cyberimage models pull {key}` after removing them",
-                    corrupt.len(),
-                    corrupt.join(", ")
-                );
-            }
-        }
-        ModelsCommand::Remove { key, yes } => {
-            let (repo, dir) = hub_repo(&config, &key)?;
-            anyhow::ensure!(
-                dir.exists(),
-                "{key}: nothing downloaded for {repo} in {}",
-                dir.display()
-            );
-            anyhow::ensure!(yes, "this deletes {}; run again with --yes", dir.display());
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot delete {}", dir.display()))?;
-            println!("{key}: removed {}", dir.display());
-        }
-        ModelsCommand::List { .. } => unreachable!("listed above"),
     }
     Ok(())
 }
@@ -502,4 +353,18 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn init_logging() {
+    let default = if std::env::var("DEBUG").is_ok_and(|v| !v.is_empty() && v != "0") {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cyberimage_core::{Catalogue, Generator};
 use cyberimage_db::{Database, PgDb, SqliteDb};
+use cyberimage_engine::weights::scan::{scan, Skipped};
 use cyberimage_engine::CandleGenerator;
 use cyberimage_jobs::{JobService, JobsConfig, WorkerHandle};
 use cyberimage_store::ImageStore;
@@ -57,7 +58,15 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
         );
     };
     let store = ImageStore::open(&config.data_dir).context("cannot open the image folder")?;
-    let catalogue = Arc::new(Catalogue::new(config.models.clone())?);
+    // Scanning reads checkpoint headers: file work, off the async threads.
+    let scanned = config.clone();
+    let (catalogue, skipped) = tokio::task::spawn_blocking(move || catalogue(&scanned))
+        .await
+        .context("the model scan panicked")??;
+    for file in &skipped {
+        tracing::warn!(path = %file.path.display(), reason = %file.reason, "scanned file not offered as a model");
+    }
+    let catalogue = Arc::new(catalogue);
     let jobs_config = JobsConfig {
         limits: config.limits.clone(),
         max_queue: config.queue.max_pending,
@@ -73,6 +82,24 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
     };
     let service = JobService::new(db, store, catalogue, jobs_config);
     Ok(service)
+}
+
+/// The configured models, then those found in `[model_scan]` folders
+/// (with the files found there that cannot be used, and why).
+pub fn catalogue(config: &Config) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
+    let mut models = config.models.clone();
+    let mut skipped = Vec::new();
+    if !config.model_scan.folders.is_empty() {
+        let taken: Vec<String> = models.iter().map(|m| m.key.clone()).collect();
+        let report = scan(
+            &config.model_scan.folders,
+            &config.model_scan.configs,
+            &taken,
+        );
+        models.extend(report.models);
+        skipped = report.skipped;
+    }
+    Ok((Catalogue::new(models)?, skipped))
 }
 
 pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {

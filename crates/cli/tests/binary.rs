@@ -46,7 +46,8 @@ fn isolated(dir: &Path) -> Command {
 }
 
 /// The binary looks for weights in the isolated Hugging Face cache and
-/// nowhere else: FLUX.1-dev is missing until a snapshot is planted there.
+/// nowhere else: FLUX.1-dev is missing until a snapshot with weights is
+/// planted there.
 #[test]
 fn the_isolated_binary_reads_only_its_own_hugging_face_cache() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,6 +66,14 @@ fn the_isolated_binary_reads_only_its_own_hugging_face_cache() {
         .join("home/huggingface/hub/models--black-forest-labs--FLUX.1-dev/snapshots/abc");
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::write(snapshot.join("model_index.json"), "{}").unwrap();
+    // Configs alone (as pulled for a checkpoint file) are not the model.
+    assert!(flux_line(dir.path()).contains("missing"));
+    std::fs::create_dir_all(snapshot.join("transformer")).unwrap();
+    std::fs::write(
+        snapshot.join("transformer/diffusion_pytorch_model.safetensors"),
+        "",
+    )
+    .unwrap();
     assert!(flux_line(dir.path()).contains("ready"));
 }
 

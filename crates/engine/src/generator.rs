@@ -90,7 +90,7 @@ impl CandleGenerator {
         if local.is_file() {
             return self.assemble_single_file(model, local);
         }
-        if let Some(dir) = hf_cached_pipeline(&model.source) {
+        if let Some(dir) = hf_cached_pipeline(&model.source).filter(|d| has_weights(d)) {
             return Ok(dir);
         }
         Err(EngineError::ModelUnavailable(format!(
@@ -146,6 +146,23 @@ impl CandleGenerator {
         assemble::write(&plan, &config_dir, &out).map_err(unavailable)?;
         Ok(out)
     }
+}
+
+/// Whether a pipeline folder holds weights: a snapshot pulled for its
+/// configs alone (to go with a checkpoint file) does not.
+fn has_weights(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|component| {
+        std::fs::read_dir(component.path()).is_ok_and(|files| {
+            files.filter_map(Result::ok).any(|f| {
+                f.path()
+                    .extension()
+                    .is_some_and(|e| e == "safetensors" || e == "gguf")
+            })
+        })
+    })
 }
 
 /// A pipeline snapshot of `repo` in the Hugging Face cache (a snapshot
