@@ -48,6 +48,11 @@ fn comfyui_tree(root: &Path) {
     );
     place(
         root,
+        "checkpoints/sd35_medium.safetensors",
+        "tiny-sd3-stability.safetensors",
+    );
+    place(
+        root,
         "diffusion_models/flux1-dev-fp8.safetensors",
         "tiny-flux-bfl-fp8.safetensors",
     );
@@ -100,6 +105,7 @@ fn configs() -> BTreeMap<ModelFamily, String> {
     [
         (ModelFamily::Sd15, "tiny-sd15"),
         (ModelFamily::Sdxl, "tiny-sdxl"),
+        (ModelFamily::Sd3, "tiny-sd3"),
         (ModelFamily::FluxDev, "tiny-flux"),
     ]
     .into_iter()
@@ -135,6 +141,7 @@ fn comfyui_and_a1111_folders_become_models() {
         found,
         [
             ("my-model-v2", ModelFamily::Sdxl),
+            ("sd35_medium", ModelFamily::Sd3),
             // The configured key is not reused.
             ("sdxl_looking_name-2", ModelFamily::Sd15),
             ("flux1-dev-fp8", ModelFamily::FluxDev),
@@ -142,7 +149,7 @@ fn comfyui_and_a1111_folders_become_models() {
         ],
         "{report:#?}"
     );
-    let flux = &report.models[2];
+    let flux = &report.models[3];
     assert!(flux.vae.as_deref().unwrap().ends_with("vae/ae.safetensors"));
     assert_eq!(flux.text_encoders.len(), 2);
     assert!(reason_for(&report, "stray_vae.safetensors").contains("VAE"));
@@ -161,7 +168,7 @@ fn comfyui_and_a1111_folders_become_models() {
             .can_run(model)
             .unwrap_or_else(|e| panic!("{}: {e}", model.key));
     }
-    for model in [&report.models[1], &report.models[2], &report.models[3]] {
+    for model in &report.models[1..] {
         let spec = GenerationSpec {
             prompt: "a lighthouse".into(),
             negative_prompt: None,

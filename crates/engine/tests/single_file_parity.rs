@@ -302,3 +302,70 @@ fn a_file_of_the_wrong_family_is_refused_with_what_it_holds() {
         "{err}"
     );
 }
+
+/// Stability's SD 3.5 file: every component as in the diffusers folder but
+/// CLIP-L's projection, which is the identity in an SD 3 single file (as
+/// diffusers' loader makes it); so the picture is held to diffusers' own
+/// run of `from_single_file` on the same file.
+#[test]
+fn a_stability_sd35_file_matches_diffusers_from_single_file() {
+    use cyberimage_engine::pipelines::sd3::Sd3;
+
+    let file = file_entry(
+        "sd3-file",
+        "tiny-sd3-stability.safetensors",
+        "tiny-sd3",
+        "tiny-sd3-random",
+    );
+    let models = tempfile::tempdir().unwrap();
+    let generator =
+        CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default()).unwrap();
+    generator
+        .can_run(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.key));
+    let assembled = models.path().join("single-file/sd3-file");
+    let folder = fixture_dir("tiny-sd3");
+    for component in ["transformer", "vae", "text_encoder_2", "text_encoder_3"] {
+        let expected = without_text_model(tensors(&folder.join(component)));
+        let mut got = without_text_model(tensors(&assembled.join(component)));
+        if component == "text_encoder_3" {
+            // The file also stores T5's tied embedding under its second name.
+            assert!(got.remove("encoder.embed_tokens.weight").is_some());
+        }
+        assert_same_tensors(&format!("SD3 {component}"), &expected, &got);
+    }
+    let mut expected = without_text_model(tensors(&folder.join("text_encoder")));
+    let mut got = without_text_model(tensors(&assembled.join("text_encoder")));
+    let projection = got.remove("text_projection.weight").unwrap();
+    let width = projection.dim(0).unwrap();
+    let eye = Tensor::eye(width, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        projection.to_vec2::<f32>().unwrap(),
+        eye.to_vec2::<f32>().unwrap()
+    );
+    expected.remove("text_projection.weight");
+    assert_same_tensors("SD3 text_encoder", &expected, &got);
+
+    let settings = support::settings_of("tiny-sd3");
+    let text = |key: &str| settings[key].as_str().unwrap().to_string();
+    let refs = candle_core::safetensors::load(
+        single_file("tiny-sd3-stability.references.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let sd3 = Sd3::load(&assembled, &Device::Cpu).unwrap();
+    let cond = sd3
+        .encode_prompts(&text("prompt"), Some(&text("negative_prompt")))
+        .unwrap();
+    let latents = sd3
+        .denoise(
+            &cond,
+            refs["initial_latents"].clone(),
+            settings["steps"].as_u64().unwrap() as usize,
+            settings["guidance_scale"].as_f64().unwrap(),
+            &mut |_, _| true,
+        )
+        .unwrap()
+        .unwrap();
+    support::assert_images_close(&sd3.decode_unit(&latents).unwrap(), &refs["final_image"]);
+}

@@ -195,6 +195,58 @@ fn scan_root(
                 }
                 entry
             }
+            Contents::Sd3 {
+                has_vae,
+                has_text_encoders,
+                ..
+            } => {
+                let mut entry = new_entry(root, &found.path, ModelFamily::Sd3, configs, keys);
+                if !has_vae {
+                    match pick(&vae_with(16), &[]) {
+                        Some(vae) => entry.vae = Some(vae.path.display().to_string()),
+                        None => {
+                            report.skipped.push(skip(
+                                "an SD 3.x transformer without its VAE, and no 16-channel VAE in \
+                                 vae/"
+                                    .into(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                if !has_text_encoders {
+                    let with_projection: Vec<&Found> = encoders
+                        .iter()
+                        .filter(|f| {
+                            matches!(
+                                f.contents,
+                                Contents::ClipText {
+                                    projection: true,
+                                    ..
+                                }
+                            )
+                        })
+                        .collect();
+                    let parts = (
+                        pick(&clip, &["clip_l"]),
+                        pick(&with_projection, &["clip_g"]),
+                        pick(&t5, &["t5xxl"]),
+                    );
+                    let (Some(l), Some(g), Some(t5)) = parts else {
+                        report.skipped.push(skip(
+                            "an SD 3.x transformer; clip_l, clip_g and t5xxl were not all found \
+                             in clip/ or text_encoders/"
+                                .into(),
+                        ));
+                        continue;
+                    };
+                    entry.text_encoders = [l, g, t5]
+                        .iter()
+                        .map(|f| f.path.display().to_string())
+                        .collect();
+                }
+                entry
+            }
             Contents::FluxTransformer { family, .. } | Contents::FluxGguf { family } => {
                 let parts = (
                     pick(&clip, &["clip_l"]),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cyberimage_core::ModelFamily;
 
-use super::detect::{compatible, detect, Contents, UNET_PREFIX};
+use super::detect::{compatible, detect, Contents, SD3_CLIP_G, SD3_CLIP_L, SD3_T5, UNET_PREFIX};
 use super::{ComponentFile, Layout, POINTER_FILE};
 use crate::error::EngineLoadError;
 
@@ -69,6 +69,7 @@ fn vae_part(file: &Path, family: ModelFamily) -> Result<ComponentFile, EngineLoa
 pub fn describe(contents: &Contents) -> String {
     match contents {
         Contents::StableDiffusion { family, .. } => format!("a {} checkpoint", family.as_str()),
+        Contents::Sd3 { .. } => "an SD 3.x checkpoint".into(),
         Contents::FluxTransformer { family, .. } => format!("a {} transformer", family.as_str()),
         Contents::FluxGguf { family } => format!("a GGUF {} transformer", family.as_str()),
         Contents::Vae {
@@ -145,6 +146,35 @@ pub fn plan(
                 )],
             });
         }
+        Contents::Sd3 {
+            prefix,
+            has_vae,
+            has_text_encoders,
+        } => {
+            if family != ModelFamily::Sd3 {
+                return Err(mismatch(ModelFamily::Sd3));
+            }
+            components.push(("transformer", part(source, &prefix, Layout::Sd3Mmdit)));
+            components.push(match vae {
+                Some(file) => ("vae", vae_part(file, family)?),
+                None if has_vae => ("vae", part(source, "first_stage_model.", Layout::LdmVae)),
+                None => {
+                    return Err(unsupported(format!(
+                        "{} has no VAE inside: configure `vae` with a VAE file",
+                        source.display()
+                    )))
+                }
+            });
+            if has_text_encoders && text_encoders.is_empty() {
+                components.extend([
+                    ("text_encoder", part(source, SD3_CLIP_L, Layout::Sd3ClipL)),
+                    ("text_encoder_2", part(source, SD3_CLIP_G, Layout::AsIs)),
+                    ("text_encoder_3", part(source, SD3_T5, Layout::AsIs)),
+                ]);
+            } else {
+                sd3_encoders(source, text_encoders, &mut components)?;
+            }
+        }
         Contents::FluxTransformer {
             family: detected,
             prefix,
@@ -171,6 +201,51 @@ pub fn plan(
         }
     }
     Ok(Plan { family, components })
+}
+
+/// SD 3's CLIP-L (no projection), CLIP-G (with one) and T5 from their own
+/// files, as ComfyUI keeps them beside `sd3.5_large.safetensors`.
+fn sd3_encoders(
+    source: &Path,
+    text_encoders: &[PathBuf],
+    components: &mut Vec<(&'static str, ComponentFile)>,
+) -> Result<(), EngineLoadError> {
+    let (mut clip_l, mut clip_g, mut t5) = (None, None, None);
+    for file in text_encoders {
+        match detect_file(file)? {
+            Contents::ClipText {
+                prefix,
+                projection: false,
+            } => clip_l = Some(part(file, &prefix, Layout::Sd3ClipL)),
+            Contents::ClipText {
+                prefix,
+                projection: true,
+            } => clip_g = Some(part(file, &prefix, Layout::AsIs)),
+            Contents::T5 { prefix } => t5 = Some(part(file, &prefix, Layout::AsIs)),
+            other => {
+                return Err(unsupported(format!(
+                    "{} is not a text encoder ({})",
+                    file.display(),
+                    describe(&other)
+                )))
+            }
+        }
+    }
+    match (clip_l, clip_g, t5) {
+        (Some(l), Some(g), Some(t5)) => {
+            components.extend([
+                ("text_encoder", l),
+                ("text_encoder_2", g),
+                ("text_encoder_3", t5),
+            ]);
+            Ok(())
+        }
+        _ => Err(unsupported(format!(
+            "{} is an SD 3.x transformer without its text encoders: configure \
+             `text_encoders` with its clip_l, clip_g (the one with a projection) and t5xxl files",
+            source.display()
+        ))),
+    }
 }
 
 /// FLUX's CLIP, T5 and VAE, from their own files.

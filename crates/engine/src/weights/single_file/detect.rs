@@ -13,6 +13,10 @@ use crate::weights::safetensors::{read_header, TensorEntry};
 
 /// The LDM prefix of the denoiser in single-file checkpoints.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// Where Stability's SD 3.x file keeps its text encoders.
+pub const SD3_CLIP_L: &str = "text_encoders.clip_l.transformer.";
+pub const SD3_CLIP_G: &str = "text_encoders.clip_g.transformer.";
+pub const SD3_T5: &str = "text_encoders.t5xxl.transformer.";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Contents {
@@ -20,6 +24,13 @@ pub enum Contents {
     /// text encoders are inside.
     StableDiffusion {
         family: ModelFamily,
+        has_vae: bool,
+        has_text_encoders: bool,
+    },
+    /// Stability's SD 3.x file: the MMDiT under `prefix`, and whether the
+    /// VAE and the three text encoders are inside.
+    Sd3 {
+        prefix: String,
         has_vae: bool,
         has_text_encoders: bool,
     },
@@ -46,7 +57,10 @@ impl Contents {
     pub fn is_denoiser(&self) -> bool {
         matches!(
             self,
-            Self::StableDiffusion { .. } | Self::FluxTransformer { .. } | Self::FluxGguf { .. }
+            Self::StableDiffusion { .. }
+                | Self::Sd3 { .. }
+                | Self::FluxTransformer { .. }
+                | Self::FluxGguf { .. }
         )
     }
 }
@@ -110,11 +124,13 @@ fn detect_tensors(tensors: &HashMap<String, TensorEntry>) -> Contents {
             };
         }
         if has_p("joint_blocks.0.x_block.attn.qkv.weight") {
-            return Contents::Unsupported(
-                "an SD 3.x checkpoint in Stability's single-file layout, which is not read \
-                 yet: use its diffusers folder (stabilityai/stable-diffusion-3.5-*)"
-                    .into(),
-            );
+            return Contents::Sd3 {
+                prefix: prefix.into(),
+                has_vae: has("first_stage_model.decoder.conv_in.weight"),
+                has_text_encoders: any_prefix(SD3_CLIP_L)
+                    && any_prefix(SD3_CLIP_G)
+                    && any_prefix(SD3_T5),
+            };
         }
     }
     for prefix in ["", "first_stage_model.", "vae."] {

@@ -1,7 +1,8 @@
 //! Models whose weights are single checkpoint files, the way ComfyUI and
 //! AUTOMATIC1111 users keep them: an SD 1.x/2.x/XL checkpoint with its VAE
-//! and text encoders inside (original LDM / Stability names), or a FLUX
-//! transformer beside separate `clip_l`, `t5xxl` and `ae` files.
+//! and text encoders inside (original LDM / Stability names), Stability's
+//! SD 3.5 file (`sd3`), or a FLUX transformer beside separate `clip_l`,
+//! `t5xxl` and `ae` files.
 //!
 //! Such a model is assembled (`assemble`) into a small folder in the
 //! diffusers layout: configs and tokenizers copied from a diffusers folder
@@ -16,6 +17,7 @@
 pub mod assemble;
 pub mod detect;
 mod ldm;
+mod sd3;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,11 @@ pub enum Layout {
     LdmVae,
     /// An OpenCLIP text tower (`transformer.resblocks.0.attn.in_proj_weight`).
     OpenClip,
+    /// Stability's SD 3.x MMDiT (`joint_blocks.0.x_block.attn.qkv`).
+    Sd3Mmdit,
+    /// SD 3's CLIP-L in transformers' names, whose projection is the
+    /// identity.
+    Sd3ClipL,
 }
 
 /// The component's pointer, if its folder has one.
@@ -86,7 +93,8 @@ pub fn read_component(
     let counts =
         || -> Result<BlockCounts, EngineLoadError> { read_config(&folder.join("config.json")) };
     let rename: Box<Rename> = match part.layout {
-        Layout::AsIs => Box::new(|name| Some(name.to_string())),
+        Layout::AsIs | Layout::Sd3ClipL => Box::new(|name| Some(name.to_string())),
+        Layout::Sd3Mmdit => Box::new(sd3::mmdit_name),
         Layout::LdmUnet => {
             let layers = counts()?.layers_per_block.ok_or_else(|| {
                 EngineLoadError::Unsupported(format!(
@@ -121,6 +129,8 @@ pub fn read_component(
     match part.layout {
         Layout::LdmVae => ldm::vae_attention_as_linear(&mut tensors)?,
         Layout::OpenClip => ldm::split_open_clip(&mut tensors)?,
+        Layout::Sd3Mmdit => sd3::finish_mmdit(&mut tensors)?,
+        Layout::Sd3ClipL => sd3::identity_projection(&mut tensors, device)?,
         Layout::AsIs | Layout::LdmUnet => {}
     }
     apply_fp8_scales(&mut tensors)?;
