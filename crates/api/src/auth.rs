@@ -59,6 +59,13 @@ impl ApiKeys {
         !self.digests.is_empty()
     }
 
+    /// Whether a request with these headers may see what keys protect:
+    /// always without keys, else with a valid one (for public routes that
+    /// say more to a key holder).
+    pub fn authorizes(&self, headers: &HeaderMap) -> bool {
+        !self.enabled() || presented_key(headers).is_some_and(|key| self.accepts(key))
+    }
+
     fn accepts(&self, key: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Check every digest: the time taken does not depend on which matched.

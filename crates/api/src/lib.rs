@@ -49,6 +49,9 @@ pub struct ApiConfig {
     /// A client that has not sent its whole body by then gets 408 (slow
     /// senders cannot hold connections open forever).
     pub request_body_timeout: std::time::Duration,
+    /// The device this process's workers run on (`/health` says it);
+    /// `None` when jobs run in other processes.
+    pub device: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +63,7 @@ impl Default for ApiConfig {
             mcp: McpOptions::default(),
             rate_limit: RateLimitConfig::default(),
             request_body_timeout: std::time::Duration::from_secs(30),
+            device: None,
         }
     }
 }
@@ -69,6 +73,8 @@ pub(crate) struct AppState {
     pub service: Arc<JobService>,
     pub mcp: Arc<McpServer>,
     pub http_metrics: metrics::HttpMetrics,
+    pub keys: ApiKeys,
+    pub device: Option<String>,
 }
 
 pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
@@ -78,6 +84,8 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         service,
         mcp,
         http_metrics: http_metrics.clone(),
+        keys: config.api_keys.clone(),
+        device: config.device.clone(),
     };
     rest::routes()
         .merge(jsonrpc::routes())

@@ -139,7 +139,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
     let image_id = path_param("image_id", "`img_` and 32 hex digits.");
     let ok_json = |d: &str| json!({"200": json_response(d, json!({"type": "object"}))});
     vec![
-        ("get", "/health", "Liveness: {\"status\": \"healthy\", \"version\"} (no key needed)", ok_json("Alive")),
+        ("get", "/health", "Liveness: {\"status\": \"healthy\", \"version\", \"device\"} (no key needed); with no keys configured, or a valid key presented, also \"queue\": {pending, processing, queue_size}", ok_json("Alive")),
         (
             "get",
             "/ready",
@@ -268,7 +268,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         (
             "get",
             "/api/queue",
-            "Queue counts (pending, processing, and CyberImage's totals: completed, failed, cancelled, total, queue_size), active jobs and recent failures",
+            "Queue counts (pending, processing, and CyberImage's totals: completed, failed, cancelled, total, queue_size), active jobs and recent failures; ?detailed=true adds recent_24h (jobs created in the last 24 h by status), avg_processing_time_seconds, models (per model key, by status) and failure_rate (percent of finished jobs that failed)",
             ok_json("Queue"),
         ),
         (
@@ -276,6 +276,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "/api/reset_queue",
             "Put jobs whose worker died back in the queue now (CyberImage's reset; live jobs are left alone)",
             json!({"responses": {"200": json_response("What was recovered", json!({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["success"]}, "reset_count": {"type": "integer"},
                 "requeued": {"type": "integer"}, "failed": {"type": "integer"}, "message": {"type": "string"}}}))}}),
         ),
         (

@@ -51,10 +51,27 @@ fn image_id(raw: &str) -> Result<ImageId, ApiError> {
 }
 
 /// Liveness. `healthy` is the word the CyberImage app answers and its
-/// start scripts wait for. No queue counts here, unlike the app: this probe
-/// needs no API key, and `/api/queue` has them behind one.
-async fn health() -> Json<Value> {
-    Json(json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION")}))
+/// start scripts wait for; like the app it names the device and counts the
+/// queue, but the probe needs no key, so with keys configured the counts
+/// go only to a caller presenting a valid one.
+async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let mut body = json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION")});
+    body["device"] = json!(state
+        .device
+        .as_deref()
+        .unwrap_or("none (jobs run in worker processes)"));
+    if state.keys.authorizes(&headers) {
+        // A database that does not answer still leaves the process alive:
+        // the counts are left out, `/ready` reports the database.
+        if let Ok(counts) = state.service.database_ready().await {
+            body["queue"] = json!({
+                "pending": counts.pending,
+                "processing": counts.processing,
+                "queue_size": counts.pending + counts.processing,
+            });
+        }
+    }
+    Json(body)
 }
 
 async fn generate(
@@ -253,6 +270,9 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 async fn reset_queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.service.recover_stale_jobs().await?;
     Ok(Json(json!({
+        // CyberImage's answer: `status` and `reset_count`.
+        "status": "success",
+        "reset_count": report.requeued,
         "requeued": report.requeued,
         "failed": report.failed,
         "message": format!(
@@ -262,10 +282,19 @@ async fn reset_queue(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
     })))
 }
 
-async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+struct QueueParams {
+    #[serde(default)]
+    detailed: Option<String>,
+}
+
+async fn queue(
+    State(state): State<AppState>,
+    Query(params): Query<QueueParams>,
+) -> Result<Json<Value>, ApiError> {
     let q = state.service.queue(20).await?;
     let t = q.totals;
-    Ok(Json(json!({
+    let mut body = json!({
         "pending": q.counts.pending,
         "processing": q.counts.processing,
         // CyberImage's queue totals: every job by status.
@@ -276,5 +305,14 @@ async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         "queue_size": q.counts.pending + q.counts.processing,
         "jobs": q.active.iter().map(views::job_summary).collect::<Vec<_>>(),
         "recent_failures": q.recent_failures.iter().map(views::job_summary).collect::<Vec<_>>(),
-    })))
+    });
+    if params
+        .detailed
+        .as_deref()
+        .is_some_and(|d| d.eq_ignore_ascii_case("true"))
+    {
+        let stats = state.service.recent_stats().await?;
+        views::add_queue_details(&mut body, &stats, &t);
+    }
+    Ok(Json(body))
 }

@@ -3,6 +3,7 @@
 
 use cyberimage_core::time::{rfc3339, rfc3339_opt};
 use cyberimage_core::{Catalogue, ImageRecord, Job, JobStatus};
+use cyberimage_jobs::{QueueStats, StatusCounts};
 use serde_json::{json, Map, Value};
 
 pub fn image_url(id: &cyberimage_core::ImageId) -> String {
@@ -160,4 +161,40 @@ pub fn models(catalogue: &Catalogue, detailed: Option<&Availability>) -> Value {
         models.insert(m.key.clone(), entry);
     }
     json!({"models": models, "default": catalogue.default_key()})
+}
+
+/// Counts by status, as CyberImage's queue page names them.
+fn status_counts_json(c: &StatusCounts) -> Value {
+    json!({
+        "pending": c.pending,
+        "processing": c.processing,
+        "completed": c.completed,
+        "failed": c.failed,
+        "cancelled": c.cancelled,
+        "total": c.total(),
+    })
+}
+
+/// `/api/queue?detailed=true`: CyberImage's extra fields. `recent_24h`
+/// and `models` count the jobs created in the last 24 hours,
+/// `avg_processing_time_seconds` their completed jobs' mean run time (0
+/// with none), `failure_rate` the failed share of every finished job, in
+/// percent (0 with none), both rounded to 2 decimals.
+pub fn add_queue_details(body: &mut Value, stats: &QueueStats, totals: &StatusCounts) {
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    body["recent_24h"] = status_counts_json(&stats.all_models());
+    body["avg_processing_time_seconds"] = json!(round2(stats.mean_run_ms.unwrap_or(0.0) / 1000.0));
+    body["models"] = Value::Object(
+        stats
+            .per_model
+            .iter()
+            .map(|(model, counts)| (model.clone(), status_counts_json(counts)))
+            .collect(),
+    );
+    let finished = totals.completed + totals.failed;
+    body["failure_rate"] = json!(if finished == 0 {
+        0.0
+    } else {
+        round2(totals.failed as f64 * 100.0 / finished as f64)
+    });
 }

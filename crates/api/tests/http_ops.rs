@@ -66,6 +66,17 @@ async fn request_ids_are_kept_or_made() {
     let r = s.get("/health").await;
     let made = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(made.len(), 36, "a UUID: {made}");
+    // Without keys configured, CyberImage's health fields are all there.
+    let health: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            health["status"].clone(),
+            health["queue"]["queue_size"].clone()
+        ),
+        (json!("healthy"), json!(0)),
+        "{health}"
+    );
+    assert!(health["device"].is_string(), "{health}");
 }
 
 #[tokio::test]

@@ -382,6 +382,24 @@ async fn cancel_a_running_job_over_rest_and_see_the_queue() {
         (json!(1), json!(1), json!(0)),
         "{queue}"
     );
+    assert!(queue.get("recent_24h").is_none(), "details only when asked");
+    let detailed: Value = s
+        .get("/api/queue?detailed=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detailed["recent_24h"]["cancelled"], 1, "{detailed}");
+    assert_eq!(detailed["recent_24h"]["total"], 1);
+    assert_eq!(detailed["models"]["tiny"]["cancelled"], 1);
+    assert_eq!(
+        detailed["avg_processing_time_seconds"], 0.0,
+        "none completed"
+    );
+    assert_eq!(
+        detailed["failure_rate"], 0.0,
+        "none finished as completed or failed"
+    );
     let reset: Value = s
         .post("/api/reset_queue", json!({}))
         .await
@@ -475,6 +493,25 @@ async fn api_keys_guard_every_route_but_health() {
 
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "liveness stays open");
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert!(
+        health.get("queue").is_none(),
+        "no counts without the key: {health}"
+    );
+    let keyed: Value = http
+        .get(format!("{base}/health"))
+        .bearer_auth("correct horse")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keyed["queue"]["pending"], 0,
+        "a key holder gets the counts: {keyed}"
+    );
     for path in [
         "/api/models",
         "/api/queue",

@@ -235,6 +235,7 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
             request_body_timeout: std::time::Duration::from_secs(
                 config.request_body_timeout_secs.max(1),
             ),
+            device: with_workers.then(|| config.engine.device.clone()),
         },
     );
     let listener = tokio::net::TcpListener::bind(config.bind)

@@ -74,6 +74,31 @@ impl StatusCounts {
     }
 }
 
+/// The queue's recent history: per model, the jobs created since a time
+/// by status, and the mean run time of those that completed.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct QueueStats {
+    /// (model key, its jobs by status), by model key.
+    pub per_model: Vec<(String, StatusCounts)>,
+    /// Mean milliseconds from start to completion; `None` with none done.
+    pub mean_run_ms: Option<f64>,
+}
+
+impl QueueStats {
+    /// Every model's counts together.
+    pub fn all_models(&self) -> StatusCounts {
+        self.per_model
+            .iter()
+            .fold(StatusCounts::default(), |sum, (_, c)| StatusCounts {
+                pending: sum.pending + c.pending,
+                processing: sum.processing + c.processing,
+                completed: sum.completed + c.completed,
+                failed: sum.failed + c.failed,
+                cancelled: sum.cancelled + c.cancelled,
+            })
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GalleryQuery {
     /// 1-based.
@@ -156,6 +181,13 @@ pub trait JobRepo: Send + Sync {
     /// Every job counted by status (a full count: for the queue page, not
     /// for probes, which use `queue_counts`).
     async fn status_counts(&self) -> Result<StatusCounts, DbError>;
+
+    /// The jobs created at or after `since`: by model and status, and the
+    /// mean run time of the completed ones.
+    async fn queue_stats(
+        &self,
+        since: cyberimage_core::time::Timestamp,
+    ) -> Result<QueueStats, DbError>;
 
     /// The backend's own consistency check: `"ok"` when sound.
     async fn integrity_check(&self) -> Result<String, DbError>;

@@ -14,11 +14,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::rows::{
-    keyword_filter, like_pattern, millis, spec_json, status_counts, IMAGE_COLUMNS, JOB_COLUMNS,
-    STATUS_COUNTS_SQL,
+    keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json, status_counts,
+    IMAGE_COLUMNS, JOB_COLUMNS, STATUS_COUNTS_SQL,
 };
 use crate::{
-    CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts,
+    CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts, QueueStats,
     RecoveryReport, StatusCounts, AFFINITY_PATIENCE_MS,
 };
 
@@ -399,6 +399,22 @@ impl JobRepo for PgDb {
             .fetch_all(&self.pool)
             .await?;
         status_counts(rows)
+    }
+
+    async fn queue_stats(
+        &self,
+        since: cyberimage_core::time::Timestamp,
+    ) -> Result<QueueStats, DbError> {
+        let (by_model, mean) = queue_stats_sql("$1");
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(&by_model)
+            .bind(millis(&since))
+            .fetch_all(&self.pool)
+            .await?;
+        let (mean_run_ms,): (Option<f64>,) = sqlx::query_as(&mean)
+            .bind(millis(&since))
+            .fetch_one(&self.pool)
+            .await?;
+        queue_stats(rows, mean_run_ms)
     }
 
     async fn list_jobs(&self, statuses: &[JobStatus], limit: u32) -> Result<Vec<Job>, DbError> {

@@ -133,6 +133,44 @@ pub fn keyword_filter(
 /// What every backend runs for `status_counts`.
 pub const STATUS_COUNTS_SQL: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
 
+/// `queue_stats`' two queries, parameter 1 the start of the window, spelt
+/// by `placeholder`. The cast makes both backends average in floating
+/// point (PostgreSQL would answer NUMERIC for BIGINT).
+pub fn queue_stats_sql(placeholder: &str) -> (String, String) {
+    (
+        format!(
+            "SELECT model, status, COUNT(*) FROM jobs WHERE created_at >= {placeholder} \
+             GROUP BY model, status ORDER BY model"
+        ),
+        format!(
+            "SELECT AVG(CAST(completed_at - started_at AS DOUBLE PRECISION)) FROM jobs \
+             WHERE status = 'completed' AND started_at IS NOT NULL AND completed_at IS NOT NULL \
+             AND created_at >= {placeholder}"
+        ),
+    )
+}
+
+/// `queue_stats` from the (model, status, count) rows and the mean.
+pub fn queue_stats(
+    rows: Vec<(String, String, i64)>,
+    mean_run_ms: Option<f64>,
+) -> Result<crate::QueueStats, DbError> {
+    let mut per_model: Vec<(String, Vec<(String, i64)>)> = Vec::new();
+    for (model, status, count) in rows {
+        match per_model.last_mut() {
+            Some((last, counts)) if *last == model => counts.push((status, count)),
+            _ => per_model.push((model, vec![(status, count)])),
+        }
+    }
+    Ok(crate::QueueStats {
+        per_model: per_model
+            .into_iter()
+            .map(|(model, counts)| Ok((model, status_counts(counts)?)))
+            .collect::<Result<_, DbError>>()?,
+        mean_run_ms,
+    })
+}
+
 /// `status_counts` from the (status, count) rows of `STATUS_COUNTS_SQL`.
 pub fn status_counts(rows: Vec<(String, i64)>) -> Result<crate::StatusCounts, DbError> {
     let mut counts = crate::StatusCounts::default();

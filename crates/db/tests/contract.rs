@@ -12,8 +12,8 @@ use cyberimage_core::{
     GenerationSpec, ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage,
 };
 use cyberimage_db::{
-    CancelOutcome, Database, GalleryPage, GalleryQuery, JobRepo, PgDb, RecoveryReport, SqliteDb,
-    StatusCounts,
+    CancelOutcome, Database, GalleryPage, GalleryQuery, JobRepo, PgDb, QueueStats, RecoveryReport,
+    SqliteDb, StatusCounts,
 };
 
 #[path = "contract/gallery.rs"]
@@ -377,6 +377,45 @@ async fn list_jobs_by_state(db: &dyn Database) {
     assert_eq!(failed[0].error.as_deref(), Some("boom"));
 }
 
+async fn queue_stats_count_recent_jobs_by_model(db: &dyn Database) {
+    let start = now();
+    complete(db, "done", "m2").await;
+    complete(db, "done too", "m1").await;
+    let failed = insert(db, "failed", "m1").await;
+    db.fail_job(failed.id, "boom").await.unwrap();
+    insert(db, "waiting", "m2").await;
+    let mut old = new_job("yesterday", "m1");
+    old.created_at = start - chrono::Duration::hours(30);
+    db.insert_job(&old, 1000).await.unwrap();
+    let stats = db
+        .queue_stats(start - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    let m1 = StatusCounts {
+        completed: 1,
+        failed: 1,
+        ..Default::default()
+    };
+    let m2 = StatusCounts {
+        completed: 1,
+        pending: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        stats.per_model,
+        vec![("m1".to_string(), m1), ("m2".to_string(), m2)],
+        "the 30-hour-old job is outside the window"
+    );
+    assert_eq!(stats.all_models().total(), 4);
+    let mean = stats.mean_run_ms.expect("two jobs completed");
+    assert!((0.0..60_000.0).contains(&mean), "{mean}");
+    let later = db
+        .queue_stats(now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(later, QueueStats::default());
+}
+
 async fn status_counts_count_every_job(db: &dyn Database) {
     assert_eq!(db.status_counts().await.unwrap(), StatusCounts::default());
     complete(db, "done", "m").await;
@@ -523,6 +562,7 @@ mod on_postgres {
         restart_recovery,
         gallery_pagination_search_and_delete,
         status_counts_count_every_job,
+        queue_stats_count_recent_jobs_by_model,
         list_jobs_by_state,
     );
 }
@@ -538,6 +578,7 @@ mod on_sqlite {
         restart_recovery,
         gallery_pagination_search_and_delete,
         status_counts_count_every_job,
+        queue_stats_count_recent_jobs_by_model,
         list_jobs_by_state,
     );
 

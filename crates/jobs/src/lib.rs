@@ -27,6 +27,6 @@ pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};
 pub use worker::WorkerHandle;
 
 pub use cyberimage_db::{
-    GalleryPage, GalleryQuery, QueueCounts, RecoveryReport, StatusCounts, MAX_KEYWORDS,
+    GalleryPage, GalleryQuery, QueueCounts, QueueStats, RecoveryReport, StatusCounts, MAX_KEYWORDS,
 };
 pub use cyberimage_store::Variant as ImageVariant;

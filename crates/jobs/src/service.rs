@@ -11,7 +11,7 @@ use cyberimage_core::{
     Progress, SpecRequest,
 };
 use cyberimage_db::{
-    CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts, StatusCounts,
+    CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts, QueueStats, StatusCounts,
 };
 use cyberimage_store::{ImageStore, StoreError, Variant};
 use tokio::sync::{broadcast, Notify};
@@ -403,6 +403,13 @@ impl JobService {
                 .list_jobs(&[JobStatus::Failed], recent_failures)
                 .await?,
         })
+    }
+
+    /// The last 24 hours by model and status, and the mean run time of
+    /// the jobs completed in them (the queue page's details).
+    pub async fn recent_stats(&self) -> Result<QueueStats, JobsError> {
+        let since = cyberimage_core::time::now() - chrono::Duration::hours(24);
+        Ok(self.db.queue_stats(since).await?)
     }
 
     pub async fn gallery(&self, query: &GalleryQuery) -> Result<GalleryPage, JobsError> {
