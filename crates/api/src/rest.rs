@@ -83,7 +83,7 @@ async fn generate(
     let request = params::spec_request(&value).map_err(ApiError::bad_request)?;
     let job = state.service.submit(request).await?;
     let location = format!("/api/status/{}", job.id);
-    let mut resp = (StatusCode::ACCEPTED, Json(views::job_submitted(&job))).into_response();
+    let mut resp = (StatusCode::ACCEPTED, Json(views::rest_job_submitted(&job))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }

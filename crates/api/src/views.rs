@@ -61,6 +61,24 @@ pub fn rest_job_status(job: &Job) -> Value {
     ] {
         obj.insert(key.into(), value);
     }
+    // CyberImage numbers each image of a job (1-based) and gives the count.
+    if let Some(images) = obj.get_mut("images").and_then(Value::as_array_mut) {
+        let total = images.len();
+        for (i, image) in images.iter_mut().enumerate() {
+            if let Some(image) = image.as_object_mut() {
+                image.insert("image_number".into(), json!(i + 1));
+                image.insert("total_images".into(), json!(total));
+            }
+        }
+    }
+    v
+}
+
+/// REST's answer to a submission: the seed's fields and CyberImage's
+/// `message`.
+pub fn rest_job_submitted(job: &Job) -> Value {
+    let mut v = job_submitted(job);
+    v["message"] = json!(format!("{} image(s) queued", job.spec.num_images));
     v
 }
 
