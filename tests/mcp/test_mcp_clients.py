@@ -23,7 +23,10 @@ Prints "N passed, M failed"; exits non-zero on any failure.
 import asyncio
 import base64
 import io
+import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import check, finish, start_server  # noqa: E402
+from harness import check, finish, start_server, tls_reverse_proxy  # noqa: E402
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
 TINY = "tiny-sd15-random"
@@ -227,9 +230,29 @@ def raw_http_checks(base):
     check("http: /api/mcp refuses a foreign Origin", r.status_code == 403)
 
 
+def untrusted_proxy_check(https_base, tls_dir):
+    """Without the CA, the proxy answers the request with an error that
+    says the certificate is not trusted and how to trust a CA."""
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT")}
+    env.update(RUST_LOG="warn", SSL_CERT_FILE=str(tls_dir / "server.pem"), SSL_CERT_DIR=str(tls_dir / "no-cas"))
+    out = subprocess.run([BINARY, "mcp", "--url", https_base], input=json.dumps(init) + "\n", capture_output=True,
+                         text=True, env=env, timeout=60)
+    answers = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    message = answers[0]["error"]["message"] if answers and "error" in answers[0] else ""
+    check("proxy: an untrusted certificate is an error saying so and how to trust a CA",
+          "not trusted" in message and "SSL_CERT_FILE" in message, (out.stdout, out.stderr[-500:]))
+
+
 async def main():
     with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
         proc, base = start_server(BINARY, http_data)
+        tls_dir = Path(http_data) / "tls"
+        tls_dir.mkdir()
+        (tls_dir / "no-cas").mkdir()
+        tls, https_base, ca = tls_reverse_proxy(base, tls_dir)
+        trusting = {"RUST_LOG": "warn", "SSL_CERT_FILE": str(ca), "SSL_CERT_DIR": str(tls_dir / "no-cas")}
         try:
             runs = [
                 ("http-legacy", f"{base}/mcp", "legacy", base),
@@ -239,6 +262,8 @@ async def main():
                 ("stdio-modern", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "auto", None),
                 ("proxy-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "legacy", base),
                 ("proxy-modern", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "auto", base),
+                # The proxy over real TLS, trusting the test CA through SSL_CERT_FILE.
+                ("proxy-https", StdioServerParameters(command=BINARY, args=["mcp", "--url", https_base], env=trusting), "legacy", base),
             ]
             for label, target, mode, http_base in runs:
                 started = time.time()
@@ -249,6 +274,8 @@ async def main():
                     check(f"{label}: scenario ran to the end", False)
                 print(f"-- {label} took {time.time() - started:.1f} s")
             raw_http_checks(base)
+            untrusted_proxy_check(https_base, tls_dir)
+            tls.shutdown()
         finally:
             proc.terminate()
             proc.wait(timeout=30)

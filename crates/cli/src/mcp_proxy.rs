@@ -115,7 +115,11 @@ impl Proxy {
     }
 
     async fn exchange(&self, message: &Value) -> anyhow::Result<()> {
-        let resp = self.request(message).send().await?;
+        let resp = self
+            .request(message)
+            .send()
+            .await
+            .map_err(|e| crate::hub::request_failed(self.endpoint.clone(), e))?;
         if let Some(s) = resp
             .headers()
             .get("mcp-session-id")
