@@ -7,7 +7,20 @@
 //! (non-variant) `.safetensors` weights. Downloads resume from the partial
 //! file (`Range`), large files are checked against the SHA-256 the hub
 //! publishes, and answers that mean "you need a token" or "accept the
-//! license first" become messages that say so.
+//! license first" become messages that say so. A crash between the last
+//! byte and the rename leaves a complete partial file, which the next pull
+//! finishes without asking past its end (a 416); where the filesystem has
+//! no symlinks the snapshot holds copies. `configs_only` fetches just the
+//! configs and tokenizers a single checkpoint file needs.
+//!
+//! Why our own client and not the `hf-hub` crate (evaluated on its
+//! documented API, 0.4/0.5): it fetches one named file at a time into the
+//! same cache layout, with an indicatif bar; a pipeline pull would still
+//! need our repo listing and file selection, and it has no SHA-256 check
+//! of the LFS blobs, no configs-only pull, and no place for our errors
+//! (gated repos, untrusted certificates). Its 1.0 is a whole Hub API
+//! client, far more than this needs. Both would add an HTTP stack beside
+//! the reqwest + rustls one the MCP proxy already uses.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
