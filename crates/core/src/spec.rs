@@ -73,6 +73,12 @@ pub struct GenerationSpec {
     pub seed: u64,
 }
 
+/// The steps an image-to-image run takes of `steps` at `strength`:
+/// `int(steps · strength)`, as diffusers' `get_timesteps` keeps them.
+pub fn img2img_steps(steps: u32, strength: f64) -> u32 {
+    ((f64::from(steps) * strength) as u32).min(steps)
+}
+
 impl GenerationSpec {
     pub fn total_steps(&self) -> u32 {
         self.steps * self.num_images

@@ -9,3 +9,4 @@ pub mod t5;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vae_encoder;

@@ -17,7 +17,7 @@ use crate::error::EngineLoadError;
 use crate::weights::{read_config, var_builder};
 
 /// diffusers builds every VAE norm with this epsilon.
-const NORM_EPS: f64 = 1e-6;
+pub(crate) const NORM_EPS: f64 = 1e-6;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct VaeConfig {
@@ -33,6 +33,14 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "rgb")]
+    pub in_channels: usize,
+}
+
+fn rgb() -> usize {
+    3
 }
 
 fn yes() -> bool {
@@ -40,7 +48,7 @@ fn yes() -> bool {
 }
 
 /// Single-head self-attention over all pixels, as in the VAE mid block.
-struct SpatialAttention {
+pub(crate) struct SpatialAttention {
     norm: GroupNorm,
     q: Linear,
     k: Linear,
@@ -49,7 +57,7 @@ struct SpatialAttention {
 }
 
 impl SpatialAttention {
-    fn new(channels: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new(channels: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
             norm: group_norm(groups, channels, NORM_EPS, vb.pp("group_norm"))?,
             q: linear(channels, channels, vb.pp("to_q"))?,
@@ -59,7 +67,7 @@ impl SpatialAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = self
             .norm

@@ -19,6 +19,7 @@ use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
+use crate::pipelines::img2img::{start_step, LazyEncoder};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
@@ -32,6 +33,7 @@ pub struct Flux {
     encoders: TextEncoders<FluxEncoders>,
     transformer: FluxTransformer,
     vae: VaeDecoder,
+    image_encoder: LazyEncoder,
     scheduler: FlowMatchConfig,
     /// How the transformer's weights were stored (safetensors layout, GGUF).
     pub transformer_format: &'static str,
@@ -98,6 +100,7 @@ impl Flux {
             encoders: TextEncoders::new(dir, device, keep_text_encoders, FluxEncoders::load)?,
             transformer: FluxTransformer::new(&weights, config)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
             transformer_format: weights.format,
             device: device.clone(),
@@ -146,13 +149,53 @@ impl Flux {
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let (_, _, h, w) = noise.dims4()?;
+        let schedule = self.schedule(steps, (h / 2) * (w / 2))?;
+        self.denoise_from(&schedule, cond, noise, 0, guidance, on_step)
+    }
+
+    /// Image-to-image: `clean` latents (unpacked) noised with
+    /// `start_noise` to the first step `strength` keeps, then denoised
+    /// from there (diffusers' `FluxImg2ImgPipeline`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_image(
+        &self,
+        cond: &FluxConditioning,
+        clean: &Tensor,
+        start_noise: &Tensor,
+        steps: usize,
+        strength: f64,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let (_, _, h, w) = clean.dims4()?;
+        let schedule = self.schedule(steps, (h / 2) * (w / 2))?;
+        let start = start_step(steps, strength)?;
+        let latents = schedule.noised(clean, start_noise, start)?;
+        self.denoise_from(&schedule, cond, &latents, start, guidance, on_step)
+    }
+
+    /// Clean latents of `image` (1, 3, h, w) in [-1, 1] (shifted and
+    /// scaled, unpacked), the VAE posterior sampled with `eps`.
+    pub fn encode_image(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
+        self.image_encoder.latents(image, eps)
+    }
+
+    fn denoise_from(
+        &self,
+        schedule: &FlowSchedule,
+        cond: &FluxConditioning,
+        latents: &Tensor,
+        start: usize,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let (_, _, h, w) = latents.dims4()?;
         let (rows, cols) = (h / 2, w / 2);
-        let schedule = self.schedule(steps, rows * cols)?;
         let rope = self
             .transformer
             .rope(cond.t5.dim(1)?, rows, cols, &self.device)?;
-        let mut latents = pack(noise)?;
-        for i in 0..schedule.steps() {
+        let mut latents = pack(latents)?;
+        for i in start..schedule.steps() {
             let velocity = self.transformer.forward(
                 &latents,
                 &cond.t5,
@@ -162,7 +205,7 @@ impl Flux {
                 &rope,
             )?;
             latents = schedule.step(&velocity, i, &latents)?;
-            if !on_step(i + 1, &latents) {
+            if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }
         }

@@ -1,8 +1,10 @@
 //! A family's text-to-image, from encoded prompt to decoded image: SD
 //! 1.x/2.x/Turbo/XL (`sd`), SD 3.x (`sd3`), FLUX.1 (`flux`), with the text
-//! encoders each keeps or loads per use (`text_encoders`).
+//! encoders each keeps or loads per use (`text_encoders`); each also runs
+//! image-to-image from clean latents of an input image (`img2img`).
 
 pub mod flux;
+pub mod img2img;
 pub mod sd;
 pub mod sd3;
 pub(crate) mod text_encoders;

@@ -15,6 +15,7 @@ use crate::models::clip::ClipTextEncoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet::{AddedConditioning, UNet};
 use crate::models::vae::VaeDecoder;
+use crate::pipelines::img2img::{start_step, LazyEncoder};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::{Scheduler, SchedulerConfig};
@@ -26,6 +27,7 @@ pub struct StableDiffusion {
     encoders: TextEncoders<Vec<(PromptTokenizer, ClipTextEncoder)>>,
     unet: UNet,
     vae: VaeDecoder,
+    image_encoder: LazyEncoder,
     scheduler_config: SchedulerConfig,
     /// SDXL: no negative prompt means zero negative conditioning rather
     /// than the encoding of "".
@@ -186,6 +188,7 @@ impl StableDiffusion {
             encoders: TextEncoders::new(dir, device, keep_text_encoders, load_encoders)?,
             unet,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
             force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
             device: device.clone(),
@@ -317,12 +320,56 @@ impl StableDiffusion {
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
+        let latents = (latents * scheduler.init_noise_sigma())?;
+        self.denoise_from(&scheduler, cond, latents, 0, guidance, noise, on_step)
+    }
+
+    /// Image-to-image: `clean` latents of the input image, noised with
+    /// `start_noise` to the first step `strength` keeps, then denoised
+    /// from there (diffusers' img2img pipelines).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_image(
+        &self,
+        cond: &Conditioning,
+        clean: &Tensor,
+        start_noise: &Tensor,
+        steps: usize,
+        strength: f64,
+        guidance: f64,
+        noise: &mut StepNoise,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let scheduler = self.scheduler(steps)?;
+        let start = start_step(steps, strength)?;
+        let latents = scheduler.add_noise(clean, start_noise, start)?;
+        self.denoise_from(&scheduler, cond, latents, start, guidance, noise, on_step)
+    }
+
+    /// Clean latents of `image` (1, 3, h, w) in [-1, 1], the VAE
+    /// posterior sampled with `eps`.
+    pub fn encode_image(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
+        self.image_encoder.latents(image, eps)
+    }
+
+    /// The scheduler's steps from `start` on; `on_step` counts the steps
+    /// of this run.
+    #[allow(clippy::too_many_arguments)]
+    fn denoise_from(
+        &self,
+        scheduler: &Scheduler,
+        cond: &Conditioning,
+        latents: Tensor,
+        start: usize,
+        guidance: f64,
+        noise: &mut StepNoise,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
         let cfg = is_guided(guidance);
         let (first_row, rows) = cond.rows_for(guidance)?;
         let context = cond.context.narrow(0, first_row, rows)?;
         let added = self.added_conditioning(cond, first_row, rows, &latents)?;
-        let mut latents = (latents * scheduler.init_noise_sigma())?;
-        for (i, &t) in scheduler.timesteps().iter().enumerate() {
+        let mut latents = latents;
+        for (i, &t) in scheduler.timesteps().iter().enumerate().skip(start) {
             let scaled = scheduler.scale_model_input(&latents, i)?;
             let guided = if cfg {
                 let input = Tensor::cat(&[&scaled, &scaled], 0)?;
@@ -339,7 +386,7 @@ impl StableDiffusion {
                 None
             };
             latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
-            if !on_step(i + 1, &latents) {
+            if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }
         }

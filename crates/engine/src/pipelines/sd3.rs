@@ -15,6 +15,7 @@ use crate::models::mmdit::Mmdit;
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
+use crate::pipelines::img2img::{start_step, LazyEncoder};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
@@ -27,6 +28,7 @@ pub struct Sd3 {
     encoders: TextEncoders<Sd3Encoders>,
     transformer: Mmdit,
     vae: VaeDecoder,
+    image_encoder: LazyEncoder,
     scheduler: FlowMatchConfig,
     device: Device,
 }
@@ -131,6 +133,7 @@ impl Sd3 {
             encoders: TextEncoders::new(dir, device, keep_text_encoders, Sd3Encoders::load)?,
             transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
+            image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
         })
@@ -181,12 +184,49 @@ impl Sd3 {
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let schedule = self.schedule(steps)?;
+        self.denoise_from(&schedule, cond, latents, 0, guidance, on_step)
+    }
+
+    /// Image-to-image: `clean` latents noised with `start_noise` to the
+    /// first step `strength` keeps, then denoised from there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_image(
+        &self,
+        cond: &Sd3Conditioning,
+        clean: &Tensor,
+        start_noise: &Tensor,
+        steps: usize,
+        strength: f64,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let schedule = self.schedule(steps)?;
+        let start = start_step(steps, strength)?;
+        let latents = schedule.noised(clean, start_noise, start)?;
+        self.denoise_from(&schedule, cond, latents, start, guidance, on_step)
+    }
+
+    /// Clean latents of `image` (1, 3, h, w) in [-1, 1] (shifted and
+    /// scaled), the VAE posterior sampled with `eps`.
+    pub fn encode_image(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
+        self.image_encoder.latents(image, eps)
+    }
+
+    fn denoise_from(
+        &self,
+        schedule: &FlowSchedule,
+        cond: &Sd3Conditioning,
+        latents: Tensor,
+        start: usize,
+        guidance: f64,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
         let cfg = guidance > 1.0;
         let (first, rows) = if cfg { (0, 2) } else { (1, 1) };
         let context = cond.context.narrow(0, first, rows)?;
         let pooled = cond.pooled.narrow(0, first, rows)?;
         let mut latents = latents;
-        for i in 0..schedule.steps() {
+        for i in start..schedule.steps() {
             // diffusers keeps timesteps as f32 σ·1000.
             let timestep = f64::from(schedule.sigmas()[i] * 1000.0);
             let velocity = if cfg {
@@ -202,7 +242,7 @@ impl Sd3 {
                     .forward(&latents, timestep, &context, &pooled)?
             };
             latents = schedule.step(&velocity, i, &latents)?;
-            if !on_step(i + 1, &latents) {
+            if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }
         }

@@ -75,6 +75,14 @@ impl Ddim {
         &self.timesteps
     }
 
+    /// `√ᾱ_t · x + √(1 − ᾱ_t) · noise`, the forward process at `t`.
+    pub fn add_noise(&self, x: &Tensor, noise: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        // diffusers computes these in the sample's float32.
+        let alpha = self.alphas_cumprod[t] as f32;
+        let (signal, spread) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+        (x * f64::from(signal))? + (noise * f64::from(spread))?
+    }
+
     /// DDIM needs no input scaling and starts from unit-variance noise.
     pub fn init_noise_sigma(&self) -> f64 {
         1.0

@@ -107,6 +107,16 @@ impl Euler {
         &self.timesteps
     }
 
+    /// `x + σ · noise` at step `index`'s σ.
+    pub fn add_noise(
+        &self,
+        x: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        x + (noise * self.sigmas[index])?
+    }
+
     pub fn init_noise_sigma(&self) -> f64 {
         let max = self.sigmas.iter().copied().fold(0.0, f64::max);
         if self.trailing_or_linspace {

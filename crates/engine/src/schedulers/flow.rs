@@ -131,6 +131,13 @@ impl FlowSchedule {
         &self.sigmas
     }
 
+    /// Clean latents `x` at step `index`'s noise level:
+    /// `σ · noise + (1 − σ) · x` (diffusers' `scale_noise`).
+    pub fn noised(&self, x: &Tensor, noise: &Tensor, index: usize) -> candle_core::Result<Tensor> {
+        let sigma = f64::from(self.sigmas[index]);
+        (noise * sigma)? + (x * (1.0 - sigma))?
+    }
+
     /// One Euler step along the predicted velocity.
     pub fn step(
         &self,

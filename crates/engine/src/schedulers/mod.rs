@@ -59,6 +59,20 @@ impl Scheduler {
         }
     }
 
+    /// Clean latents `x` noised to the level of step `index` (where an
+    /// image-to-image run starts).
+    pub fn add_noise(
+        &self,
+        x: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Scheduler::Ddim(d) => d.add_noise(x, noise, d.timesteps()[index]),
+            Scheduler::Euler(e) => e.add_noise(x, noise, index),
+        }
+    }
+
     pub fn init_noise_sigma(&self) -> f64 {
         match self {
             Scheduler::Ddim(d) => d.init_noise_sigma(),

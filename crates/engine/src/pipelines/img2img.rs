@@ -1,0 +1,78 @@
+//! What image-to-image shares across families: the input image as the
+//! VAE takes it, the step a given strength starts from, and the VAE
+//! encoder, loaded the first time a pipeline edits an image (text-to-image
+//! never pays for it).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::EngineLoadError;
+use crate::models::vae_encoder::VaeEncoder;
+
+/// RGB8 pixels (row-major, `width × height`) → (1, 3, h, w) in [-1, 1],
+/// as diffusers' image processor normalises them.
+pub fn image_tensor(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor, EngineLoadError> {
+    if rgb.len() != width * height * 3 {
+        return Err(EngineLoadError::Unsupported(format!(
+            "{} bytes are not a {width}×{height} RGB image",
+            rgb.len()
+        )));
+    }
+    let values: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+    let image = Tensor::from_vec(values, (height, width, 3), device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .contiguous()?;
+    Ok(((image * 2.0)? - 1.0)?)
+}
+
+/// The first step an image-to-image run takes with `strength`: diffusers'
+/// `get_timesteps` keeps the last `int(steps · strength)` steps. Fails when
+/// that keeps none.
+pub fn start_step(steps: usize, strength: f64) -> Result<usize, EngineLoadError> {
+    let kept = cyberimage_core::spec::img2img_steps(steps as u32, strength) as usize;
+    if kept == 0 {
+        return Err(EngineLoadError::Unsupported(format!(
+            "strength {strength} keeps no step of {steps}: raise the strength or the steps"
+        )));
+    }
+    Ok(steps - kept)
+}
+
+/// A pipeline's VAE encoder, loaded from its `vae/` folder on first use.
+pub struct LazyEncoder {
+    folder: PathBuf,
+    device: Device,
+    encoder: OnceLock<VaeEncoder>,
+}
+
+impl LazyEncoder {
+    pub fn new(folder: PathBuf, device: &Device) -> Self {
+        Self {
+            folder,
+            device: device.clone(),
+            encoder: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> Result<&VaeEncoder, EngineLoadError> {
+        if let Some(encoder) = self.encoder.get() {
+            return Ok(encoder);
+        }
+        let loaded = VaeEncoder::load(&self.folder, DType::F32, &self.device)?;
+        Ok(self.encoder.get_or_init(|| loaded))
+    }
+
+    /// Clean latents of `image` (1, 3, h, w) in [-1, 1], the posterior
+    /// sampled with `eps`.
+    pub fn latents(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
+        Ok(self.get()?.latents(image, eps)?)
+    }
+}
