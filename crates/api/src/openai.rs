@@ -300,6 +300,7 @@ fn parse(value: &Value, state: &AppState) -> Result<Parsed, OpenAiError> {
         },
         num_images: int_field(obj, "n")?,
         seed: int_field(obj, "seed")?,
+        ..Default::default()
     };
     Ok(Parsed { request, b64 })
 }

@@ -68,6 +68,9 @@ const SETTINGS_FIELDS: &[&str] = &[
     "width",
     "height",
     "seed",
+    "init_image",
+    "strength",
+    "denoising_strength",
 ];
 
 /// Refuses a field `spec_request` would not read, naming it: a misspelt
@@ -135,6 +138,18 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
         num_images: int(&["num_images"])?,
         seed: int(&["seed"])?,
         guidance_scale: lookup(top, settings, &["guidance_scale", "guidance"])
+            .map(|(v, name)| number(v, &name))
+            .transpose()?,
+        // Image-to-image: an image id or base64, and A1111's name for the
+        // strength too.
+        init_image: match lookup(top, settings, &["init_image"]) {
+            None => None,
+            Some((Value::String(s), _)) => Some(s.clone()),
+            Some((_, name)) => {
+                return Err(format!("{name} must be a string (an image id or base64)"))
+            }
+        },
+        strength: lookup(top, settings, &["strength", "denoising_strength"])
             .map(|(v, name)| number(v, &name))
             .transpose()?,
     })

@@ -32,6 +32,12 @@ pub struct GenerateArgs {
     pub seed: Option<i64>,
     #[arg(long)]
     pub num_images: Option<i64>,
+    /// Image-to-image: start from this picture (PNG or JPEG file).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// With --init-image: how much of the schedule runs (0–1, default 0.8).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Output file; with several images, `-1`, `-2`, … are added before `.png`.
     #[arg(long, default_value = "cyberimage.png")]
     pub out: PathBuf,
@@ -43,6 +49,15 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
     let system = wiring::build(&config, true).await?;
     let service = system.service;
     let mut events = service.subscribe();
+    let init_image = match &args.init_image {
+        Some(path) => {
+            use base64::Engine as _;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        None => None,
+    };
     let job = service
         .submit(SpecRequest {
             prompt: Some(args.prompt),
@@ -54,6 +69,8 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             guidance_scale: args.guidance,
             num_images: args.num_images,
             seed: args.seed,
+            init_image,
+            strength: args.strength,
         })
         .await?;
     let bar = ProgressBar::new(u64::from(job.spec.total_steps()));

@@ -72,6 +72,15 @@ pub struct GeneratedImage {
     pub extra_metadata: Vec<(String, String)>,
 }
 
+/// The input picture of an image-to-image job, already at the job's size:
+/// 8-bit RGB, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
     #[error("generation was cancelled")]
@@ -112,6 +121,24 @@ pub trait Generator: Send + Sync {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError>;
+
+    /// `generate` starting from `input` when the spec has an init image
+    /// (image-to-image). Engines that cannot edit refuse such jobs.
+    fn generate_from(
+        &self,
+        model: &ModelEntry,
+        spec: &GenerationSpec,
+        input: Option<&InputImage>,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        match input {
+            None => self.generate(model, spec, observer, cancel),
+            Some(_) => Err(EngineError::Unsupported(
+                "this engine cannot start from an input image".into(),
+            )),
+        }
+    }
 
     /// Whether `model` can run here: its family has a pipeline and its
     /// weights are on this machine. Cheap (no loading); `Err` says what is

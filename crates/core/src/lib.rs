@@ -14,10 +14,10 @@ pub mod spec;
 pub mod time;
 
 pub use engine::{
-    panic_message, CancelToken, EngineError, GeneratedImage, Generator, ProgressObserver,
-    ProgressUpdate,
+    panic_message, CancelToken, EngineError, GeneratedImage, Generator, InputImage,
+    ProgressObserver, ProgressUpdate,
 };
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};
 pub use model::{Catalogue, ModelDefaults, ModelEntry, ModelFamily};
-pub use spec::{GenerationSpec, Limits, SpecRequest, ValidationError};
+pub use spec::{GenerationSpec, InitImage, Limits, SpecRequest, ValidationError};

@@ -56,6 +56,23 @@ pub struct SpecRequest {
     pub guidance_scale: Option<f64>,
     pub num_images: Option<i64>,
     pub seed: Option<i64>,
+    /// Image-to-image: the input image as the request named it (a gallery
+    /// image id, or base64 / a data URL); the jobs service stores it.
+    pub init_image: Option<String>,
+    /// How much of the schedule an image-to-image run takes (0 < s ≤ 1).
+    pub strength: Option<f64>,
+}
+
+/// diffusers' img2img default.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+
+/// The input image of an image-to-image job, as stored with the job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitImage {
+    /// SHA-256 of the normalised input PNG in the store's `inputs/`.
+    pub sha256: String,
+    /// 0 < strength ≤ 1: the share of the schedule that runs.
+    pub strength: f64,
 }
 
 /// A fully resolved, validated request: what the worker runs and what the
@@ -71,6 +88,9 @@ pub struct GenerationSpec {
     pub guidance_scale: f32,
     pub num_images: u32,
     pub seed: u64,
+    /// Set for image-to-image jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImage>,
 }
 
 /// The steps an image-to-image run takes of `steps` at `strength`:
@@ -80,8 +100,17 @@ pub fn img2img_steps(steps: u32, strength: f64) -> u32 {
 }
 
 impl GenerationSpec {
+    /// Denoising steps each image runs: all of them, or the share an
+    /// image-to-image strength keeps.
+    pub fn steps_run(&self) -> u32 {
+        match &self.init_image {
+            Some(init) => img2img_steps(self.steps, init.strength),
+            None => self.steps,
+        }
+    }
+
     pub fn total_steps(&self) -> u32 {
-        self.steps * self.num_images
+        self.steps_run() * self.num_images
     }
 
     pub fn image_seed(&self, index: u32) -> u64 {
@@ -235,6 +264,34 @@ impl SpecRequest {
             ));
         }
 
+        match (self.strength, &self.init_image) {
+            (Some(_), None) => {
+                return Err(ValidationError::new(
+                    "strength",
+                    "strength applies to image-to-image: send an init_image with it",
+                ))
+            }
+            (Some(s), Some(_)) if !s.is_finite() || s <= 0.0 || s > 1.0 => {
+                return Err(ValidationError::new(
+                    "strength",
+                    format!("strength must be above 0 and at most 1, got {s}"),
+                ))
+            }
+            (strength, Some(_)) => {
+                let strength = strength.unwrap_or(DEFAULT_STRENGTH);
+                if img2img_steps(steps, strength) == 0 {
+                    return Err(ValidationError::new(
+                        "strength",
+                        format!(
+                            "strength {strength} of {steps} steps runs none: raise the strength \
+                             or num_inference_steps"
+                        ),
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+
         // -1 is "random" in A1111's and stable-diffusion.cpp's APIs, and
         // their users send it.
         let seed = match self.seed {
@@ -252,6 +309,8 @@ impl SpecRequest {
             guidance_scale: guidance as f32,
             num_images,
             seed,
+            // The jobs service stores the input and fills this in.
+            init_image: None,
         })
     }
 }

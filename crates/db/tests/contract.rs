@@ -84,6 +84,7 @@ fn spec(prompt: &str, model: &str) -> GenerationSpec {
         guidance_scale: 7.5,
         num_images: 2,
         seed: 1234,
+        init_image: None,
     }
 }
 

@@ -11,7 +11,7 @@ mod run;
 
 use candle_core::Device;
 use cyberimage_core::{
-    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
     ProgressObserver, ProgressUpdate,
 };
 
@@ -211,9 +211,6 @@ impl Generator for CandleGenerator {
         self.check_budget(model, &dir)
     }
 
-    /// A panic inside the pipeline fails this job with its message; the
-    /// loaded model, whose state is then unknown, is dropped, so the next
-    /// job loads it afresh.
     fn generate(
         &self,
         model: &ModelEntry,
@@ -221,8 +218,22 @@ impl Generator for CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
+        self.generate_from(model, spec, None, observer, cancel)
+    }
+
+    /// A panic inside the pipeline fails this job with its message; the
+    /// loaded model, whose state is then unknown, is dropped, so the next
+    /// job loads it afresh.
+    fn generate_from(
+        &self,
+        model: &ModelEntry,
+        spec: &GenerationSpec,
+        input: Option<&InputImage>,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run_job(model, spec, observer, cancel)
+            self.run_job(model, spec, input, observer, cancel)
         }))
         .unwrap_or_else(|panic| {
             *self.lock_loaded() = None;
@@ -264,9 +275,11 @@ impl CandleGenerator {
         &self,
         model: &ModelEntry,
         spec: &GenerationSpec,
+        input: Option<&InputImage>,
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
+        let init = run::InitInput::of(spec, input, &self.device)?;
         cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
@@ -332,12 +345,19 @@ impl CandleGenerator {
             observer,
             cancel,
             device: &self.device,
+            init: init.as_ref(),
         };
         let bf16 = self.options.precision == Precision::Bf16;
         let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {
             fault_point();
             loaded_model.pipeline.run(&run, &encoded)
         })?;
+        if let (Some(init), Some(spec_init)) = (&init, &spec.init_image) {
+            metadata.extend([
+                ("init_image_sha256".into(), spec_init.sha256.clone()),
+                ("denoising_strength".into(), init.strength.to_string()),
+            ]);
+        }
         metadata.extend([
             ("dtype".into(), self.options.precision.describe().into()),
             ("noise".into(), "chacha8-box-muller".into()),

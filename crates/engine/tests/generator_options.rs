@@ -33,6 +33,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         guidance_scale: model.defaults.guidance_scale,
         num_images: 1,
         seed: 77,
+        init_image: None,
     }
 }
 
@@ -146,4 +147,76 @@ fn bf16_products_stay_close_to_f32_and_are_declared() {
         dtype.map(|(_, v)| v.as_str()),
         Some("f32 with bf16 matrix products")
     );
+}
+
+/// Records the step totals a job reports.
+#[derive(Default)]
+struct StepTotals(std::sync::Mutex<Vec<(u32, u32)>>);
+
+impl ProgressObserver for StepTotals {
+    fn on_progress(&self, update: ProgressUpdate) {
+        if let ProgressUpdate::Step { done, total } = update {
+            self.0.lock().unwrap().push((done, total));
+        }
+    }
+}
+
+/// Image-to-image through the generator, every family: the steps the
+/// strength keeps are the ones reported, the input decides the picture,
+/// the same input and seed give the same picture, and the metadata says
+/// what it started from.
+#[test]
+fn image_to_image_starts_from_the_input_in_every_family() {
+    let models = tempfile::tempdir().unwrap();
+    let generator =
+        CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default()).unwrap();
+    let input = |shade: u8| cyberimage_core::InputImage {
+        width: 64,
+        height: 48,
+        rgb: (0..64 * 48 * 3)
+            .map(|i| if i % 3 == 0 { shade } else { (i % 251) as u8 })
+            .collect(),
+    };
+    for key in [
+        "tiny-sd15-random",
+        "tiny-sdxl-random",
+        "tiny-sd3-random",
+        "tiny-flux-random",
+    ] {
+        let model = model(key);
+        let mut job = spec(&model);
+        job.steps = 4;
+        job.num_images = 2;
+        job.init_image = Some(cyberimage_core::InitImage {
+            sha256: "ab".repeat(32),
+            strength: 0.5,
+        });
+        let run = |image: &cyberimage_core::InputImage| {
+            let totals = StepTotals::default();
+            let images = generator
+                .generate_from(&model, &job, Some(image), &totals, &CancelToken::new())
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            (images, totals.0.into_inner().unwrap())
+        };
+        let (first, steps) = run(&input(10));
+        assert_eq!(
+            steps,
+            vec![(1, 4), (2, 4), (3, 4), (4, 4)],
+            "{key}: 2 of 4 steps per image, 2 images"
+        );
+        let (again, _) = run(&input(10));
+        assert_eq!(first[0].rgb, again[0].rgb, "{key}: same input and seed");
+        let (other, _) = run(&input(240));
+        assert_ne!(first[0].rgb, other[0].rgb, "{key}: the input matters");
+        assert_ne!(first[0].rgb, first[1].rgb, "{key}: each image its own seed");
+        let metadata: std::collections::HashMap<_, _> =
+            first[0].extra_metadata.iter().cloned().collect();
+        assert_eq!(metadata["denoising_strength"], "0.5", "{key}");
+        assert_eq!(metadata["init_image_sha256"], "ab".repeat(32), "{key}");
+        // The spec asks for an input: running without one is refused.
+        let err = generator
+            .generate(&model, &job, &NoProgress, &CancelToken::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("input image was not given"), "{err}");
+    }
 }

@@ -179,6 +179,7 @@ fn comfyui_and_a1111_folders_become_models() {
             guidance_scale: model.defaults.guidance_scale,
             num_images: 1,
             seed: 1,
+            init_image: None,
         };
         let images = generator
             .generate(model, &spec, &NoProgress, &CancelToken::new())

@@ -91,6 +91,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         guidance_scale: model.defaults.guidance_scale,
         num_images: 1,
         seed: 4242,
+        init_image: None,
     }
 }
 

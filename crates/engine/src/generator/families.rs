@@ -116,16 +116,25 @@ impl LoadedPipeline for StableDiffusion {
             |seed, latents, on_step| {
                 let shape = latents.dims4()?;
                 let count = shape.1 * shape.2 * shape.3;
-                self.denoise(
-                    cond,
-                    latents,
-                    steps,
-                    guidance,
-                    &mut |step| {
-                        Tensor::from_vec(step_gaussian(seed, step, count), shape, run.device)
-                    },
-                    on_step,
-                )
+                let mut step_noise =
+                    |step| Tensor::from_vec(step_gaussian(seed, step, count), shape, run.device);
+                match run.init {
+                    None => self.denoise(cond, latents, steps, guidance, &mut step_noise, on_step),
+                    Some(init) => {
+                        let eps = init.posterior_noise(seed, &latents)?;
+                        let clean = self.encode_image(&init.image, &eps)?;
+                        self.denoise_image(
+                            cond,
+                            &clean,
+                            &latents,
+                            steps,
+                            init.strength,
+                            guidance,
+                            &mut step_noise,
+                            on_step,
+                        )
+                    }
+                }
             },
             |latents| self.decode_unit(latents),
         )?;
@@ -168,7 +177,22 @@ impl LoadedPipeline for Sd3 {
         let images = run.images(
             self.latent_channels(),
             self.latent_factor(),
-            |_, noise, on_step| self.denoise(cond, noise, steps, guidance, on_step),
+            |seed, noise, on_step| match run.init {
+                None => self.denoise(cond, noise, steps, guidance, on_step),
+                Some(init) => {
+                    let eps = init.posterior_noise(seed, &noise)?;
+                    let clean = self.encode_image(&init.image, &eps)?;
+                    self.denoise_image(
+                        cond,
+                        &clean,
+                        &noise,
+                        steps,
+                        init.strength,
+                        guidance,
+                        on_step,
+                    )
+                }
+            },
             |latents| self.decode_unit(latents),
         )?;
         Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
@@ -208,7 +232,22 @@ impl LoadedPipeline for Flux {
         let images = run.images(
             self.latent_channels(),
             self.latent_factor(),
-            |_, noise, on_step| self.denoise(cond, &noise, steps, guidance, on_step),
+            |seed, noise, on_step| match run.init {
+                None => self.denoise(cond, &noise, steps, guidance, on_step),
+                Some(init) => {
+                    let eps = init.posterior_noise(seed, &noise)?;
+                    let clean = self.encode_image(&init.image, &eps)?;
+                    self.denoise_image(
+                        cond,
+                        &clean,
+                        &noise,
+                        steps,
+                        init.strength,
+                        guidance,
+                        on_step,
+                    )
+                }
+            },
             |latents| self.decode_unit(latents),
         )?;
         let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];

@@ -3,10 +3,13 @@
 //! decoding to RGB8.
 
 use candle_core::{Device, Tensor};
-use cyberimage_core::{CancelToken, EngineError, GenerationSpec, ProgressObserver, ProgressUpdate};
+use cyberimage_core::{
+    CancelToken, EngineError, GenerationSpec, InputImage, ProgressObserver, ProgressUpdate,
+};
 
+use crate::pipelines::img2img::image_tensor;
 use crate::pipelines::StepCallback;
-use crate::schedulers::noise::gaussian;
+use crate::schedulers::noise::{gaussian, step_gaussian};
 
 /// A job's failure from any error the engine's layers return.
 pub(super) fn failed(e: impl std::fmt::Display) -> EngineError {
@@ -19,6 +22,64 @@ pub(super) struct Run<'a> {
     pub observer: &'a dyn ProgressObserver,
     pub cancel: &'a CancelToken,
     pub device: &'a Device,
+    /// Set for image-to-image jobs.
+    pub init: Option<&'a InitInput>,
+}
+
+/// An image-to-image job's input, as the VAE encoder takes it.
+pub(super) struct InitInput {
+    /// (1, 3, h, w) in [-1, 1].
+    pub image: Tensor,
+    pub strength: f64,
+}
+
+/// The draw that samples the VAE posterior of an image-to-image job's
+/// input: a step number no sampler reaches, so it never repeats a step's.
+const POSTERIOR_DRAW: usize = 1 << 15;
+
+impl InitInput {
+    /// The job's input when its spec asks for one (which must then be
+    /// given, at the job's size).
+    pub fn of(
+        spec: &GenerationSpec,
+        input: Option<&InputImage>,
+        device: &Device,
+    ) -> Result<Option<Self>, EngineError> {
+        let (Some(init), Some(input)) = (&spec.init_image, input) else {
+            return match (&spec.init_image, input) {
+                (Some(_), None) => Err(failed("the job's input image was not given")),
+                _ => Ok(None),
+            };
+        };
+        if (input.width, input.height) != (spec.width, spec.height) {
+            return Err(failed(format!(
+                "the input image is {}×{}, the job {}×{}",
+                input.width, input.height, spec.width, spec.height
+            )));
+        }
+        let image = image_tensor(
+            &input.rgb,
+            input.width as usize,
+            input.height as usize,
+            device,
+        )
+        .map_err(failed)?;
+        Ok(Some(Self {
+            image,
+            strength: init.strength,
+        }))
+    }
+
+    /// The standard normal draw of image `seed`'s posterior sample, shaped
+    /// like its latents.
+    pub fn posterior_noise(&self, seed: u64, like: &Tensor) -> candle_core::Result<Tensor> {
+        let count = like.elem_count();
+        Tensor::from_vec(
+            step_gaussian(seed, POSTERIOR_DRAW, count),
+            like.shape(),
+            like.device(),
+        )
+    }
 }
 
 /// Per image: (seed, width, height, RGB8 pixels).
@@ -50,7 +111,7 @@ impl Run<'_> {
 
     /// Reports step progress across all images; false once cancelled.
     fn step_reporter(&self, index: u32) -> impl FnMut(usize, &Tensor) -> bool + '_ {
-        let done_before = index * self.spec.steps;
+        let done_before = index * self.spec.steps_run();
         let total = self.spec.total_steps();
         move |step, _| {
             self.observer.on_progress(ProgressUpdate::Step {

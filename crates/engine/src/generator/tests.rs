@@ -27,6 +27,7 @@ fn tiny_job() -> (ModelEntry, GenerationSpec) {
         guidance_scale: model.defaults.guidance_scale,
         num_images: 1,
         seed: 5,
+        init_image: None,
     };
     (model, spec)
 }
