@@ -102,12 +102,12 @@ MCP_METHODS = ["initialize", "ping", "tools/list", "tools/call", "resources/list
                "logging/setLevel", "completion/complete"]
 
 
-# Bodies over the server's 1 MiB limit are answered with 413 as soon as the
+# Bodies over the server's 16 MiB limit are answered with 413 as soon as the
 # headers announce them, and the server may then close the connection (HTTP
 # allows it). A client that only reads after it has finished sending can
 # then see a reset instead of the answer, depending on timing; so these are
 # sent while reading at the same time, and the answer itself is checked.
-OVER_LIMIT = 1024 * 1024
+OVER_LIMIT = 16 * 1024 * 1024
 
 
 class RawResponse:

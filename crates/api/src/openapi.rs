@@ -73,12 +73,15 @@ fn schemas() -> Value {
                     "height": {"type": "integer", "minimum": 64, "maximum": 2048},
                     "width": {"type": "integer", "minimum": 64, "maximum": 2048},
                     "seed": {"type": "integer", "minimum": -1, "maximum": 9007199254740991_u64,
-                             "description": "-1 or omitted: random."}}},
+                             "description": "-1 or omitted: random."},
+                    "init_image": {"type": "string", "description": "Image-to-image: a gallery image id (img_…), or a PNG/JPEG as base64 or a data: URL (≤ 16 Mpx). Width and height default to its size, rounded down to the model's multiple; another size resizes it (Lanczos)."},
+                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                 "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."}}},
             },
         },
         "JobSubmitted": {
             "type": "object",
-            "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}, "num_images": {"type": "integer"}},
+            "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}, "num_images": {"type": "integer"}, "message": {"type": "string"}},
         },
         "Image": {
             "type": "object",

@@ -61,6 +61,13 @@ pub fn rest_job_status(job: &Job) -> Value {
     ] {
         obj.insert(key.into(), value);
     }
+    if let (Some(init), Some(settings)) = (
+        &spec.init_image,
+        obj.get_mut("settings").and_then(Value::as_object_mut),
+    ) {
+        settings.insert("init_image".into(), json!(init.sha256));
+        settings.insert("strength".into(), json!(init.strength));
+    }
     // CyberImage numbers each image of a job (1-based) and gives the count.
     if let Some(images) = obj.get_mut("images").and_then(Value::as_array_mut) {
         let total = images.len();

@@ -112,7 +112,8 @@ impl Default for Config {
             bind: "127.0.0.1:5050".parse().expect("valid address"),
             data_dir: PathBuf::from("./data"),
             database_url: String::new(),
-            max_body_bytes: 1024 * 1024,
+            // Room for an image-to-image input sent as base64.
+            max_body_bytes: 16 * 1024 * 1024,
             allowed_origins: Vec::new(),
             request_body_timeout_secs: 30,
             rate_limit: RateLimitConfig::default(),

@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_num_images: u32,
     /// Width × height × num_images of one job: bounds memory and time.
     pub max_job_pixels: u64,
+    /// Pixels of an image-to-image input picture, checked before decoding.
+    pub max_input_pixels: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +40,7 @@ impl Default for Limits {
             max_guidance_scale: 30.0,
             max_num_images: 8,
             max_job_pixels: 4 * 2048 * 2048,
+            max_input_pixels: 4096 * 4096,
         }
     }
 }

@@ -217,6 +217,9 @@ fn image_to_image_starts_from_the_input_in_every_family() {
         let err = generator
             .generate(&model, &job, &NoProgress, &CancelToken::new())
             .unwrap_err();
-        assert!(err.to_string().contains("input image was not given"), "{err}");
+        assert!(
+            err.to_string().contains("input image was not given"),
+            "{err}"
+        );
     }
 }

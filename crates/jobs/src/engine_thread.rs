@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 
 use cyberimage_core::{
-    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
     ProgressObserver,
 };
 use tokio::sync::oneshot;
@@ -19,6 +19,7 @@ type Reply = oneshot::Sender<Result<Vec<GeneratedImage>, EngineError>>;
 struct Work {
     model: ModelEntry,
     spec: GenerationSpec,
+    input: Option<InputImage>,
     observer: Box<dyn ProgressObserver>,
     cancel: CancelToken,
     reply: Reply,
@@ -39,7 +40,13 @@ impl EngineThread {
                     // A panicking generator fails this job only: the thread
                     // goes on to the next one.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        generator.generate(&work.model, &work.spec, &*work.observer, &work.cancel)
+                        generator.generate_from(
+                            &work.model,
+                            &work.spec,
+                            work.input.as_ref(),
+                            &*work.observer,
+                            &work.cancel,
+                        )
                     }))
                     .unwrap_or_else(|panic| Err(EngineError::from_panic(&*panic)));
                     let _ = work.reply.send(result);
@@ -52,6 +59,7 @@ impl EngineThread {
         &self,
         model: ModelEntry,
         spec: GenerationSpec,
+        input: Option<InputImage>,
         observer: Box<dyn ProgressObserver>,
         cancel: CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
@@ -60,6 +68,7 @@ impl EngineThread {
             .send(Work {
                 model,
                 spec,
+                input,
                 observer,
                 cancel,
                 reply,

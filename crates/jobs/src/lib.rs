@@ -12,6 +12,7 @@
 mod engine_thread;
 mod error;
 mod events;
+mod inputs;
 mod metadata;
 pub mod metrics;
 mod png_info;

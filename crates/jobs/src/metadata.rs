@@ -32,6 +32,15 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         parameters.push_str(&format!("Model hash: {hash}, "));
     }
     parameters.push_str(&format!("Model: {}", record.model));
+    // Image-to-image: A1111 writes the strength; the input's digest is in
+    // the JSON record (the engine's `init_image_sha256`).
+    if let Some((_, strength)) = image
+        .extra_metadata
+        .iter()
+        .find(|(k, _)| k == "denoising_strength")
+    {
+        parameters.push_str(&format!(", Denoising strength: {strength}"));
+    }
     let extra: serde_json::Map<String, serde_json::Value> = image
         .extra_metadata
         .iter()

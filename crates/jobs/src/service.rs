@@ -274,7 +274,17 @@ impl JobService {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(JobsError::ShuttingDown);
         }
-        let spec = request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
+        let mut request = request;
+        let picture = self.init_picture(&mut request).await?;
+        let strength = request.strength;
+        let mut spec =
+            request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
+        if let Some(picture) = picture {
+            spec.init_image = Some(
+                self.keep_init_picture(picture, spec.width, spec.height, strength)
+                    .await?,
+            );
+        }
         let job = Job::pending(spec);
         match self.db.insert_job(&job, self.config.max_queue).await {
             Ok(()) => {}
@@ -456,7 +466,7 @@ impl JobService {
 /// Runs file-system work on a blocking thread, off the async runtime's; a
 /// panic there becomes an error of the request or job, never of the
 /// worker loop that asked.
-async fn file_work<T: Send + 'static>(
+pub(crate) async fn file_work<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work)

@@ -191,6 +191,16 @@ impl JobService {
             self.finish_failed(&job, reason).await;
             return;
         };
+        let input = match &job.spec.init_image {
+            Some(init) => match self.load_init_picture(init).await {
+                Ok(input) => Some(input),
+                Err(reason) => {
+                    self.finish_failed(&job, reason).await;
+                    return;
+                }
+            },
+            None => None,
+        };
         let cancel = CancelToken::new();
         self.running
             .lock()
@@ -202,6 +212,7 @@ impl JobService {
         let generation = engine.generate(
             model,
             job.spec.clone(),
+            input,
             Box::new(ChannelObserver {
                 tx,
                 service: self.clone(),

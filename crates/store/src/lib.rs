@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod inputs;
 mod png_io;
 
 use std::fs::{self, File};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use cyberimage_core::ImageId;
 
+pub use inputs::{decode_picture, is_input_digest, sha256_hex, RgbPicture};
 pub use png_io::{encode_png, read_png_text, thumbnail_png, THUMBNAIL_MAX_SIDE};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,7 @@ pub enum StoreError {
 pub struct ImageStore {
     images: PathBuf,
     thumbnails: PathBuf,
+    inputs: PathBuf,
     tmp: PathBuf,
 }
 
@@ -51,9 +54,10 @@ impl ImageStore {
         let store = Self {
             images: root.join("images"),
             thumbnails: root.join("thumbnails"),
+            inputs: root.join("inputs"),
             tmp: root.join("tmp"),
         };
-        for dir in [&store.images, &store.thumbnails, &store.tmp] {
+        for dir in [&store.images, &store.thumbnails, &store.inputs, &store.tmp] {
             fs::create_dir_all(dir).map_err(|source| StoreError::Write {
                 path: dir.clone(),
                 source,
@@ -79,6 +83,32 @@ impl ImageStore {
     /// `Ok(None)` when the file does not exist.
     pub fn read(&self, id: ImageId, variant: Variant) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(id, variant);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// Keeps an input picture (normalised to PNG) under its digest, which
+    /// it returns; an input already kept is not written again.
+    pub fn save_input(&self, picture: &RgbPicture) -> Result<String, StoreError> {
+        let png = picture.to_png()?;
+        let digest = sha256_hex(&png);
+        let path = self.inputs.join(format!("{digest}.png"));
+        if !path.exists() {
+            self.write_atomic(&path, &png)?;
+        }
+        Ok(digest)
+    }
+
+    /// The input picture with this digest; `Ok(None)` when there is none
+    /// (or the digest is malformed: it never becomes a path).
+    pub fn read_input(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if !is_input_digest(digest) {
+            return Ok(None);
+        }
+        let path = self.inputs.join(format!("{digest}.png"));
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cyberimage_core::{
-    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ModelEntry,
+    CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
     ProgressObserver, ProgressUpdate,
 };
 
@@ -63,11 +63,29 @@ impl ScriptedGenerator {
 impl Generator for ScriptedGenerator {
     fn generate(
         &self,
-        _model: &ModelEntry,
+        model: &ModelEntry,
         spec: &GenerationSpec,
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
+        self.generate_from(model, spec, None, observer, cancel)
+    }
+
+    /// With an input picture, each image is that picture with its bytes
+    /// XORed by the image's seed: the input visibly decides the output.
+    fn generate_from(
+        &self,
+        _model: &ModelEntry,
+        spec: &GenerationSpec,
+        input: Option<&InputImage>,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        if spec.init_image.is_some() != input.is_some() {
+            return Err(EngineError::Failed(
+                "the input picture and the spec disagree".into(),
+            ));
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         observer.on_progress(ProgressUpdate::LoadingModel);
         if let Some(msg) = &self.fail_with {
@@ -78,12 +96,13 @@ impl Generator for ScriptedGenerator {
         }
         let total = spec.total_steps();
         let mut images = Vec::new();
+        let steps = spec.steps_run();
         for index in 0..spec.num_images {
-            for step in 0..spec.steps {
+            for step in 0..steps {
                 cancel.check()?;
                 std::thread::sleep(self.step_delay);
                 observer.on_progress(ProgressUpdate::Step {
-                    done: index * spec.steps + step + 1,
+                    done: index * steps + step + 1,
                     total,
                 });
             }
@@ -92,7 +111,10 @@ impl Generator for ScriptedGenerator {
             images.push(GeneratedImage {
                 width: spec.width,
                 height: spec.height,
-                rgb: Self::paint(spec.width, spec.height, seed),
+                rgb: match input {
+                    Some(input) => input.rgb.iter().map(|b| b ^ seed as u8).collect(),
+                    None => Self::paint(spec.width, spec.height, seed),
+                },
                 seed,
                 extra_metadata: vec![("engine".into(), "scripted test double".into())],
             });

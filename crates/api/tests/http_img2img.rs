@@ -1,0 +1,154 @@
+//! Image-to-image over REST (with the scripted engine double, whose output
+//! is the input picture XORed with the image seed, so the test can see the
+//! input reached the engine): a gallery image or a base64 PNG as
+//! `init_image`, the size taken from the picture, strength validated, and
+//! bad pictures refused with 400 naming `init_image`, queueing nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::*;
+
+fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let buf = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([shade, (x * 3) as u8, (y * 5) as u8])
+    });
+    image::DynamicImage::ImageRgb8(buf)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn decode(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().into_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_image_reaches_the_engine_and_is_recorded() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let upload = base64::engine::general_purpose::STANDARD.encode(png(76, 68, 200));
+    let r: Value = s
+        .post(
+            "/api/generate",
+            json!({"model_id": "tiny", "prompt": "from a picture",
+                   "settings": {"init_image": format!("data:image/png;base64,{upload}"),
+                                "strength": 0.5, "num_inference_steps": 4, "seed": 9}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = s
+        .wait_status(r["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // The size comes from the picture, rounded down to the SD multiple of 8.
+    assert_eq!(
+        (
+            done["settings"]["width"].clone(),
+            done["settings"]["height"].clone()
+        ),
+        (json!(72), json!(64))
+    );
+    assert_eq!(done["settings"]["strength"], 0.5);
+    assert_eq!(
+        done["settings"]["init_image"].as_str().unwrap().len(),
+        64,
+        "the input's digest"
+    );
+    assert_eq!(
+        done["progress"]["total_steps"], 2,
+        "strength 0.5 of 4 steps: {done}"
+    );
+    let id = done["images"][0]["id"].as_str().unwrap().to_owned();
+    let bytes = s
+        .get(&format!("/api/get_image/{id}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let out = decode(&bytes);
+    // 76×68 was resized to 72×64; the red channel is flat, so it survives.
+    let input = decode(&png(76, 68, 200));
+    assert_eq!(
+        out.get_pixel(10, 10).0[0],
+        200 ^ 9,
+        "the engine saw the uploaded picture"
+    );
+    assert_eq!(input.get_pixel(0, 0).0[0], 200);
+
+    // A gallery image as the input, resized to the size asked for.
+    let again: Value = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "again", "init_image": id, "width": 64, "height": 64, "seed": 3}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = s
+        .wait_status(again["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["settings"]["strength"], 0.8,
+        "diffusers' default strength"
+    );
+    let img = done["images"][0]["id"].as_str().unwrap();
+    let parameters = s.get(&format!("/api/image/{img}/metadata")).await;
+    assert_eq!(parameters.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_init_images_are_refused_naming_the_field() {
+    let s = start(10, None).await;
+    let cases = [
+        (
+            json!({"prompt": "x", "model": "tiny", "init_image": "img_0123456789abcdef0123456789abcdef"}),
+            "no gallery image",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny", "init_image": "!!!"}),
+            "base64",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny", "init_image": base64::engine::general_purpose::STANDARD.encode(b"not a picture")}),
+            "PNG or JPEG",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny", "strength": 0.5}),
+            "send an init_image",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny", "strength": 1.5,
+                "init_image": base64::engine::general_purpose::STANDARD.encode(png(64, 64, 1))}),
+            "at most 1",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny",
+                "init_image": base64::engine::general_purpose::STANDARD.encode(png(16, 16, 1))}),
+            "width must be between 64",
+        ),
+        (
+            json!({"prompt": "x", "model": "tiny", "strength": 0.1, "steps": 4,
+                "init_image": base64::engine::general_purpose::STANDARD.encode(png(64, 64, 1))}),
+            "runs none",
+        ),
+    ];
+    for (body, words) in cases {
+        let message = assert_error(
+            s.post("/api/generate", body.clone()).await,
+            400,
+            "invalid_parameter",
+        )
+        .await;
+        assert!(message.contains(words), "{body}: {message}");
+    }
+    let queue: Value = s.get("/api/queue").await.json().await.unwrap();
+    assert_eq!(queue["total"], 0, "nothing was queued");
+}

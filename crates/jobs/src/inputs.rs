@@ -1,0 +1,113 @@
+//! The input picture of an image-to-image request: found (a gallery image
+//! id) or decoded (base64, or a `data:` URL), checked against the pixel
+//! limit, sized to the job, and kept in the store under its digest before
+//! the job is queued; so a queued job never depends on a request body or
+//! on a gallery image that may be deleted.
+
+use base64::Engine as _;
+use cyberimage_core::spec::DEFAULT_STRENGTH;
+use cyberimage_core::{ImageId, InitImage, InputImage, SpecRequest, ValidationError};
+use cyberimage_store::{decode_picture, RgbPicture, StoreError, Variant};
+
+use crate::service::{file_work, JobService};
+use crate::JobsError;
+
+fn invalid(message: impl Into<String>) -> JobsError {
+    JobsError::Invalid(ValidationError::new("init_image", message))
+}
+
+/// The base64 payload of `reference`, with or without a `data:` URL head.
+fn base64_payload(reference: &str) -> &str {
+    match reference.strip_prefix("data:") {
+        Some(rest) => rest.split_once(',').map(|(_, data)| data).unwrap_or(rest),
+        None => reference,
+    }
+}
+
+impl JobService {
+    /// The picture `reference` names: a gallery image, or base64 data.
+    async fn picture(&self, reference: &str) -> Result<RgbPicture, JobsError> {
+        let max_pixels = self.config.limits.max_input_pixels;
+        let bytes = match ImageId::parse(reference) {
+            Ok(id) => self
+                .image_bytes(id, Variant::Full)
+                .await
+                .map_err(|e| match e {
+                    JobsError::ImageNotFound => invalid(format!("no gallery image {reference}")),
+                    other => other,
+                })?,
+            Err(_) => base64::engine::general_purpose::STANDARD
+                .decode(base64_payload(reference).trim())
+                .map_err(|_| {
+                    invalid("init_image must be a gallery image id (img_…) or base64 image data")
+                })?,
+        };
+        file_work(move || decode_picture(&bytes, max_pixels))
+            .await
+            .map_err(|e| match e {
+                StoreError::Decode(why) => invalid(format!("init_image: {why}")),
+                other => JobsError::Storage(other),
+            })
+    }
+
+    /// Prepares an image-to-image request: its size defaults to the
+    /// picture's (rounded down to the model's multiple). Returns the
+    /// picture, to be kept once the request is valid.
+    pub(crate) async fn init_picture(
+        &self,
+        request: &mut SpecRequest,
+    ) -> Result<Option<RgbPicture>, JobsError> {
+        let Some(reference) = request.init_image.clone() else {
+            return Ok(None);
+        };
+        let picture = self.picture(&reference).await?;
+        let model = request
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(self.catalogue.default_key());
+        if let Some(entry) = self.catalogue.get(model) {
+            let multiple = i64::from(entry.family.size_multiple());
+            let round = |v: u32| (i64::from(v) / multiple) * multiple;
+            request.width = request.width.or(Some(round(picture.width)));
+            request.height = request.height.or(Some(round(picture.height)));
+        }
+        Ok(Some(picture))
+    }
+
+    /// Keeps `picture` at the job's size and returns what the job stores.
+    pub(crate) async fn keep_init_picture(
+        &self,
+        picture: RgbPicture,
+        width: u32,
+        height: u32,
+        strength: Option<f64>,
+    ) -> Result<InitImage, JobsError> {
+        let store = self.store.clone();
+        let sha256 = file_work(move || store.save_input(&picture.resized(width, height)?)).await?;
+        Ok(InitImage {
+            sha256,
+            strength: strength.unwrap_or(DEFAULT_STRENGTH),
+        })
+    }
+
+    /// A queued job's input picture, as the engine takes it.
+    pub(crate) async fn load_init_picture(&self, init: &InitImage) -> Result<InputImage, String> {
+        let store = self.store.clone();
+        let digest = init.sha256.clone();
+        let max_pixels = self.config.limits.max_input_pixels;
+        let picture = file_work(move || {
+            let bytes = store
+                .read_input(&digest)?
+                .ok_or_else(|| StoreError::Decode(format!("input {digest} is missing")))?;
+            decode_picture(&bytes, max_pixels)
+        })
+        .await
+        .map_err(|e| format!("cannot read the job's input image: {e}"))?;
+        Ok(InputImage {
+            width: picture.width,
+            height: picture.height,
+            rgb: picture.rgb,
+        })
+    }
+}

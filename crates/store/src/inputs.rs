@@ -1,0 +1,142 @@
+//! Input pictures of image-to-image jobs: decoded from what a request sent
+//! (PNG or JPEG), checked against a pixel limit before any pixel buffer is
+//! allocated, normalised to an RGB PNG and kept as `inputs/{sha256}.png`,
+//! named by content so the same upload is stored once and a job's record
+//! says exactly what it started from.
+
+use std::io::Cursor;
+
+use image::imageops::FilterType;
+use image::{ImageBuffer, ImageReader, Limits, Rgb};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// A decoded picture: 8-bit RGB, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbPicture {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+/// Decodes a PNG or JPEG, refusing one above `max_pixels` before decoding
+/// it (a small file can claim an enormous canvas).
+pub fn decode_picture(bytes: &[u8], max_pixels: u64) -> Result<RgbPicture, StoreError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| StoreError::Decode(e.to_string()))?;
+    let format = reader.format().ok_or_else(|| {
+        StoreError::Decode("not a PNG or JPEG image (unrecognised format)".into())
+    })?;
+    if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg) {
+        return Err(StoreError::Decode(format!(
+            "{format:?} images are not accepted: send a PNG or JPEG"
+        )));
+    }
+    // The header alone, from a second reader (decoding consumes one).
+    let (width, height) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .and_then(|r| r.into_dimensions().map_err(std::io::Error::other))
+        .map_err(|e| StoreError::Decode(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(StoreError::Decode(format!(
+            "the image is {width}×{height} ({pixels} pixels); the limit is {max_pixels}"
+        )));
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| StoreError::Decode(e.to_string()))?
+        .into_rgb8();
+    Ok(RgbPicture {
+        width,
+        height,
+        rgb: image.into_raw(),
+    })
+}
+
+impl RgbPicture {
+    /// This picture at `width × height` (Lanczos, as PIL resizes for
+    /// diffusers' image processor); itself when already that size.
+    pub fn resized(self, width: u32, height: u32) -> Result<Self, StoreError> {
+        if (self.width, self.height) == (width, height) {
+            return Ok(self);
+        }
+        let buf: ImageBuffer<Rgb<u8>, _> = ImageBuffer::from_raw(self.width, self.height, self.rgb)
+            .ok_or_else(|| StoreError::Decode("pixel buffer has the wrong size".into()))?;
+        let out = image::imageops::resize(&buf, width, height, FilterType::Lanczos3);
+        Ok(Self {
+            width,
+            height,
+            rgb: out.into_raw(),
+        })
+    }
+
+    /// An RGB PNG of the picture, without metadata.
+    pub fn to_png(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let enc = |e: png::EncodingError| StoreError::Encode(e.to_string());
+        let mut writer = encoder.write_header().map_err(enc)?;
+        writer.write_image_data(&self.rgb).map_err(enc)?;
+        writer.finish().map_err(enc)?;
+        Ok(out)
+    }
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `name` can be an input's file stem: 64 lowercase hex digits, so
+/// no request names a file outside `inputs/`.
+pub fn is_input_digest(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        RgbPicture {
+            width,
+            height,
+            rgb: vec![7; (width * height * 3) as usize],
+        }
+        .to_png()
+        .unwrap()
+    }
+
+    #[test]
+    fn pictures_decode_within_the_limit_and_resize() {
+        let picture = decode_picture(&png(20, 10), 1000).unwrap();
+        assert_eq!(
+            (picture.width, picture.height, picture.rgb.len()),
+            (20, 10, 600)
+        );
+        let big = decode_picture(&png(40, 30), 1000).unwrap_err().to_string();
+        assert!(
+            big.contains("1200 pixels") && big.contains("limit is 1000"),
+            "{big}"
+        );
+        let resized = picture.resized(8, 4).unwrap();
+        assert_eq!(
+            (resized.width, resized.height, resized.rgb.len()),
+            (8, 4, 96)
+        );
+        assert!(decode_picture(b"not an image", 1000).is_err());
+        assert!(is_input_digest(&sha256_hex(b"x")));
+        assert!(!is_input_digest("../../etc/passwd"));
+    }
+}
