@@ -64,7 +64,8 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: server names itself", client.server_info and client.server_info.name == "cyberimage")
 
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        wanted = {"generate_image", "submit_generation", "get_generation", "cancel_generation", "list_models", "search_gallery"}
+        wanted = {"generate_image", "edit_image", "submit_generation", "get_generation", "cancel_generation", "list_models",
+                  "search_gallery"}
         check(f"{label}: tools listed", wanted <= set(tools), sorted(tools))
         check(f"{label}: schemas present", all(tools[n].output_schema for n in wanted) and tools["generate_image"].input_schema["required"] == ["prompt"])
 
@@ -97,6 +98,17 @@ async def scenario(label, target, mode, http_base=None):
             check(f"{label}: resource equals the served file", served == blob and image["url"].startswith(http_base))
         thumb = await client.read_resource(image["uri"] + "/thumbnail")
         check(f"{label}: thumbnail resource", thumb.contents[0].mime_type == "image/png")
+
+        # Image-to-image from the image just made, named by its resource URI.
+        edited = await client.call_tool("edit_image", {"prompt": "the same tower at noon", "image": image["uri"],
+                                                        "strength": 0.5, "model": TINY, "steps": 4, "seed": 7})
+        edit = edited.structured_content or {}
+        check(f"{label}: edit_image from a resource URI runs the kept steps",
+              not edited.is_error and edit.get("status") == "completed" and edit["progress"]["total_steps"] == 2
+              and [i["width"] for i in edit["images"]] == [64], edited.content)
+        bad_edit = await client.call_tool("edit_image", {"prompt": "x", "image": "cyberimage://image/img_" + "0" * 32})
+        check(f"{label}: edit_image of a missing image is a tool error",
+              bad_edit.is_error and "no gallery image" in bad_edit.content[0].text, bad_edit.content)
 
         # Abandoning a call cancels it: notifications/cancelled (handshake
         # era) or closing the response stream (2026-07-28 over HTTP).
@@ -189,7 +201,7 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": "nope"})
     check("http: unknown session is 404", r.status_code == 404)
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
-    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 6)
+    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 7)
     r = httpx.post(f"{base}/mcp", content=b"{not json", headers=h)
     check("http: parse error -32700", r.status_code == 400 and r.json()["error"]["code"] == -32700)
     r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "Mcp-Session-Id": session})

@@ -102,6 +102,16 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         json!({"type": "boolean", "default": true,
                "description": "Return the image inline (downscaled when large) as well as a link to it."}),
     );
+    let mut edit_props = generate_props.clone();
+    edit_props.insert(
+        "image".into(),
+        json!({"type": "string", "description": "The picture to start from: a cyberimage://image/… resource URI, a gallery image id (img_…), or a PNG/JPEG as base64."}),
+    );
+    edit_props.insert(
+        "strength".into(),
+        json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
+               "description": "How much of the schedule runs: low keeps the picture, 1 redraws it."}),
+    );
     let mut gallery_props = Map::new();
     gallery_props.insert(
         "query".into(),
@@ -128,6 +138,14 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
             "inputSchema": object_schema(generate_props, &["prompt"]),
             "outputSchema": job_schema(),
             "annotations": annotations("Generate image", false, false, false),
+        }),
+        json!({
+            "name": "edit_image",
+            "title": "Edit image",
+            "description": "Make new images from an existing picture and a prompt (image-to-image) and wait for them: `strength` says how much the picture may change (0–1, default 0.8). The size defaults to the picture's. Returns what generate_image returns.",
+            "inputSchema": object_schema(edit_props, &["prompt", "image"]),
+            "outputSchema": job_schema(),
+            "annotations": annotations("Edit image", false, false, false),
         }),
         json!({
             "name": "submit_generation",

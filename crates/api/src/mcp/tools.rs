@@ -81,6 +81,7 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
     };
     let result = match name {
         "generate_image" => generate(server, ctx, &args, true).await?,
+        "edit_image" => edit_image(server, ctx, &args).await?,
         "submit_generation" => generate(server, ctx, &args, false).await?,
         "get_generation" => get_generation(server, ctx, &args).await,
         "cancel_generation" => cancel_generation(server, ctx, &args).await,
@@ -190,6 +191,34 @@ fn job_id_arg(args: &Value) -> Result<JobId, ToolResult> {
     JobId::parse(raw).map_err(|_| ToolResult::error(format!("no job has the id {raw:?}")))
 }
 
+/// `edit_image`: `generate_image` from an input picture. `image` is a
+/// `cyberimage://image/…` resource, a gallery image id, or base64.
+async fn edit_image(
+    server: &McpServer,
+    ctx: &CallContext,
+    args: &Value,
+) -> Result<ToolResult, Outcome> {
+    let mut args = args.clone();
+    let Some(obj) = args.as_object_mut() else {
+        return Ok(ToolResult::error("arguments must be an object"));
+    };
+    let image = match obj.remove("image") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Ok(ToolResult::error("image must be a string")),
+        None => {
+            return Ok(ToolResult::error(
+                "image is required: a cyberimage:// URI, an image id or base64",
+            ))
+        }
+    };
+    let reference = image
+        .strip_prefix("cyberimage://image/")
+        .map(str::to_owned)
+        .unwrap_or(image);
+    obj.insert("init_image".into(), Value::String(reference));
+    generate(server, ctx, &args, true).await
+}
+
 async fn generate(
     server: &McpServer,
     ctx: &CallContext,
@@ -199,6 +228,9 @@ async fn generate(
     let mut known: Vec<&str> = GENERATION_ARGS.to_vec();
     if wait {
         known.push("inline_preview");
+    }
+    if args.get("init_image").is_some() {
+        known.extend(["init_image", "strength"]);
     }
     if let Err(e) = check_known(args, &known) {
         return Ok(e);
