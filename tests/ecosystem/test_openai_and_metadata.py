@@ -1,7 +1,9 @@
 """Ecosystem clients against the real binary and the real engine (the
 built-in random-weight tiny SD 1.5 model):
 
-- the official `openai` Python client: images.generate with url and
+- the official `openai` Python client: images.edit (multipart upload, an
+  image-to-image job; masks refused as not yet supported), and
+  images.generate with url and
   b64_json responses, extras (seed, steps, negative_prompt) through
   extra_body, OpenAI model names mapped to our default, models.list, and
   OpenAI-shaped errors raised as the client's own exception classes;
@@ -99,6 +101,41 @@ def openai_checks(base):
     check("openai: unknown /v1 route is an OpenAI-shaped 404", raw.status_code == 404 and raw.json()["error"]["type"] == "not_found_error", raw.text)
 
 
+def openai_edit_checks(base):
+    """images.edit (multipart) runs an image-to-image job from the upload."""
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused-locally", max_retries=0)
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 30)).save(picture, format="PNG")
+    upload = ("boat.png", picture.getvalue(), "image/png")
+    r = client.images.edit(model=TINY, image=upload, prompt="a paper boat at night", n=1, size="64x64",
+                           response_format="b64_json", extra_body={"strength": 0.5, "seed": 3, "steps": 4})
+    edited = Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json)))
+    check("openai: images.edit returns a 64x64 PNG", edited.size == (64, 64), edited.size)
+    text = edited.text.get("parameters", "")
+    check("openai: the edit is an image-to-image job at the strength asked", "Denoising strength: 0.5" in text, text)
+    again = client.images.edit(model=TINY, image=upload, prompt="a paper boat at night", size="64x64",
+                               response_format="b64_json", extra_body={"strength": 0.5, "seed": 3, "steps": 4})
+    same = Image.open(io.BytesIO(base64.b64decode(again.data[0].b64_json))).tobytes() == edited.tobytes()
+    check("openai: the same upload and seed give the same pixels", same)
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 240)).save(other, format="PNG")
+    third = client.images.edit(model=TINY, image=("b.png", other.getvalue(), "image/png"), prompt="a paper boat at night",
+                               size="64x64", response_format="b64_json", extra_body={"strength": 0.5, "seed": 3, "steps": 4})
+    differs = Image.open(io.BytesIO(base64.b64decode(third.data[0].b64_json))).tobytes() != edited.tobytes()
+    check("openai: another picture gives another result", differs)
+    for kwargs, param in [
+        (dict(model=TINY, image=upload, prompt="x", mask=upload), "mask"),
+        (dict(model=TINY, image=("junk.png", b"not a picture", "image/png"), prompt="x"), "image"),
+    ]:
+        try:
+            client.images.edit(**kwargs)
+            check(f"openai: edit {sorted(kwargs)} refused", False, "no error")
+        except openai.BadRequestError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            check(f"openai: edit with {param} problem refused naming it",
+                  body.get("param") == param and body.get("type") == "invalid_request_error", e.body)
+
+
 def metadata_checks(base, binary):
     job = requests.post(f"{base}/api/generate", json={
         "prompt": "a castle, \"quoted\", ünïcode", "negative_prompt": "fog", "model": TINY,
@@ -159,6 +196,7 @@ def main():
         try:
             availability_checks(base)
             openai_checks(base)
+            openai_edit_checks(base)
             metadata_checks(base, BINARY)
         finally:
             proc.terminate()

@@ -15,6 +15,7 @@ mod jsonrpc;
 pub mod mcp;
 mod metrics;
 mod openai;
+mod openai_edits;
 pub mod openapi;
 mod origin;
 mod params;

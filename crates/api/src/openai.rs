@@ -1,6 +1,6 @@
 //! The OpenAI Images API subset that chat UIs, agents and the OpenAI SDKs
-//! call: `POST /v1/images/generations` and `GET /v1/models`, with errors in
-//! OpenAI's shape. A generation is an ordinary queued job; the request
+//! call: `POST /v1/images/generations`, `POST /v1/images/edits`
+//! (`openai_edits`) and `GET /v1/models`, with errors in OpenAI's shape. A generation is an ordinary queued job; the request
 //! waits for it (and cancels it when the client hangs up).
 
 use axum::body::Bytes;
@@ -21,7 +21,8 @@ use crate::{body, views, AppState};
 
 /// OpenAI's fields we read, and the ones we accept and ignore because they
 /// have no meaning for a local diffusion model.
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
+    "strength",
     "prompt",
     "model",
     "n",
@@ -35,7 +36,8 @@ const KNOWN: [&str; 12] = [
     "width",
     "height",
 ];
-const IGNORED: [&str; 8] = [
+const IGNORED: [&str; 9] = [
+    "input_fidelity",
     "quality",
     "style",
     "user",
@@ -49,6 +51,7 @@ const IGNORED: [&str; 8] = [
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/images/generations", post(generations))
+        .route("/v1/images/edits", post(crate::openai_edits::edits))
         .route("/v1/models", get(models))
 }
 
@@ -62,7 +65,7 @@ pub struct OpenAiError {
 }
 
 impl OpenAiError {
-    fn invalid(param: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(param: &str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -113,6 +116,7 @@ fn openai_param(field: &str) -> &str {
     match field {
         "num_images" => "n",
         "width" | "height" => "size",
+        "init_image" => "image",
         other => other,
     }
 }
@@ -236,12 +240,12 @@ fn model_key(requested: Option<String>, state: &AppState) -> Result<Option<Strin
     })
 }
 
-struct Parsed {
-    request: SpecRequest,
-    b64: bool,
+pub(crate) struct Parsed {
+    pub request: SpecRequest,
+    pub b64: bool,
 }
 
-fn parse(value: &Value, state: &AppState) -> Result<Parsed, OpenAiError> {
+pub(crate) fn parse(value: &Value, state: &AppState) -> Result<Parsed, OpenAiError> {
     let Value::Object(obj) = value else {
         return Err(OpenAiError::invalid(
             "body",
@@ -300,6 +304,13 @@ fn parse(value: &Value, state: &AppState) -> Result<Parsed, OpenAiError> {
         },
         num_images: int_field(obj, "n")?,
         seed: int_field(obj, "seed")?,
+        strength: match obj.get("strength") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .ok_or_else(|| OpenAiError::invalid("strength", "strength must be a number"))?,
+            ),
+        },
         ..Default::default()
     };
     Ok(Parsed { request, b64 })
@@ -327,6 +338,17 @@ async fn generations(
 ) -> Result<Json<Value>, OpenAiError> {
     let value = body::json(raw)?;
     let Parsed { request, b64 } = parse(&value, &state)?;
+    run_to_response(&state, &headers, request, b64).await
+}
+
+/// Queues `request`, waits for it (cancelling it if the client hangs up)
+/// and answers in OpenAI's images shape.
+pub(crate) async fn run_to_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: SpecRequest,
+    b64: bool,
+) -> Result<Json<Value>, OpenAiError> {
     let job = state.service.submit(request).await?;
     // A client that hangs up no longer wants the images: cancel the job.
     let service = state.service.clone();
@@ -362,7 +384,7 @@ async fn generations(
             })
         }
     }
-    let base = base_url(&headers);
+    let base = base_url(headers);
     let mut data = Vec::new();
     for img in &job.images {
         let mut entry = json!({"revised_prompt": img.prompt});

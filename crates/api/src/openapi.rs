@@ -340,6 +340,18 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
                           "500": json_response("Generation failed", json!({"$ref": "#/components/schemas/OpenAiError"}))}}),
         ),
         (
+            "post",
+            "/v1/images/edits",
+            "OpenAI-compatible image edit (multipart: image or image[], prompt, n, size, response_format, model; our strength, seed, steps, guidance_scale, negative_prompt): an image-to-image job, waited for. A mask (inpainting) is refused as not yet supported",
+            json!({
+            "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["image", "prompt"], "properties": {
+                "image": {"type": "string", "format": "binary"}, "prompt": {"type": "string"}, "n": {"type": "integer"},
+                "size": {"type": "string"}, "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                "model": {"type": "string"}, "strength": {"type": "number"}}}}}},
+            "responses": {"200": json_response("Images", json!({"type": "object"})),
+                          "400": json_response("Invalid request", json!({"$ref": "#/components/schemas/OpenAiError"}))}}),
+        ),
+        (
             "get",
             "/v1/models",
             "OpenAI-compatible model list",
