@@ -76,15 +76,20 @@ async function main() {
     const card = page.locator('.job').first();
     // Watch the bar advance: sample its width while the job runs.
     const widths = new Set();
+    let previewSeen = false;
     const deadline = Date.now() + 120_000;
     while (Date.now() < deadline) {
       const w = await card.locator('.progress').getAttribute('aria-valuenow');
       widths.add(Number(w));
+      // A live preview picture shows while the job runs (and goes once done).
+      previewSeen ||= await card.locator('img.preview').evaluate((n) => !n.hidden && n.complete && n.naturalWidth === 8);
       if (await card.evaluate((n) => n.classList.contains('completed') || n.classList.contains('failed'))) break;
       await page.waitForTimeout(30);
     }
     const seen = [...widths].filter((w) => w > 0 && w < 100);
     check('progress bar advanced through intermediate values', seen.length >= 2, JSON.stringify([...widths]));
+    check('a live preview was shown before the job ended', previewSeen);
+    check('the preview goes once the image is there', await card.locator('img.preview').evaluate((n) => n.hidden));
     await page.screenshot({ path: join(artifacts, '1-generate-progress-done.png'), fullPage: true });
     check('job completed', await card.evaluate((n) => n.classList.contains('completed')), await card.innerText());
     const img = card.locator('img.result-image');

@@ -29,7 +29,17 @@ struct EventsQuery {
     job_id: Option<String>,
 }
 
+/// A job's state as a `job` event; a live preview as a `preview` event
+/// with the step it shows and where to fetch it.
 fn to_sse(ev: &JobEvent) -> Event {
+    if let Some(step) = ev.preview_step {
+        let data = json!({
+            "job_id": ev.job_id,
+            "step": step,
+            "preview_url": format!("/api/preview/{}?step={step}", ev.job_id),
+        });
+        return Event::default().event("preview").data(data.to_string());
+    }
     let data = json!({
         "job_id": ev.job_id,
         "status": ev.status.as_str(),
@@ -58,6 +68,7 @@ async fn events(
                 status: job.status,
                 progress: job.progress,
                 error: job.error,
+                preview_step: None,
             };
             (Some(id), Some(ev))
         }

@@ -169,11 +169,20 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         (
             "get",
             "/api/status/{job_id}",
-            "Job status and, when completed, its images",
+            "Job status and, when completed, its images; while it runs here, `preview_url` names its latest live preview",
             json!({
             "parameters": [job_id.clone()],
             "responses": {"200": json_response("The job", json!({"$ref": "#/components/schemas/JobStatus"})),
                           "404": error_response("No such job")}}),
+        ),
+        (
+            "get",
+            "/api/preview/{job_id}",
+            "The latest live preview of a running job: a latent-sized PNG (each latent pixel projected to RGB), `X-Preview-Step` its step; 404 before the first step, after the job, or when another process runs it. `/api/events` announces each as a `preview` event",
+            json!({
+            "parameters": [job_id.clone()],
+            "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                          "404": error_response("No preview now")}}),
         ),
         (
             "post",

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/health", get(health))
         .route("/api/generate", post(generate))
         .route("/api/status/{job_id}", get(status))
+        .route("/api/preview/{job_id}", get(preview))
         .route("/api/cancel/{job_id}", post(cancel))
         .route("/api/get_image/{image_id}", get(full_image))
         .route("/api/images/{image_id}/thumbnail", get(thumbnail))
@@ -95,7 +96,35 @@ async fn status(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job = state.service.job(job_id(&raw)?).await?;
-    Ok(Json(views::rest_job_status(&job)))
+    let mut body = views::rest_job_status(&job);
+    if let Some((step, _)) = state.service.preview(job.id) {
+        body["preview_url"] = json!(format!("/api/preview/{}?step={step}", job.id));
+    }
+    Ok(Json(body))
+}
+
+/// The latest live preview of a running job (a small PNG; 404 when there
+/// is none: not started, finished, or running in another process).
+async fn preview(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&raw)?;
+    let Some((step, png)) = state.service.preview(id) else {
+        return Err(ApiError::new_not_found("no preview for this job now"));
+    };
+    let mut resp = (
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        png.as_ref().clone(),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&step.to_string()) {
+        resp.headers_mut().insert("x-preview-step", v);
+    }
+    Ok(resp)
 }
 
 async fn cancel(

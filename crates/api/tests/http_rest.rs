@@ -435,11 +435,16 @@ async fn job_events_stream_progress_until_the_job_finishes() {
         .await
         .expect("stream closes when the job is done")
         .unwrap();
-    let events: Vec<Value> = text
+    let all: Vec<Value> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
+    // `preview` events (live pictures) come between the `job` events.
+    let (previews, events): (Vec<Value>, Vec<Value>) = all
+        .into_iter()
+        .partition(|e| e.get("preview_url").is_some());
+    assert!(!previews.is_empty(), "previews are announced: {text}");
     assert!(events.len() >= 3, "{text}");
     assert!(events.iter().all(|e| e["job_id"] == id));
     let steps: Vec<u64> = events

@@ -49,8 +49,23 @@ pub enum ProgressUpdate {
     Decoding,
 }
 
+/// A rough picture of an image being denoised, after `step` of its steps
+/// (8-bit RGB, row-major; latent-sized, so small).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviewImage {
+    pub step: u32,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
 pub trait ProgressObserver: Send + Sync {
     fn on_progress(&self, update: ProgressUpdate);
+
+    /// A live preview; observers that show none ignore it.
+    fn on_preview(&self, preview: PreviewImage) {
+        let _ = preview;
+    }
 }
 
 /// An observer that ignores everything, for callers that do not care.

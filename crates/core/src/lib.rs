@@ -14,7 +14,7 @@ pub mod spec;
 pub mod time;
 
 pub use engine::{
-    panic_message, CancelToken, EngineError, GeneratedImage, Generator, InputImage,
+    panic_message, CancelToken, EngineError, GeneratedImage, Generator, InputImage, PreviewImage,
     ProgressObserver, ProgressUpdate,
 };
 pub use ids::{IdError, ImageId, JobId};

@@ -223,3 +223,51 @@ fn image_to_image_starts_from_the_input_in_every_family() {
         );
     }
 }
+
+#[derive(Default)]
+struct Previews(std::sync::Mutex<Vec<cyberimage_core::PreviewImage>>);
+
+impl ProgressObserver for Previews {
+    fn on_progress(&self, _: ProgressUpdate) {}
+    fn on_preview(&self, preview: cyberimage_core::PreviewImage) {
+        self.0.lock().unwrap().push(preview);
+    }
+}
+
+/// A latent-sized RGB preview follows every step but an image's last, in
+/// every family (FLUX's unpacked from its tokens), and they change as the
+/// latents do.
+#[test]
+fn previews_arrive_between_steps_in_every_family() {
+    let models = tempfile::tempdir().unwrap();
+    let generator =
+        CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default()).unwrap();
+    for key in [
+        "tiny-sd15-random",
+        "tiny-sdxl-random",
+        "tiny-sd3-random",
+        "tiny-flux-random",
+    ] {
+        let model = model(key);
+        let mut job = spec(&model);
+        job.steps = 3;
+        let previews = Previews::default();
+        generator
+            .generate(&model, &job, &previews, &CancelToken::new())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let previews = previews.0.into_inner().unwrap();
+        assert_eq!(
+            previews.iter().map(|p| p.step).collect::<Vec<_>>(),
+            vec![1, 2],
+            "{key}"
+        );
+        for p in &previews {
+            assert_eq!((p.width, p.height), (64 / 8, 48 / 8), "{key}: latent-sized");
+            assert_eq!(p.rgb.len(), 8 * 6 * 3);
+        }
+        assert_ne!(
+            previews[0].rgb, previews[1].rgb,
+            "{key}: the preview follows the latents"
+        );
+    }
+}

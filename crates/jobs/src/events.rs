@@ -11,4 +11,8 @@ pub struct JobEvent {
     pub progress: Progress,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set on the event announcing a live preview: the step it shows
+    /// (fetch it from `/api/preview/{job_id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_step: Option<u32>,
 }

@@ -72,6 +72,9 @@ pub struct QueueView {
     pub recent_failures: Vec<Job>,
 }
 
+/// A running job's latest live preview: (step, PNG).
+pub type LatestPreview = (u32, Arc<Vec<u8>>);
+
 pub struct JobService {
     pub(crate) db: Arc<dyn Database>,
     pub(crate) store: ImageStore,
@@ -83,6 +86,8 @@ pub struct JobService {
     pub(crate) running: Mutex<HashMap<JobId, CancelToken>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) metrics: crate::metrics::JobMetrics,
+    /// The latest live preview (step, PNG) of each job running here.
+    pub(crate) previews: Mutex<HashMap<JobId, LatestPreview>>,
     model_probe: std::sync::RwLock<Option<Arc<dyn Generator>>>,
 }
 
@@ -102,6 +107,7 @@ impl JobService {
             events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            previews: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             metrics: Default::default(),
             model_probe: Default::default(),
@@ -186,7 +192,38 @@ impl JobService {
             status,
             progress,
             error,
+            preview_step: None,
         });
+    }
+
+    /// Records a running job's latest preview and announces it.
+    pub(crate) fn set_preview(&self, job_id: JobId, step: u32, png: Vec<u8>) {
+        self.previews
+            .lock()
+            .expect("previews")
+            .insert(job_id, (step, Arc::new(png)));
+        let progress = Progress {
+            stage: cyberimage_core::Stage::Generating,
+            step,
+            total_steps: 0,
+        };
+        let _ = self.events.send(JobEvent {
+            job_id,
+            status: JobStatus::Processing,
+            progress,
+            error: None,
+            preview_step: Some(step),
+        });
+    }
+
+    /// The latest live preview of a job running in this process: (step,
+    /// PNG). None once it has finished, or when another process runs it.
+    pub fn preview(&self, job_id: JobId) -> Option<LatestPreview> {
+        self.previews
+            .lock()
+            .expect("previews")
+            .get(&job_id)
+            .cloned()
     }
 
     /// Re-queues (or fails) jobs whose worker stopped heart-beating.
@@ -366,6 +403,7 @@ impl JobService {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
+                    Ok(ev) if ev.job_id == id && ev.preview_step.is_some() => continue,
                     Ok(ev) if ev.job_id == id && !ev.status.is_terminal() => {
                         on_progress(&ev.progress);
                         continue;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cyberimage_core::time::now;
 use cyberimage_core::{
     panic_message, CancelToken, EngineError, GeneratedImage, Generator, ImageId, ImageRecord, Job,
-    JobStatus, Progress, ProgressObserver, ProgressUpdate, Stage,
+    JobId, JobStatus, PreviewImage, Progress, ProgressObserver, ProgressUpdate, Stage,
 };
 use cyberimage_store::{encode_png, thumbnail_png, StoreError};
 use tokio::sync::mpsc;
@@ -34,6 +34,7 @@ impl WorkerHandle {
 struct ChannelObserver {
     tx: mpsc::UnboundedSender<ProgressUpdate>,
     service: Arc<JobService>,
+    job: JobId,
     model: String,
     last_step: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -53,6 +54,19 @@ impl ProgressObserver for ChannelObserver {
             *self.last_step.lock().expect("step clock") = None;
         }
         let _ = self.tx.send(update);
+    }
+
+    /// Kept in memory for `/api/preview/{job}` and announced on the event
+    /// bus (a small PNG, encoded here on the engine thread).
+    fn on_preview(&self, preview: PreviewImage) {
+        let picture = cyberimage_store::RgbPicture {
+            width: preview.width,
+            height: preview.height,
+            rgb: preview.rgb,
+        };
+        if let Ok(png) = picture.to_png() {
+            self.service.set_preview(self.job, preview.step, png);
+        }
     }
 }
 
@@ -216,6 +230,7 @@ impl JobService {
             Box::new(ChannelObserver {
                 tx,
                 service: self.clone(),
+                job: id,
                 model: job.spec.model.clone(),
                 last_step: std::sync::Mutex::new(None),
             }),
@@ -276,6 +291,7 @@ impl JobService {
             Err(e) => Err(e),
         };
         self.running.lock().expect("running map").remove(&id);
+        self.previews.lock().expect("previews").remove(&id);
 
         let model = job.spec.model.as_str();
         match &outcome {

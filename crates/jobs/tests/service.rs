@@ -143,6 +143,7 @@ async fn a_job_runs_to_completion_with_images_and_metadata() {
 
     // Progress events rose step by step and ended in `completed`.
     let mut steps = Vec::new();
+    let mut previews = 0;
     let mut last_status = JobStatus::Pending;
     // The database may say `completed` a moment before the event is sent.
     while last_status != JobStatus::Completed {
@@ -151,6 +152,10 @@ async fn a_job_runs_to_completion_with_images_and_metadata() {
             .expect("events keep coming until completion")
             .unwrap();
         if ev.job_id == job.id {
+            if ev.preview_step.is_some() {
+                previews += 1;
+                continue;
+            }
             if ev.progress.stage == Stage::Generating {
                 steps.push(ev.progress.step);
             }
@@ -163,6 +168,9 @@ async fn a_job_runs_to_completion_with_images_and_metadata() {
     assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
     assert_eq!(steps.last(), Some(&8), "{steps:?}");
     assert_eq!(last_status, JobStatus::Completed);
+    // The engine double sends a preview after each step but an image's
+    // last: 3 per image; they are announced apart from progress.
+    assert_eq!(previews, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

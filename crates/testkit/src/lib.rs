@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cyberimage_core::{
     CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
-    ProgressObserver, ProgressUpdate,
+    PreviewImage, ProgressObserver, ProgressUpdate,
 };
 
 #[derive(Debug, Default)]
@@ -105,6 +105,16 @@ impl Generator for ScriptedGenerator {
                     done: index * steps + step + 1,
                     total,
                 });
+                // A 2×2 preview after every step but the last, as the
+                // engine sends them.
+                if step + 1 < steps {
+                    observer.on_preview(PreviewImage {
+                        step: step + 1,
+                        width: 2,
+                        height: 2,
+                        rgb: vec![(step * 10) as u8; 12],
+                    });
+                }
             }
             observer.on_progress(ProgressUpdate::Decoding);
             let seed = spec.image_seed(index);

@@ -44,6 +44,12 @@ export function onJobEvent(fn) {
   jobListeners.add(fn);
   return () => jobListeners.delete(fn);
 }
+// Live previews of running jobs: { job_id, step, preview_url }.
+const previewListeners = new Set();
+export function onPreview(fn) {
+  previewListeners.add(fn);
+  return () => previewListeners.delete(fn);
+}
 
 async function refreshBadge() {
   try {
@@ -57,12 +63,16 @@ async function refreshBadge() {
 
 let badgeTimer = null;
 function start() {
-  generate.init({ navigate, onJobEvent });
+  generate.init({ navigate, onJobEvent, onPreview });
   gallery.init({ navigate });
   queue.init({ onJobEvent });
   show(location.pathname);
   refreshBadge();
   streamEvents('/api/events', (name, data) => {
+    if (name === 'preview') {
+      for (const fn of previewListeners) fn(data);
+      return;
+    }
     if (name !== 'job') return;
     for (const fn of jobListeners) fn(data);
     clearTimeout(badgeTimer);

@@ -9,7 +9,7 @@ let lastSeed = null;
 const cards = new Map(); // job id -> card state
 const el = (id) => document.getElementById(id);
 
-export function init({ onJobEvent }) {
+export function init({ onJobEvent, onPreview }) {
   el('generate-form').addEventListener('submit', (e) => { e.preventDefault(); submit(); });
   el('prompt').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submit(); }
@@ -21,6 +21,7 @@ export function init({ onJobEvent }) {
   }
   el('reuse-seed').addEventListener('click', () => { if (lastSeed !== null) el('seed').value = lastSeed; });
   onJobEvent((ev) => { const card = cards.get(ev.job_id); if (card) update(card, ev); });
+  onPreview((ev) => { const card = cards.get(ev.job_id); if (card) showPreview(card, ev); });
   loadModels();
 }
 
@@ -138,6 +139,7 @@ function addCard(jobId, body) {
     <p class="prompt"></p>
     <div class="progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="0"><div></div></div>
     <div class="stage">waiting in the queue…</div>
+    <img class="preview" alt="live preview" hidden>
     <p class="error" hidden></p>
     <div class="results"></div>`;
   node.querySelector('.model').textContent = body.model || 'default model';
@@ -182,8 +184,18 @@ function update(card, ev) {
   if (['completed', 'failed', 'cancelled'].includes(ev.status)) finish(card);
 }
 
+// The latest rough picture of a running job (latent-sized, scaled up by
+// CSS); older ones that arrive late are dropped.
+function showPreview(card, ev) {
+  if (card.done || (card.previewStep || 0) >= ev.step) return;
+  card.previewStep = ev.step;
+  const img = card.node.querySelector('.preview');
+  setImage(img, ev.preview_url).then(() => { if (!card.done) img.hidden = false; }).catch(() => {});
+}
+
 async function finish(card) {
   card.done = true;
+  card.node.querySelector('.preview').hidden = true;
   let status;
   try {
     status = await call('GET', `/api/status/${card.id}`);

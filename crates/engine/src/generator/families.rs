@@ -137,6 +137,7 @@ impl LoadedPipeline for StableDiffusion {
                 }
             },
             |latents| self.decode_unit(latents),
+            &|latents| self.preview(latents),
         )?;
         Ok((images, vec![("sampler".into(), sampler.into())]))
     }
@@ -194,6 +195,7 @@ impl LoadedPipeline for Sd3 {
                 }
             },
             |latents| self.decode_unit(latents),
+            &|latents| self.preview(latents),
         )?;
         Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
     }
@@ -249,6 +251,14 @@ impl LoadedPipeline for Flux {
                 }
             },
             |latents| self.decode_unit(latents),
+            &|packed| {
+                let factor = self.latent_factor();
+                let (h, w) = (
+                    run.spec.height as usize / factor,
+                    run.spec.width as usize / factor,
+                );
+                self.preview(packed, h, w)
+            },
         )?;
         let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];
         if !self.uses_guidance() {

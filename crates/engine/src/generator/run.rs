@@ -4,10 +4,12 @@
 
 use candle_core::{Device, Tensor};
 use cyberimage_core::{
-    CancelToken, EngineError, GenerationSpec, InputImage, ProgressObserver, ProgressUpdate,
+    CancelToken, EngineError, GenerationSpec, InputImage, PreviewImage, ProgressObserver,
+    ProgressUpdate,
 };
 
 use crate::pipelines::img2img::image_tensor;
+use crate::pipelines::preview::PreviewPixels;
 use crate::pipelines::StepCallback;
 use crate::schedulers::noise::{gaussian, step_gaussian};
 
@@ -82,6 +84,10 @@ impl InitInput {
     }
 }
 
+/// A family's preview of its step latents.
+pub(super) type Preview<'a> =
+    dyn Fn(&Tensor) -> Result<PreviewPixels, crate::error::EngineLoadError> + 'a;
+
 /// Per image: (seed, width, height, RGB8 pixels).
 pub(super) type Images = Vec<(u64, usize, usize, Vec<u8>)>;
 pub(super) type Metadata = Vec<(String, String)>;
@@ -109,22 +115,42 @@ impl Run<'_> {
         Ok((seed, noise))
     }
 
-    /// Reports step progress across all images; false once cancelled.
-    fn step_reporter(&self, index: u32) -> impl FnMut(usize, &Tensor) -> bool + '_ {
-        let done_before = index * self.spec.steps_run();
+    /// Reports step progress across all images, with a preview after
+    /// every step but the last (the picture itself follows); false once
+    /// cancelled.
+    fn step_reporter<'s>(
+        &'s self,
+        index: u32,
+        preview: &'s Preview,
+    ) -> impl FnMut(usize, &Tensor) -> bool + 's {
+        let per_image = self.spec.steps_run();
+        let done_before = index * per_image;
         let total = self.spec.total_steps();
-        move |step, _| {
+        move |step, latents| {
             self.observer.on_progress(ProgressUpdate::Step {
                 done: done_before + step as u32,
                 total,
             });
+            if (step as u32) < per_image && !self.cancel.is_cancelled() {
+                // A preview that cannot be made is skipped: it never
+                // fails the job.
+                if let Ok((width, height, rgb)) = preview(latents) {
+                    self.observer.on_preview(PreviewImage {
+                        step: step as u32,
+                        width: width as u32,
+                        height: height as u32,
+                        rgb,
+                    });
+                }
+            }
             !self.cancel.is_cancelled()
         }
     }
 
     /// Every image of the job: seeded noise of (channels, h/factor,
     /// w/factor) → `denoise` (given the seed, the noise and the step
-    /// reporter; `None` when cancelled) → `decode` to (h, w, 3) in [0, 1].
+    /// reporter; `None` when cancelled) → `decode` to (h, w, 3) in [0, 1];
+    /// `preview` pictures the step latents.
     pub fn images(
         &self,
         channels: usize,
@@ -135,6 +161,7 @@ impl Run<'_> {
             &mut StepCallback,
         ) -> Result<Option<Tensor>, crate::error::EngineLoadError>,
         decode: impl Fn(&Tensor) -> Result<Tensor, crate::error::EngineLoadError>,
+        preview: &Preview,
     ) -> Result<Images, EngineError> {
         let spec = self.spec;
         let shape = (
@@ -146,7 +173,8 @@ impl Run<'_> {
         let mut images = Vec::new();
         for index in 0..spec.num_images {
             let (seed, noise) = self.noise(index, shape)?;
-            let result = denoise(seed, noise, &mut self.step_reporter(index)).map_err(failed)?;
+            let result =
+                denoise(seed, noise, &mut self.step_reporter(index, preview)).map_err(failed)?;
             let Some(latents) = result else {
                 return Err(EngineError::Cancelled);
             };

@@ -20,6 +20,7 @@ use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
@@ -210,6 +211,17 @@ impl Flux {
             }
         }
         Ok(Some(unpack(&latents, h, w)?))
+    }
+
+    /// A live preview of step latents, packed as the transformer steps
+    /// them, for latents of height `h` and width `w`.
+    pub fn preview(
+        &self,
+        packed: &Tensor,
+        h: usize,
+        w: usize,
+    ) -> Result<PreviewPixels, EngineLoadError> {
+        preview::FLUX.rgb8(&unpack(packed, h, w)?)
     }
 
     /// Unpacked latents → (h, w, 3) floats in [0, 1].

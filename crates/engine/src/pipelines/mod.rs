@@ -5,6 +5,7 @@
 
 pub mod flux;
 pub mod img2img;
+pub mod preview;
 pub mod sd;
 pub mod sd3;
 pub(crate) mod text_encoders;

@@ -16,6 +16,7 @@ use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet::{AddedConditioning, UNet};
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::{Scheduler, SchedulerConfig};
@@ -391,6 +392,15 @@ impl StableDiffusion {
             }
         }
         Ok(Some(latents))
+    }
+
+    /// A live preview of step latents.
+    pub fn preview(&self, latents: &Tensor) -> Result<PreviewPixels, EngineLoadError> {
+        if self.is_sdxl() {
+            preview::SDXL.rgb8(latents)
+        } else {
+            preview::SD15.rgb8(latents)
+        }
     }
 
     /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.

@@ -16,6 +16,7 @@ use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
@@ -247,6 +248,11 @@ impl Sd3 {
             }
         }
         Ok(Some(latents))
+    }
+
+    /// A live preview of step latents.
+    pub fn preview(&self, latents: &Tensor) -> Result<PreviewPixels, EngineLoadError> {
+        preview::SD3.rgb8(latents)
     }
 
     pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {
