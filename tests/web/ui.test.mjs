@@ -120,6 +120,36 @@ async function main() {
     check('remix opens generate with the same settings',
       (await page.inputValue('#prompt')) === prompt && (await page.inputValue('#seed')) === '4242' && (await page.$eval('#model', (s) => s.value)) === TINY);
 
+    // Image-to-image from the gallery: "Use as input", a strength, a job
+    // that runs the kept steps from that picture.
+    await page.click('nav a[data-page="gallery"]');
+    await page.fill('#gallery-search', prompt);
+    await tile.waitFor();
+    await tile.click();
+    await page.waitForSelector('#image-dialog[open]');
+    await page.click('#detail-input');
+    await page.waitForSelector('#page-generate:not([hidden])');
+    await page.waitForSelector('#init-preview:not([hidden])');
+    check('use as input shows the picture and enables the strength', !(await page.isDisabled('#strength')));
+    await page.$eval('#strength', (s) => { s.value = '0.5'; s.dispatchEvent(new Event('input')); });
+    await page.fill('#prompt', 'an edit of the pond at dawn');
+    await page.fill('#steps', '4');
+    await page.click('#generate-button');
+    const editCard = page.locator('.job', { hasText: 'an edit of the pond at dawn' }).first();
+    await editCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    const editId = await editCard.getAttribute('data-job-id');
+    const edited = await (await fetch(`${base}/api/status/${editId}`)).json();
+    check('the edit ran as image-to-image at the strength chosen',
+      edited.settings.strength === 0.5 && edited.settings.init_image?.length === 64 && edited.progress.total_steps === 2,
+      JSON.stringify(edited.settings));
+    await page.screenshot({ path: join(artifacts, '3b-image-to-image.png'), fullPage: true });
+    await page.click('#init-clear');
+    check('remove clears the input', await page.isDisabled('#strength') && await page.locator('#init-preview').isHidden());
+    await page.setInputFiles('#init-file', file);
+    await page.waitForSelector('#init-preview:not([hidden])');
+    check('an uploaded picture becomes the input', !(await page.isDisabled('#strength')));
+    await page.click('#init-clear');
+
     await page.click('nav a[data-page="gallery"]');
     await page.fill('#gallery-search', prompt);
     await tile.waitFor();

@@ -46,6 +46,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/js/queue.js"),
     ),
+    (
+        "js/input.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/input.js"),
+    ),
 ];
 
 /// Paths of the page itself, which stay reachable without an API key (the

@@ -1,5 +1,6 @@
 // The gallery: thumbnails newest first, search and model filter, infinite
-// scroll, and a detail dialog with metadata, copy, download, remix, delete.
+// scroll, and a detail dialog with metadata, copy, download, remix, use as
+// input (image-to-image), delete.
 
 import { call, setImage } from './api.js';
 
@@ -21,6 +22,7 @@ export function init({ navigate }) {
   el('gallery-more').addEventListener('click', loadMore);
   el('detail-copy').addEventListener('click', copyPrompt);
   el('detail-remix').addEventListener('click', remix);
+  el('detail-input').addEventListener('click', useAsInput);
   el('detail-delete').addEventListener('click', remove);
   el('image-dialog').addEventListener('keydown', (e) => {
     if (e.key === 'ArrowRight') open(current + 1);
@@ -159,6 +161,16 @@ async function copyPrompt() {
 
 function remix() {
   sessionStorage.setItem('cyberimage-remix', JSON.stringify(state.images[current].metadata));
+  el('image-dialog').close();
+  navigateTo('/');
+}
+
+// The image as the generate form's starting picture (image-to-image),
+// with its prompt and settings as a remix.
+function useAsInput() {
+  const img = state.images[current];
+  sessionStorage.setItem('cyberimage-remix', JSON.stringify(img.metadata));
+  sessionStorage.setItem('cyberimage-input', JSON.stringify({ id: img.id, url: img.url }));
   el('image-dialog').close();
   navigateTo('/');
 }

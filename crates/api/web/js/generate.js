@@ -3,6 +3,7 @@
 // stream, then the images.
 
 import { call, setImage } from './api.js';
+import { currentInput, initInputPanel, useImage } from './input.js';
 
 let models = { models: {}, default: '' };
 let lastSeed = null;
@@ -22,6 +23,7 @@ export function init({ onJobEvent, onPreview }) {
   el('reuse-seed').addEventListener('click', () => { if (lastSeed !== null) el('seed').value = lastSeed; });
   onJobEvent((ev) => { const card = cards.get(ev.job_id); if (card) update(card, ev); });
   onPreview((ev) => { const card = cards.get(ev.job_id); if (card) showPreview(card, ev); });
+  initInputPanel();
   loadModels();
 }
 
@@ -30,6 +32,11 @@ export function enter() {
   if (pending) {
     sessionStorage.removeItem('cyberimage-remix');
     remix(JSON.parse(pending));
+  }
+  const input = sessionStorage.getItem('cyberimage-input');
+  if (input) {
+    sessionStorage.removeItem('cyberimage-input');
+    useImage(JSON.parse(input));
   }
   el('prompt').focus();
 }
@@ -119,6 +126,8 @@ async function submit() {
       seed: numberOrNull('seed'),
     },
   };
+  const input = currentInput();
+  if (input) Object.assign(body.settings, input);
   const button = el('generate-button');
   button.disabled = true;
   try {

@@ -1,0 +1,60 @@
+// The generate form's "start from an image" panel: a picture uploaded here
+// (sent as a data: URL) or a gallery image's id ("Use as input" in its
+// dialog), with the strength slider. While a picture is set, the form asks
+// for image-to-image at the picture's size (rounded down to the model's
+// multiple).
+
+import { setImage } from './api.js';
+
+const el = (id) => document.getElementById(id);
+let current = null; // { ref, width, height } or null
+
+export function initInputPanel() {
+  el('init-file').addEventListener('change', () => {
+    const file = el('init-file').files[0];
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => show(reader.result, reader.result);
+    reader.readAsDataURL(file);
+  });
+  el('init-clear').addEventListener('click', clear);
+  el('strength').addEventListener('input', () => { el('strength-value').textContent = el('strength').value; });
+}
+
+// What the request needs: { init_image, strength }, or null.
+export function currentInput() {
+  if (!current) return null;
+  return { init_image: current.ref, strength: Number(el('strength').value) };
+}
+
+// A gallery image as the input: { id, url }.
+export function useImage(image) {
+  show(image.id, image.url);
+}
+
+function show(ref, url) {
+  current = { ref };
+  const img = el('init-preview');
+  img.onload = () => {
+    const step = Number(el('width').step) || 8;
+    const fit = (v) => Math.max(64, Math.floor(v / step) * step);
+    el('width').value = fit(img.naturalWidth);
+    el('height').value = fit(img.naturalHeight);
+    el('size-preset').value = 'custom';
+  };
+  setImage(img, url);
+  img.hidden = false;
+  el('init-clear').hidden = false;
+  el('strength').disabled = false;
+  el('init-panel').classList.add('active');
+}
+
+function clear() {
+  current = null;
+  el('init-file').value = '';
+  el('init-preview').hidden = true;
+  el('init-preview').removeAttribute('src');
+  el('init-clear').hidden = true;
+  el('strength').disabled = true;
+  el('init-panel').classList.remove('active');
+}
