@@ -2,7 +2,8 @@
 built-in random-weight tiny SD 1.5 model):
 
 - the official `openai` Python client: images.edit (multipart upload, an
-  image-to-image job; masks refused as not yet supported), and
+  image-to-image job, or inpainting with OpenAI's transparent-means-edit
+  mask), and
   images.generate with url and
   b64_json responses, extras (seed, steps, negative_prompt) through
   extra_body, OpenAI model names mapped to our default, models.list, and
@@ -123,8 +124,21 @@ def openai_edit_checks(base):
                                size="64x64", response_format="b64_json", extra_body={"strength": 0.5, "seed": 3, "steps": 4})
     differs = Image.open(io.BytesIO(base64.b64decode(third.data[0].b64_json))).tobytes() != edited.tobytes()
     check("openai: another picture gives another result", differs)
+    # OpenAI's mask: transparent where the picture is edited.
+    mask = io.BytesIO()
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (32, 0, 64, 64))
+    rgba.save(mask, format="PNG")
+    masked = client.images.edit(model=TINY, image=upload, mask=("mask.png", mask.getvalue(), "image/png"),
+                                prompt="a paper boat at night", size="64x64", response_format="b64_json",
+                                extra_body={"strength": 0.5, "seed": 3, "steps": 4})
+    inpainted = Image.open(io.BytesIO(base64.b64decode(masked.data[0].b64_json)))
+    record = json.loads(inpainted.text.get("cyberimage", "{}"))
+    check("openai: an edit with a mask is an inpainting job",
+          len(record.get("engine", {}).get("mask_sha256", "")) == 64
+          and inpainted.tobytes() != edited.tobytes(), record.get("engine"))
     for kwargs, param in [
-        (dict(model=TINY, image=upload, prompt="x", mask=upload), "mask"),
+        (dict(model=TINY, image=upload, prompt="x", mask=("m.png", b"junk", "image/png")), "mask"),
         (dict(model=TINY, image=("junk.png", b"not a picture", "image/png"), prompt="x"), "image"),
     ]:
         try:

@@ -106,6 +106,11 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: edit_image from a resource URI runs the kept steps",
               not edited.is_error and edit.get("status") == "completed" and edit["progress"]["total_steps"] == 2
               and [i["width"] for i in edit["images"]] == [64], edited.content)
+        masked = await client.call_tool("edit_image", {"prompt": "only the bright parts", "image": image["uri"],
+                                                        "mask": image["uri"], "strength": 1.0, "model": TINY,
+                                                        "steps": 2, "seed": 7})
+        check(f"{label}: edit_image with a mask (inpainting) completes",
+              not masked.is_error and (masked.structured_content or {}).get("status") == "completed", masked.content)
         bad_edit = await client.call_tool("edit_image", {"prompt": "x", "image": "cyberimage://image/img_" + "0" * 32})
         check(f"{label}: edit_image of a missing image is a tool error",
               bad_edit.is_error and "no gallery image" in bad_edit.content[0].text, bad_edit.content)

@@ -1,7 +1,9 @@
 //! OpenAI's `POST /v1/images/edits`: a multipart form with the picture
-//! (`image`, or `image[]` as the SDKs send a list), the prompt and the
-//! generation fields, run as an image-to-image job. A `mask` asks for
-//! inpainting, which is not built yet: it is refused, not ignored.
+//! (`image`, or `image[]` as the SDKs send a list), an optional `mask`,
+//! the prompt and the generation fields, run as an image-to-image job, or
+//! an inpainting one with the mask. OpenAI's masks mark the part to edit
+//! as transparent; ours mark it white, so an alpha channel is turned into
+//! that (a mask without alpha is taken as ours).
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
@@ -44,6 +46,7 @@ pub async fn edits(
     })?;
     let mut fields = Map::new();
     let mut image: Option<Vec<u8>> = None;
+    let mut mask: Option<Vec<u8>> = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
@@ -54,11 +57,8 @@ pub async fn edits(
                 image.get_or_insert_with(|| bytes.to_vec());
             }
             "mask" => {
-                return Err(OpenAiError::invalid(
-                    "mask",
-                    "inpainting with a mask is not supported yet: send the image without a mask \
-                     for an image-to-image edit",
-                ))
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                mask = Some(openai_mask(&bytes)?);
             }
             _ => {
                 let text = field.text().await.map_err(multipart_error)?;
@@ -78,5 +78,33 @@ pub async fn edits(
     let image = image.ok_or_else(|| OpenAiError::invalid("image", "image is required"))?;
     let Parsed { mut request, b64 } = parse(&Value::Object(fields), &state)?;
     request.init_image = Some(base64::engine::general_purpose::STANDARD.encode(image));
+    request.mask_image = mask.map(|m| base64::engine::general_purpose::STANDARD.encode(m));
     run_to_response(&state, &headers, request, b64).await
+}
+
+/// An OpenAI mask (transparent = edit) as ours (white = repaint), as a
+/// PNG; one without an alpha channel passes as it is. The pixel limit is
+/// the jobs service's, checked when the mask is decoded there.
+fn openai_mask(bytes: &[u8]) -> Result<Vec<u8>, OpenAiError> {
+    let bad = |e: image::ImageError| OpenAiError::invalid("mask", format!("mask: {e}"));
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| OpenAiError::invalid("mask", format!("mask: {e}")))?;
+    let (width, height) = reader.into_dimensions().map_err(bad)?;
+    if u64::from(width) * u64::from(height) > 64 * 1024 * 1024 {
+        return Err(OpenAiError::invalid("mask", "the mask is too large"));
+    }
+    let decoded = image::load_from_memory(bytes).map_err(bad)?;
+    if !decoded.color().has_alpha() {
+        return Ok(bytes.to_vec());
+    }
+    let rgba = decoded.to_rgba8();
+    let grey = image::GrayImage::from_fn(width, height, |x, y| {
+        image::Luma([255 - rgba.get_pixel(x, y).0[3]])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageLuma8(grey)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(bad)?;
+    Ok(out)
 }

@@ -75,6 +75,7 @@ fn schemas() -> Value {
                     "seed": {"type": "integer", "minimum": -1, "maximum": 9007199254740991_u64,
                              "description": "-1 or omitted: random."},
                     "init_image": {"type": "string", "description": "Image-to-image: a gallery image id (img_…), or a PNG/JPEG as base64 or a data: URL (≤ 16 Mpx). Width and height default to its size, rounded down to the model's multiple; another size resizes it (Lanczos)."},
+                    "mask_image": {"type": "string", "description": "Inpainting: a mask of the init_image's size (same forms), white where the model repaints, black where the picture is kept."},
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                                  "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."}}},
             },
@@ -351,10 +352,11 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         (
             "post",
             "/v1/images/edits",
-            "OpenAI-compatible image edit (multipart: image or image[], prompt, n, size, response_format, model; our strength, seed, steps, guidance_scale, negative_prompt): an image-to-image job, waited for. A mask (inpainting) is refused as not yet supported",
+            "OpenAI-compatible image edit (multipart: image or image[], an optional mask (transparent = edit, as OpenAI's; without alpha, white = edit), prompt, n, size, response_format, model; our strength, seed, steps, guidance_scale, negative_prompt): an image-to-image or inpainting job, waited for",
             json!({
             "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["image", "prompt"], "properties": {
-                "image": {"type": "string", "format": "binary"}, "prompt": {"type": "string"}, "n": {"type": "integer"},
+                "image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
+                "prompt": {"type": "string"}, "n": {"type": "integer"},
                 "size": {"type": "string"}, "response_format": {"type": "string", "enum": ["url", "b64_json"]},
                 "model": {"type": "string"}, "strength": {"type": "number"}}}}}},
             "responses": {"200": json_response("Images", json!({"type": "object"})),

@@ -69,6 +69,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "height",
     "seed",
     "init_image",
+    "mask_image",
     "strength",
     "denoising_strength",
 ];
@@ -152,6 +153,14 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
         strength: lookup(top, settings, &["strength", "denoising_strength"])
             .map(|(v, name)| number(v, &name))
             .transpose()?,
+        // Inpainting: white where the model repaints.
+        mask_image: match lookup(top, settings, &["mask_image"]) {
+            None => None,
+            Some((Value::String(s), _)) => Some(s.clone()),
+            Some((_, name)) => {
+                return Err(format!("{name} must be a string (an image id or base64)"))
+            }
+        },
     })
 }
 

@@ -152,3 +152,70 @@ async fn bad_init_images_are_refused_naming_the_field() {
     let queue: Value = s.get("/api/queue").await.json().await.unwrap();
     assert_eq!(queue["total"], 0, "nothing was queued");
 }
+
+/// Inpainting: a mask (white = repaint) of the picture's size; the engine
+/// double keeps the picture where the mask is dark, so the result shows
+/// the mask reached it. A mask without a picture, or of another size, is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mask_decides_what_is_repainted() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut mask = Vec::new();
+    let m = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x >= 32 { 255 } else { 0 }]));
+    image::DynamicImage::ImageLuma8(m)
+        .write_to(
+            &mut std::io::Cursor::new(&mut mask),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let r: Value = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "a new right half", "seed": 5, "strength": 1.0,
+                   "init_image": b64(png(64, 64, 100)), "mask_image": b64(mask.clone())}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = s
+        .wait_status(r["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let id = done["images"][0]["id"].as_str().unwrap();
+    let out = decode(
+        &s.get(&format!("/api/get_image/{id}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        out.get_pixel(5, 5).0[0],
+        100,
+        "kept where the mask is black"
+    );
+    assert_eq!(
+        out.get_pixel(50, 5).0[0],
+        100 ^ 5,
+        "repainted where it is white"
+    );
+
+    let lone = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "x", "mask_image": b64(mask.clone())}),
+        )
+        .await;
+    let message = assert_error(lone, 400, "invalid_parameter").await;
+    assert!(message.contains("send the init_image too"), "{message}");
+    let mismatched = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(72, 64, 1)), "mask_image": b64(mask)}),
+        )
+        .await;
+    let message = assert_error(mismatched, 400, "invalid_parameter").await;
+    assert!(message.contains("the same size"), "{message}");
+}

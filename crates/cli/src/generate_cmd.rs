@@ -71,6 +71,7 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             seed: args.seed,
             init_image,
             strength: args.strength,
+            mask_image: None,
         })
         .await?;
     let bar = ProgressBar::new(u64::from(job.spec.total_steps()));

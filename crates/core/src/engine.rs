@@ -94,6 +94,8 @@ pub struct InputImage {
     pub width: u32,
     pub height: u32,
     pub rgb: Vec<u8>,
+    /// Inpainting: the mask's luma at the same size (255 = repaint).
+    pub mask: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

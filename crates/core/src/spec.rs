@@ -64,6 +64,9 @@ pub struct SpecRequest {
     pub init_image: Option<String>,
     /// How much of the schedule an image-to-image run takes (0 < s ≤ 1).
     pub strength: Option<f64>,
+    /// Inpainting: a mask picture (white = repaint), named like
+    /// `init_image` and of its size.
+    pub mask_image: Option<String>,
 }
 
 /// diffusers' img2img default.
@@ -76,6 +79,9 @@ pub struct InitImage {
     pub sha256: String,
     /// 0 < strength ≤ 1: the share of the schedule that runs.
     pub strength: f64,
+    /// Inpainting: SHA-256 of the stored mask (white = repaint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_sha256: Option<String>,
 }
 
 /// A fully resolved, validated request: what the worker runs and what the
@@ -267,6 +273,12 @@ impl SpecRequest {
             ));
         }
 
+        if self.mask_image.is_some() && self.init_image.is_none() {
+            return Err(ValidationError::new(
+                "mask_image",
+                "mask_image says which part of an init_image to repaint: send the init_image too",
+            ));
+        }
         match (self.strength, &self.init_image) {
             (Some(_), None) => {
                 return Err(ValidationError::new(

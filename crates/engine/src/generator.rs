@@ -279,7 +279,8 @@ impl CandleGenerator {
         observer: &dyn ProgressObserver,
         cancel: &CancelToken,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        let init = run::InitInput::of(spec, input, &self.device)?;
+        // Every family's VAE downsamples by 8 (the masks' latent size).
+        let init = run::InitInput::of(spec, input, 8, &self.device)?;
         cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
@@ -357,6 +358,9 @@ impl CandleGenerator {
                 ("init_image_sha256".into(), spec_init.sha256.clone()),
                 ("denoising_strength".into(), init.strength.to_string()),
             ]);
+            if let Some(mask) = &spec_init.mask_sha256 {
+                metadata.push(("mask_sha256".into(), mask.clone()));
+            }
         }
         metadata.extend([
             ("dtype".into(), self.options.precision.describe().into()),

@@ -176,6 +176,7 @@ fn image_to_image_starts_from_the_input_in_every_family() {
         rgb: (0..64 * 48 * 3)
             .map(|i| if i % 3 == 0 { shade } else { (i % 251) as u8 })
             .collect(),
+        mask: None,
     };
     for key in [
         "tiny-sd15-random",
@@ -190,6 +191,7 @@ fn image_to_image_starts_from_the_input_in_every_family() {
         job.init_image = Some(cyberimage_core::InitImage {
             sha256: "ab".repeat(32),
             strength: 0.5,
+            mask_sha256: None,
         });
         let run = |image: &cyberimage_core::InputImage| {
             let totals = StepTotals::default();

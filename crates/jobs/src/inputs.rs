@@ -1,8 +1,9 @@
-//! The input picture of an image-to-image request: found (a gallery image
-//! id) or decoded (base64, or a `data:` URL), checked against the pixel
-//! limit, sized to the job, and kept in the store under its digest before
-//! the job is queued; so a queued job never depends on a request body or
-//! on a gallery image that may be deleted.
+//! The input picture of an image-to-image request (and an inpainting
+//! request's mask): found (a gallery image id) or decoded (base64, or a
+//! `data:` URL), checked against the pixel limit, sized to the job, and
+//! kept in the store under its digest before the job is queued; so a
+//! queued job never depends on a request body or on a gallery image that
+//! may be deleted.
 
 use base64::Engine as _;
 use cyberimage_core::spec::DEFAULT_STRENGTH;
@@ -12,8 +13,25 @@ use cyberimage_store::{decode_picture, RgbPicture, StoreError, Variant};
 use crate::service::{file_work, JobService};
 use crate::JobsError;
 
-fn invalid(message: impl Into<String>) -> JobsError {
-    JobsError::Invalid(ValidationError::new("init_image", message))
+fn invalid_field(field: &'static str, message: impl Into<String>) -> JobsError {
+    JobsError::Invalid(ValidationError::new(field, message))
+}
+
+/// The pictures of an image-to-image request, before they are kept.
+pub(crate) struct Pictures {
+    image: RgbPicture,
+    mask: Option<RgbPicture>,
+}
+
+/// ITU-R 601 luma, as PIL's `convert("L")` computes it (which diffusers'
+/// mask processor calls).
+fn luma(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .map(|p| {
+            let v = u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471;
+            ((v + 0x8000) >> 16) as u8
+        })
+        .collect()
 }
 
 /// The base64 payload of `reference`, with or without a `data:` URL head.
@@ -26,7 +44,8 @@ fn base64_payload(reference: &str) -> &str {
 
 impl JobService {
     /// The picture `reference` names: a gallery image, or base64 data.
-    async fn picture(&self, reference: &str) -> Result<RgbPicture, JobsError> {
+    async fn picture(&self, reference: &str, field: &'static str) -> Result<RgbPicture, JobsError> {
+        let invalid = |message: String| invalid_field(field, message);
         let max_pixels = self.config.limits.max_input_pixels;
         let bytes = match ImageId::parse(reference) {
             Ok(id) => self
@@ -39,13 +58,15 @@ impl JobService {
             Err(_) => base64::engine::general_purpose::STANDARD
                 .decode(base64_payload(reference).trim())
                 .map_err(|_| {
-                    invalid("init_image must be a gallery image id (img_…) or base64 image data")
+                    invalid(format!(
+                        "{field} must be a gallery image id (img_…) or base64 image data"
+                    ))
                 })?,
         };
         file_work(move || decode_picture(&bytes, max_pixels))
             .await
             .map_err(|e| match e {
-                StoreError::Decode(why) => invalid(format!("init_image: {why}")),
+                StoreError::Decode(why) => invalid(format!("{field}: {why}")),
                 other => JobsError::Storage(other),
             })
     }
@@ -56,11 +77,27 @@ impl JobService {
     pub(crate) async fn init_picture(
         &self,
         request: &mut SpecRequest,
-    ) -> Result<Option<RgbPicture>, JobsError> {
+    ) -> Result<Option<Pictures>, JobsError> {
         let Some(reference) = request.init_image.clone() else {
             return Ok(None);
         };
-        let picture = self.picture(&reference).await?;
+        let picture = self.picture(&reference, "init_image").await?;
+        let mask = match request.mask_image.clone() {
+            Some(reference) => {
+                let mask = self.picture(&reference, "mask_image").await?;
+                if (mask.width, mask.height) != (picture.width, picture.height) {
+                    return Err(invalid_field(
+                        "mask_image",
+                        format!(
+                            "the mask is {}×{}, the init_image {}×{}: they must be the same size",
+                            mask.width, mask.height, picture.width, picture.height
+                        ),
+                    ));
+                }
+                Some(mask)
+            }
+            None => None,
+        };
         let model = request
             .model
             .as_deref()
@@ -72,35 +109,57 @@ impl JobService {
             request.width = request.width.or(Some(round(picture.width)));
             request.height = request.height.or(Some(round(picture.height)));
         }
-        Ok(Some(picture))
+        Ok(Some(Pictures {
+            image: picture,
+            mask,
+        }))
     }
 
     /// Keeps `picture` at the job's size and returns what the job stores.
     pub(crate) async fn keep_init_picture(
         &self,
-        picture: RgbPicture,
+        pictures: Pictures,
         width: u32,
         height: u32,
         strength: Option<f64>,
     ) -> Result<InitImage, JobsError> {
         let store = self.store.clone();
-        let sha256 = file_work(move || store.save_input(&picture.resized(width, height)?)).await?;
+        let (sha256, mask_sha256) = file_work(move || {
+            let image = store.save_input(&pictures.image.resized(width, height)?)?;
+            let mask = match pictures.mask {
+                Some(mask) => {
+                    // Kept as grey RGB: its luma in every channel.
+                    let grey = luma(&mask.rgb);
+                    let rgb = grey.iter().flat_map(|&v| [v, v, v]).collect();
+                    let mask = RgbPicture { rgb, ..mask }.resized(width, height)?;
+                    Some(store.save_input(&mask)?)
+                }
+                None => None,
+            };
+            Ok((image, mask))
+        })
+        .await?;
         Ok(InitImage {
             sha256,
             strength: strength.unwrap_or(DEFAULT_STRENGTH),
+            mask_sha256,
         })
     }
 
-    /// A queued job's input picture, as the engine takes it.
+    /// A queued job's input picture (and mask), as the engine takes them.
     pub(crate) async fn load_init_picture(&self, init: &InitImage) -> Result<InputImage, String> {
         let store = self.store.clone();
-        let digest = init.sha256.clone();
+        let digests = (init.sha256.clone(), init.mask_sha256.clone());
         let max_pixels = self.config.limits.max_input_pixels;
-        let picture = file_work(move || {
-            let bytes = store
-                .read_input(&digest)?
-                .ok_or_else(|| StoreError::Decode(format!("input {digest} is missing")))?;
-            decode_picture(&bytes, max_pixels)
+        let (picture, mask) = file_work(move || {
+            let read = |digest: &str| {
+                let bytes = store
+                    .read_input(digest)?
+                    .ok_or_else(|| StoreError::Decode(format!("input {digest} is missing")))?;
+                decode_picture(&bytes, max_pixels)
+            };
+            let mask = digests.1.as_deref().map(read).transpose()?;
+            Ok((read(&digests.0)?, mask))
         })
         .await
         .map_err(|e| format!("cannot read the job's input image: {e}"))?;
@@ -108,6 +167,8 @@ impl JobService {
             width: picture.width,
             height: picture.height,
             rgb: picture.rgb,
+            // Stored grey: any channel is the luma.
+            mask: mask.map(|m| m.rgb.chunks_exact(3).map(|p| p[0]).collect()),
         })
     }
 }

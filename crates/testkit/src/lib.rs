@@ -72,7 +72,8 @@ impl Generator for ScriptedGenerator {
     }
 
     /// With an input picture, each image is that picture with its bytes
-    /// XORed by the image's seed: the input visibly decides the output.
+    /// XORed by the image's seed (only where an inpainting mask is light):
+    /// the input visibly decides the output.
     fn generate_from(
         &self,
         _model: &ModelEntry,
@@ -122,7 +123,16 @@ impl Generator for ScriptedGenerator {
                 width: spec.width,
                 height: spec.height,
                 rgb: match input {
-                    Some(input) => input.rgb.iter().map(|b| b ^ seed as u8).collect(),
+                    // Inpainting keeps the input where the mask is dark.
+                    Some(input) => input
+                        .rgb
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| match &input.mask {
+                            Some(mask) if mask[i / 3] < 128 => *b,
+                            _ => b ^ seed as u8,
+                        })
+                        .collect(),
                     None => Self::paint(spec.width, spec.height, seed),
                 },
                 seed,

@@ -108,6 +108,10 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         json!({"type": "string", "description": "The picture to start from: a cyberimage://image/… resource URI, a gallery image id (img_…), or a PNG/JPEG as base64."}),
     );
     edit_props.insert(
+        "mask".into(),
+        json!({"type": "string", "description": "Inpainting: a mask of the picture's size, white where the picture is redrawn and black where it is kept (a resource URI, an image id or base64). Without it the whole picture is reworked."}),
+    );
+    edit_props.insert(
         "strength".into(),
         json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
                "description": "How much of the schedule runs: low keeps the picture, 1 redraws it."}),
@@ -142,7 +146,7 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         json!({
             "name": "edit_image",
             "title": "Edit image",
-            "description": "Make new images from an existing picture and a prompt (image-to-image) and wait for them: `strength` says how much the picture may change (0–1, default 0.8). The size defaults to the picture's. Returns what generate_image returns.",
+            "description": "Make new images from an existing picture and a prompt (image-to-image, or inpainting with a mask) and wait for them: `strength` says how much the picture may change (0–1, default 0.8). The size defaults to the picture's. Returns what generate_image returns.",
             "inputSchema": object_schema(edit_props, &["prompt", "image"]),
             "outputSchema": job_schema(),
             "annotations": annotations("Edit image", false, false, false),

@@ -211,11 +211,19 @@ async fn edit_image(
             ))
         }
     };
-    let reference = image
-        .strip_prefix("cyberimage://image/")
-        .map(str::to_owned)
-        .unwrap_or(image);
-    obj.insert("init_image".into(), Value::String(reference));
+    let reference = |s: String| {
+        s.strip_prefix("cyberimage://image/")
+            .map(str::to_owned)
+            .unwrap_or(s)
+    };
+    obj.insert("init_image".into(), Value::String(reference(image)));
+    match obj.remove("mask") {
+        Some(Value::String(mask)) => {
+            obj.insert("mask_image".into(), Value::String(reference(mask)));
+        }
+        Some(_) => return Ok(ToolResult::error("mask must be a string")),
+        None => {}
+    }
     generate(server, ctx, &args, true).await
 }
 
@@ -230,7 +238,7 @@ async fn generate(
         known.push("inline_preview");
     }
     if args.get("init_image").is_some() {
-        known.extend(["init_image", "strength"]);
+        known.extend(["init_image", "mask_image", "strength"]);
     }
     if let Err(e) = check_known(args, &known) {
         return Ok(e);

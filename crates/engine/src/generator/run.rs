@@ -8,7 +8,7 @@ use cyberimage_core::{
     ProgressUpdate,
 };
 
-use crate::pipelines::img2img::image_tensor;
+use crate::pipelines::img2img::{image_tensor, latent_mask};
 use crate::pipelines::preview::PreviewPixels;
 use crate::pipelines::StepCallback;
 use crate::schedulers::noise::{gaussian, step_gaussian};
@@ -33,6 +33,8 @@ pub(super) struct InitInput {
     /// (1, 3, h, w) in [-1, 1].
     pub image: Tensor,
     pub strength: f64,
+    /// Inpainting: (1, 1, h/f, w/f), 1 where the model repaints.
+    pub mask: Option<Tensor>,
 }
 
 /// The draw that samples the VAE posterior of an image-to-image job's
@@ -45,6 +47,7 @@ impl InitInput {
     pub fn of(
         spec: &GenerationSpec,
         input: Option<&InputImage>,
+        latent_factor: usize,
         device: &Device,
     ) -> Result<Option<Self>, EngineError> {
         let (Some(init), Some(input)) = (&spec.init_image, input) else {
@@ -66,9 +69,24 @@ impl InitInput {
             device,
         )
         .map_err(failed)?;
+        let mask = match (&init.mask_sha256, &input.mask) {
+            (None, _) => None,
+            (Some(_), None) => return Err(failed("the job's mask was not given")),
+            (Some(_), Some(luma)) => Some(
+                latent_mask(
+                    luma,
+                    input.width as usize,
+                    input.height as usize,
+                    latent_factor,
+                    device,
+                )
+                .map_err(failed)?,
+            ),
+        };
         Ok(Some(Self {
             image,
             strength: init.strength,
+            mask,
         }))
     }
 

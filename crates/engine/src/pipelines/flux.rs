@@ -19,7 +19,7 @@ use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
-use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
@@ -151,18 +151,20 @@ impl Flux {
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let (_, _, h, w) = noise.dims4()?;
         let schedule = self.schedule(steps, (h / 2) * (w / 2))?;
-        self.denoise_from(&schedule, cond, noise, 0, guidance, on_step)
+        self.denoise_from(&schedule, cond, noise, 0, None, guidance, on_step)
     }
 
     /// Image-to-image: `clean` latents (unpacked) noised with
     /// `start_noise` to the first step `strength` keeps, then denoised
     /// from there (diffusers' `FluxImg2ImgPipeline`).
+    /// With `mask`, inpainting (diffusers' `FluxInpaintPipeline`).
     #[allow(clippy::too_many_arguments)]
     pub fn denoise_image(
         &self,
         cond: &FluxConditioning,
         clean: &Tensor,
         start_noise: &Tensor,
+        mask: Option<&Tensor>,
         steps: usize,
         strength: f64,
         guidance: f64,
@@ -172,7 +174,20 @@ impl Flux {
         let schedule = self.schedule(steps, (h / 2) * (w / 2))?;
         let start = start_step(steps, strength)?;
         let latents = schedule.noised(clean, start_noise, start)?;
-        self.denoise_from(&schedule, cond, &latents, start, guidance, on_step)
+        let keep = mask.map(|mask| Keep {
+            clean,
+            noise: start_noise,
+            mask,
+        });
+        self.denoise_from(
+            &schedule,
+            cond,
+            &latents,
+            start,
+            keep.as_ref(),
+            guidance,
+            on_step,
+        )
     }
 
     /// Clean latents of `image` (1, 3, h, w) in [-1, 1] (shifted and
@@ -181,12 +196,14 @@ impl Flux {
         self.image_encoder.latents(image, eps)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn denoise_from(
         &self,
         schedule: &FlowSchedule,
         cond: &FluxConditioning,
         latents: &Tensor,
         start: usize,
+        keep: Option<&Keep>,
         guidance: f64,
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
@@ -206,6 +223,16 @@ impl Flux {
                 &rope,
             )?;
             latents = schedule.step(&velocity, i, &latents)?;
+            if let Some(keep) = keep {
+                let kept = if i + 1 < schedule.steps() {
+                    schedule.noised(keep.clean, keep.noise, i + 1)?
+                } else {
+                    keep.clean.clone()
+                };
+                // Unpacked, blended, packed again: the same numbers as
+                // blending packed tensors, which is what diffusers does.
+                latents = pack(&keep.blend(&unpack(&latents, h, w)?, &kept)?)?;
+            }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }

@@ -46,6 +46,58 @@ pub fn start_step(steps: usize, strength: f64) -> Result<usize, EngineLoadError>
     Ok(steps - kept)
 }
 
+/// What inpainting keeps: the input's clean latents, the start noise, and
+/// the mask at latent size (1 where the model repaints, 0 where the input
+/// stays), as diffusers' inpaint pipelines blend them after each step.
+pub struct Keep<'a> {
+    pub clean: &'a Tensor,
+    pub noise: &'a Tensor,
+    /// (1, 1, h, w), broadcast over the latent channels.
+    pub mask: &'a Tensor,
+}
+
+impl Keep<'_> {
+    /// `(1 − mask) · kept + mask · latents`, `kept` being the input at the
+    /// next step's noise level.
+    pub fn blend(&self, latents: &Tensor, kept: &Tensor) -> candle_core::Result<Tensor> {
+        let repaint = latents.broadcast_mul(self.mask)?;
+        let keep = kept.broadcast_mul(&(1.0 - self.mask)?)?;
+        repaint + keep
+    }
+}
+
+/// A mask picture (luma, row-major `width × height`, white = repaint) at
+/// latent size: binarised at half intensity, then sampled nearest at
+/// every `factor`-th pixel, as diffusers' mask processor and
+/// `interpolate(mode="nearest")` do.
+pub fn latent_mask(
+    luma: &[u8],
+    width: usize,
+    height: usize,
+    factor: usize,
+    device: &Device,
+) -> Result<Tensor, EngineLoadError> {
+    if luma.len() != width * height {
+        return Err(EngineLoadError::Unsupported(format!(
+            "{} bytes are not a {width}×{height} mask",
+            luma.len()
+        )));
+    }
+    let (h, w) = (height / factor, width / factor);
+    let mut values = Vec::with_capacity(h * w);
+    for y in 0..h {
+        for x in 0..w {
+            // 128/255 ≥ 0.5 > 127/255.
+            values.push(if luma[y * factor * width + x * factor] >= 128 {
+                1f32
+            } else {
+                0.0
+            });
+        }
+    }
+    Ok(Tensor::from_vec(values, (1, 1, h, w), device)?)
+}
+
 /// A pipeline's VAE encoder, loaded from its `vae/` folder on first use.
 pub struct LazyEncoder {
     folder: PathBuf,

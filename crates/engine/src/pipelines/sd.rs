@@ -15,7 +15,7 @@ use crate::models::clip::ClipTextEncoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::unet::{AddedConditioning, UNet};
 use crate::models::vae::VaeDecoder;
-use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
@@ -322,18 +322,22 @@ impl StableDiffusion {
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
         let latents = (latents * scheduler.init_noise_sigma())?;
-        self.denoise_from(&scheduler, cond, latents, 0, guidance, noise, on_step)
+        self.denoise_from(&scheduler, cond, latents, 0, None, guidance, noise, on_step)
     }
 
     /// Image-to-image: `clean` latents of the input image, noised with
     /// `start_noise` to the first step `strength` keeps, then denoised
-    /// from there (diffusers' img2img pipelines).
+    /// from there (diffusers' img2img pipelines). With `mask`, inpainting:
+    /// after each step the unmasked part is put back at the next step's
+    /// noise level (diffusers' inpaint pipelines, 4-channel UNets), and
+    /// strength 1 starts from pure noise.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise_image(
         &self,
         cond: &Conditioning,
         clean: &Tensor,
         start_noise: &Tensor,
+        mask: Option<&Tensor>,
         steps: usize,
         strength: f64,
         guidance: f64,
@@ -342,8 +346,26 @@ impl StableDiffusion {
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
         let start = start_step(steps, strength)?;
-        let latents = scheduler.add_noise(clean, start_noise, start)?;
-        self.denoise_from(&scheduler, cond, latents, start, guidance, noise, on_step)
+        let latents = if mask.is_some() && strength >= 1.0 {
+            (start_noise * scheduler.init_noise_sigma())?
+        } else {
+            scheduler.add_noise(clean, start_noise, start)?
+        };
+        let keep = mask.map(|mask| Keep {
+            clean,
+            noise: start_noise,
+            mask,
+        });
+        self.denoise_from(
+            &scheduler,
+            cond,
+            latents,
+            start,
+            keep.as_ref(),
+            guidance,
+            noise,
+            on_step,
+        )
     }
 
     /// Clean latents of `image` (1, 3, h, w) in [-1, 1], the VAE
@@ -361,6 +383,7 @@ impl StableDiffusion {
         cond: &Conditioning,
         latents: Tensor,
         start: usize,
+        keep: Option<&Keep>,
         guidance: f64,
         noise: &mut StepNoise,
         on_step: &mut StepCallback,
@@ -387,6 +410,14 @@ impl StableDiffusion {
                 None
             };
             latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
+            if let Some(keep) = keep {
+                let kept = if i + 1 < scheduler.timesteps().len() {
+                    scheduler.add_noise(keep.clean, keep.noise, i + 1)?
+                } else {
+                    keep.clean.clone()
+                };
+                latents = keep.blend(&latents, &kept)?;
+            }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }

@@ -15,7 +15,7 @@ use crate::models::mmdit::Mmdit;
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
-use crate::pipelines::img2img::{start_step, LazyEncoder};
+use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
@@ -185,17 +185,19 @@ impl Sd3 {
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let schedule = self.schedule(steps)?;
-        self.denoise_from(&schedule, cond, latents, 0, guidance, on_step)
+        self.denoise_from(&schedule, cond, latents, 0, None, guidance, on_step)
     }
 
     /// Image-to-image: `clean` latents noised with `start_noise` to the
-    /// first step `strength` keeps, then denoised from there.
+    /// first step `strength` keeps, then denoised from there; with `mask`,
+    /// inpainting (the unmasked part put back after each step).
     #[allow(clippy::too_many_arguments)]
     pub fn denoise_image(
         &self,
         cond: &Sd3Conditioning,
         clean: &Tensor,
         start_noise: &Tensor,
+        mask: Option<&Tensor>,
         steps: usize,
         strength: f64,
         guidance: f64,
@@ -204,7 +206,20 @@ impl Sd3 {
         let schedule = self.schedule(steps)?;
         let start = start_step(steps, strength)?;
         let latents = schedule.noised(clean, start_noise, start)?;
-        self.denoise_from(&schedule, cond, latents, start, guidance, on_step)
+        let keep = mask.map(|mask| Keep {
+            clean,
+            noise: start_noise,
+            mask,
+        });
+        self.denoise_from(
+            &schedule,
+            cond,
+            latents,
+            start,
+            keep.as_ref(),
+            guidance,
+            on_step,
+        )
     }
 
     /// Clean latents of `image` (1, 3, h, w) in [-1, 1] (shifted and
@@ -213,12 +228,14 @@ impl Sd3 {
         self.image_encoder.latents(image, eps)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn denoise_from(
         &self,
         schedule: &FlowSchedule,
         cond: &Sd3Conditioning,
         latents: Tensor,
         start: usize,
+        keep: Option<&Keep>,
         guidance: f64,
         on_step: &mut StepCallback,
     ) -> Result<Option<Tensor>, EngineLoadError> {
@@ -243,6 +260,14 @@ impl Sd3 {
                     .forward(&latents, timestep, &context, &pooled)?
             };
             latents = schedule.step(&velocity, i, &latents)?;
+            if let Some(keep) = keep {
+                let kept = if i + 1 < schedule.steps() {
+                    schedule.noised(keep.clean, keep.noise, i + 1)?
+                } else {
+                    keep.clean.clone()
+                };
+                latents = keep.blend(&latents, &kept)?;
+            }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
             }
