@@ -129,7 +129,7 @@ async function main() {
     await page.waitForSelector('#image-dialog[open]');
     await page.click('#detail-input');
     await page.waitForSelector('#page-generate:not([hidden])');
-    await page.waitForSelector('#init-preview:not([hidden])');
+    await page.waitForSelector('#init-stage:not([hidden])');
     check('use as input shows the picture and enables the strength', !(await page.isDisabled('#strength')));
     await page.$eval('#strength', (s) => { s.value = '0.5'; s.dispatchEvent(new Event('input')); });
     await page.fill('#prompt', 'an edit of the pond at dawn');
@@ -143,10 +143,26 @@ async function main() {
       edited.settings.strength === 0.5 && edited.settings.init_image?.length === 64 && edited.progress.total_steps === 2,
       JSON.stringify(edited.settings));
     await page.screenshot({ path: join(artifacts, '3b-image-to-image.png'), fullPage: true });
+    // Inpainting: paint the right half of the picture with the brush.
+    await page.evaluate(() => document.getElementById('mask-canvas').scrollIntoView({ block: 'center' }));
+    const box = await page.locator('#mask-canvas').boundingBox();
+    await page.mouse.move(box.x + box.width * 0.75, box.y + box.height * 0.1);
+    await page.mouse.down();
+    for (let y = 0.1; y < 0.95; y += 0.05) await page.mouse.move(box.x + box.width * 0.75, box.y + box.height * y);
+    await page.mouse.up();
+    await page.fill('#prompt', 'a repainted right side');
+    await page.click('#generate-button');
+    const maskCard = page.locator('.job', { hasText: 'a repainted right side' }).first();
+    await maskCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    const maskJob = await (await fetch(`${base}/api/status/${await maskCard.getAttribute('data-job-id')}`)).json();
+    const maskImage = maskJob.images[0];
+    check('painting a mask makes an inpainting job', maskJob.status === 'completed' && maskJob.settings.mask_image?.length === 64
+      && maskImage.id, JSON.stringify(maskJob.settings));
+    await page.screenshot({ path: join(artifacts, '3c-inpainting.png'), fullPage: true });
     await page.click('#init-clear');
-    check('remove clears the input', await page.isDisabled('#strength') && await page.locator('#init-preview').isHidden());
+    check('remove clears the input', await page.isDisabled('#strength') && await page.locator('#init-stage').isHidden());
     await page.setInputFiles('#init-file', file);
-    await page.waitForSelector('#init-preview:not([hidden])');
+    await page.waitForSelector('#init-stage:not([hidden])');
     check('an uploaded picture becomes the input', !(await page.isDisabled('#strength')));
     await page.click('#init-clear');
 

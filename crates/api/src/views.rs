@@ -67,6 +67,9 @@ pub fn rest_job_status(job: &Job) -> Value {
     ) {
         settings.insert("init_image".into(), json!(init.sha256));
         settings.insert("strength".into(), json!(init.strength));
+        if let Some(mask) = &init.mask_sha256 {
+            settings.insert("mask_image".into(), json!(mask));
+        }
     }
     // CyberImage numbers each image of a job (1-based) and gives the count.
     if let Some(images) = obj.get_mut("images").and_then(Value::as_array_mut) {

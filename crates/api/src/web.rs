@@ -51,6 +51,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/js/input.js"),
     ),
+    (
+        "js/mask.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/mask.js"),
+    ),
 ];
 
 /// Paths of the page itself, which stay reachable without an API key (the

@@ -1,10 +1,11 @@
 // The generate form's "start from an image" panel: a picture uploaded here
 // (sent as a data: URL) or a gallery image's id ("Use as input" in its
-// dialog), with the strength slider. While a picture is set, the form asks
+// dialog), with the strength slider and a mask brush for inpainting. While a picture is set, the form asks
 // for image-to-image at the picture's size (rounded down to the model's
 // multiple).
 
 import { setImage } from './api.js';
+import { initMaskPanel, maskDataUrl, resetMask } from './mask.js';
 
 const el = (id) => document.getElementById(id);
 let current = null; // { ref, width, height } or null
@@ -19,12 +20,16 @@ export function initInputPanel() {
   });
   el('init-clear').addEventListener('click', clear);
   el('strength').addEventListener('input', () => { el('strength-value').textContent = el('strength').value; });
+  initMaskPanel();
 }
 
 // What the request needs: { init_image, strength }, or null.
 export function currentInput() {
   if (!current) return null;
-  return { init_image: current.ref, strength: Number(el('strength').value) };
+  const input = { init_image: current.ref, strength: Number(el('strength').value) };
+  const mask = maskDataUrl();
+  if (mask) input.mask_image = mask;
+  return input;
 }
 
 // A gallery image as the input: { id, url }.
@@ -36,6 +41,7 @@ function show(ref, url) {
   current = { ref };
   const img = el('init-preview');
   img.onload = () => {
+    resetMask(img.naturalWidth, img.naturalHeight);
     const step = Number(el('width').step) || 8;
     const fit = (v) => Math.max(64, Math.floor(v / step) * step);
     el('width').value = fit(img.naturalWidth);
@@ -43,7 +49,8 @@ function show(ref, url) {
     el('size-preset').value = 'custom';
   };
   setImage(img, url);
-  img.hidden = false;
+  el('init-stage').hidden = false;
+  el('mask-tools').hidden = false;
   el('init-clear').hidden = false;
   el('strength').disabled = false;
   el('init-panel').classList.add('active');
@@ -52,7 +59,8 @@ function show(ref, url) {
 function clear() {
   current = null;
   el('init-file').value = '';
-  el('init-preview').hidden = true;
+  el('init-stage').hidden = true;
+  el('mask-tools').hidden = true;
   el('init-preview').removeAttribute('src');
   el('init-clear').hidden = true;
   el('strength').disabled = true;
