@@ -1,6 +1,6 @@
 """Writes BENCHMARKS.md from the results the benchmark scripts saved in
 bench/results/ (engine.json from engine_vs_diffusers.py, sdxl.json from
-sdxl_vs_diffusers.py, e2e.json from e2e_turbo.py, flux.json from
+sdxl_vs_diffusers.py, img2img.json from img2img_vs_diffusers.py, e2e.json from e2e_turbo.py, flux.json from
 flux_vs_diffusers.py, load.json from load_status.py). Targets come from the benchmark issue; each is marked met or
 not met by the numbers, never by hand.
 
@@ -197,6 +197,26 @@ def sized_stage(stage, x):
     return STAGE_NAMES.get(stage, stage).replace(" (large)", "").replace(",", f" {size}²,", 1)
 
 
+def img2img_section(x):
+    """The VAE encoder, image-to-image's extra stage."""
+    out = ["## Image-to-image: the VAE encoder vs diffusers (identical weights)", "",
+           f"Command: `{x['command']}` ({provenance(x)}, fixtures venv: torch {x['torch']}, {x['threads']} threads). "
+           "The full-size SD 1.5 VAE (random weights, the files engine_vs_diffusers.py writes) encodes a picture "
+           "to its latent posterior; median of "
+           f"{x['repeats']} runs after a warm-up. An image-to-image job is this stage plus the text-to-image "
+           "stages above (strength × steps UNet steps and one decode), so its time is their sum; no job-level "
+           f"comparison was run. FLOP floor = FLOPs / {anchor_text(x)}.", "",
+           "| Stage | CyberImage (s) | diffusers (s) | ours / diffusers | ours bf16 (s) | diffusers bf16 (s) | "
+           "ours bf16 / diffusers bf16 | ours / floor |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in x["stages"].values():
+        out.append(f"| VAE encode {r['side']}², batch 1 | {r['ours_s']:.2f} | {r['diffusers_s']:.2f} | "
+                   f"{r['ratio_ours_over_diffusers']:.2f}× | {r['ours_bf16_s']:.2f} | {r['diffusers_bf16_s']:.2f} | "
+                   f"{r['ours_bf16_s'] / r['diffusers_bf16_s']:.2f}× | {r['ours_s'] / r['floor_s']:.1f}× |")
+    out += ["", f"Peak RSS: CyberImage {x['ours_peak_rss_mib']:.0f} MiB, diffusers {x['diffusers_peak_rss_mib']:.0f} MiB.", ""]
+    return out
+
+
 def alloc_section(x):
     return ["## Allocator: the engine's global allocator on the VAE decode", "",
             f"Command: `{x['command']}` ({provenance(x)}). The same `bench_stages` over a folder holding only the "
@@ -273,6 +293,9 @@ def main():
                 out.append(f"\nPeak RSS with bf16: CyberImage {engine['ours_bf16_peak_rss_mib']:.0f} MiB "
                            "(the bf16-packed weights are kept beside the f32 ones).")
             out.append("")
+    img2img = json.loads((RESULTS / "img2img.json").read_text()) if (RESULTS / "img2img.json").exists() else None
+    if img2img:
+        out += img2img_section(img2img)
     if sdxl:
         out += sdxl_section(sdxl)
     if e2e:
@@ -352,7 +375,9 @@ def main():
         out += load_targets(load_idle, "with `idle_priority = true`")
     out += ["", "## Not measured yet", "",
             "SD 3.5 Large stages on real-size weights: the pipeline exists and its full-size config builds "
-            "(engine tests), but it is not in the harness yet.", ""]
+            "(engine tests), but it is not in the harness yet.", "",
+            "A whole image-to-image or inpainting job against diffusers' pipeline (only its extra stage, the VAE "
+            "encoder, is timed above), and LoRA (not built yet).", ""]
     history = RESULTS / "history.md"
     if history.exists():
         out += [history.read_text().rstrip(), ""]

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::models::clip::ClipTextEncoder;
 use cyberimage_engine::models::unet::{AddedConditioning, UNet};
 use cyberimage_engine::models::vae::VaeDecoder;
+use cyberimage_engine::models::vae_encoder::VaeEncoder;
 
 /// Each run's seconds and minor page faults.
 fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> (Vec<f64>, Vec<u64>) {
@@ -26,7 +27,13 @@ fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> (Vec<f64>, Vec<u64>) {
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all: Vec<String> = std::env::args().collect();
     let bf16 = all.iter().any(|a| a == "--bf16");
-    let args: Vec<String> = all.into_iter().filter(|a| a != "--bf16").collect();
+    // Only the VAE encoder (image-to-image's extra stage), at SIZE and at
+    // the large size.
+    let encode_only = all.iter().any(|a| a == "--encode-only");
+    let args: Vec<String> = all
+        .into_iter()
+        .filter(|a| a != "--bf16" && a != "--encode-only")
+        .collect();
     let scoped = |f: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
         cyberimage_kernels::bf16_gemm::scoped(bf16, f)
     };
@@ -46,6 +53,21 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let latent = size / 8;
+    if encode_only {
+        let encoder = VaeEncoder::load(&dir.join("vae"), DType::F32, &device)?;
+        let sizes = std::iter::once(("vae_encode_b1", size))
+            .chain(large_vae.map(|large| ("vae_encode_large_b1", large)));
+        for (stage, side) in sizes {
+            let image = Tensor::randn(0f32, 0.5f32, (1, 3, side, side), &device)?;
+            report(
+                stage,
+                time(repeats, || {
+                    scoped(&mut || encoder.posterior(&image).map(|p| p.mean))
+                }),
+            );
+        }
+        return Ok(());
+    }
     // The encoder is freed before the UNet loads, as before this stage list
     // grew, so the peak RSS compares with earlier runs.
     let encoded = if dir.join("text_encoder").exists() {
