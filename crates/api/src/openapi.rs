@@ -76,6 +76,8 @@ fn schemas() -> Value {
                              "description": "-1 or omitted: random."},
                     "init_image": {"type": "string", "description": "Image-to-image: a gallery image id (img_…), or a PNG/JPEG as base64 or a data: URL (≤ 16 Mpx). Width and height default to its size, rounded down to the model's multiple; another size resizes it (Lanczos)."},
                     "mask_image": {"type": "string", "description": "Inpainting: a mask of the init_image's size (same forms), white where the model repaints, black where the picture is kept."},
+                    "outpaint": {"type": "object", "description": "Outpainting: pixels to add to the init_image on each side (left, right, top, bottom; each 0–max dimension); the border is filled from the nearest edge, masked with an 8-pixel seam and drawn at strength 1 unless given. Not with mask_image.",
+                                 "properties": {"left": {"type": "integer", "minimum": 0}, "right": {"type": "integer", "minimum": 0}, "top": {"type": "integer", "minimum": 0}, "bottom": {"type": "integer", "minimum": 0}}},
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                                  "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."}}},
             },

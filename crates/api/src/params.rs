@@ -70,6 +70,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "seed",
     "init_image",
     "mask_image",
+    "outpaint",
     "strength",
     "denoising_strength",
 ];
@@ -153,6 +154,36 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
         strength: lookup(top, settings, &["strength", "denoising_strength"])
             .map(|(v, name)| number(v, &name))
             .transpose()?,
+        outpaint: match lookup(top, settings, &["outpaint"]) {
+            None => None,
+            Some((Value::Object(o), name)) => {
+                let side = |k: &str| -> Result<i64, String> {
+                    match o.get(k) {
+                        None | Some(Value::Null) => Ok(0),
+                        Some(v) => integer(v, &format!("{name}.{k}")),
+                    }
+                };
+                if let Some(other) = o
+                    .keys()
+                    .find(|k| !["left", "right", "top", "bottom"].contains(&k.as_str()))
+                {
+                    return Err(format!(
+                        "unknown field {name}.{other}; the sides are left, right, top, bottom"
+                    ));
+                }
+                Some(cyberimage_core::Outpaint {
+                    left: side("left")?,
+                    right: side("right")?,
+                    top: side("top")?,
+                    bottom: side("bottom")?,
+                })
+            }
+            Some((_, name)) => {
+                return Err(format!(
+                "{name} must be an object: {{\"left\", \"right\", \"top\", \"bottom\"}} in pixels"
+            ))
+            }
+        },
         // Inpainting: white where the model repaints.
         mask_image: match lookup(top, settings, &["mask_image"]) {
             None => None,

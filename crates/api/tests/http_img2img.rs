@@ -219,3 +219,85 @@ async fn a_mask_decides_what_is_repainted() {
     let message = assert_error(mismatched, 400, "invalid_parameter").await;
     assert!(message.contains("the same size"), "{message}");
 }
+
+/// Outpainting: the canvas grows by the sides asked for, the new border
+/// (and an 8-pixel seam) is repainted from noise, the picture is kept;
+/// the job's size is the canvas's. Bad sides are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outpainting_extends_the_canvas_and_redraws_the_border() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let r: Value = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "more sky to the right", "seed": 3,
+                   "init_image": b64(png(64, 64, 60)), "outpaint": {"right": 32}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = s
+        .wait_status(r["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        (
+            done["settings"]["width"].clone(),
+            done["settings"]["height"].clone()
+        ),
+        (json!(96), json!(64))
+    );
+    assert_eq!(
+        done["settings"]["strength"], 1.0,
+        "the border is drawn from noise"
+    );
+    assert_eq!(done["settings"]["mask_image"].as_str().unwrap().len(), 64);
+    let id = done["images"][0]["id"].as_str().unwrap();
+    let out = decode(
+        &s.get(&format!("/api/get_image/{id}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(out.dimensions(), (96, 64));
+    assert_eq!(out.get_pixel(20, 10).0[0], 60, "the picture is kept");
+    assert_eq!(out.get_pixel(60, 10).0[0], 60 ^ 3, "the seam is redrawn");
+    assert_eq!(
+        out.get_pixel(90, 10).0[0],
+        60 ^ 3,
+        "the new border is drawn"
+    );
+
+    for (body, words) in [
+        (
+            json!({"model": "tiny", "prompt": "x", "outpaint": {"left": 8}}),
+            "send the init_image",
+        ),
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)), "outpaint": {}}),
+            "adds nothing",
+        ),
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)), "outpaint": {"top": -8}}),
+            "between 0 and",
+        ),
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)), "outpaint": {"left": 4000}}),
+            "between 0 and",
+        ),
+    ] {
+        let message = assert_error(
+            s.post("/api/generate", body.clone()).await,
+            400,
+            "invalid_parameter",
+        )
+        .await;
+        assert!(message.contains(words), "{body}: {message}");
+    }
+    // A side we do not know is the request's shape, refused when decoded.
+    let body = json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)), "outpaint": {"up": 8}});
+    let message = assert_error(s.post("/api/generate", body).await, 400, "invalid_request").await;
+    assert!(message.contains("unknown field outpaint.up"), "{message}");
+}

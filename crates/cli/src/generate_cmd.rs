@@ -72,6 +72,7 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             init_image,
             strength: args.strength,
             mask_image: None,
+            outpaint: None,
         })
         .await?;
     let bar = ProgressBar::new(u64::from(job.spec.total_steps()));

@@ -20,4 +20,4 @@ pub use engine::{
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};
 pub use model::{Catalogue, ModelDefaults, ModelEntry, ModelFamily};
-pub use spec::{GenerationSpec, InitImage, Limits, SpecRequest, ValidationError};
+pub use spec::{GenerationSpec, InitImage, Limits, Outpaint, SpecRequest, ValidationError};

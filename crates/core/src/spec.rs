@@ -67,6 +67,18 @@ pub struct SpecRequest {
     /// Inpainting: a mask picture (white = repaint), named like
     /// `init_image` and of its size.
     pub mask_image: Option<String>,
+    /// Outpainting: pixels to add around the `init_image`, which the
+    /// model draws (an inpainting job over the extended canvas).
+    pub outpaint: Option<Outpaint>,
+}
+
+/// How far an outpainting job extends the picture on each side, in pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outpaint {
+    pub left: i64,
+    pub right: i64,
+    pub top: i64,
+    pub bottom: i64,
 }
 
 /// diffusers' img2img default.
@@ -273,6 +285,42 @@ impl SpecRequest {
             ));
         }
 
+        if let Some(o) = &self.outpaint {
+            if self.init_image.is_none() {
+                return Err(ValidationError::new(
+                    "outpaint",
+                    "outpaint extends an init_image: send the init_image too",
+                ));
+            }
+            if self.mask_image.is_some() {
+                return Err(ValidationError::new(
+                    "outpaint",
+                    "outpaint makes its own mask (the new border): send no mask_image with it",
+                ));
+            }
+            for (side, v) in [
+                ("left", o.left),
+                ("right", o.right),
+                ("top", o.top),
+                ("bottom", o.bottom),
+            ] {
+                if !(0..=i64::from(limits.max_dimension)).contains(&v) {
+                    return Err(ValidationError::new(
+                        "outpaint",
+                        format!(
+                            "outpaint.{side} must be between 0 and {} pixels, got {v}",
+                            limits.max_dimension
+                        ),
+                    ));
+                }
+            }
+            if o.left + o.right + o.top + o.bottom == 0 {
+                return Err(ValidationError::new(
+                    "outpaint",
+                    "outpaint adds nothing: give at least one side a width",
+                ));
+            }
+        }
         if self.mask_image.is_some() && self.init_image.is_none() {
             return Err(ValidationError::new(
                 "mask_image",

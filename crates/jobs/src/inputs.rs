@@ -17,6 +17,10 @@ fn invalid_field(field: &'static str, message: impl Into<String>) -> JobsError {
     JobsError::Invalid(ValidationError::new(field, message))
 }
 
+/// Pixels of the picture an outpainting mask also takes, so the seam
+/// between picture and new border is redrawn.
+const OUTPAINT_OVERLAP: u32 = 8;
+
 /// The pictures of an image-to-image request, before they are kept.
 pub(crate) struct Pictures {
     image: RgbPicture,
@@ -81,8 +85,8 @@ impl JobService {
         let Some(reference) = request.init_image.clone() else {
             return Ok(None);
         };
-        let picture = self.picture(&reference, "init_image").await?;
-        let mask = match request.mask_image.clone() {
+        let mut picture = self.picture(&reference, "init_image").await?;
+        let mut mask = match request.mask_image.clone() {
             Some(reference) => {
                 let mask = self.picture(&reference, "mask_image").await?;
                 if (mask.width, mask.height) != (picture.width, picture.height) {
@@ -98,6 +102,49 @@ impl JobService {
             }
             None => None,
         };
+        if let Some(o) = request.outpaint {
+            // Checked before the canvas is allocated: each side within the
+            // dimension limit, the canvas within the input pixel limit
+            // (`resolve` then judges the job's size as usual).
+            let limits = &self.config.limits;
+            let side = |name: &str, v: i64| -> Result<u32, JobsError> {
+                u32::try_from(v)
+                    .ok()
+                    .filter(|&v| v <= limits.max_dimension)
+                    .ok_or_else(|| {
+                        invalid_field(
+                            "outpaint",
+                            format!(
+                                "outpaint.{name} must be between 0 and {} pixels, got {v}",
+                                limits.max_dimension
+                            ),
+                        )
+                    })
+            };
+            let sides = (
+                side("left", o.left)?,
+                side("right", o.right)?,
+                side("top", o.top)?,
+                side("bottom", o.bottom)?,
+            );
+            let canvas_pixels = u64::from(picture.width + sides.0 + sides.1)
+                * u64::from(picture.height + sides.2 + sides.3);
+            if canvas_pixels > limits.max_input_pixels {
+                return Err(invalid_field(
+                    "outpaint",
+                    format!(
+                        "the extended canvas would be {canvas_pixels} pixels; the limit is {}",
+                        limits.max_input_pixels
+                    ),
+                ));
+            }
+            let (canvas, border) = picture.extended(sides, OUTPAINT_OVERLAP);
+            picture = canvas;
+            mask = Some(border);
+            // The new border starts as a copy of the edge: it must be
+            // redrawn from noise, not touched up.
+            request.strength = request.strength.or(Some(1.0));
+        }
         let model = request
             .model
             .as_deref()

@@ -76,6 +76,55 @@ impl RgbPicture {
         })
     }
 
+    /// Outpainting's canvas: this picture with `left`, `right`, `top` and
+    /// `bottom` pixels added, filled by repeating the nearest edge pixel
+    /// (a plain colour there would bias the new content towards it), and
+    /// its mask: white over the new border and `overlap` pixels into the
+    /// picture, so the seam is redrawn too; black elsewhere.
+    pub fn extended(
+        &self,
+        (left, right, top, bottom): (u32, u32, u32, u32),
+        overlap: u32,
+    ) -> (Self, Self) {
+        let (w, h) = (self.width + left + right, self.height + top + bottom);
+        // The part of the picture that stays: the seam sides give up
+        // `overlap` pixels to the mask.
+        let seam = |grown: u32| if grown > 0 { overlap } else { 0 };
+        let (keep_x0, keep_x1) = (
+            left + seam(left),
+            (left + self.width).saturating_sub(seam(right)),
+        );
+        let (keep_y0, keep_y1) = (
+            top + seam(top),
+            (top + self.height).saturating_sub(seam(bottom)),
+        );
+        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+        let mut mask = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            let sy = y.saturating_sub(top).min(self.height - 1);
+            for x in 0..w {
+                let sx = x.saturating_sub(left).min(self.width - 1);
+                let i = ((sy * self.width + sx) * 3) as usize;
+                rgb.extend_from_slice(&self.rgb[i..i + 3]);
+                let kept = (keep_x0..keep_x1).contains(&x) && (keep_y0..keep_y1).contains(&y);
+                let v = if kept { 0 } else { 255 };
+                mask.extend_from_slice(&[v, v, v]);
+            }
+        }
+        (
+            Self {
+                width: w,
+                height: h,
+                rgb,
+            },
+            Self {
+                width: w,
+                height: h,
+                rgb: mask,
+            },
+        )
+    }
+
     /// An RGB PNG of the picture, without metadata.
     pub fn to_png(&self) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();
@@ -138,5 +187,28 @@ mod tests {
         assert!(decode_picture(b"not an image", 1000).is_err());
         assert!(is_input_digest(&sha256_hex(b"x")));
         assert!(!is_input_digest("../../etc/passwd"));
+    }
+
+    #[test]
+    fn outpainting_extends_the_edges_and_masks_the_border_and_seam() {
+        let picture = RgbPicture {
+            width: 4,
+            height: 2,
+            rgb: (0..24).collect(),
+        };
+        let (canvas, mask) = picture.extended((0, 3, 1, 0), 1);
+        assert_eq!((canvas.width, canvas.height), (7, 3));
+        // Row 0 is new: a copy of the picture's first row, its last pixel
+        // repeated to the right.
+        assert_eq!(
+            &canvas.rgb[..21],
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 9, 10, 11, 9, 10, 11, 9, 10, 11]
+        );
+        let row = |y: usize| -> Vec<u8> { (0..7).map(|x| mask.rgb[(y * 7 + x) * 3]).collect() };
+        assert_eq!(row(0), vec![255; 7], "the new top row");
+        // The top seam's overlap takes row 1 too; row 2 keeps the
+        // picture but its last column (the right seam) and the new border.
+        assert_eq!(row(1), vec![255; 7]);
+        assert_eq!(row(2), vec![0, 0, 0, 255, 255, 255, 255]);
     }
 }

@@ -112,6 +112,13 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         json!({"type": "string", "description": "Inpainting: a mask of the picture's size, white where the picture is redrawn and black where it is kept (a resource URI, an image id or base64). Without it the whole picture is reworked."}),
     );
     edit_props.insert(
+        "outpaint".into(),
+        json!({"type": "object", "additionalProperties": false,
+               "properties": {"left": {"type": "integer", "minimum": 0}, "right": {"type": "integer", "minimum": 0},
+                              "top": {"type": "integer", "minimum": 0}, "bottom": {"type": "integer", "minimum": 0}},
+               "description": "Outpainting: pixels to add on each side; the model draws them (and an 8-pixel seam). Not with mask."}),
+    );
+    edit_props.insert(
         "strength".into(),
         json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
                "description": "How much of the schedule runs: low keeps the picture, 1 redraws it."}),

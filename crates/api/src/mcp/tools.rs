@@ -238,7 +238,7 @@ async fn generate(
         known.push("inline_preview");
     }
     if args.get("init_image").is_some() {
-        known.extend(["init_image", "mask_image", "strength"]);
+        known.extend(["init_image", "mask_image", "outpaint", "strength"]);
     }
     if let Err(e) = check_known(args, &known) {
         return Ok(e);
