@@ -41,6 +41,7 @@ BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 .venv/bin/python tests/ecosystem/test_models_pull.py "$BIN"
 .venv/bin/python tests/compat/test_cyberimage_rest.py "$BIN"
+.venv/bin/python tests/ecosystem/test_a1111_api.py "$BIN"
 # Reliability: >= 10,000 malformed requests, then >= 20 kill -9 / restart
 # trials (more with --cases / --trials when run by hand).
 .venv/bin/python tests/reliability/fuzz_api.py "$BIN" --cases 10000

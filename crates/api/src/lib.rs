@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod a1111;
 mod auth;
 mod body;
 mod error_table;
@@ -76,6 +77,7 @@ pub(crate) struct AppState {
     pub http_metrics: metrics::HttpMetrics,
     pub keys: ApiKeys,
     pub device: Option<String>,
+    pub a1111: Arc<a1111::A1111State>,
 }
 
 pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
@@ -87,11 +89,13 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         http_metrics: http_metrics.clone(),
         keys: config.api_keys.clone(),
         device: config.device.clone(),
+        a1111: a1111::state(),
     };
     rest::routes()
         .merge(jsonrpc::routes())
         .merge(mcp::http::routes())
         .merge(openai::routes())
+        .merge(a1111::routes())
         .merge(png_info::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())

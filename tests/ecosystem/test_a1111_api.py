@@ -1,0 +1,80 @@
+"""AUTOMATIC1111's API (`/sdapi/v1/…`) driven by `webuiapi`, the A1111
+Python client, against the real binary and engine (the built-in tiny SD
+1.5 model): the model list and option, txt2img (deterministic by seed,
+A1111's infotext in `info`), img2img from its result with a strength,
+inpainting with a mask, PNG info, progress, interrupt and samplers.
+
+usage: python tests/ecosystem/test_a1111_api.py path/to/cyberimage
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import webuiapi
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check, finish, start_server  # noqa: E402
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
+TINY = "tiny-sd15-random"
+
+
+def run(base):
+    url = urlsplit(base)
+    api = webuiapi.WebUIApi(host=url.hostname, port=url.port)
+    names = api.util_get_model_names()
+    check("sd-models lists our models", TINY in names, names)
+    api.util_set_model(TINY)
+    check("options remember the checkpoint", api.get_options()["sd_model_checkpoint"] == TINY, api.get_options())
+    check("samplers are listed", "Euler a" in [s["name"] for s in api.get_samplers()])
+
+    first = api.txt2img(prompt="a lighthouse at dusk", negative_prompt="fog", seed=7, steps=4,
+                        width=64, height=64, cfg_scale=7.5)
+    check("txt2img returns the picture", first.image.size == (64, 64), first.image.size)
+    check("info has A1111's fields", first.info["seed"] == 7 and first.info["sd_model_name"] == TINY
+          and first.info["all_seeds"] == [7], first.info)
+    infotext = first.info["infotexts"][0]
+    check("info has the infotext", "Steps: 4" in infotext and "Seed: 7" in infotext and "fog" in infotext, infotext)
+    again = api.txt2img(prompt="a lighthouse at dusk", negative_prompt="fog", seed=7, steps=4,
+                        width=64, height=64, cfg_scale=7.5)
+    check("the same seed gives the same picture", again.image.tobytes() == first.image.tobytes())
+    batch = api.txt2img(prompt="two boats", seed=11, steps=2, width=64, height=64, batch_size=2)
+    check("batch_size makes that many images, seed and seed + 1", len(batch.images) == 2
+          and batch.info["all_seeds"] == [11, 12], batch.info.get("all_seeds"))
+
+    edited = api.img2img(images=[first.image], prompt="the lighthouse at night", denoising_strength=0.5,
+                         seed=3, steps=4, width=64, height=64, cfg_scale=7.5)
+    check("img2img from the picture", edited.image.size == (64, 64) and edited.info["denoising_strength"] == 0.5,
+          edited.info)
+    check("img2img records the strength in the infotext", "Denoising strength: 0.5" in edited.info["infotexts"][0])
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    inpainted = api.img2img(images=[first.image], mask_image=mask, prompt="a storm on the right",
+                            denoising_strength=1.0, seed=3, steps=4, width=64, height=64, cfg_scale=7.5,
+                            inpainting_fill=1)
+    check("inpainting with a mask", inpainted.image.size == (64, 64)
+          and inpainted.image.tobytes() != edited.image.tobytes())
+
+    info = api.png_info(first.image)
+    check("png-info reads the parameters back", "Seed: 7" in info.info, info.info)
+    progress = api.get_progress()
+    check("progress answers A1111's shape", "progress" in progress and "state" in progress, progress)
+    api.interrupt()
+    check("interrupt after the job is a no-op", api.get_progress()["state"]["interrupted"] is False)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as data:
+        proc, base = start_server(BINARY, data)
+        try:
+            run(base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    finish()
+
+
+main()
