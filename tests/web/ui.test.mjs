@@ -66,7 +66,18 @@ async function main() {
     const defaultModel = await page.$eval('#model', (s) => s.value);
     const serverDefault = (await (await fetch(base + '/api/models')).json()).default;
     check('generate page preselects the server default model', defaultModel === serverDefault, defaultModel);
+    // Here the default (flux-1) has no weights: the page says so, and why.
+    const serverModels = (await (await fetch(base + '/api/models')).json()).models;
+    if (serverModels[serverDefault].available === false) {
+      const note = await page.textContent('#model-unavailable');
+      check('an unavailable default is marked, with the reason',
+        await page.isVisible('#model-unavailable') && note.includes('cannot run here')
+        && (await page.$eval('#model', (s) => s.selectedOptions[0].textContent)).includes('not on this machine'), note);
+    } else {
+      check('an unavailable default is marked, with the reason', false, 'the default model can run here: nothing to check');
+    }
     await page.selectOption('#model', TINY);
+    check('a model that can run shows no warning', await page.isHidden('#model-unavailable'));
     check('model defaults fill the form', (await page.inputValue('#width')) === '64');
     const prompt = `neon koi pond ${Date.now()}`;
     await page.fill('#prompt', prompt);

@@ -15,7 +15,7 @@ export function init({ onJobEvent, onPreview }) {
   el('prompt').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submit(); }
   });
-  el('model').addEventListener('change', () => applyModelDefaults());
+  el('model').addEventListener('change', () => { applyModelDefaults(); showAvailability(); });
   el('size-preset').addEventListener('change', () => applyPreset());
   for (const id of ['width', 'height']) {
     el(id).addEventListener('input', () => { el('size-preset').value = 'custom'; });
@@ -53,14 +53,26 @@ async function loadModels() {
   for (const [key, m] of Object.entries(models.models)) {
     const opt = document.createElement('option');
     opt.value = key;
-    opt.textContent = `${key} (${m.family})`;
-    opt.title = m.description;
+    // Models whose weights are not on this machine are marked, with the
+    // reason in the tooltip and under the picker when chosen.
+    opt.textContent = m.available === false ? `${key} (${m.family}) · not on this machine` : `${key} (${m.family})`;
+    opt.title = m.available === false && m.unavailable_reason ? m.unavailable_reason : m.description;
     select.append(opt);
   }
   select.value = models.default;
   applyModelDefaults();
+  showAvailability();
   const remixPending = select.dataset.pending;
   if (remixPending) { delete select.dataset.pending; remix(JSON.parse(remixPending)); }
+}
+
+// Says, under the picker, why the chosen model cannot run here.
+function showAvailability() {
+  const m = models.models[el('model').value];
+  const note = el('model-unavailable');
+  const missing = m && m.available === false;
+  note.textContent = missing ? `This model cannot run here: ${m.unavailable_reason || 'its weights are missing'}` : '';
+  note.hidden = !missing;
 }
 
 function applyModelDefaults() {
