@@ -276,7 +276,12 @@ async fn doctor(config: Config) -> anyhow::Result<()> {
         "image files without rows removed: {}; rows without files removed: {}",
         fixed.orphan_files_removed, fixed.dangling_rows_removed
     );
-    let repaired = fixed.orphan_files_removed + fixed.dangling_rows_removed;
+    println!(
+        "image-to-image inputs no job names removed: {}",
+        fixed.orphan_inputs_removed
+    );
+    let repaired =
+        fixed.orphan_files_removed + fixed.dangling_rows_removed + fixed.orphan_inputs_removed;
     println!("repaired {repaired}");
     anyhow::ensure!(integrity == "ok", "the database failed its integrity check");
     Ok(())

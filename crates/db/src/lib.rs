@@ -208,6 +208,10 @@ pub trait ImageRepo: Send + Sync {
 
     /// Every image id with a row, for reconciling rows against files.
     async fn all_image_ids(&self) -> Result<Vec<ImageId>, DbError>;
+
+    /// The digests of the input pictures (and masks) that jobs name, for
+    /// reconciling the store's `inputs/` against them.
+    async fn referenced_inputs(&self) -> Result<Vec<String>, DbError>;
 }
 
 /// Everything the jobs service needs from a backend.

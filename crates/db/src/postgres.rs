@@ -14,8 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use crate::rows::{
-    keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json, status_counts,
-    IMAGE_COLUMNS, JOB_COLUMNS, STATUS_COUNTS_SQL,
+    input_digests, keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json,
+    status_counts, IMAGE_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS, STATUS_COUNTS_SQL,
 };
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts, QueueStats,
@@ -506,5 +506,12 @@ impl ImageRepo for PgDb {
         ids.iter()
             .map(|s| ImageId::parse(s).map_err(|_| DbError::Corrupt(format!("image id {s:?}"))))
             .collect()
+    }
+
+    async fn referenced_inputs(&self) -> Result<Vec<String>, DbError> {
+        let specs: Vec<String> = sqlx::query_scalar(INPUT_SPECS_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        input_digests(specs)
     }
 }

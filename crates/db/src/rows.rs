@@ -236,3 +236,23 @@ macro_rules! row_readers {
     };
 }
 pub(crate) use row_readers;
+
+/// What every backend runs for `referenced_inputs`: the specs that can
+/// name an input (the rest never do).
+pub const INPUT_SPECS_SQL: &str = "SELECT spec FROM jobs WHERE spec LIKE '%\"init_image\"%'";
+
+/// The input digests the specs of `INPUT_SPECS_SQL` name.
+pub fn input_digests(specs: Vec<String>) -> Result<Vec<String>, DbError> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let spec: cyberimage_core::GenerationSpec =
+            serde_json::from_str(&spec).map_err(|e| DbError::Corrupt(format!("job spec: {e}")))?;
+        if let Some(init) = spec.init_image {
+            out.push(init.sha256);
+            out.extend(init.mask_sha256);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

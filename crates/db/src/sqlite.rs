@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::rows::{
-    keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json, status_counts,
-    IMAGE_COLUMNS, JOB_COLUMNS, STATUS_COUNTS_SQL,
+    input_digests, keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json,
+    status_counts, IMAGE_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS, STATUS_COUNTS_SQL,
 };
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts, QueueStats,
@@ -514,5 +514,12 @@ impl ImageRepo for SqliteDb {
         ids.iter()
             .map(|s| ImageId::parse(s).map_err(|_| DbError::Corrupt(format!("image id {s:?}"))))
             .collect()
+    }
+
+    async fn referenced_inputs(&self) -> Result<Vec<String>, DbError> {
+        let specs: Vec<String> = sqlx::query_scalar(INPUT_SPECS_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        input_digests(specs)
     }
 }

@@ -417,6 +417,29 @@ async fn queue_stats_count_recent_jobs_by_model(db: &dyn Database) {
     assert_eq!(later, QueueStats::default());
 }
 
+async fn referenced_inputs_are_the_specs_digests(db: &dyn Database) {
+    assert!(db.referenced_inputs().await.unwrap().is_empty());
+    insert(db, "plain", "m").await;
+    let mut edit = new_job("an edit", "m");
+    edit.spec.init_image = Some(cyberimage_core::InitImage {
+        sha256: "a".repeat(64),
+        strength: 0.5,
+        mask_sha256: Some("b".repeat(64)),
+    });
+    db.insert_job(&edit, 1000).await.unwrap();
+    let mut again = new_job("the same input", "m");
+    again.spec.init_image = Some(cyberimage_core::InitImage {
+        sha256: "a".repeat(64),
+        strength: 0.9,
+        mask_sha256: None,
+    });
+    db.insert_job(&again, 1000).await.unwrap();
+    assert_eq!(
+        db.referenced_inputs().await.unwrap(),
+        vec!["a".repeat(64), "b".repeat(64)]
+    );
+}
+
 async fn status_counts_count_every_job(db: &dyn Database) {
     assert_eq!(db.status_counts().await.unwrap(), StatusCounts::default());
     complete(db, "done", "m").await;
@@ -564,6 +587,7 @@ mod on_postgres {
         gallery_pagination_search_and_delete,
         status_counts_count_every_job,
         queue_stats_count_recent_jobs_by_model,
+        referenced_inputs_are_the_specs_digests,
         list_jobs_by_state,
     );
 }
@@ -580,6 +604,7 @@ mod on_sqlite {
         gallery_pagination_search_and_delete,
         status_counts_count_every_job,
         queue_stats_count_recent_jobs_by_model,
+        referenced_inputs_are_the_specs_digests,
         list_jobs_by_state,
     );
 

@@ -59,6 +59,8 @@ impl Default for JobsConfig {
 pub struct ReconcileReport {
     pub orphan_files_removed: u64,
     pub dangling_rows_removed: u64,
+    /// Image-to-image inputs no job names any more (their jobs deleted).
+    pub orphan_inputs_removed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -293,6 +295,21 @@ impl JobService {
             }
         }
         self.delete_files(to_delete).await?;
+        // Inputs are written before their job's row: a young one may be a
+        // submission in flight, so only those older than `stale_after` go.
+        let referenced: HashSet<String> = self.db.referenced_inputs().await?.into_iter().collect();
+        let store = self.store.clone();
+        report.orphan_inputs_removed = file_work(move || {
+            let mut removed = 0;
+            for (digest, age) in store.list_inputs()? {
+                if age >= min_age && !referenced.contains(&digest) {
+                    store.delete_input(&digest)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await?;
         Ok(report)
     }
 

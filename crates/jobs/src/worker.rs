@@ -165,7 +165,12 @@ impl JobService {
                 // Files a crash left without rows were too young to judge at
                 // start-up; they are old enough now.
                 match self.reconcile_files().await {
-                    Ok(f) if f.orphan_files_removed + f.dangling_rows_removed > 0 => {
+                    Ok(f)
+                        if f.orphan_files_removed
+                            + f.dangling_rows_removed
+                            + f.orphan_inputs_removed
+                            > 0 =>
+                    {
                         tracing::warn!(?f, "reconciled image files with the database")
                     }
                     Ok(_) => {}

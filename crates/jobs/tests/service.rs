@@ -480,3 +480,53 @@ async fn an_unwritable_image_folder_fails_the_job_and_the_service_goes_on() {
     let done = wait_for(&h.service, job.id, |j| j.status.is_terminal()).await;
     assert_eq!(done.status, JobStatus::Completed);
 }
+
+/// An input kept for a submission the queue then refused names no job: the
+/// reconcile pass removes it (once older than `stale_after`, as a younger
+/// one may belong to a submission in flight), and keeps the inputs jobs
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_no_job_names_are_reconciled_away() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("inputs");
+    let h = harness_in(dir, 1, Duration::from_millis(0)).await;
+    let picture = |shade: u8| {
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            64,
+            64,
+            image::Rgb([shade, 0, 0]),
+        ))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(png)
+    };
+    let edit = |shade| SpecRequest {
+        init_image: Some(picture(shade)),
+        ..request("an edit")
+    };
+    h.service.submit(edit(10)).await.unwrap();
+    let refused = h.service.submit(edit(200)).await.unwrap_err();
+    assert!(
+        matches!(refused, JobsError::QueueFull { .. }),
+        "{refused:?}"
+    );
+    let count = || std::fs::read_dir(&inputs).unwrap().count();
+    assert_eq!(
+        count(),
+        2,
+        "both pictures were kept before the queue said no"
+    );
+    let report = h.service.reconcile_files().await.unwrap();
+    assert_eq!(report.orphan_inputs_removed, 1);
+    assert_eq!(count(), 1, "the queued job's input stays");
+    assert_eq!(
+        h.service
+            .reconcile_files()
+            .await
+            .unwrap()
+            .orphan_inputs_removed,
+        0
+    );
+}

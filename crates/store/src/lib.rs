@@ -116,6 +116,42 @@ impl ImageStore {
         }
     }
 
+    /// Every kept input's digest, with how long ago it was written.
+    pub fn list_inputs(&self) -> Result<Vec<(String, std::time::Duration)>, StoreError> {
+        let entries = fs::read_dir(&self.inputs).map_err(|source| StoreError::Read {
+            path: self.inputs.clone(),
+            source,
+        })?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name();
+                let digest = name.to_str()?.strip_suffix(".png")?.to_owned();
+                let age = e
+                    .metadata()
+                    .ok()?
+                    .modified()
+                    .ok()?
+                    .elapsed()
+                    .unwrap_or_default();
+                is_input_digest(&digest).then_some((digest, age))
+            })
+            .collect())
+    }
+
+    /// Removes a kept input; a missing one is not an error.
+    pub fn delete_input(&self, digest: &str) -> Result<(), StoreError> {
+        if !is_input_digest(digest) {
+            return Ok(());
+        }
+        let path = self.inputs.join(format!("{digest}.png"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Write { path, source }),
+        }
+    }
+
     /// How long ago the file was last written; `None` if it does not exist.
     pub fn age(&self, id: ImageId, variant: Variant) -> Option<std::time::Duration> {
         let modified = fs::metadata(self.path(id, variant)).ok()?.modified().ok()?;
