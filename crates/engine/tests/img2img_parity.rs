@@ -113,7 +113,8 @@ fn sd_family(name: &str, task: Task) {
     case.check_steps();
     let sd = StableDiffusion::load(&fixture_dir(name), &Device::Cpu).unwrap();
     let clean = sd
-        .encode_image(&case.image(), &case.refs["posterior_noise"])
+        .image_encoder()
+        .latents(&case.image(), &case.refs["posterior_noise"])
         .unwrap();
     let guidance = case.number("guidance_scale");
     let cond = sd
@@ -190,7 +191,8 @@ fn sd3(task: Task) {
     case.check_steps();
     let sd3 = Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu).unwrap();
     let clean = sd3
-        .encode_image(&case.image(), &case.refs["posterior_noise"])
+        .image_encoder()
+        .latents(&case.image(), &case.refs["posterior_noise"])
         .unwrap();
     let cond = sd3
         .encode_prompts(&case.text("prompt"), Some(&case.text("negative_prompt")))
@@ -226,7 +228,8 @@ fn flux(task: Task) {
     case.check_steps();
     let flux = Flux::load(&fixture_dir("tiny-flux"), &Device::Cpu).unwrap();
     let clean = flux
-        .encode_image(&case.image(), &case.refs["posterior_noise"])
+        .image_encoder()
+        .latents(&case.image(), &case.refs["posterior_noise"])
         .unwrap();
     let cond = flux.encode_prompt(&case.text("prompt")).unwrap();
     let latents = flux

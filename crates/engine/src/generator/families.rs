@@ -121,8 +121,7 @@ impl LoadedPipeline for StableDiffusion {
                 match run.init {
                     None => self.denoise(cond, latents, steps, guidance, &mut step_noise, on_step),
                     Some(init) => {
-                        let eps = init.posterior_noise(seed, &latents)?;
-                        let clean = self.encode_image(&init.image, &eps)?;
+                        let clean = init.clean_latents(self.image_encoder(), seed, &latents)?;
                         self.denoise_image(
                             cond,
                             &clean,
@@ -182,8 +181,7 @@ impl LoadedPipeline for Sd3 {
             |seed, noise, on_step| match run.init {
                 None => self.denoise(cond, noise, steps, guidance, on_step),
                 Some(init) => {
-                    let eps = init.posterior_noise(seed, &noise)?;
-                    let clean = self.encode_image(&init.image, &eps)?;
+                    let clean = init.clean_latents(self.image_encoder(), seed, &noise)?;
                     self.denoise_image(
                         cond,
                         &clean,
@@ -239,8 +237,7 @@ impl LoadedPipeline for Flux {
             |seed, noise, on_step| match run.init {
                 None => self.denoise(cond, &noise, steps, guidance, on_step),
                 Some(init) => {
-                    let eps = init.posterior_noise(seed, &noise)?;
-                    let clean = self.encode_image(&init.image, &eps)?;
+                    let clean = init.clean_latents(self.image_encoder(), seed, &noise)?;
                     self.denoise_image(
                         cond,
                         &clean,

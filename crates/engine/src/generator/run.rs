@@ -2,13 +2,17 @@
 //! noise per image, step progress across all images, cancel between steps,
 //! decoding to RGB8.
 
+use std::sync::OnceLock;
+
 use candle_core::{Device, Tensor};
 use cyberimage_core::{
     CancelToken, EngineError, GenerationSpec, InputImage, PreviewImage, ProgressObserver,
     ProgressUpdate,
 };
 
-use crate::pipelines::img2img::{image_tensor, latent_mask};
+use crate::error::EngineLoadError;
+use crate::models::vae_encoder::Posterior;
+use crate::pipelines::img2img::{image_tensor, latent_mask, LazyEncoder};
 use crate::pipelines::preview::PreviewPixels;
 use crate::pipelines::StepCallback;
 use crate::schedulers::noise::{gaussian, step_gaussian};
@@ -35,6 +39,9 @@ pub(super) struct InitInput {
     pub strength: f64,
     /// Inpainting: (1, 1, h/f, w/f), 1 where the model repaints.
     pub mask: Option<Tensor>,
+    /// The input's latent posterior, encoded for the job's first image
+    /// and sampled for every image (only the draw differs).
+    posterior: OnceLock<Posterior>,
 }
 
 /// The draw that samples the VAE posterior of an image-to-image job's
@@ -87,18 +94,31 @@ impl InitInput {
             image,
             strength: init.strength,
             mask,
+            posterior: OnceLock::new(),
         }))
     }
 
-    /// The standard normal draw of image `seed`'s posterior sample, shaped
-    /// like its latents.
-    pub fn posterior_noise(&self, seed: u64, like: &Tensor) -> candle_core::Result<Tensor> {
-        let count = like.elem_count();
-        Tensor::from_vec(
-            step_gaussian(seed, POSTERIOR_DRAW, count),
+    /// Image `seed`'s clean latents (shaped like `like`): the input's
+    /// posterior, encoded once per job, sampled with the image's own draw.
+    pub fn clean_latents(
+        &self,
+        encoder: &LazyEncoder,
+        seed: u64,
+        like: &Tensor,
+    ) -> Result<Tensor, EngineLoadError> {
+        let posterior = match self.posterior.get() {
+            Some(posterior) => posterior,
+            None => {
+                let encoded = encoder.posterior(&self.image)?;
+                self.posterior.get_or_init(|| encoded)
+            }
+        };
+        let eps = Tensor::from_vec(
+            step_gaussian(seed, POSTERIOR_DRAW, like.elem_count()),
             like.shape(),
             like.device(),
-        )
+        )?;
+        encoder.sample(posterior, &eps)
     }
 }
 

@@ -162,7 +162,13 @@ impl VaeEncoder {
     /// `eps`, shifted (SD 3, FLUX) and scaled, the inverse of the
     /// decoder's `decode`.
     pub fn latents(&self, image: &Tensor, eps: &Tensor) -> candle_core::Result<Tensor> {
-        let mut z = self.posterior(image)?.sample(eps)?;
+        self.sample(&self.posterior(image)?, eps)
+    }
+
+    /// `latents` from a posterior already computed (an image's posterior
+    /// is the same for every sample drawn from it).
+    pub fn sample(&self, posterior: &Posterior, eps: &Tensor) -> candle_core::Result<Tensor> {
+        let mut z = posterior.sample(eps)?;
         if let Some(shift) = self.config.shift_factor {
             z = (z - shift)?;
         }

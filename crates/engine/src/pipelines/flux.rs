@@ -190,10 +190,10 @@ impl Flux {
         )
     }
 
-    /// Clean latents of `image` (1, 3, h, w) in [-1, 1] (shifted and
-    /// scaled, unpacked), the VAE posterior sampled with `eps`.
-    pub fn encode_image(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
-        self.image_encoder.latents(image, eps)
+    /// The VAE encoder image-to-image encodes its input with (loaded on
+    /// first use).
+    pub fn image_encoder(&self) -> &LazyEncoder {
+        &self.image_encoder
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::EngineLoadError;
-use crate::models::vae_encoder::VaeEncoder;
+use crate::models::vae_encoder::{Posterior, VaeEncoder};
 
 /// RGB8 pixels (row-major, `width × height`) → (1, 3, h, w) in [-1, 1],
 /// as diffusers' image processor normalises them.
@@ -126,5 +126,15 @@ impl LazyEncoder {
     /// sampled with `eps`.
     pub fn latents(&self, image: &Tensor, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
         Ok(self.get()?.latents(image, eps)?)
+    }
+
+    /// The latent posterior of `image` (1, 3, h, w) in [-1, 1].
+    pub fn posterior(&self, image: &Tensor) -> Result<Posterior, EngineLoadError> {
+        Ok(self.get()?.posterior(image)?)
+    }
+
+    /// Clean latents: `posterior` sampled with `eps`, shifted and scaled.
+    pub fn sample(&self, posterior: &Posterior, eps: &Tensor) -> Result<Tensor, EngineLoadError> {
+        Ok(self.get()?.sample(posterior, eps)?)
     }
 }
