@@ -224,14 +224,15 @@ impl Flux {
             )?;
             latents = schedule.step(&velocity, i, &latents)?;
             if let Some(keep) = keep {
-                let kept = if i + 1 < schedule.steps() {
-                    schedule.noised(keep.clean, keep.noise, i + 1)?
-                } else {
-                    keep.clean.clone()
-                };
                 // Unpacked, blended, packed again: the same numbers as
                 // blending packed tensors, which is what diffusers does.
-                latents = pack(&keep.blend(&unpack(&latents, h, w)?, &kept)?)?;
+                let unpacked = unpack(&latents, h, w)?;
+                latents = pack(&keep.after_step(
+                    &unpacked,
+                    i + 1,
+                    schedule.steps(),
+                    |x, n, j| schedule.noised(x, n, j),
+                )?)?;
             }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);

@@ -57,9 +57,22 @@ pub struct Keep<'a> {
 }
 
 impl Keep<'_> {
-    /// `(1 − mask) · kept + mask · latents`, `kept` being the input at the
-    /// next step's noise level.
-    pub fn blend(&self, latents: &Tensor, kept: &Tensor) -> candle_core::Result<Tensor> {
+    /// The latents after a step, the unmasked part put back: the input at
+    /// step `next`'s noise level (its clean latents after the last of
+    /// `steps`), `(1 − mask) · kept + mask · latents`. `noised` is the
+    /// scheduler's forward process (`add_noise`, flow's `noised`).
+    pub fn after_step(
+        &self,
+        latents: &Tensor,
+        next: usize,
+        steps: usize,
+        noised: impl Fn(&Tensor, &Tensor, usize) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let kept = if next < steps {
+            noised(self.clean, self.noise, next)?
+        } else {
+            self.clean.clone()
+        };
         let repaint = latents.broadcast_mul(self.mask)?;
         let keep = kept.broadcast_mul(&(1.0 - self.mask)?)?;
         repaint + keep

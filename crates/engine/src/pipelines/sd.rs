@@ -411,12 +411,10 @@ impl StableDiffusion {
             };
             latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
             if let Some(keep) = keep {
-                let kept = if i + 1 < scheduler.timesteps().len() {
-                    scheduler.add_noise(keep.clean, keep.noise, i + 1)?
-                } else {
-                    keep.clean.clone()
-                };
-                latents = keep.blend(&latents, &kept)?;
+                latents =
+                    keep.after_step(&latents, i + 1, scheduler.timesteps().len(), |x, n, j| {
+                        scheduler.add_noise(x, n, j)
+                    })?;
             }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);

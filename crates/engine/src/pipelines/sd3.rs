@@ -261,12 +261,9 @@ impl Sd3 {
             };
             latents = schedule.step(&velocity, i, &latents)?;
             if let Some(keep) = keep {
-                let kept = if i + 1 < schedule.steps() {
-                    schedule.noised(keep.clean, keep.noise, i + 1)?
-                } else {
-                    keep.clean.clone()
-                };
-                latents = keep.blend(&latents, &kept)?;
+                latents = keep.after_step(&latents, i + 1, schedule.steps(), |x, n, j| {
+                    schedule.noised(x, n, j)
+                })?;
             }
             if !on_step(i + 1 - start, &latents) {
                 return Ok(None);
