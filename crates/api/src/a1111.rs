@@ -20,7 +20,7 @@ use cyberimage_jobs::{ImageVariant, JobsError};
 use serde_json::{json, Map, Value};
 
 use crate::error_table::ApiError;
-use crate::{body, AppState};
+use crate::{body, params, AppState};
 
 /// What A1111's API remembers between calls.
 #[derive(Default)]
@@ -64,33 +64,27 @@ fn model_key(name: &str) -> String {
     }
 }
 
+// The generation parameters' readers, with A1111's errors as 400s.
 fn int(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .map(Some)
-            .ok_or_else(|| invalid(format!("{name} must be an integer"))),
-    }
+    present(obj, name)
+        .map(|v| params::integer(v, name))
+        .transpose()
+        .map_err(invalid)
 }
 
 fn number(obj: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| invalid(format!("{name} must be a number"))),
-    }
+    present(obj, name)
+        .map(|v| params::number(v, name))
+        .transpose()
+        .map_err(invalid)
 }
 
 fn text(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(format!("{name} must be a string"))),
-    }
+    params::text(obj, name).map_err(invalid)
+}
+
+fn present<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).filter(|v| !v.is_null())
 }
 
 /// A1111's txt2img fields → a `SpecRequest`, with A1111's defaults

@@ -6,7 +6,7 @@
 use cyberimage_core::SpecRequest;
 use serde_json::{Map, Value};
 
-fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+pub(crate) fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -14,7 +14,7 @@ fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String>
     }
 }
 
-fn integer(v: &Value, name: &str) -> Result<i64, String> {
+pub(crate) fn integer(v: &Value, name: &str) -> Result<i64, String> {
     let Value::Number(n) = v else {
         return Err(format!("{name} must be an integer"));
     };
@@ -32,7 +32,7 @@ fn integer(v: &Value, name: &str) -> Result<i64, String> {
     }
 }
 
-fn number(v: &Value, name: &str) -> Result<f64, String> {
+pub(crate) fn number(v: &Value, name: &str) -> Result<f64, String> {
     v.as_f64().ok_or_else(|| format!("{name} must be a number"))
 }
 
@@ -105,6 +105,20 @@ pub fn check_known_fields(params: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A picture named by a gallery image id or base64, in `settings` or at
+/// the top level.
+fn image_ref(
+    top: &Map<String, Value>,
+    settings: Option<&Map<String, Value>>,
+    field: &str,
+) -> Result<Option<String>, String> {
+    match lookup(top, settings, &[field]) {
+        None => Ok(None),
+        Some((Value::String(s), _)) => Ok(Some(s.clone())),
+        Some((_, name)) => Err(format!("{name} must be a string (an image id or base64)")),
+    }
+}
+
 pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
     let top = match params {
         Value::Object(m) => m,
@@ -144,13 +158,7 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
             .transpose()?,
         // Image-to-image: an image id or base64, and A1111's name for the
         // strength too.
-        init_image: match lookup(top, settings, &["init_image"]) {
-            None => None,
-            Some((Value::String(s), _)) => Some(s.clone()),
-            Some((_, name)) => {
-                return Err(format!("{name} must be a string (an image id or base64)"))
-            }
-        },
+        init_image: image_ref(top, settings, "init_image")?,
         strength: lookup(top, settings, &["strength", "denoising_strength"])
             .map(|(v, name)| number(v, &name))
             .transpose()?,
@@ -185,13 +193,7 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
             }
         },
         // Inpainting: white where the model repaints.
-        mask_image: match lookup(top, settings, &["mask_image"]) {
-            None => None,
-            Some((Value::String(s), _)) => Some(s.clone()),
-            Some((_, name)) => {
-                return Err(format!("{name} must be a string (an image id or base64)"))
-            }
-        },
+        mask_image: image_ref(top, settings, "mask_image")?,
     })
 }
 
