@@ -104,17 +104,6 @@ impl ModelEntry {
 }
 
 impl ModelFamily {
-    /// Every family, for parsing and listing.
-    pub const ALL: [ModelFamily; 7] = [
-        Self::FluxDev,
-        Self::FluxSchnell,
-        Self::Sd3,
-        Self::Sdxl,
-        Self::Sd15,
-        Self::Sd21,
-        Self::SdTurbo,
-    ];
-
     /// The Hugging Face repo whose configs and tokenizers a single-file
     /// checkpoint of this family uses unless told otherwise (what
     /// diffusers' `from_single_file` fetches too).

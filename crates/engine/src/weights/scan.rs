@@ -162,7 +162,7 @@ fn scan_root(
         .collect();
     let t5: Vec<&Found> = encoders
         .iter()
-        .filter(|f| matches!(f.contents, Contents::T5 { .. }))
+        .filter(|f| matches!(f.contents, Contents::T5))
         .collect();
     let vae_with = |channels: usize| -> Vec<&Found> {
         vaes.iter()

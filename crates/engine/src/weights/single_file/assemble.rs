@@ -76,7 +76,7 @@ pub fn describe(contents: &Contents) -> String {
             latent_channels, ..
         } => format!("a VAE with {latent_channels} latent channels"),
         Contents::ClipText { .. } => "a CLIP text encoder".into(),
-        Contents::T5 { .. } => "a T5 text encoder".into(),
+        Contents::T5 => "a T5 text encoder".into(),
         Contents::Unsupported(why) => why.clone(),
     }
 }
@@ -213,15 +213,11 @@ fn sd3_encoders(
     let (mut clip_l, mut clip_g, mut t5) = (None, None, None);
     for file in text_encoders {
         match detect_file(file)? {
-            Contents::ClipText {
-                prefix,
-                projection: false,
-            } => clip_l = Some(part(file, &prefix, Layout::Sd3ClipL)),
-            Contents::ClipText {
-                prefix,
-                projection: true,
-            } => clip_g = Some(part(file, &prefix, Layout::AsIs)),
-            Contents::T5 { prefix } => t5 = Some(part(file, &prefix, Layout::AsIs)),
+            Contents::ClipText { projection: false } => {
+                clip_l = Some(part(file, "", Layout::Sd3ClipL))
+            }
+            Contents::ClipText { projection: true } => clip_g = Some(part(file, "", Layout::AsIs)),
+            Contents::T5 => t5 = Some(part(file, "", Layout::AsIs)),
             other => {
                 return Err(unsupported(format!(
                     "{} is not a text encoder ({})",
@@ -259,8 +255,8 @@ fn flux_parts(
     let (mut clip, mut t5) = (None, None);
     for file in text_encoders {
         match detect_file(file)? {
-            Contents::ClipText { prefix, .. } => clip = Some(part(file, &prefix, Layout::AsIs)),
-            Contents::T5 { prefix } => t5 = Some(part(file, &prefix, Layout::AsIs)),
+            Contents::ClipText { .. } => clip = Some(part(file, "", Layout::AsIs)),
+            Contents::T5 => t5 = Some(part(file, "", Layout::AsIs)),
             other => {
                 return Err(unsupported(format!(
                     "{} is not a text encoder ({})",

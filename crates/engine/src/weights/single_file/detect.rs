@@ -44,25 +44,13 @@ pub enum Contents {
         prefix: String,
         layout: Layout,
     },
-    /// A CLIP text encoder in transformers' names (`clip_l`, `clip_g`).
-    ClipText { prefix: String, projection: bool },
+    /// A CLIP text encoder in transformers' names (`clip_l`, `clip_g`),
+    /// with or without `text_model.` (read as it is).
+    ClipText { projection: bool },
     /// A T5 encoder (`t5xxl_fp16`, `t5xxl_fp8_e4m3fn`).
-    T5 { prefix: String },
+    T5,
     /// Recognised, but not something this engine runs; or not recognised.
     Unsupported(String),
-}
-
-impl Contents {
-    /// Whether it is a model by itself (the others are its parts).
-    pub fn is_denoiser(&self) -> bool {
-        matches!(
-            self,
-            Self::StableDiffusion { .. }
-                | Self::Sd3 { .. }
-                | Self::FluxTransformer { .. }
-                | Self::FluxGguf { .. }
-        )
-    }
 }
 
 /// What `path` holds. An unreadable file is an error; a readable one that
@@ -152,15 +140,12 @@ fn detect_tensors(tensors: &HashMap<String, TensorEntry>) -> Contents {
             && has(&format!("{prefix}embeddings.token_embedding.weight"))
         {
             return Contents::ClipText {
-                prefix: String::new(),
                 projection: has("text_projection.weight"),
             };
         }
     }
     if has("encoder.block.0.layer.0.SelfAttention.q.weight") {
-        return Contents::T5 {
-            prefix: String::new(),
-        };
+        return Contents::T5;
     }
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
