@@ -41,6 +41,10 @@ BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 .venv/bin/python tests/ecosystem/test_models_pull.py "$BIN"
 .venv/bin/python tests/compat/test_cyberimage_rest.py "$BIN"
+# Meaning: the trained shapes-64 draws held-out prompts as they say,
+# scored by an independent detector (colour, shape, position, guidance,
+# negative prompt).
+.venv/bin/python tests/semantic/test_shapes_model.py "$BIN"
 .venv/bin/python tests/ecosystem/test_a1111_api.py "$BIN"
 # Reliability: >= 10,000 malformed requests, then >= 20 kill -9 / restart
 # trials (more with --cases / --trials when run by hand).

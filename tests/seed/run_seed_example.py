@@ -2,10 +2,13 @@
 live `cyberimage serve` on the address the example hard-codes
 (localhost:5050), twice:
 
-1. byte for byte as the document prints it. Its models (flux-1 by default,
-   then sd-3.5) have no weights on this machine and no pipeline yet, so both
-   jobs must FAIL with a reason: the example prints "Generation failed" and
-   never an image URL. No placeholder image is ever handed out.
+1. byte for byte as the document prints it. The default it prints must be
+   the server's real default: on this fresh machine, where flux-1 has no
+   weights, the first model that can run, the built-in trained `shapes-64`
+   (README, "The default model"). That job completes with a real PNG. Its
+   second model, sd-3.5, has no weights here, so that job must FAIL with a
+   reason: the example prints "Generation failed" and no image URL for it.
+   No placeholder image is ever handed out.
 2. unchanged except for the model key: `model="sd-3.5"` becomes the built-in
    random-weight test model. That job must succeed, and the URL the example
    prints must serve a real PNG made by the diffusion pipeline.
@@ -13,6 +16,7 @@ live `cyberimage serve` on the address the example hard-codes
 usage: python tests/seed/run_seed_example.py path/to/cyberimage
 """
 
+import json
 import re
 import socket
 import subprocess
@@ -76,15 +80,18 @@ def main() -> int:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(5050, server)
+            server_default = json.load(urllib.request.urlopen("http://127.0.0.1:5050/api/models"))["default"]
             unchanged = run_example(code, data)
+            unchanged_urls = re.findall(r"Success! Image available at: (\S+)", unchanged.stdout)
+            unchanged_png = urllib.request.urlopen(unchanged_urls[0]).read() if unchanged_urls else b""
             with_tiny = run_example(tiny, data)
             urls = re.findall(r"Success! Image available at: (\S+)", with_tiny.stdout)
-            png = urllib.request.urlopen(urls[0]).read() if urls else b""
+            png = urllib.request.urlopen(urls[-1]).read() if urls else b""
             other_runs = {}
             for name, variant in others.items():
                 run = run_example(variant, data)
                 found = re.findall(r"Success! Image available at: (\S+)", run.stdout)
-                other_runs[name] = (run, found, urllib.request.urlopen(found[0]).read() if found else b"")
+                other_runs[name] = (run, found, urllib.request.urlopen(found[-1]).read() if found else b"")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -95,16 +102,24 @@ def main() -> int:
     out = unchanged.stdout
     checks = {
         "unchanged: exits cleanly": unchanged.returncode == 0,
-        "unchanged: default model is flux-1": "Using system default model: flux-1" in out,
+        "unchanged: the default printed is the server's, shapes-64 on a fresh machine":
+            f"Using system default model: {server_default}\n" in out and server_default == "shapes-64",
         "unchanged: two jobs were submitted": len(re.findall(r"Job submitted with ID: [0-9a-f-]{36}", out)) == 2,
-        "unchanged: both jobs end failed": out.count("Status: failed") == 2 and out.count("Generation failed") == 2,
-        "unchanged: no image is claimed": "Image available at" not in out and "Success!" not in out,
+        "unchanged: the default model's job completes": out.count("Status: completed") == 1
+            and len(unchanged_urls) == 1,
+        "unchanged: its URL serves a PNG": unchanged_png[:8] == b"\x89PNG\r\n\x1a\n" and len(unchanged_png) > 1000,
+        "unchanged: the sd-3.5 job fails and claims no image": out.count("Status: failed") == 1
+            and out.count("Generation failed") == 1 and out.count("Image available at") == 2,
         "no request errors": "Error:" not in out + with_tiny.stdout and "Error checking status" not in out + with_tiny.stdout,
         "tiny model: exits cleanly": with_tiny.returncode == 0,
-        "tiny model: the job completes": "Status: completed" in with_tiny.stdout and len(urls) == 1,
+        # The example's first job uses the default (shapes-64, which runs
+        # here), its second the model named: both complete, the second URL
+        # is the named model's picture.
+        "tiny model: both jobs complete": with_tiny.stdout.count("Status: completed") == 2 and len(urls) == 2,
         "tiny model: the URL serves a PNG": png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000,
-        **{f"tiny {name} model: the job completes": run.returncode == 0 and "Status: completed" in run.stdout
-           and len(found) == 1 for name, (run, found, _) in other_runs.items()},
+        **{f"tiny {name} model: both jobs complete": run.returncode == 0
+           and run.stdout.count("Status: completed") == 2 and len(found) == 2
+           for name, (run, found, _) in other_runs.items()},
         **{f"tiny {name} model: the URL serves a PNG": png_bytes[:8] == b"\x89PNG\r\n\x1a\n" and len(png_bytes) > 1000
            for name, (_, _, png_bytes) in other_runs.items()},
     }

@@ -1,5 +1,6 @@
 // End-to-end tests of the web UI: the real binary, the real engine (the
-// built-in random-weight tiny SD 1.5 model), headless Debian Chromium driven
+// built-in trained shapes-64 model, the default on a fresh machine, and the
+// random-weight tiny SD 1.5 one), headless Debian Chromium driven
 // by playwright-core. Screenshots go to tests/web/artifacts/.
 //
 // usage: node tests/web/ui.test.mjs path/to/cyberimage
@@ -66,16 +67,44 @@ async function main() {
     const defaultModel = await page.$eval('#model', (s) => s.value);
     const serverDefault = (await (await fetch(base + '/api/models')).json()).default;
     check('generate page preselects the server default model', defaultModel === serverDefault, defaultModel);
-    // Here the default (flux-1) has no weights: the page says so, and why.
-    const serverModels = (await (await fetch(base + '/api/models')).json()).models;
-    if (serverModels[serverDefault].available === false) {
-      const note = await page.textContent('#model-unavailable');
-      check('an unavailable default is marked, with the reason',
-        await page.isVisible('#model-unavailable') && note.includes('cannot run here')
-        && (await page.$eval('#model', (s) => s.selectedOptions[0].textContent)).includes('not on this machine'), note);
-    } else {
-      check('an unavailable default is marked, with the reason', false, 'the default model can run here: nothing to check');
-    }
+    // A fresh machine: flux-1 has no weights, so the default is the first
+    // model that can run, the trained shapes-64, and it draws the prompt.
+    check('a fresh machine defaults to the trained shapes-64', serverDefault === 'shapes-64', serverDefault);
+    await page.fill('#prompt', 'a red circle on a white background');
+    await page.fill('#seed', '7');
+    await page.click('#generate-button');
+    const circleCard = page.locator('.job').first();
+    await circleCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    await page.screenshot({ path: join(artifacts, '0-red-circle-default-model.png'), fullPage: true });
+    // Read the picture's pixels back: the red ones form a round blob on a
+    // white ground (its area fills about pi/4 of its bounding box).
+    const circle = await circleCard.locator('img.result-image').evaluate(async (el) => {
+      await el.decode();
+      const c = document.createElement('canvas');
+      c.width = el.naturalWidth; c.height = el.naturalHeight;
+      const g = c.getContext('2d');
+      g.drawImage(el, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      let red = 0, white = 0, x0 = 1e9, x1 = -1, y0 = 1e9, y1 = -1;
+      for (let i = 0; i < d.length; i += 4) {
+        const [r, gr, b] = [d[i], d[i + 1], d[i + 2]];
+        const p = i / 4, x = p % c.width, y = Math.floor(p / c.width);
+        if (r > 150 && gr < 90 && b < 90) {
+          red++; x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+        } else if (r > 200 && gr > 200 && b > 200) white++;
+      }
+      const box = (x1 - x0 + 1) * (y1 - y0 + 1);
+      return { red, white, fill: red / box, aspect: (x1 - x0 + 1) / (y1 - y0 + 1), total: d.length / 4 };
+    });
+    check('"a red circle on a white background" shows a red circle on white',
+      circle.red > 40 && circle.white > circle.total / 2 && circle.fill > 0.6 && circle.fill < 0.92
+      && circle.aspect > 0.75 && circle.aspect < 1.33, JSON.stringify(circle));
+    // A model without weights here is marked, with the reason.
+    await page.selectOption('#model', 'flux-1');
+    const note = await page.textContent('#model-unavailable');
+    check('a model that cannot run here is marked, with the reason',
+      await page.isVisible('#model-unavailable') && note.includes('cannot run here')
+      && (await page.$eval('#model', (s) => s.selectedOptions[0].textContent)).includes('not on this machine'), note);
     await page.selectOption('#model', TINY);
     check('a model that can run shows no warning', await page.isHidden('#model-unavailable'));
     check('model defaults fill the form', (await page.inputValue('#width')) === '64');
@@ -114,7 +143,11 @@ async function main() {
     await page.fill('#gallery-search', prompt);
     const tile = page.locator('.tile', { hasText: prompt });
     await tile.waitFor();
-    check('search finds the image', (await page.locator('.tile').count()) === 1);
+    // The gallery already held the red circle: wait for the search's answer
+    // to replace the list (the search runs once typing pauses).
+    const searched = await page.waitForFunction(() => document.querySelectorAll('.tile').length === 1,
+      null, { timeout: 10_000 }).then(() => true, () => false);
+    check('search finds the image', searched, String(await page.locator('.tile').count()));
     await page.screenshot({ path: join(artifacts, '2-gallery-search.png'), fullPage: true });
     await tile.click();
     await page.waitForSelector('#image-dialog[open]');

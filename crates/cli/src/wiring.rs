@@ -85,7 +85,9 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
 }
 
 /// The configured models, then those found in `[model_scan]` folders
-/// (with the files found there that cannot be used, and why).
+/// (with the files found there that cannot be used, and why), with the
+/// default chosen among those that can run here (`Catalogue::choose_default`).
+/// Reads folders and file headers: call it off the async threads.
 pub fn catalogue(config: &Config) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
     let mut models = config.models.clone();
     let mut skipped = Vec::new();
@@ -99,7 +101,14 @@ pub fn catalogue(config: &Config) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
         models.extend(report.models);
         skipped = report.skipped;
     }
-    Ok((Catalogue::new(models)?, skipped))
+    let mut catalogue = Catalogue::new(models)?;
+    // The probe only looks at files; an engine that cannot start here (a
+    // bf16 setting on a CPU without it) leaves the static rule, and `serve`
+    // reports that engine error itself.
+    if let Ok(probe) = CandleGenerator::new(config.data_dir.join("models"), config.engine.clone()) {
+        catalogue.choose_default(|m| probe.can_run(m).is_ok());
+    }
+    Ok((catalogue, skipped))
 }
 
 pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {

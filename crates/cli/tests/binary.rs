@@ -150,7 +150,9 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
 
     let models = rpc(&server.base, "context.image_generation.models", json!({}));
     let result = &models["result"];
-    assert_eq!(result["default"], "flux-1");
+    // A fresh machine: flux-1 has no weights, so the first model that can
+    // run is the default (README, "The default model").
+    assert_eq!(result["default"], "shapes-64");
     let keys: Vec<_> = result["models"]
         .as_object()
         .unwrap()
@@ -164,6 +166,7 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
             "flux-1",
             "sd-3.5",
             "flux-abliterated",
+            "shapes-64",
             "tiny-sd15-random",
             "tiny-sdxl-random",
             "tiny-sd3-random",
@@ -178,7 +181,7 @@ fn serve_speaks_the_seed_contract_and_never_fakes_an_image() {
     let submitted = rpc(
         &server.base,
         "context.image_generation.generate",
-        json!({"prompt": "A beautiful sunset over mountains"}),
+        json!({"prompt": "A beautiful sunset over mountains", "model": "flux-1"}),
     );
     let job_id = submitted["result"]["job_id"].as_str().unwrap().to_owned();
     let mut last = Value::Null;
@@ -242,11 +245,14 @@ fn models_list_marks_the_default() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let default_line = text.lines().find(|l| l.starts_with('*')).unwrap();
-    assert!(default_line.contains("flux-1"), "{text}");
-    assert_eq!(text.lines().count(), 8);
-    // No FLUX weights here; the built-in test models can always run.
-    assert!(default_line.contains("missing"), "{text}");
+    assert!(default_line.contains("shapes-64"), "{text}");
+    assert_eq!(text.lines().count(), 9);
+    // No FLUX weights here; the built-in models can always run, and the
+    // first of them is the default.
+    let flux = text.lines().find(|l| l.contains(" flux-1 ")).unwrap();
+    assert!(flux.contains("missing"), "{text}");
     for key in [
+        "shapes-64",
         "tiny-sd15-random",
         "tiny-sdxl-random",
         "tiny-sd3-random",
@@ -294,7 +300,13 @@ fn generate_without_the_weights_fails_clearly_and_writes_nothing() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("width must be a multiple of 16"));
+    // The default here is shapes-64, of the SD 1.5 family, whose sizes go
+    // in steps of 8.
+    let bad_stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        bad_stderr.contains("width must be a multiple of 8"),
+        "{bad_stderr}"
+    );
 }
 
 fn generate_tiny(

@@ -143,6 +143,8 @@ impl ModelFamily {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Catalogue {
     models: Vec<ModelEntry>,
+    /// See [`Catalogue::default_key`].
+    default: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -173,7 +175,13 @@ impl Catalogue {
                 return Err(CatalogueError::DuplicateKey(m.key.clone()));
             }
         }
-        Ok(Self { models })
+        let default = models
+            .iter()
+            .find(|m| m.key == PREFERRED_DEFAULT_MODEL)
+            .unwrap_or(&models[0])
+            .key
+            .clone();
+        Ok(Self { models, default })
     }
 
     pub fn models(&self) -> &[ModelEntry] {
@@ -184,18 +192,45 @@ impl Catalogue {
         self.models.iter().find(|m| m.key == key)
     }
 
-    /// `flux-1` when configured, otherwise the first configured model —
-    /// the rule the seed contract states.
+    /// The model a request without one gets. The seed's rule is "flux-1 if
+    /// available, otherwise the first available model"; until
+    /// [`Catalogue::choose_default`] has asked what can run here, that is
+    /// flux-1 when configured, else the first model.
     pub fn default_key(&self) -> &str {
-        self.get(PREFERRED_DEFAULT_MODEL)
-            .map(|m| m.key.as_str())
-            .unwrap_or_else(|| self.models[0].key.as_str())
+        &self.default
     }
 
-    /// Models that ship inside the binary. They are random-weight TEST
-    /// models with real architectures: the whole pipeline runs, offline,
-    /// and the pictures mean nothing.
+    /// Reads "available" in the seed's rule as "can run on this machine":
+    /// flux-1 when it can, else the first model (in catalogue order) that
+    /// can, else flux-1 (or the first model) all the same, so that the
+    /// error a request meets names the model a user expects.
+    pub fn choose_default(&mut self, can_run: impl Fn(&ModelEntry) -> bool) {
+        let preferred = self.get(PREFERRED_DEFAULT_MODEL).filter(|m| can_run(m));
+        if let Some(model) = preferred.or_else(|| self.models.iter().find(|m| can_run(m))) {
+            self.default = model.key.clone();
+        }
+    }
+
+    /// Models that ship inside the binary: first `shapes-64`, trained here
+    /// (training/train_shapes.py) and able to draw what its prompts say
+    /// within its tiny world, then the random-weight TEST models with real
+    /// architectures: the whole pipeline runs, offline, and their pictures
+    /// mean nothing.
     pub fn builtin_test_models() -> Vec<ModelEntry> {
+        let shapes = ModelEntry::new(
+            "shapes-64",
+            "builtin:shapes-64",
+            ModelFamily::Sd15,
+            "A small model trained on synthetic shapes (SD 1.5 architecture, 64x64, 9 MB, \
+             built in): it draws coloured circles, squares, triangles, stars, rings and crosses \
+             on plain backgrounds, nothing else",
+            ModelDefaults {
+                steps: 20,
+                guidance_scale: 7.0,
+                width: 64,
+                height: 64,
+            },
+        );
         let tiny = |name: &str, family, architecture: &str, size: &str, guidance_scale| {
             ModelEntry::new(
                 format!("tiny-{name}-random"),
@@ -214,6 +249,7 @@ impl Catalogue {
             )
         };
         vec![
+            shapes,
             tiny("sd15", ModelFamily::Sd15, "SD 1.5", "4.5 MB", 7.5),
             tiny("sdxl", ModelFamily::Sdxl, "SDXL", "2.3 MB", 5.0),
             tiny("sd3", ModelFamily::Sd3, "SD 3.5", "2.7 MB", 4.5),
@@ -283,6 +319,30 @@ mod tests {
             .filter(|m| m.key != "flux-1")
             .collect();
         assert_eq!(Catalogue::new(without).unwrap().default_key(), "flux-2");
+    }
+
+    #[test]
+    fn default_is_the_first_model_that_can_run() {
+        let models = || {
+            Catalogue::seed_models()
+                .into_iter()
+                .chain(Catalogue::builtin_test_models())
+                .collect::<Vec<_>>()
+        };
+        // A fresh machine: only the built-ins run; the trained one is first.
+        let mut fresh = Catalogue::new(models()).unwrap();
+        fresh.choose_default(|m| m.source.starts_with("builtin:"));
+        assert_eq!(fresh.default_key(), "shapes-64");
+        // FLUX weights here: flux-1, though flux-2 comes first.
+        let mut flux = Catalogue::new(models()).unwrap();
+        flux.choose_default(|m| {
+            m.source.starts_with("builtin:") || m.family == ModelFamily::FluxDev
+        });
+        assert_eq!(flux.default_key(), "flux-1");
+        // Nothing runs: flux-1, whose error then says what is missing.
+        let mut none = Catalogue::new(models()).unwrap();
+        none.choose_default(|_| false);
+        assert_eq!(none.default_key(), "flux-1");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Models compiled into the binary, so a fresh install can produce a real
-//! (if meaningless) image offline: the tiny random-weight test models with
+//! Models compiled into the binary, so a fresh install draws offline:
+//! `shapes-64`, trained on synthetic shapes (`fixtures/trained/`, made by
+//! `training/train_shapes.py`), and the tiny random-weight test models with
 //! the SD 1.5 (4.5 MB), SDXL (2.3 MB), SD 3.5 (2.7 MB) and FLUX.1-dev
-//! (2 MB) architectures from `fixtures/tiny/`.
+//! (2 MB) architectures from `fixtures/tiny/`, whose pictures mean nothing.
 //! Their files are written out to a folder on first use and loaded like any
 //! diffusers folder.
 
@@ -10,15 +11,31 @@ use std::path::{Path, PathBuf};
 use crate::error::EngineLoadError;
 
 macro_rules! fixture_files {
-    ($model:literal: $($path:literal),* $(,)?) => {
+    ($folder:literal: $($path:literal),* $(,)?) => {
         &[$((
             $path,
-            include_bytes!(concat!("../../../../fixtures/tiny/", $model, "/", $path)) as &[u8],
+            include_bytes!(concat!("../../../../fixtures/", $folder, "/", $path)) as &[u8],
         )),*]
     };
 }
 
-const TINY_SD15: &[(&str, &[u8])] = fixture_files!("tiny-sd15":
+const SHAPES_64: &[(&str, &[u8])] = fixture_files!("trained/shapes-64":
+    "README.md",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+);
+
+const TINY_SD15: &[(&str, &[u8])] = fixture_files!("tiny/tiny-sd15":
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -36,7 +53,7 @@ const TINY_SD15: &[(&str, &[u8])] = fixture_files!("tiny-sd15":
 
 /// Ships without `tokenizer.json`, as the released SDXL repo does, so the
 /// tokenizer is built from `vocab.json` + `merges.txt`.
-const TINY_SDXL: &[(&str, &[u8])] = fixture_files!("tiny-sdxl":
+const TINY_SDXL: &[(&str, &[u8])] = fixture_files!("tiny/tiny-sdxl":
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -57,7 +74,7 @@ const TINY_SDXL: &[(&str, &[u8])] = fixture_files!("tiny-sdxl":
     "vae/diffusion_pytorch_model.safetensors",
 );
 
-const TINY_FLUX: &[(&str, &[u8])] = fixture_files!("tiny-flux":
+const TINY_FLUX: &[(&str, &[u8])] = fixture_files!("tiny/tiny-flux":
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -76,7 +93,7 @@ const TINY_FLUX: &[(&str, &[u8])] = fixture_files!("tiny-flux":
     "vae/diffusion_pytorch_model.safetensors",
 );
 
-const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny-sd3":
+const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny/tiny-sd3":
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
@@ -102,7 +119,13 @@ const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny-sd3":
 );
 
 /// The names `builtin:NAME` sources may use.
-pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-flux"];
+pub const BUILTIN_MODELS: &[&str] = &[
+    "shapes-64",
+    "tiny-sd15",
+    "tiny-sdxl",
+    "tiny-sd3",
+    "tiny-flux",
+];
 
 /// Writes built-in model `name` under `root/name` (once) and returns that
 /// folder. Files are compared by size, so a damaged copy is rewritten.
@@ -111,6 +134,7 @@ pub const BUILTIN_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl", "tiny-sd3", "tin
 /// ever sees a complete file.
 pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> {
     let files = match name {
+        "shapes-64" => SHAPES_64,
         "tiny-sd15" => TINY_SD15,
         "tiny-sdxl" => TINY_SDXL,
         "tiny-flux" => TINY_FLUX,
