@@ -1,7 +1,8 @@
 """Trains `shapes-64`, a small but real text-to-image model of the Stable
 Diffusion 1.5 architecture (CLIP text encoder, UNet2DConditionModel,
 AutoencoderKL, DDIM), on the synthetic captioned shapes of shapes.py, on
-a CPU, and saves it in the diffusers layout with its model card.
+a CPU, and saves it in the diffusers layout (its model card, README.md, is
+written by hand beside the weights).
 
     python training/train_shapes.py --out fixtures/trained/shapes-64
 

@@ -69,13 +69,19 @@ def openai_checks(base):
     data = base64.b64decode(r.data[0].b64_json)
     same_pixels = Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(png)).tobytes()
     check("openai: b64_json gives the same pixels for the same seed", same_pixels)
-    # OpenAI's model names map to the default model (flux-1 here), whose
-    # weights are absent: the job fails honestly, as an OpenAI server error.
+    # OpenAI's model names map to the default model: on this fresh machine
+    # the trained shapes-64 (flux-1 has no weights), which draws the prompt.
+    r = client.images.generate(model="dall-e-3", prompt="a kite", response_format="b64_json",
+                               extra_body={"seed": 3})
+    kite = Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json)))
+    check("openai: dall-e-3 runs the default model (shapes-64 here)", kite.size == (64, 64), kite.size)
+    # A model whose weights are absent fails honestly, as an OpenAI server error.
     try:
-        client.images.generate(model="dall-e-3", prompt="a kite", response_format="b64_json", extra_body={"steps": 2})
-        check("openai: dall-e-3 runs the default model", False, "no error")
+        client.images.generate(model="dall-e-3", prompt="a kite", response_format="b64_json",
+                               extra_body={"steps": 2, "model": "flux-1"})
+        check("openai: a model without weights fails", False, "no error")
     except openai.InternalServerError as e:
-        check("openai: dall-e-3 runs the default model, whose failure is an OpenAI-shaped 500",
+        check("openai: a model without weights fails as an OpenAI-shaped 500",
               e.body.get("type") == "server_error" and "flux-1" in e.body.get("message", ""), e.body)
 
     for kwargs, exc, param in [

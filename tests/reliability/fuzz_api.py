@@ -167,8 +167,8 @@ class Fuzzer:
         self.counts[surface] += 1
         problem = None
         if resp.status_code >= 500 and self.engine_outcome(resp):
-            # A well-formed request whose job then fails in the engine (the
-            # default FLUX model has no weights here) is answered by the
+            # A well-formed request whose job then fails in the engine (it
+            # names flux-1, whose weights are not here) is answered by the
             # OpenAI API as 500 generation_failed: an engine outcome,
             # reported in OpenAI's shape, not an input-handling fault.
             pass

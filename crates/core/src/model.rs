@@ -221,7 +221,7 @@ impl Catalogue {
             "shapes-64",
             "builtin:shapes-64",
             ModelFamily::Sd15,
-            "A small model trained on synthetic shapes (SD 1.5 architecture, 64x64, 9 MB, \
+            "A small model trained on synthetic shapes (SD 1.5 architecture, 64x64, 5 MB, \
              built in): it draws coloured circles, squares, triangles, stars, rings and crosses \
              on plain backgrounds, nothing else",
             ModelDefaults {
