@@ -262,7 +262,11 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
 }
 
 async fn doctor(config: Config) -> anyhow::Result<()> {
-    let service = wiring::service(&config).await?;
+    // As `serve` would: the default model is chosen by what can run here.
+    let probe = wiring::engine(&config)
+        .ok()
+        .map(|e| std::sync::Arc::new(e) as std::sync::Arc<dyn cyberimage_core::Generator>);
+    let service = wiring::service(&config, probe).await?;
     let integrity = service.integrity_check().await?;
     println!("database integrity: {integrity}");
     let recovered = service.recover_stale_jobs().await?;

@@ -43,12 +43,8 @@ pub enum ModelsCommand {
 }
 
 pub fn list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let (catalogue, skipped) = wiring::catalogue(config)?;
-    let engine = cyberimage_engine::CandleGenerator::new(
-        config.data_dir.join("models"),
-        config.engine.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let engine = wiring::engine(config)?;
+    let (catalogue, skipped) = wiring::catalogue(config, Some(&engine))?;
     if json {
         let models: Vec<serde_json::Value> = catalogue
             .models()
@@ -118,7 +114,8 @@ fn is_repo_id(source: &str) -> bool {
 
 /// The Hugging Face repo a model key downloads from, and its cache folder.
 fn hub_source(config: &Config, key: &str) -> anyhow::Result<HubSource> {
-    let (catalogue, _) = wiring::catalogue(config)?;
+    // Only the entry is needed, not which default can run here.
+    let (catalogue, _) = wiring::catalogue(config, None)?;
     let Some(model) = catalogue.get(key) else {
         anyhow::bail!("no model {key:?} is configured (see `cyberimage models list`)");
     };

@@ -33,9 +33,19 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The engine of this process, as `[engine]` configures it.
+pub fn engine(config: &Config) -> anyhow::Result<CandleGenerator> {
+    CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
+        .map_err(anyhow::Error::msg)
+}
+
 /// The jobs service on the configured database and data dir, with no
-/// recovery pass and no workers (for `doctor`).
-pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
+/// recovery pass and no workers (for `doctor`); `probe` chooses the
+/// default model (see [`catalogue`]).
+pub async fn service(
+    config: &Config,
+    probe: Option<Arc<dyn Generator>>,
+) -> anyhow::Result<Arc<JobService>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let url = config.database_url();
@@ -60,9 +70,10 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
     let store = ImageStore::open(&config.data_dir).context("cannot open the image folder")?;
     // Scanning reads checkpoint headers: file work, off the async threads.
     let scanned = config.clone();
-    let (catalogue, skipped) = tokio::task::spawn_blocking(move || catalogue(&scanned))
-        .await
-        .context("the model scan panicked")??;
+    let (catalogue, skipped) =
+        tokio::task::spawn_blocking(move || catalogue(&scanned, probe.as_deref()))
+            .await
+            .context("the model scan panicked")??;
     for file in &skipped {
         tracing::warn!(path = %file.path.display(), reason = %file.reason, "scanned file not offered as a model");
     }
@@ -86,9 +97,13 @@ pub async fn service(config: &Config) -> anyhow::Result<Arc<JobService>> {
 
 /// The configured models, then those found in `[model_scan]` folders
 /// (with the files found there that cannot be used, and why), with the
-/// default chosen among those that can run here (`Catalogue::choose_default`).
-/// Reads folders and file headers: call it off the async threads.
-pub fn catalogue(config: &Config) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
+/// default chosen among those `probe` can run (`Catalogue::choose_default`);
+/// without a probe, the static rule. Reads folders and file headers: call
+/// it off the async threads.
+pub fn catalogue(
+    config: &Config,
+    probe: Option<&dyn Generator>,
+) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
     let mut models = config.models.clone();
     let mut skipped = Vec::new();
     if !config.model_scan.folders.is_empty() {
@@ -102,17 +117,24 @@ pub fn catalogue(config: &Config) -> anyhow::Result<(Catalogue, Vec<Skipped>)> {
         skipped = report.skipped;
     }
     let mut catalogue = Catalogue::new(models)?;
-    // The probe only looks at files; an engine that cannot start here (a
-    // bf16 setting on a CPU without it) leaves the static rule, and `serve`
-    // reports that engine error itself.
-    if let Ok(probe) = CandleGenerator::new(config.data_dir.join("models"), config.engine.clone()) {
+    if let Some(probe) = probe {
         catalogue.choose_default(|m| probe.can_run(m).is_ok());
     }
     Ok((catalogue, skipped))
 }
 
+/// The service, and with `with_workers` its workers. One engine serves as
+/// the default model's probe and runs the jobs. A process without workers
+/// still probes (it only looks at files); an engine that cannot start here
+/// (a bf16 setting on a CPU without it) then leaves the static rule, and
+/// fails a process that runs jobs.
 pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System> {
-    let service = self::service(config).await?;
+    let engine = match engine(config) {
+        Ok(engine) => Some(Arc::new(engine) as Arc<dyn Generator>),
+        Err(e) if with_workers => return Err(e),
+        Err(_) => None,
+    };
+    let service = self::service(config, engine.clone()).await?;
     let report = service.recover().await?;
     if report.requeued + report.failed > 0 {
         tracing::warn!(
@@ -122,11 +144,7 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
         );
     }
     let mut workers = Vec::new();
-    if with_workers {
-        let generator: Arc<dyn Generator> = Arc::new(
-            CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
-                .map_err(anyhow::Error::msg)?,
-        );
+    if let Some(generator) = engine.filter(|_| with_workers) {
         // This process runs jobs: it can say which models can run here.
         service.set_model_probe(generator.clone());
         for i in 0..config.queue.workers.max(1) {

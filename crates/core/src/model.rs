@@ -175,13 +175,13 @@ impl Catalogue {
                 return Err(CatalogueError::DuplicateKey(m.key.clone()));
             }
         }
-        let default = models
-            .iter()
-            .find(|m| m.key == PREFERRED_DEFAULT_MODEL)
-            .unwrap_or(&models[0])
-            .key
-            .clone();
-        Ok(Self { models, default })
+        // The static rule is the seed's, every model taken as available.
+        let mut catalogue = Self {
+            models,
+            default: String::new(),
+        };
+        catalogue.choose_default(|_| true);
+        Ok(catalogue)
     }
 
     pub fn models(&self) -> &[ModelEntry] {
