@@ -35,9 +35,8 @@ def main():
     positions = list(shapes.POSITIONS)
     table = Counter()
     for colour, shape, background in shapes.held_out_triples()[:args.triples]:
-        article = "an" if colour[0] in "aeiou" else "a"
         for position in positions:
-            prompt = f"{article} {colour} {shape} {shapes.POSITION_WORDS[position][0]} on a {background} background"
+            prompt = f"{shapes.article(colour)} {colour} {shape} {shapes.POSITION_WORDS[position][0]} on a {background} background"
             generator = torch.Generator().manual_seed(args.seed)
             picture = pipe(prompt, num_inference_steps=20, guidance_scale=7.0, generator=generator,
                            output_type="np").images[0]

@@ -142,7 +142,7 @@ def random_scene(rng, excluded):
             "size": size, "count": count, "radius": radius, "jitter": (rng.uniform(-2, 2), rng.uniform(-2, 2))}
 
 
-def _article(word):
+def article(word):
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -153,7 +153,7 @@ def caption(scene, rng):
     colour = scene["colour"] if rng.random() > 0.1 else ""
     noun = scene["shape"] if scene["count"] == 1 else PLURALS[scene["shape"]]
     words = " ".join(w for w in (size, colour, noun) if w)
-    obj = f"{_article(words)} {words}" if scene["count"] == 1 else f"two {words}"
+    obj = f"{article(words)} {words}" if scene["count"] == 1 else f"two {words}"
     pos = rng.choice(POSITION_WORDS[scene["position"]]) if rng.random() > 0.15 else ""
     bg = scene["background"] if rng.random() > 0.15 else ""
     templates = [
@@ -165,7 +165,7 @@ def caption(scene, rng):
     if not bg:
         text = f"{obj} {pos}"
     else:
-        text = rng.choice(templates).format(obj=obj, pos=pos, bg=bg, bga=_article(bg))
+        text = rng.choice(templates).format(obj=obj, pos=pos, bg=bg, bga=article(bg))
     return " ".join(text.replace(" ,", ",").split()).strip(" ,")
 
 

@@ -113,28 +113,41 @@ def foreground(pictures, scenes):
     return (np.abs(pictures.astype(np.int16) - backgrounds).max(-1) > 8)
 
 
-def train_vae(vae, pictures, masks, steps, batch, log):
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    g = torch.Generator().manual_seed(SEED + 1)
+def _reconstruct(vae, params, pictures, masks, steps, batch, peak_lr, seed, name, log, kl_weight=None):
+    """The autoencoder's training loop, shared by both phases: cosine
+    learning rate from peak_lr, reconstruction error (L1 + L2) with shape
+    pixels weighted 21x. With kl_weight the encoder trains too, under a KL
+    term; without it the encoder only encodes (no gradients)."""
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
     vae.train()
     for step in range(steps):
         idx = torch.randint(0, len(pictures), (batch,), generator=g)
         x = to_tensor(pictures[idx.numpy()])
         weight = 1.0 + 20.0 * torch.from_numpy(masks[idx.numpy()]).float().unsqueeze(1)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        with torch.set_grad_enabled(kl_weight is not None):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / (x.shape[1] * x.shape[2] * x.shape[3])
         err = (recon - x).abs() + (recon - x) ** 2
-        loss = (weight * err).sum() / (weight.sum() * x.shape[1]) + 1e-4 * kl
+        loss = (weight * err).sum() / (weight.sum() * x.shape[1])
+        if kl_weight is not None:
+            kl = posterior.kl().mean() / (x.shape[1] * x.shape[2] * x.shape[3])
+            loss = loss + kl_weight * kl
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = peak_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.3f}")
+            extra = f" kl {kl.item():.3f}" if kl_weight is not None else ""
+            log(f"{name} step {step} loss {loss.item():.4f}{extra}")
     vae.eval()
+
+
+def train_vae(vae, pictures, masks, steps, batch, log):
+    _reconstruct(vae, vae.parameters(), pictures, masks, steps, batch, 1e-3, SEED + 1, "vae", log,
+                 kl_weight=1e-4)
 
 
 def finetune_decoder(vae, pictures, masks, steps, batch, log):
@@ -146,29 +159,9 @@ def finetune_decoder(vae, pictures, masks, steps, batch, log):
     for p in vae.quant_conv.parameters():
         p.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
-    g = torch.Generator().manual_seed(SEED + 4)
-    vae.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(pictures), (batch,), generator=g)
-        x = to_tensor(pictures[idx.numpy()])
-        weight = 1.0 + 20.0 * torch.from_numpy(masks[idx.numpy()]).float().unsqueeze(1)
-        with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
-        recon = vae.decode(z).sample
-        err = (recon - x).abs() + (recon - x) ** 2
-        loss = (weight * err).sum() / (weight.sum() * x.shape[1])
-        for group in opt.param_groups:
-            group["lr"] = 5e-4 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"decoder step {step} loss {loss.item():.4f}")
+    _reconstruct(vae, params, pictures, masks, steps, batch, 5e-4, SEED + 4, "decoder", log)
     for p in vae.parameters():
         p.requires_grad_(True)
-    vae.eval()
 
 
 @torch.no_grad()

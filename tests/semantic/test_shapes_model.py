@@ -60,8 +60,7 @@ def held_out_prompts():
     for i, (colour, shape, background) in enumerate(shapes.held_out_triples()):
         position = positions[i % len(positions)]
         words = shapes.POSITION_WORDS[position][0]
-        article = "an" if colour[0] in "aeiou" else "a"
-        prompts.append((f"{article} {colour} {shape} {words} on a {background} background",
+        prompts.append((f"{shapes.article(colour)} {colour} {shape} {words} on a {background} background",
                         {"colour": colour, "shape": shape, "position": position, "background": background}))
     return prompts
 
