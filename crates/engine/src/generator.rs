@@ -199,7 +199,7 @@ impl Generator for CandleGenerator {
     fn can_run(&self, model: &ModelEntry) -> Result<(), EngineError> {
         if let Some(name) = model.source.strip_prefix("builtin:") {
             // Built in: present by definition, written out on first use.
-            return if builtin::BUILTIN_MODELS.contains(&name) {
+            return if builtin::is_builtin(name) {
                 Ok(())
             } else {
                 Err(EngineError::ModelUnavailable(format!(

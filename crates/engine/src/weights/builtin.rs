@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::EngineLoadError;
 
+/// A model's files: path inside its folder, and the bytes.
+type Files = &'static [(&'static str, &'static [u8])];
+
 macro_rules! fixture_files {
     ($folder:literal: $($path:literal),* $(,)?) => {
         &[$((
@@ -118,14 +121,19 @@ const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny/tiny-sd3":
     "vae/diffusion_pytorch_model.safetensors",
 );
 
-/// The names `builtin:NAME` sources may use.
-pub const BUILTIN_MODELS: &[&str] = &[
-    "shapes-64",
-    "tiny-sd15",
-    "tiny-sdxl",
-    "tiny-sd3",
-    "tiny-flux",
+/// The names `builtin:NAME` sources may use, and their files.
+const BUILT_IN: &[(&str, Files)] = &[
+    ("shapes-64", SHAPES_64),
+    ("tiny-sd15", TINY_SD15),
+    ("tiny-sdxl", TINY_SDXL),
+    ("tiny-sd3", TINY_SD3),
+    ("tiny-flux", TINY_FLUX),
 ];
+
+/// Whether `builtin:NAME` names a model compiled in.
+pub fn is_builtin(name: &str) -> bool {
+    BUILT_IN.iter().any(|(n, _)| *n == name)
+}
 
 /// Writes built-in model `name` under `root/name` (once) and returns that
 /// folder. Files are compared by size, so a damaged copy is rewritten.
@@ -133,21 +141,15 @@ pub const BUILTIN_MODELS: &[&str] = &[
 /// writes its own temp file and renames it into place, so a reader only
 /// ever sees a complete file.
 pub fn materialize(name: &str, root: &Path) -> Result<PathBuf, EngineLoadError> {
-    let files = match name {
-        "shapes-64" => SHAPES_64,
-        "tiny-sd15" => TINY_SD15,
-        "tiny-sdxl" => TINY_SDXL,
-        "tiny-flux" => TINY_FLUX,
-        "tiny-sd3" => TINY_SD3,
-        other => {
-            return Err(EngineLoadError::Unsupported(format!(
-                "no built-in model {other:?}; built in: {}",
-                BUILTIN_MODELS.join(", ")
-            )))
-        }
+    let Some((_, files)) = BUILT_IN.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        return Err(EngineLoadError::Unsupported(format!(
+            "no built-in model {name:?}; built in: {}",
+            names.join(", ")
+        )));
     };
     let dir = root.join(name);
-    for (rel, bytes) in files {
+    for (rel, bytes) in files.iter() {
         let path = dir.join(rel);
         let current = std::fs::metadata(&path).map(|m| m.len()).ok();
         if current == Some(bytes.len() as u64) {
