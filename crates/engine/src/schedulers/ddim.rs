@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use crate::error::EngineLoadError;
-use crate::schedulers::config::{alphas_cumprod, linspace, SchedulerConfig};
+use crate::schedulers::config::{alphas_cumprod, linspace, predicts_v, SchedulerConfig};
 
 pub struct Ddim {
     alphas_cumprod: Vec<f64>,
@@ -13,6 +13,8 @@ pub struct Ddim {
     timesteps: Vec<usize>,
     step_ratio: usize,
     v_prediction: bool,
+    /// `Some(r)`: the predicted clean sample is clamped to `±r`.
+    clip_sample: Option<f64>,
 }
 
 impl Ddim {
@@ -23,6 +25,15 @@ impl Ddim {
                 "{steps} steps with {n} training timesteps"
             )));
         }
+        if cfg.thresholding {
+            return Err(EngineLoadError::Unsupported(
+                "DDIM with dynamic thresholding".into(),
+            ));
+        }
+        let clip_sample = cfg
+            .clip_sample
+            .unwrap_or(cfg.class_name == "DDIMScheduler")
+            .then_some(cfg.clip_sample_range);
         let alphas_cumprod: Vec<f64> = alphas_cumprod(cfg)?.into_iter().map(f64::from).collect();
         let final_alpha_cumprod = if cfg.set_alpha_to_one {
             1.0
@@ -67,7 +78,8 @@ impl Ddim {
             final_alpha_cumprod,
             timesteps,
             step_ratio,
-            v_prediction: cfg.prediction_type == "v_prediction",
+            v_prediction: predicts_v(cfg)?,
+            clip_sample,
         })
     }
 
@@ -112,6 +124,10 @@ impl Ddim {
                 model_output.clone(),
             )
         };
+        let pred_x0 = match self.clip_sample {
+            Some(range) => pred_x0.clamp(-range, range)?,
+            None => pred_x0,
+        };
         (pred_x0 * alpha_prev.sqrt())? + (pred_eps * (1.0 - alpha_prev).sqrt())?
     }
 }
@@ -140,5 +156,62 @@ mod tests {
             let ddim = Ddim::new(&config(spacing), 1000).unwrap();
             assert_eq!(ddim.timesteps()[0], 999, "{spacing}");
         }
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_vec1().unwrap()
+    }
+
+    #[test]
+    fn zero_terminal_snr_v_prediction_starts_from_the_prediction_alone() {
+        let mut cfg = config("trailing");
+        cfg.rescale_betas_zero_snr = true;
+        cfg.prediction_type = "v_prediction".into();
+        let ddim = Ddim::new(&cfg, 4).unwrap();
+        assert_eq!(ddim.timesteps(), [999, 749, 499, 249]);
+        let cpu = &candle_core::Device::Cpu;
+        let sample = Tensor::new(&[0.3f32, -2.0], cpu).unwrap();
+        let v = Tensor::new(&[-0.5f32, 0.25], cpu).unwrap();
+        // At alpha_bar = 0: x0 = -v and eps = the sample, whatever it is.
+        let a = ddim.alphas_cumprod[749];
+        let got = values(&ddim.step(&v, 999, &sample).unwrap());
+        let want = [
+            0.5 * a.sqrt() + 0.3 * (1.0 - a).sqrt(),
+            -0.25 * a.sqrt() - 2.0 * (1.0 - a).sqrt(),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn clip_sample_follows_the_config_and_the_class_default() {
+        let cpu = &candle_core::Device::Cpu;
+        let sample = Tensor::new(&[5.0f32], cpu).unwrap();
+        let eps = Tensor::new(&[0.0f32], cpu).unwrap();
+        let step = |cfg: &SchedulerConfig| {
+            values(
+                &Ddim::new(cfg, 10)
+                    .unwrap()
+                    .step(&eps, 901, &sample)
+                    .unwrap(),
+            )[0]
+        };
+        let mut cfg = config("leading");
+        let free = step(&cfg);
+        cfg.clip_sample = None; // DDIMScheduler's own default is to clip
+        let clipped = step(&cfg);
+        assert!(
+            free > 5.0 && clipped < 1.5,
+            "unclipped {free}, clipped {clipped}"
+        );
+        cfg.class_name = "PNDMScheduler".into(); // run as DDIM, never clipped
+        assert_eq!(step(&cfg), free);
+        cfg.thresholding = true;
+        assert!(Ddim::new(&cfg, 10)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("thresholding"));
     }
 }

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 
 use crate::error::EngineLoadError;
-use crate::schedulers::config::{alphas_cumprod, linspace, SchedulerConfig};
+use crate::schedulers::config::{alphas_cumprod, linspace, predicts_v, SchedulerConfig};
 
 pub struct Euler {
     timesteps: Vec<f64>,
@@ -78,7 +78,12 @@ impl Euler {
             }
             other => return unsupported(format!("timestep_spacing {other:?}")),
         };
-        let alphas = alphas_cumprod(cfg)?;
+        let mut alphas = alphas_cumprod(cfg)?;
+        if cfg.rescale_betas_zero_snr {
+            // As diffusers does: a zero terminal alpha_bar would make the
+            // first sigma infinite.
+            alphas[n - 1] = 2f32.powi(-24);
+        }
         let train_sigmas: Vec<f64> = alphas
             .iter()
             .map(|a| f64::from(((1.0 - a) / a).sqrt()))
@@ -97,7 +102,7 @@ impl Euler {
         Ok(Self {
             timesteps,
             sigmas,
-            v_prediction: cfg.prediction_type == "v_prediction",
+            v_prediction: predicts_v(cfg)?,
             trailing_or_linspace: matches!(cfg.timestep_spacing.as_str(), "trailing" | "linspace"),
             ancestral,
         })
@@ -169,6 +174,24 @@ mod tests {
 
     fn config(spacing: &str) -> SchedulerConfig {
         crate::schedulers::config::sd_test_config("EulerDiscreteScheduler", spacing)
+    }
+
+    #[test]
+    fn zero_terminal_snr_sigmas_match_diffusers() {
+        let mut cfg = config("trailing");
+        cfg.rescale_betas_zero_snr = true;
+        cfg.prediction_type = "v_prediction".into();
+        let e = Euler::new(&cfg, 4).unwrap();
+        // diffusers 0.42.1: the terminal alpha_bar is set to 2^-24, so the
+        // first sigma is 4096, not infinite.
+        let want = [4096.0, 5.398_740_8, 1.768_081_1, 0.727_056_1, 0.0];
+        for (got, want) in e.sigmas.iter().zip(want) {
+            assert!(
+                (got - want).abs() <= 1e-4 * want.max(1.0),
+                "{got} vs {want}"
+            );
+        }
+        assert!((e.init_noise_sigma() - 4096.0).abs() < 1e-3);
     }
 
     #[test]
