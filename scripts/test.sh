@@ -46,6 +46,7 @@ BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 # negative prompt).
 .venv/bin/python tests/semantic/test_shapes_model.py "$BIN"
 .venv/bin/python tests/ecosystem/test_a1111_api.py "$BIN"
+.venv/bin/python tests/ecosystem/test_loras.py "$BIN"
 # Reliability: >= 10,000 malformed requests, then >= 20 kill -9 / restart
 # trials (more with --cases / --trials when run by hand).
 .venv/bin/python tests/reliability/fuzz_api.py "$BIN" --cases 10000

@@ -38,11 +38,20 @@ pub fn routes() -> Router<AppState> {
         .route("/sdapi/v1/sd-models", get(sd_models))
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/schedulers", get(schedulers))
-        .route("/sdapi/v1/loras", get(|| async { Json(json!([])) }))
+        .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/options", get(options).post(set_options))
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
         .route("/sdapi/v1/png-info", post(png_info))
+}
+
+/// A1111's LoRA list: `name` is what `<lora:NAME:WEIGHT>` takes.
+async fn loras(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let loras = state.service.loras().await?;
+    Ok(Json(json!(loras
+        .iter()
+        .map(|l| json!({"name": l.name, "alias": l.name, "path": format!("loras/{}.safetensors", l.name), "metadata": {}}))
+        .collect::<Vec<_>>())))
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

@@ -79,7 +79,9 @@ fn schemas() -> Value {
                     "outpaint": {"type": "object", "description": "Outpainting: pixels to add to the init_image on each side (left, right, top, bottom; each 0–max dimension); the border is filled from the nearest edge, masked with an 8-pixel seam and drawn at strength 1 unless given. Not with mask_image.",
                                  "properties": {"left": {"type": "integer", "minimum": 0}, "right": {"type": "integer", "minimum": 0}, "top": {"type": "integer", "minimum": 0}, "bottom": {"type": "integer", "minimum": 0}}},
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                                 "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."}}},
+                                 "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."},
+                    "loras": {"type": "array", "maxItems": 8, "description": "LoRAs from the data dir's loras/ folder (GET /api/loras), merged into the model for this job (SD 1.x/2.x and SDXL models): [{\"name\", \"weight\" (default 1, -10..10)}], or names, or {name: weight}. `<lora:NAME:WEIGHT>` in the prompt adds one too (and is taken out of the prompt, as AUTOMATIC1111 does). A name that is not there, or a LoRA made for another model family, is a 400.",
+                              "items": {"type": "object", "properties": {"name": {"type": "string"}, "weight": {"type": "number"}}, "required": ["name"]}}}},
             },
         },
         "JobSubmitted": {
@@ -282,6 +284,12 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         (
             "get",
+            "/api/loras",
+            "The LoRA files in the data dir's loras/ folder (name, bytes, sha256 of the tensor data, short_hash as A1111 writes it); jobs name them in loras or <lora:NAME:WEIGHT>",
+            ok_json("LoRAs"),
+        ),
+        (
+            "get",
             "/api/queue",
             "Queue counts (pending, processing, and CyberImage's totals: completed, failed, cancelled, total, queue_size), active jobs and recent failures; ?detailed=true adds recent_24h (jobs created in the last 24 h by status), avg_processing_time_seconds, models (per model key, by status) and failure_rate (percent of finished jobs that failed)",
             ok_json("Queue"),
@@ -383,7 +391,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ("get", "/sdapi/v1/sd-models", "AUTOMATIC1111's model list (title = model_name = our key)", ok_json("Models")),
         ("get", "/sdapi/v1/samplers", "The sampler names our metadata writes (the model's scheduler config picks the one that runs)", ok_json("Samplers")),
         ("get", "/sdapi/v1/schedulers", "AUTOMATIC1111's scheduler list (one: automatic)", ok_json("Schedulers")),
-        ("get", "/sdapi/v1/loras", "LoRAs (none yet: an empty list)", ok_json("LoRAs")),
+        ("get", "/sdapi/v1/loras", "The LoRAs in the data dir's loras/ folder, as AUTOMATIC1111 lists them (name, alias, path)", ok_json("LoRAs")),
         ("get", "/sdapi/v1/options", "sd_model_checkpoint as set for AUTOMATIC1111 requests", ok_json("Options")),
         (
             "post",

@@ -3,7 +3,7 @@
 //! exactly the same inputs: the seed's nested `settings` object, or the same
 //! fields at the top level.
 
-use cyberimage_core::SpecRequest;
+use cyberimage_core::{LoraRequest, SpecRequest};
 use serde_json::{Map, Value};
 
 pub(crate) fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
@@ -73,6 +73,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "outpaint",
     "strength",
     "denoising_strength",
+    "loras",
 ];
 
 /// Refuses a field `spec_request` would not read, naming it: a misspelt
@@ -194,7 +195,62 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
         },
         // Inpainting: white where the model repaints.
         mask_image: image_ref(top, settings, "mask_image")?,
+        loras: match lookup(top, settings, &["loras"]) {
+            None => Vec::new(),
+            Some((value, name)) => lora_list(value, &name)?,
+        },
     })
+}
+
+/// `[{"name": "…", "weight": 0.8}]`, or `["name", …]` (weight 1), or an
+/// object `{"name": weight}`, the three shapes clients send.
+fn lora_list(value: &Value, name: &str) -> Result<Vec<LoraRequest>, String> {
+    let one = |v: &Value, at: String| -> Result<LoraRequest, String> {
+        match v {
+            Value::String(lora) => Ok(LoraRequest {
+                name: lora.clone(),
+                weight: None,
+            }),
+            Value::Object(o) => {
+                if let Some(other) = o.keys().find(|k| !["name", "weight"].contains(&k.as_str())) {
+                    return Err(format!(
+                        "unknown field {at}.{other}; a LoRA has name and weight"
+                    ));
+                }
+                Ok(LoraRequest {
+                    name: match o.get("name") {
+                        Some(Value::String(n)) => n.clone(),
+                        _ => return Err(format!("{at}.name must be a string")),
+                    },
+                    weight: match o.get("weight") {
+                        None | Some(Value::Null) => None,
+                        Some(w) => Some(number(w, &format!("{at}.weight"))?),
+                    },
+                })
+            }
+            _ => Err(format!(
+                "{at} must be a LoRA name or {{\"name\", \"weight\"}}"
+            )),
+        }
+    };
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| one(v, format!("{name}[{i}]")))
+            .collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(lora, w)| {
+                Ok(LoraRequest {
+                    name: lora.clone(),
+                    weight: Some(number(w, &format!("{name}.{lora}"))?),
+                })
+            })
+            .collect(),
+        _ => Err(format!("{name} must be a list of {{\"name\", \"weight\"}}")),
+    }
 }
 
 #[cfg(test)]

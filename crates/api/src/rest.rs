@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/image/{image_id}/metadata", get(image_info))
         .route("/api/gallery", get(gallery))
         .route("/api/models", get(models))
+        .route("/api/loras", get(loras))
         .route("/api/queue", get(queue))
         .route("/api/reset_queue", post(reset_queue))
 }
@@ -290,6 +291,21 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         state.service.catalogue(),
         Some(&availability),
     ))
+}
+
+/// The LoRA files in the data dir's `loras/` folder, which jobs name in
+/// `loras` or `<lora:NAME:WEIGHT>`.
+async fn loras(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let loras = state.service.loras().await?;
+    Ok(Json(json!({
+        "loras": loras.iter().map(|l| json!({
+            "name": l.name,
+            "bytes": l.bytes,
+            "sha256": l.sha256,
+            // What A1111 writes in a picture's `Lora hashes`.
+            "short_hash": l.sha256.get(..12),
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 /// CyberImage's "reset queue": jobs stuck in `processing` go back to the

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use cyberimage_core::{JobStatus, SpecRequest, Stage};
+use cyberimage_core::{JobStatus, LoraRequest, SpecRequest, Stage};
 use cyberimage_jobs::ImageVariant;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -38,6 +38,10 @@ pub struct GenerateArgs {
     /// With --init-image: how much of the schedule runs (0–1, default 0.8).
     #[arg(long)]
     pub strength: Option<f64>,
+    /// A LoRA from the data dir's `loras/` folder, `NAME` or `NAME:WEIGHT`
+    /// (repeat for several).
+    #[arg(long = "lora", value_name = "NAME[:WEIGHT]")]
+    pub loras: Vec<String>,
     /// Output file; with several images, `-1`, `-2`, … are added before `.png`.
     #[arg(long, default_value = "cyberimage.png")]
     pub out: PathBuf,
@@ -58,6 +62,23 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let loras = args
+        .loras
+        .iter()
+        .map(|arg| match arg.rsplit_once(':') {
+            Some((name, weight)) => weight
+                .parse::<f64>()
+                .map(|w| LoraRequest {
+                    name: name.into(),
+                    weight: Some(w),
+                })
+                .with_context(|| format!("--lora {arg}: {weight:?} is not a weight")),
+            None => Ok(LoraRequest {
+                name: arg.clone(),
+                weight: None,
+            }),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let job = service
         .submit(SpecRequest {
             prompt: Some(args.prompt),
@@ -73,6 +94,7 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             strength: args.strength,
             mask_image: None,
             outpaint: None,
+            loras,
         })
         .await?;
     let bar = ProgressBar::new(u64::from(job.spec.total_steps()));

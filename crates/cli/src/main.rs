@@ -63,7 +63,7 @@ enum Command {
         threads: Option<u32>,
     },
     /// Generate images in-process, with a progress bar.
-    Generate(generate_cmd::GenerateArgs),
+    Generate(Box<generate_cmd::GenerateArgs>),
     /// Check and repair the data: database integrity, jobs interrupted by
     /// crashes, image files without rows and rows without files. Run it
     /// with the server stopped.
@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir.clone(),
             };
             let config = Config::load(cli.config.as_deref(), flags)?;
-            generate_cmd::run(config, args).await
+            generate_cmd::run(config, *args).await
         }
         Command::Mcp {
             url: Some(url),

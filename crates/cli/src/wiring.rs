@@ -35,8 +35,11 @@ pub fn redact(url: &str) -> String {
 
 /// The engine of this process, as `[engine]` configures it.
 pub fn engine(config: &Config) -> anyhow::Result<CandleGenerator> {
-    CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
-        .map_err(anyhow::Error::msg)
+    Ok(
+        CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
+            .map_err(anyhow::Error::msg)?
+            .with_loras_dir(config.data_dir.join("loras")),
+    )
 }
 
 /// The jobs service on the configured database and data dir, with no

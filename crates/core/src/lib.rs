@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod ids;
 pub mod job;
+pub mod lora;
 pub mod model;
 pub mod spec;
 pub mod time;
@@ -19,5 +20,6 @@ pub use engine::{
 };
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};
+pub use lora::LoraRequest;
 pub use model::{Catalogue, ModelDefaults, ModelEntry, ModelFamily};
 pub use spec::{GenerationSpec, InitImage, Limits, Outpaint, SpecRequest, ValidationError};

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::lora::{resolve_loras, take_prompt_loras, LoraRequest};
 use crate::model::Catalogue;
 
 /// Seeds stay below 2^53 so that JavaScript clients, which read JSON numbers
@@ -70,6 +71,8 @@ pub struct SpecRequest {
     /// Outpainting: pixels to add around the `init_image`, which the
     /// model draws (an inpainting job over the extended canvas).
     pub outpaint: Option<Outpaint>,
+    /// LoRAs by name in `loras/`; more come from `<lora:…>` prompt tags.
+    pub loras: Vec<LoraRequest>,
 }
 
 /// How far an outpainting job extends the picture on each side, in pixels.
@@ -96,6 +99,18 @@ pub struct InitImage {
     pub mask_sha256: Option<String>,
 }
 
+/// A LoRA a job runs with: its name in the data dir's `loras/` folder
+/// (without `.safetensors`), its weight, and the SHA-256 of its tensor
+/// data (the file after its header, as AUTOMATIC1111 and Civitai hash
+/// LoRAs) when the job was made, so a worker that finds another file under
+/// that name fails the job rather than run something else.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraRef {
+    pub name: String,
+    pub weight: f32,
+    pub sha256: String,
+}
+
 /// A fully resolved, validated request: what the worker runs and what the
 /// database stores. Per-image seeds are `seed + index`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,6 +127,9 @@ pub struct GenerationSpec {
     /// Set for image-to-image jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<InitImage>,
+    /// Merged into the model for this job, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRef>,
 }
 
 /// The steps an image-to-image run takes of `steps` at `strength`:
@@ -205,6 +223,14 @@ impl SpecRequest {
             return Err(ValidationError::new("prompt", "prompt must not be empty"));
         }
         check_text("prompt", &prompt, limits.max_prompt_chars)?;
+        let (prompt, tagged) = take_prompt_loras(&prompt)?;
+        if prompt.is_empty() {
+            return Err(ValidationError::new(
+                "prompt",
+                "prompt must not be empty (it holds only <lora:…> tags)",
+            ));
+        }
+        let loras = resolve_loras(self.loras.into_iter().chain(tagged).collect())?;
         let negative_prompt = match self.negative_prompt {
             Some(n) if n.trim().is_empty() => None,
             Some(n) => {
@@ -374,6 +400,8 @@ impl SpecRequest {
             seed,
             // The jobs service stores the input and fills this in.
             init_image: None,
+            // ... and these LoRAs' digests.
+            loras,
         })
     }
 }

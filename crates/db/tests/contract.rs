@@ -91,6 +91,7 @@ fn spec(prompt: &str, model: &str) -> GenerationSpec {
         num_images: 2,
         seed: 1234,
         init_image: None,
+        loras: Vec::new(),
     }
 }
 

@@ -18,6 +18,8 @@ pub enum EngineLoadError {
     Unsupported(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("LoRA: {0}")]
+    Lora(String),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 mod families;
+mod loras;
 mod run;
 
 use candle_core::Device;
@@ -20,6 +21,7 @@ use crate::weights::builtin;
 use crate::weights::memory::{EngineOptions, ModelFootprint, Precision};
 use crate::weights::single_file::assemble;
 use families::{family, LoadedPipeline};
+use loras::LoraFiles;
 use run::{failed, Run};
 
 pub struct CandleGenerator {
@@ -30,6 +32,7 @@ pub struct CandleGenerator {
     /// The last model used stays loaded; another model replaces it (the old
     /// one is dropped first, so two never share memory).
     loaded: Mutex<Option<LoadedModel>>,
+    loras: LoraFiles,
 }
 
 struct LoadedModel {
@@ -60,7 +63,15 @@ impl CandleGenerator {
             device: options.device()?,
             options,
             loaded: Mutex::new(None),
+            loras: LoraFiles::default(),
         })
+    }
+
+    /// Where the LoRAs jobs name are (`NAME.safetensors`): the data dir's
+    /// `loras/`. Without one, a job with LoRAs fails saying so.
+    pub fn with_loras_dir(mut self, dir: PathBuf) -> Self {
+        self.loras.dir = Some(dir);
+        self
     }
 
     /// Refuses a model whose loaded size would exceed the memory budget.
@@ -281,6 +292,7 @@ impl CandleGenerator {
     ) -> Result<Vec<GeneratedImage>, EngineError> {
         // Every family's VAE downsamples by 8 (the masks' latent size).
         let init = run::InitInput::of(spec, input, 8, &self.device)?;
+        let loras = self.loras.uses(spec)?;
         cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
         observer.on_progress(ProgressUpdate::LoadingModel);
         let dir = self.resolve(model)?;
@@ -300,7 +312,7 @@ impl CandleGenerator {
             cyberimage_kernels::alloc::release_freed_memory();
             encoded = Some(
                 family(model.family)
-                    .encode_alone(&dir, &self.device, spec)
+                    .encode_alone(&dir, &self.device, spec, &loras)
                     .map_err(failed)?,
             );
             cyberimage_kernels::alloc::release_freed_memory();
@@ -335,7 +347,12 @@ impl CandleGenerator {
                 weights_sha256,
             });
         }
-        let loaded_model = loaded.as_ref().expect("just loaded");
+        let loaded_model = loaded.as_mut().expect("just loaded");
+        loaded_model
+            .pipeline
+            .set_loras(&loras)
+            .map_err(|e| EngineError::Unsupported(e.to_string()))?;
+        let loaded_model = &*loaded_model;
         cancel.check()?;
         let encoded = match encoded {
             Some(encoded) => encoded,
@@ -361,6 +378,20 @@ impl CandleGenerator {
             if let Some(mask) = &spec_init.mask_sha256 {
                 metadata.push(("mask_sha256".into(), mask.clone()));
             }
+        }
+        if !spec.loras.is_empty() {
+            let join = |f: &dyn Fn(&cyberimage_core::spec::LoraRef) -> String| {
+                spec.loras.iter().map(f).collect::<Vec<_>>().join(", ")
+            };
+            metadata.push((
+                "loras".into(),
+                join(&|l| format!("{}:{}", l.name, l.weight)),
+            ));
+            // As A1111 writes them: the first 12 hex digits of each digest.
+            metadata.push((
+                "lora_hashes".into(),
+                join(&|l| format!("{}: {}", l.name, l.sha256.get(..12).unwrap_or(&l.sha256))),
+            ));
         }
         metadata.extend([
             ("dtype".into(), self.options.precision.describe().into()),

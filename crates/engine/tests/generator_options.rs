@@ -34,6 +34,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         num_images: 1,
         seed: 77,
         init_image: None,
+        loras: Vec::new(),
     }
 }
 

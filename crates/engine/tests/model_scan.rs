@@ -180,6 +180,7 @@ fn comfyui_and_a1111_folders_become_models() {
             num_images: 1,
             seed: 1,
             init_image: None,
+            loras: Vec::new(),
         };
         let images = generator
             .generate(model, &spec, &NoProgress, &CancelToken::new())

@@ -92,6 +92,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         num_images: 1,
         seed: 4242,
         init_image: None,
+        loras: Vec::new(),
     }
 }
 

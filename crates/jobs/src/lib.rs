@@ -13,15 +13,18 @@ mod engine_thread;
 mod error;
 mod events;
 mod inputs;
+mod loras;
 mod metadata;
 pub mod metrics;
 mod png_info;
 mod service;
 mod worker;
 
+pub use cyberimage_store::loras::LoraInfo;
 pub use engine_thread::EngineThread;
 pub use error::JobsError;
 pub use events::JobEvent;
+pub use loras::{family_of, LoraFamily};
 pub use metadata::png_text_chunks;
 pub use png_info::{parse_a1111, parse_png_info, png_info_from_bytes, PngInfo};
 pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};

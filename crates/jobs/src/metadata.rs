@@ -7,7 +7,19 @@ use cyberimage_core::{GeneratedImage, ImageRecord};
 const METADATA_VERSION: u32 = 1;
 
 pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(String, String)> {
+    let extra_value = |key: &str| {
+        image
+            .extra_metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
     let mut parameters = record.prompt.clone();
+    // A1111 keeps the `<lora:…>` tags in the prompt it writes (its PNG-info
+    // and "send to txt2img" restore them from there).
+    for lora in extra_value("loras").into_iter().flat_map(|l| l.split(", ")) {
+        parameters.push_str(&format!(" <lora:{lora}>"));
+    }
     if let Some(neg) = &record.negative_prompt {
         parameters.push_str("\nNegative prompt: ");
         parameters.push_str(neg);
@@ -40,6 +52,9 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         .find(|(k, _)| k == "denoising_strength")
     {
         parameters.push_str(&format!(", Denoising strength: {strength}"));
+    }
+    if let Some(hashes) = extra_value("lora_hashes") {
+        parameters.push_str(&format!(", Lora hashes: \"{hashes}\""));
     }
     let extra: serde_json::Map<String, serde_json::Value> = image
         .extra_metadata

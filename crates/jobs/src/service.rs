@@ -333,6 +333,7 @@ impl JobService {
         let strength = request.strength;
         let mut spec =
             request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
+        self.check_loras(&mut spec).await?;
         if let Some(picture) = picture {
             spec.init_image = Some(
                 self.keep_init_picture(picture, spec.width, spec.height, strength)

@@ -210,6 +210,10 @@ impl JobService {
             self.finish_failed(&job, reason).await;
             return;
         };
+        if let Err(reason) = self.verify_loras(&job.spec).await {
+            self.finish_failed(&job, reason).await;
+            return;
+        }
         let input = match &job.spec.init_image {
             Some(init) => match self.load_init_picture(init).await {
                 Ok(input) => Some(input),

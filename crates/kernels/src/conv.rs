@@ -20,7 +20,9 @@ mod winograd;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use crate::in_place::DerivedCache;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -50,7 +52,7 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     config: Conv2dConfig,
     /// The weights packed for the bf16 kernel, made on first bf16 use.
-    packed_bf16: Arc<OnceLock<PackedA>>,
+    packed_bf16: Arc<DerivedCache<PackedA>>,
 }
 
 /// Loads a square convolution as candle-nn's `conv2d` would (same names,
@@ -115,7 +117,7 @@ struct ConvOp<'a> {
     stride: usize,
     /// Set when computing in bf16: the layer's bf16-packed weights, made
     /// on the first call the bf16 kernel runs.
-    packed_bf16: Option<&'a OnceLock<PackedA>>,
+    packed_bf16: Option<&'a DerivedCache<PackedA>>,
 }
 
 impl ConvOp<'_> {
@@ -146,10 +148,16 @@ impl ConvOp<'_> {
             winograd::convolve(input, b, weights, bias, &geometry, winograd::STRIP_FLOATS)
         } else {
             let depth = geometry.depth();
-            let bf16 = self
-                .packed_bf16
-                .map(|cell| cell.get_or_init(|| PackedA::new(weights, c_out, depth, depth)));
-            let weights = Weights { f32: weights, bf16 };
+            let bf16 = match self.packed_bf16 {
+                Some(cache) => {
+                    Some(cache.get_or_make(|| Ok(PackedA::new(weights, c_out, depth, depth)))?)
+                }
+                None => None,
+            };
+            let weights = Weights {
+                f32: weights,
+                bf16: bf16.as_deref(),
+            };
             convolve(input, b, weights, bias, &geometry, TILE_FLOATS)
         };
         let shape = Shape::from((b, c_out, geometry.out_h, geometry.out_w));
@@ -382,13 +390,14 @@ mod tests {
             // Under bf16, 8 images (128 tiles) still go to Winograd in f32,
             // and no bf16 copy of the weights is made; 4 (64 tiles) go to
             // the bf16 kernel, which packs them.
+            let _no_edits = crate::in_place::tests::EDITS.lock();
             let layer = Conv2d::new(weight.clone(), Some(bias.clone()), config);
             let x8 = Tensor::randn(0f32, 1., (8, 16, 16, 16), &dev).unwrap();
             let under_bf16 = bf16_gemm::scoped(true, || layer.forward(&x8)).unwrap();
             assert_eq!(flat(&under_bf16), flat(&layer.forward(&x8).unwrap()));
-            assert!(layer.packed_bf16.get().is_none());
+            assert!(!layer.packed_bf16.is_current());
             let packed = bf16_gemm::scoped(true, || layer.forward(&x)).unwrap();
-            assert!(layer.packed_bf16.get().is_some());
+            assert!(layer.packed_bf16.is_current());
             assert_ne!(flat(&packed), flat(&ours), "ran in bf16");
         } else {
             cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");

@@ -22,6 +22,7 @@ pub mod buffers;
 pub mod conv;
 mod f32_gemm;
 pub mod group_norm;
+pub mod in_place;
 pub mod linear;
 pub mod priority;
 pub mod softmax;

@@ -2,10 +2,10 @@
 //!
 //! In f32 (the default) this is candle-nn's `Linear`. Under
 //! `bf16_gemm::scoped(true, ..)`, inputs on the CPU multiply the weights
-//! (packed once, on first use) with the bf16 kernel, the rows of the input
+//! (packed on first use, and again after they are edited in place) with the bf16 kernel, the rows of the input
 //! shared across the rayon pool, the bias pre-filled into the output.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
 use crate::buffers::{with_f32, OutBlock};
+use crate::in_place::DerivedCache;
 
 /// Input rows per task: a multiple of the kernel's 12-row tile.
 const ROWS_PER_TASK: usize = 96;
@@ -20,7 +21,7 @@ const ROWS_PER_TASK: usize = 96;
 #[derive(Clone, Debug)]
 pub struct Linear {
     inner: candle_nn::Linear,
-    packed_bf16: Arc<OnceLock<PackedB>>,
+    packed_bf16: Arc<DerivedCache<PackedB>>,
 }
 
 pub fn linear(input: usize, output: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
@@ -41,17 +42,15 @@ impl From<candle_nn::Linear> for Linear {
 }
 
 impl Linear {
-    fn packed(&self) -> candle_core::Result<&PackedB> {
-        if let Some(packed) = self.packed_bf16.get() {
-            return Ok(packed);
-        }
-        let weight = self.inner.weight();
-        let (out, input) = weight.dims2()?;
-        // Read in place, not copied out first.
-        let packed = crate::buffers::with_f32(weight, "linear weights", |flat| {
-            PackedB::from_transposed(flat, out, input)
-        })?;
-        Ok(self.packed_bf16.get_or_init(|| packed))
+    fn packed(&self) -> candle_core::Result<Arc<PackedB>> {
+        self.packed_bf16.get_or_make(|| {
+            let weight = self.inner.weight();
+            let (out, input) = weight.dims2()?;
+            // Read in place, not copied out first.
+            crate::buffers::with_f32(weight, "linear weights", |flat| {
+                PackedB::from_transposed(flat, out, input)
+            })
+        })
     }
 
     fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -79,7 +78,7 @@ impl Linear {
                         &input[start * k..(start + rows) * k],
                         rows,
                         k,
-                        packed,
+                        &packed,
                         OutBlock::of_slice(out_rows, rows, n, n),
                         bias.is_some(),
                     );

@@ -1,7 +1,8 @@
 //! Image files on disk.
 //!
-//! Layout under the data directory: `images/{id}.png`, `thumbnails/{id}.png`
-//! and `tmp/` for writes in flight. Paths are built only from a parsed
+//! Layout under the data directory: `images/{id}.png`, `thumbnails/{id}.png`,
+//! `inputs/` (image-to-image pictures), `loras/` (the user's LoRA files) and
+//! `tmp/` for writes in flight. Paths are built only from a parsed
 //! [`ImageId`], so no request can name a file outside these folders. Every
 //! file is written to `tmp/`, fsynced and renamed into place, so a reader
 //! (or a crash) never sees half an image.
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod inputs;
+pub mod loras;
 mod png_io;
 
 use std::fs::{self, File};
@@ -37,6 +39,8 @@ pub enum StoreError {
 
 #[derive(Clone, Debug)]
 pub struct ImageStore {
+    /// `loras/`: LoRA files the user drops in, read by name.
+    loras: std::sync::Arc<loras::LoraLibrary>,
     images: PathBuf,
     thumbnails: PathBuf,
     inputs: PathBuf,
@@ -52,6 +56,7 @@ pub enum Variant {
 impl ImageStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let store = Self {
+            loras: std::sync::Arc::new(loras::LoraLibrary::open(&root.join("loras"))?),
             images: root.join("images"),
             thumbnails: root.join("thumbnails"),
             inputs: root.join("inputs"),
@@ -64,6 +69,10 @@ impl ImageStore {
             })?;
         }
         Ok(store)
+    }
+
+    pub fn loras(&self) -> &loras::LoraLibrary {
+        &self.loras
     }
 
     pub fn path(&self, id: ImageId, variant: Variant) -> PathBuf {

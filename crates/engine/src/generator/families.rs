@@ -15,6 +15,7 @@ use crate::pipelines::flux::{Flux, FluxConditioning};
 use crate::pipelines::sd::{Conditioning, StableDiffusion};
 use crate::pipelines::sd3::{Sd3, Sd3Conditioning};
 use crate::schedulers::noise::step_gaussian;
+use crate::weights::lora_merge::LoraUse;
 
 /// A job's prompt, encoded by a family for its own pipeline (which takes
 /// it back with [`conditioning`]).
@@ -31,12 +32,14 @@ pub(super) trait Family: Sync {
         keep_encoders: bool,
     ) -> Result<Box<dyn LoadedPipeline>, EngineLoadError>;
 
-    /// Encodes the job's prompt with only the text encoders resident.
+    /// Encodes the job's prompt with only the text encoders resident,
+    /// with the job's LoRAs merged into them.
     fn encode_alone(
         &self,
         dir: &Path,
         device: &Device,
         spec: &GenerationSpec,
+        loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError>;
 }
 
@@ -47,6 +50,22 @@ pub(super) trait LoadedPipeline: Send {
 
     /// Every image of the job, and the metadata the family adds.
     fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError>;
+
+    /// Makes `loras` the merged LoRAs (none: the weights as loaded).
+    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        no_loras_yet(loras)
+    }
+}
+
+/// The families whose LoRA names are not mapped yet refuse them.
+fn no_loras_yet(loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+    match loras.first() {
+        None => Ok(()),
+        Some(lora) => Err(EngineLoadError::Lora(format!(
+            "{}: LoRAs run on SD 1.x, 2.x and SDXL models so far, not yet on SD 3 or FLUX",
+            lora.id
+        ))),
+    }
 }
 
 /// The family that runs `family`: the registration of every family.
@@ -92,14 +111,20 @@ impl Family for StableDiffusionFamily {
         dir: &Path,
         device: &Device,
         spec: &GenerationSpec,
+        loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError> {
         let negative = spec.negative_prompt.as_deref();
         let guidance = f64::from(spec.guidance_scale);
-        StableDiffusion::encode_alone(dir, device, &spec.prompt, negative, guidance).map(boxed)
+        StableDiffusion::encode_alone(dir, device, &spec.prompt, negative, guidance, loras)
+            .map(boxed)
     }
 }
 
 impl LoadedPipeline for StableDiffusion {
+    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        StableDiffusion::set_loras(self, loras)
+    }
+
     fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
         let negative = spec.negative_prompt.as_deref();
         self.encode_for_guidance(&spec.prompt, negative, f64::from(spec.guidance_scale))
@@ -160,7 +185,9 @@ impl Family for Sd3Family {
         dir: &Path,
         device: &Device,
         spec: &GenerationSpec,
+        loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError> {
+        no_loras_yet(loras)?;
         let negative = spec.negative_prompt.as_deref();
         Sd3::encode_alone(dir, device, &spec.prompt, negative).map(boxed)
     }
@@ -218,7 +245,9 @@ impl Family for FluxFamily {
         dir: &Path,
         device: &Device,
         spec: &GenerationSpec,
+        loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError> {
+        no_loras_yet(loras)?;
         Flux::encode_alone(dir, device, &spec.prompt).map(boxed)
     }
 }

@@ -28,6 +28,7 @@ fn tiny_job() -> (ModelEntry, GenerationSpec) {
         num_images: 1,
         seed: 5,
         init_image: None,
+        loras: Vec::new(),
     };
     (model, spec)
 }

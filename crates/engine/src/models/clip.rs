@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::error::EngineLoadError;
 use crate::layers::blocks::multi_head_attention;
-use crate::weights::{read_config, var_builder};
+use crate::weights::lora_merge::ParameterTable;
+use crate::weights::{read_config, var_builder_and_table};
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct ClipTextConfig {
@@ -157,8 +158,18 @@ pub struct ClipTextOutput {
 impl ClipTextEncoder {
     /// Loads a transformers `text_encoder/` folder.
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
+        Ok(Self::load_with_table(folder, dtype, device)?.0)
+    }
+
+    /// As `load`, with the weights by name (for merging LoRAs into them).
+    pub fn load_with_table(
+        folder: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, ParameterTable), EngineLoadError> {
         let cfg: ClipTextConfig = read_config(&folder.join("config.json"))?;
-        Self::from_checkpoint(var_builder(folder, dtype, device)?, &cfg)
+        let (vb, table) = var_builder_and_table(folder, dtype, device)?;
+        Ok((Self::from_checkpoint(vb, &cfg)?, table))
     }
 
     /// Builds from a checkpoint's tensors, as `CLIPTextModel` or

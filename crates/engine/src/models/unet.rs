@@ -17,7 +17,8 @@ use serde::Deserialize;
 use crate::error::EngineLoadError;
 use crate::layers::blocks::{conv3x3, sinusoidal_embedding, ResnetBlock};
 use crate::layers::transformer2d::{SpatialTransformer, SpatialTransformerConfig};
-use crate::weights::{read_config, var_builder};
+use crate::weights::lora_merge::ParameterTable;
+use crate::weights::{read_config, var_builder_and_table};
 
 /// A config value diffusers allows either once for all blocks or per block.
 #[derive(Clone, Debug, Deserialize)]
@@ -138,8 +139,18 @@ pub struct UNet {
 
 impl UNet {
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
+        Ok(Self::load_with_table(folder, dtype, device)?.0)
+    }
+
+    /// As `load`, with the weights by name (for merging LoRAs into them).
+    pub fn load_with_table(
+        folder: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, ParameterTable), EngineLoadError> {
         let cfg: UNetConfig = read_config(&folder.join("config.json"))?;
-        Self::new(var_builder(folder, dtype, device)?, cfg)
+        let (vb, table) = var_builder_and_table(folder, dtype, device)?;
+        Ok((Self::new(vb, cfg)?, table))
     }
 
     pub fn new(vb: VarBuilder, cfg: UNetConfig) -> Result<Self, EngineLoadError> {

@@ -21,7 +21,7 @@ use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
-use crate::pipelines::text_encoders::TextEncoders;
+use crate::pipelines::text_encoders::{without_tables, TextEncoders};
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
 use crate::weights::single_file::pointer;
@@ -98,7 +98,13 @@ impl Flux {
     ) -> Result<Self, EngineLoadError> {
         let (weights, config) = load_transformer(&dir.join("transformer"), device)?;
         Ok(Self {
-            encoders: TextEncoders::new(dir, device, keep_text_encoders, FluxEncoders::load)?,
+            encoders: TextEncoders::new(
+                dir,
+                device,
+                keep_text_encoders,
+                FluxEncoders::load,
+                without_tables::<FluxEncoders>,
+            )?,
             transformer: FluxTransformer::new(&weights, config)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             image_encoder: LazyEncoder::new(dir.join("vae"), device),

@@ -20,13 +20,18 @@ use crate::pipelines::preview::{self, PreviewPixels};
 use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::{Scheduler, SchedulerConfig};
+use crate::weights::lora::Component;
+use crate::weights::lora_merge::{merge_for_once, LoraUse, MergedLoras, ParameterTable};
 use crate::weights::read_config;
 
 pub struct StableDiffusion {
     /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
     /// `text_encoder_2`.
-    encoders: TextEncoders<Vec<(PromptTokenizer, ClipTextEncoder)>>,
+    encoders: TextEncoders<Vec<Encoder>>,
     unet: UNet,
+    /// The UNet's weights by name (shared with it), and the LoRAs merged in.
+    unet_table: ParameterTable,
+    unet_loras: MergedLoras,
     vae: VaeDecoder,
     image_encoder: LazyEncoder,
     scheduler_config: SchedulerConfig,
@@ -84,8 +89,11 @@ struct TextSettings {
 /// model says so, as diffusers does) as (uncond, cond) conditioning; when
 /// not `guided`, the prompt alone (an unguided run never reads the
 /// negative half, and encoding it costs as much as the prompt).
+/// A tokenizer, its encoder, and the encoder's weights by name.
+type Encoder = (PromptTokenizer, ClipTextEncoder, ParameterTable);
+
 fn encode_with(
-    encoders: &[(PromptTokenizer, ClipTextEncoder)],
+    encoders: &[Encoder],
     text: &TextSettings,
     device: &Device,
     prompt: &str,
@@ -101,7 +109,7 @@ fn encode_with(
     };
     let mut contexts = Vec::new();
     let mut pooled = None;
-    for (tokenizer, encoder) in encoders {
+    for (tokenizer, encoder, _) in encoders {
         let ids: Vec<u32> = texts
             .iter()
             .map(|p| tokenizer.encode(p))
@@ -133,19 +141,46 @@ const ENCODERS: [(&str, &str); 2] = [
     ("tokenizer_2", "text_encoder_2"),
 ];
 
-fn load_encoders(
-    dir: &Path,
-    device: &Device,
-) -> Result<Vec<(PromptTokenizer, ClipTextEncoder)>, EngineLoadError> {
+fn load_encoders(dir: &Path, device: &Device) -> Result<Vec<Encoder>, EngineLoadError> {
     ENCODERS
         .iter()
         .filter(|(_, encoder)| dir.join(encoder).is_dir())
         .map(|(tokenizer, encoder)| {
+            let (model, table) =
+                ClipTextEncoder::load_with_table(&dir.join(encoder), DType::F32, device)?;
             Ok((
                 PromptTokenizer::load(&dir.join(tokenizer), 77)?,
-                ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+                model,
+                table,
             ))
         })
+        .collect()
+}
+
+/// A LoRA for a text encoder the model lacks (SDXL's second, on SD 1.5)
+/// is for another family.
+fn check_components(text_encoders: usize, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+    for lora in set {
+        for component in lora.file.components() {
+            if matches!(component, Component::TextEncoder(i) if i >= text_encoders) {
+                return Err(EngineLoadError::Lora(format!(
+                    "{} adapts a {component}, which this model does not have: is it for another model family?",
+                    lora.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The encoders' tables: the first is LoRA's `text_encoder` (kohya's
+/// `lora_te`/`lora_te1`), SDXL's second its `text_encoder_2` (`lora_te2`).
+#[allow(clippy::ptr_arg)] // it is a `Tables<Vec<Encoder>>`, which takes `&Vec`
+fn encoder_tables(encoders: &Vec<Encoder>) -> Vec<(Component, &ParameterTable)> {
+    encoders
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, table))| (Component::TextEncoder(i), table))
         .collect()
 }
 
@@ -169,7 +204,7 @@ impl StableDiffusion {
         keep_text_encoders: bool,
     ) -> Result<Self, EngineLoadError> {
         let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
-        let unet = UNet::load(&dir.join("unet"), DType::F32, device)?;
+        let (unet, unet_table) = UNet::load_with_table(&dir.join("unet"), DType::F32, device)?;
         let found = ENCODERS
             .iter()
             .filter(|(_, encoder)| dir.join(encoder).is_dir())
@@ -186,8 +221,16 @@ impl StableDiffusion {
             )));
         }
         Ok(Self {
-            encoders: TextEncoders::new(dir, device, keep_text_encoders, load_encoders)?,
+            encoders: TextEncoders::new(
+                dir,
+                device,
+                keep_text_encoders,
+                load_encoders,
+                encoder_tables,
+            )?,
             unet,
+            unet_table,
+            unet_loras: MergedLoras::default(),
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler_config: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -263,6 +306,7 @@ impl StableDiffusion {
         prompt: &str,
         negative: Option<&str>,
         guidance: f64,
+        loras: &[LoraUse],
     ) -> Result<Conditioning, EngineLoadError> {
         let index: ModelIndex = read_config(&dir.join("model_index.json"))?;
         let unet: crate::models::unet::UNetConfig = read_config(&dir.join("unet/config.json"))?;
@@ -270,14 +314,43 @@ impl StableDiffusion {
             sdxl: unet.addition_embed_type.as_deref() == Some("text_time"),
             force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
         };
+        let encoders = load_encoders(dir, device)?;
+        check_components(encoders.len(), loras)?;
+        merge_for_once(&encoder_tables(&encoders), loras)?;
         encode_with(
-            &load_encoders(dir, device)?,
+            &encoders,
             &text,
             device,
             prompt,
             negative,
             is_guided(guidance),
         )
+    }
+
+    /// A weight as the model runs it now (LoRAs merged), by component and
+    /// name: for tests and diagnostics.
+    pub fn parameter(&self, component: Component, name: &str) -> Option<Tensor> {
+        match component {
+            Component::Denoiser => self.unet_table.get(name).cloned(),
+            Component::TextEncoder(i) => self
+                .encoders
+                .with(|encoders| Ok(encoders.get(i).and_then(|(_, _, t)| t.get(name).cloned())))
+                .ok()
+                .flatten(),
+        }
+    }
+
+    /// Merges `set` into the UNet and the text encoders (in place of the
+    /// LoRAs merged before; none when empty). On an error none is merged.
+    pub fn set_loras(&mut self, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        check_components(if self.is_sdxl() { 2 } else { 1 }, set)?;
+        let unet = [(Component::Denoiser, &self.unet_table)];
+        self.unet_loras.set(&unet, set)?;
+        if let Err(e) = self.encoders.set_loras(set) {
+            self.unet_loras.unmerge(&unet)?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The scheduler this model runs `steps` steps with.

@@ -17,7 +17,7 @@ use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
-use crate::pipelines::text_encoders::TextEncoders;
+use crate::pipelines::text_encoders::{without_tables, TextEncoders};
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
 use crate::weights::read_config;
@@ -131,7 +131,13 @@ impl Sd3 {
         keep_text_encoders: bool,
     ) -> Result<Self, EngineLoadError> {
         Ok(Self {
-            encoders: TextEncoders::new(dir, device, keep_text_encoders, Sd3Encoders::load)?,
+            encoders: TextEncoders::new(
+                dir,
+                device,
+                keep_text_encoders,
+                Sd3Encoders::load,
+                without_tables::<Sd3Encoders>,
+            )?,
             transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             image_encoder: LazyEncoder::new(dir.join("vae"), device),

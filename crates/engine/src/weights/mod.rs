@@ -3,11 +3,14 @@
 //! (`single_file`, found in ComfyUI / A1111 folders by `scan`); the file
 //! format itself (`safetensors`), the weights' digests (`digest`), the
 //! models compiled into the binary (`builtin`), and the memory budget with
-//! the engine's options (`memory`).
+//! the engine's options (`memory`), and LoRA files with their merging
+//! into loaded weights (`lora`, `lora_merge`).
 
 pub mod builtin;
 pub(crate) mod digest;
 pub mod files;
+pub mod lora;
+pub mod lora_merge;
 pub mod memory;
 pub mod safetensors;
 pub mod scan;
@@ -36,6 +39,19 @@ pub fn var_builder(
         dtype,
         device,
     ))
+}
+
+/// As `var_builder`, with the tensors by name beside it: they share
+/// storage with the layers built from the builder, so a LoRA merged into
+/// the table is merged into the model (`lora_merge`).
+pub fn var_builder_and_table(
+    folder: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, lora_merge::ParameterTable), EngineLoadError> {
+    let tensors = component_tensors(folder, device, dtype)?;
+    let table = tensors.clone();
+    Ok((VarBuilder::from_tensors(tensors, dtype, device), table))
 }
 
 /// Every tensor of a component, under diffusers' names: the folder's own

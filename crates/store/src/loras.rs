@@ -1,0 +1,180 @@
+//! The data dir's `loras/` folder: the LoRA files a user drops there
+//! (`NAME.safetensors`), listed with their size and digest, and looked up
+//! by name. The digest is the SHA-256 of the file's tensor data (the bytes
+//! after its safetensors header), which is what AUTOMATIC1111 writes as a
+//! picture's `Lora hashes` (its first 12 hex digits) and what Civitai calls
+//! AutoV3, so a file whose metadata was edited keeps its hash. Digests are
+//! cached by (size, modification time).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use cyberimage_core::lora::check_lora_name;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// One file of the folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraInfo {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug)]
+pub struct LoraLibrary {
+    folder: PathBuf,
+    digests: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+const EXTENSION: &str = ".safetensors";
+/// Largest safetensors header read (real ones are well under 1 MB).
+const MAX_HEADER: u64 = 64 << 20;
+
+impl LoraLibrary {
+    /// The library in `folder` (created when missing).
+    pub fn open(folder: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(folder).map_err(|source| StoreError::Write {
+            path: folder.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            digests: Mutex::default(),
+        })
+    }
+
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Every `*.safetensors` file whose name is a valid LoRA name, by name.
+    pub fn list(&self) -> Result<Vec<LoraInfo>, StoreError> {
+        let read_error = |source| StoreError::Read {
+            path: self.folder.clone(),
+            source,
+        };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.folder).map_err(read_error)? {
+            let entry = entry.map_err(read_error)?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file_name.strip_suffix(EXTENSION) else {
+                continue;
+            };
+            if check_lora_name(name).is_err() || !entry.path().is_file() {
+                continue;
+            }
+            found.push(self.info(name)?);
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The file of a (checked) name, when it exists.
+    pub fn path_of(&self, name: &str) -> Option<PathBuf> {
+        check_lora_name(name).ok()?;
+        let path = self.folder.join(format!("{name}{EXTENSION}"));
+        path.is_file().then_some(path)
+    }
+
+    /// Name, size and digest of the file `name` (which must exist).
+    pub fn info(&self, name: &str) -> Result<LoraInfo, StoreError> {
+        let path = self.path_of(name).ok_or_else(|| StoreError::Read {
+            path: self.folder.join(format!("{name}{EXTENSION}")),
+            source: io::Error::new(io::ErrorKind::NotFound, "no such LoRA"),
+        })?;
+        let read_error = |source| StoreError::Read {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&path).map_err(read_error)?;
+        let modified = meta.modified().map_err(read_error)?;
+        let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((bytes, when, digest)) = cache.get(&path) {
+            if *bytes == meta.len() && *when == modified {
+                return Ok(LoraInfo {
+                    name: name.to_string(),
+                    bytes: *bytes,
+                    sha256: digest.clone(),
+                });
+            }
+        }
+        let digest = tensor_data_sha256(&path).map_err(read_error)?;
+        cache.insert(path.clone(), (meta.len(), modified, digest.clone()));
+        Ok(LoraInfo {
+            name: name.to_string(),
+            bytes: meta.len(),
+            sha256: digest,
+        })
+    }
+}
+
+/// SHA-256 (hex) of a safetensors file's bytes after its header.
+pub fn tensor_data_sha256(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let header = u64::from_le_bytes(len);
+    if header > MAX_HEADER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a safetensors file (a {header}-byte header)"),
+        ));
+    }
+    file.seek(SeekFrom::Start(8 + header))?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn lists_valid_files_and_hashes_their_data_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = LoraLibrary::open(&dir.path().join("loras")).unwrap();
+        let folder = library.folder().to_path_buf();
+        std::fs::write(
+            folder.join("paper cut.safetensors"),
+            safetensors("{}", b"abc"),
+        )
+        .unwrap();
+        std::fs::write(folder.join("notes.txt"), "not a LoRA").unwrap();
+        std::fs::write(folder.join(".hidden.safetensors"), safetensors("{}", b"x")).unwrap();
+        let listed = library.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        // sha256("abc"): the header is not hashed.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(
+            listed[0],
+            LoraInfo {
+                name: "paper cut".into(),
+                bytes: 13,
+                sha256: abc.into()
+            }
+        );
+        // Another header, the same tensor data: the same hash.
+        std::fs::write(
+            folder.join("paper cut.safetensors"),
+            safetensors("{ }  ", b"abc"),
+        )
+        .unwrap();
+        assert_eq!(library.info("paper cut").unwrap().sha256, abc);
+        assert!(library.path_of("../loras/paper cut").is_none());
+        assert!(library.info("missing").is_err());
+    }
+}
