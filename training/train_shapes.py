@@ -14,8 +14,21 @@ batches, the noise. Phases:
 2. the autoencoder (64x64x3 <-> 16x16x4), trained on the pictures alone;
 3. the pictures encoded once (posterior means), the latent scale measured;
 4. the text encoder and UNet trained together on epsilon prediction with
-   classifier-free-guidance dropout, min-SNR weighting and an EMA copy,
-   which is what is saved.
+   classifier-free-guidance dropout, min-SNR weighting and an EMA copy
+   (cycles 0-2 of CYCLES);
+5. the conversion (cycle 3): the models, stored as float16, go on training
+   with a zero-terminal-SNR schedule and v prediction (Lin et al. 2023,
+   "Common Diffusion Noise Schedules and Sample Steps are Flawed"), half of
+   every batch at high noise. After phase 4 the position words had no
+   effect: under the SD schedule the last timestep still holds ~7 % of the
+   picture, so the layout came from the starting noise, and epsilon
+   prediction's loss hardly depends on the layout at high noise, so the
+   text encoder never learned to tell "left" from "right" (its outputs for
+   the five position words were 60x closer than for two colours).
+
+Phase 5 can start from the saved float16 model of phases 1-4 (`--resume
+FOLDER`, as the committed weights were made); the one-stage run rounds its
+models through float16 at the same point, so both give the same weights.
 """
 
 import argparse
@@ -29,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
@@ -37,12 +49,16 @@ import shapes  # noqa: E402
 from tiny_common import bytes_to_unicode, clip_bpe_source  # noqa: E402
 
 SEED = 20261201
-# The UNet's cosine cycles: (steps, peak learning rate, timestep sampling).
-# Each later cycle is a warm restart from the EMA the one before ended with.
-# The last samples noisy timesteps more often ("high-noise": t = 999(1-u^2)),
-# where the picture's layout (the shape's position) is decided and epsilon
-# prediction's loss is smallest.
-CYCLES = [(5000, 6e-4, "uniform"), (5000, 4e-4, "uniform"), (3000, 3e-4, "high-noise")]
+# The UNet's cosine cycles: (steps, peak learning rate, timestep sampling,
+# target). Each later cycle is a warm restart from the EMA the one before
+# ended with. "high-noise" samples t = 999(1-u^2); "half-high" draws half of
+# each batch from t >= 750, where the layout is decided. Target "epsilon" is
+# the SD schedule with noise prediction, "v-zero-snr" the rescaled schedule
+# (last timestep pure noise) with v prediction: the model that is saved.
+CYCLES = [(5000, 6e-4, "uniform", "epsilon"), (5000, 4e-4, "uniform", "epsilon"),
+          (3000, 3e-4, "high-noise", "epsilon"), (4000, 3e-4, "half-high", "v-zero-snr"),
+          (3000, 2e-4, "uniform", "v-zero-snr")]
+CONVERSION = 3  # the first "v-zero-snr" cycle; from it on, the models go through float16 before each cycle
 MERGES = 8192  # the real CLIP BPE, truncated: vocab ids equal the real ones below 512 + MERGES
 VOCAB = 512 + MERGES + 2
 
@@ -172,16 +188,36 @@ def encode_all(vae, pictures, batch=256):
     return torch.cat(out)
 
 
+def noise_schedule(target):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         rescale_betas_zero_snr=target == "v-zero-snr").alphas_cumprod
+
+
+def sample_timesteps(sampling, batch, g):
+    if sampling == "uniform":
+        return torch.randint(0, 1000, (batch,), generator=g)
+    if sampling == "half-high":
+        half = batch // 2
+        return torch.cat([torch.randint(0, 1000, (batch - half,), generator=g),
+                          torch.randint(750, 1000, (half,), generator=g)])
+    return (999.0 * (1.0 - torch.rand((batch,), generator=g) ** 2)).round().long()
+
+
 def train_denoiser(text_encoder, unet, latents, captions_of, tokenize, batch, log, checkpoint=None, cycle=0):
     """One cosine cycle of CYCLES; a later cycle (a warm restart) starts
     from the EMA weights the one before it ended with, with a fresh
     optimizer and its own random streams."""
-    steps, peak, sampling = CYCLES[cycle]
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    alphas = sched.alphas_cumprod
+    steps, peak, sampling, target = CYCLES[cycle]
+    alphas = noise_schedule(target)
     snr = alphas / (1 - alphas)
+    if target == "epsilon":
+        weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+    else:
+        # Min-SNR-5 for v prediction with SNR + 1 in place of SNR, so that
+        # the zero-SNR last timestep keeps its weight (with SNR it has none).
+        weights = torch.clamp(snr + 1, max=5.0) / (snr + 1)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
@@ -196,16 +232,13 @@ def train_denoiser(text_encoder, unet, latents, captions_of, tokenize, batch, lo
         x0 = latents[idx]
         texts = ["" if rng.random() < 0.1 else captions_of(int(i), rng) for i in idx]
         ids = tokenize(texts)
-        if sampling == "uniform":
-            t = torch.randint(0, 1000, (batch,), generator=g)
-        else:
-            t = (999.0 * (1.0 - torch.rand((batch,), generator=g) ** 2)).round().long()
+        t = sample_timesteps(sampling, batch, g)
         noise = torch.randn(x0.shape, generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        wanted = noise if target == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         pred = unet(xt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 for epsilon prediction
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (weights[t] * ((pred - wanted) ** 2).mean(dim=(1, 2, 3))).mean()
         lr = peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -226,6 +259,15 @@ def train_denoiser(text_encoder, unet, latents, captions_of, tokenize, batch, lo
     return ema_text, ema_unet
 
 
+@torch.no_grad()
+def through_float16(*models):
+    """Rounds every weight to float16 and back, as saving and loading the
+    stored model does."""
+    for model in models:
+        for p in model.parameters():
+            p.copy_(p.to(torch.float16).to(torch.float32))
+
+
 def halve(folder: Path):
     """Stores the weights as float16 (they were trained and are run in
     float32: half the bytes in the repo and the binary, and well inside the
@@ -238,6 +280,17 @@ def halve(folder: Path):
         save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(path),
                   metadata={"format": "pt"})
     (folder / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    # A resumed run's loaded models remember the folder they came from.
+    for path in folder.glob("*/config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def resumed_from(earlier, now):
+    """Every resume point the saved model went through, oldest first."""
+    before = earlier.get("resumed_from") or []
+    return ([before] if isinstance(before, str) else before) + [now]
 
 
 def main():
@@ -249,6 +302,10 @@ def main():
     ap.add_argument("--unet-cycles", type=int, default=len(CYCLES), help="run only the first N of CYCLES")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", metavar="FOLDER",
+                    help="start at --from-cycle from FOLDER, the saved (float16) model of the cycles before it")
+    ap.add_argument("--from-cycle", type=int, default=CONVERSION,
+                    help=f"with --resume: the first cycle to run (>= {CONVERSION})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -267,28 +324,47 @@ def main():
 
     bos, eos = write_tokenizer(out / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
-    text_encoder, unet, vae = build_models(bos, eos)
-    log(f"parameters: text {sum(p.numel() for p in text_encoder.parameters())}, "
-        f"unet {sum(p.numel() for p in unet.parameters())}, vae {sum(p.numel() for p in vae.parameters())}")
-
     pictures, scenes = make_dataset(args.dataset, SEED)
-    log(f"dataset: {len(pictures)} scenes")
-    masks = foreground(pictures, scenes)
-    train_vae(vae, pictures, masks, args.vae_steps, 32, log)
-    vae.save_pretrained(Path(str(out) + ".checkpoint") / "vae")
-    latents = encode_all(vae, pictures)
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
-    log(f"latents {tuple(latents.shape)}, scaling_factor {scale:.5f}")
-    finetune_decoder(vae, pictures, masks, args.decoder_steps, 32, log)
+    earlier = {"seconds": 0, "log": []}
+    if args.resume:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        resume = Path(args.resume)
+        earlier = json.loads((resume / "training.json").read_text())
+        text_encoder = CLIPTextModel.from_pretrained(resume / "text_encoder", torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(resume / "unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(resume / "vae", torch_dtype=torch.float32).eval()
+        scale = vae.config.scaling_factor
+        first_cycle = args.from_cycle
+        assert first_cycle >= CONVERSION, "only the float16-rounded cycles can be resumed"
+        log(f"resumed from {resume} (float16) at cycle {first_cycle}; dataset: {len(pictures)} scenes")
+    else:
+        text_encoder, unet, vae = build_models(bos, eos)
+        log(f"parameters: text {sum(p.numel() for p in text_encoder.parameters())}, "
+            f"unet {sum(p.numel() for p in unet.parameters())}, vae {sum(p.numel() for p in vae.parameters())}")
+        log(f"dataset: {len(pictures)} scenes")
+        masks = foreground(pictures, scenes)
+        train_vae(vae, pictures, masks, args.vae_steps, 32, log)
+        vae.save_pretrained(Path(str(out) + ".checkpoint") / "vae")
+        latents = encode_all(vae, pictures)
+        scale = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scale)
+        latents = latents * scale
+        log(f"latents {tuple(latents.shape)}, scaling_factor {scale:.5f}")
+        finetune_decoder(vae, pictures, masks, args.decoder_steps, 32, log)
+        first_cycle = 0
 
     def tokenize(texts):
         return tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 
-    def save(text, denoiser, folder):
+    def save(text, denoiser, folder, target):
+        zero_snr = target == "v-zero-snr"
         scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                  prediction_type="v_prediction" if zero_snr else "epsilon",
+                                  rescale_betas_zero_snr=zero_snr,
+                                  timestep_spacing="trailing" if zero_snr else "leading")
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=denoiser,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
@@ -296,20 +372,32 @@ def main():
 
     # Checkpoints go beside the output so that training can be watched
     # (training/evaluate.py) while it runs.
-    for cycle in range(args.unet_cycles):
+    for cycle in range(first_cycle, args.unet_cycles):
+        if cycle >= CONVERSION:
+            # Where the earlier model was stored: a run resumed here and a
+            # one-stage run hold the same numbers (the latents come from
+            # the rounded autoencoder, which later roundings leave as is).
+            through_float16(text_encoder, unet, vae)
+            if cycle == first_cycle or cycle == CONVERSION:
+                latents = encode_all(vae, pictures) * scale
+        target = CYCLES[cycle][3]
         text_encoder, unet = train_denoiser(
             text_encoder, unet, latents, lambda i, rng: shapes.caption(scenes[i], rng), tokenize,
             args.batch, log,
-            checkpoint=lambda t, u: save(t, u, Path(str(out) + ".checkpoint")), cycle=cycle)
-    save(text_encoder, unet, out)
+            checkpoint=lambda t, u: save(t, u, Path(str(out) + ".checkpoint"), target), cycle=cycle)
+    save(text_encoder, unet, out, CYCLES[args.unet_cycles - 1][3])
     halve(out)
     elapsed = time.time() - started
     log(f"saved to {out} after {elapsed:.0f} s")
     (out / "training.json").write_text(json.dumps({
         "seed": SEED, "dataset": args.dataset, "vae_steps": args.vae_steps, "unet_cycles": CYCLES[:args.unet_cycles],
         "decoder_steps": args.decoder_steps,
-        "batch": args.batch, "threads": args.threads, "seconds": round(elapsed),
-        "torch": torch.__version__, "held_out": shapes.held_out_triples(), "log": log_lines}, indent=1))
+        "batch": args.batch, "threads": args.threads,
+        "resumed_from": resumed_from(earlier, f"{args.resume} at cycle {first_cycle}") if args.resume else None,
+        "seconds": round(elapsed) + earlier["seconds"], "seconds_by_stage": earlier.get(
+            "seconds_by_stage", [earlier["seconds"]]) + [round(elapsed)] if args.resume else [round(elapsed)],
+        "torch": torch.__version__, "held_out": shapes.held_out_triples(), "log": earlier["log"] + log_lines},
+        indent=1))
 
 
 if __name__ == "__main__":
