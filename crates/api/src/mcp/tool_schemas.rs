@@ -24,6 +24,12 @@ fn generation_properties(server: &McpServer) -> Map<String, Value> {
         "guidance": {"type": "number", "minimum": 0, "maximum": limits.max_guidance_scale, "description": "Guidance scale; model default when omitted."},
         "seed": {"type": "integer", "minimum": -1, "maximum": 9007199254740991_u64, "description": "Same seed and settings give the same image; random when omitted or -1."},
         "num_images": {"type": "integer", "minimum": 1, "maximum": limits.max_num_images, "default": 1},
+        "loras": {"type": "array", "maxItems": cyberimage_core::lora::MAX_LORAS,
+                  "items": {"type": "object", "required": ["name"], "additionalProperties": false,
+                            "properties": {"name": {"type": "string"},
+                                           "weight": {"type": "number", "minimum": -cyberimage_core::lora::MAX_LORA_WEIGHT,
+                                                      "maximum": cyberimage_core::lora::MAX_LORA_WEIGHT, "default": 1}}},
+                  "description": "LoRAs from the server's loras/ folder (GET /api/loras lists them), for SD 1.x/2.x and SDXL models. `<lora:NAME:WEIGHT>` in the prompt works too."},
     });
     match props {
         Value::Object(m) => m,

@@ -13,7 +13,7 @@ use super::{CallContext, McpError, McpServer, Outcome};
 use crate::error_table::ApiError;
 use crate::params;
 
-const GENERATION_ARGS: [&str; 10] = [
+const GENERATION_ARGS: [&str; 11] = [
     "prompt",
     "negative_prompt",
     "model",
@@ -24,6 +24,7 @@ const GENERATION_ARGS: [&str; 10] = [
     "guidance_scale",
     "seed",
     "num_images",
+    "loras",
 ];
 
 pub fn image_uri(id: &ImageId) -> String {
