@@ -1,6 +1,7 @@
-//! LoRA parity with diffusers on the tiny SD 1.5 model: two random LoRAs,
-//! one in kohya's format (alpha 2 of rank 4, LoCon convolutions included)
-//! and one in PEFT's, alone and together (one at a negative weight),
+//! LoRA parity with diffusers on the tiny SD 1.5 and SDXL models: two
+//! random LoRAs each, one in kohya's format (alpha 2 of rank 4, LoCon
+//! convolutions included; SDXL's adapts the UNet only) and one in PEFT's
+//! (SDXL's with both text encoders), alone and together (one at a negative weight),
 //! against diffusers' `load_lora_weights` + `fuse_lora`, recorded by
 //! `fixtures/lora_references.py`. Checked: fused weights of the UNet (a
 //! Linear and a 3x3 convolution) and of the text encoder, the final
@@ -18,10 +19,18 @@ use candle_core::{Device, Tensor};
 use cyberimage_engine::pipelines::sd::StableDiffusion;
 use cyberimage_engine::weights::lora::{Component, LoraFile};
 use cyberimage_engine::weights::lora_merge::LoraUse;
-use support::{assert_close, assert_images_close, model_dir};
+use support::{assert_close, assert_images_close, fixture_dir, references_of};
+
+fn model_dir() -> std::path::PathBuf {
+    fixture_dir("tiny-sd15")
+}
 
 fn references() -> (HashMap<String, Tensor>, serde_json::Value) {
-    let dir = model_dir();
+    references_in("tiny-sd15")
+}
+
+fn references_in(model: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
+    let dir = fixture_dir(model);
     (
         candle_core::safetensors::load(dir.join("lora_references.safetensors"), &Device::Cpu)
             .unwrap(),
@@ -31,6 +40,10 @@ fn references() -> (HashMap<String, Tensor>, serde_json::Value) {
 }
 
 fn lora_set(meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
+    lora_set_in("tiny-sd15", meta, case)
+}
+
+fn lora_set_in(model: &str, meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
     meta["cases"][case]
         .as_object()
         .unwrap()
@@ -39,7 +52,7 @@ fn lora_set(meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
             id: name.clone(),
             file: Arc::new(
                 LoraFile::read(
-                    &model_dir()
+                    &fixture_dir(model)
                         .join("loras")
                         .join(format!("{name}.safetensors")),
                 )
@@ -51,7 +64,11 @@ fn lora_set(meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
 }
 
 fn picture(sd: &StableDiffusion, meta: &serde_json::Value) -> Tensor {
-    let initial = support::references()["initial_latents"].clone();
+    picture_of("tiny-sd15", sd, meta)
+}
+
+fn picture_of(model: &str, sd: &StableDiffusion, meta: &serde_json::Value) -> Tensor {
+    let initial = references_of(model)["initial_latents"].clone();
     let guidance = meta["guidance_scale"].as_f64().unwrap();
     let context = sd
         .encode_for_guidance(
@@ -66,7 +83,7 @@ fn picture(sd: &StableDiffusion, meta: &serde_json::Value) -> Tensor {
             initial,
             meta["steps"].as_u64().unwrap() as usize,
             guidance,
-            &mut |_| panic!("DDIM draws no noise"),
+            &mut |_| panic!("DDIM and Euler draw no noise"),
             &mut |_, _| true,
         )
         .unwrap()
@@ -80,8 +97,16 @@ fn flat(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn merged_loras_match_diffusers_fused_ones_and_come_out_again_exactly() {
-    let (refs, meta) = references();
-    let mut sd = StableDiffusion::load(&model_dir(), &Device::Cpu).unwrap();
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        merged_loras_match(model);
+    }
+}
+
+fn merged_loras_match(model: &str) {
+    let (refs, meta) = references_in(model);
+    let mut sd = StableDiffusion::load(&fixture_dir(model), &Device::Cpu).unwrap();
+    let picture = |sd: &StableDiffusion, meta: &serde_json::Value| picture_of(model, sd, meta);
+    let lora_set = |meta: &serde_json::Value, case: &str| lora_set_in(model, meta, case);
     let base = picture(&sd, &meta);
     assert_images_close(&base, &refs["base.image"]);
     let mut pictures = HashMap::new();
@@ -90,6 +115,7 @@ fn merged_loras_match_diffusers_fused_ones_and_come_out_again_exactly() {
         for (component, names) in meta["probes"].as_object().unwrap() {
             let which = match component.as_str() {
                 "unet" => Component::Denoiser,
+                "text_encoder_2" => Component::TextEncoder(1),
                 _ => Component::TextEncoder(0),
             };
             for name in names.as_array().unwrap() {
@@ -108,7 +134,10 @@ fn merged_loras_match_diffusers_fused_ones_and_come_out_again_exactly() {
             .iter()
             .filter(|d| **d > 4.0 / 255.0)
             .count();
-        assert!(moved > 100, "{case}: the LoRA changed only {moved} values");
+        assert!(
+            moved > 100,
+            "{model} {case}: the LoRA changed only {moved} values"
+        );
         assert_images_close(&image, &refs[&format!("{case}.image")]);
         pictures.insert(case, flat(&image));
     }
