@@ -136,9 +136,11 @@ impl LoraFile {
 
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Result<Self, EngineLoadError> {
         if let Some(name) = tensors.keys().find(|k| {
-            ["hada_w1", "lokr_w1", "oft_blocks", ".diff"]
+            ["hada_w1", "lokr_w1", "oft_blocks"]
                 .iter()
                 .any(|p| k.contains(p))
+                || k.ends_with(".diff")
+                || k.ends_with(".diff_b")
         }) {
             return Err(EngineLoadError::Lora(format!(
                 "{name}: LyCORIS LoHa / LoKr / OFT / full-difference adapters are not supported, only LoRA and LoCon"
