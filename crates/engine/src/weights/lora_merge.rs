@@ -20,8 +20,9 @@ use crate::weights::lora::{resolve, Component, LoraFile, ParameterNames};
 /// A component's weights by name, sharing storage with its layers.
 pub type ParameterTable = HashMap<String, Tensor>;
 
-/// One LoRA to apply: who it is (to tell whether a set is already merged),
-/// its layers and its strength.
+/// One LoRA to apply: its name (for messages), its layers and its
+/// strength. Two uses are the same when they name the same parsed file at
+/// the same strength: a file replaced under the same name is another use.
 #[derive(Clone, Debug)]
 pub struct LoraUse {
     pub id: String,
@@ -31,7 +32,9 @@ pub struct LoraUse {
 
 impl PartialEq for LoraUse {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.strength == other.strength
+        self.id == other.id
+            && Arc::ptr_eq(&self.file, &other.file)
+            && self.strength == other.strength
     }
 }
 
@@ -179,6 +182,18 @@ mod tests {
             original,
             "bit for bit"
         );
+
+        // Another file under the same name and strength is merged anew.
+        let first = lora("a", 0.25);
+        merged.set(&tables, std::slice::from_ref(&first)).unwrap();
+        let replaced = LoraUse {
+            file: lora("a", 1.0).file,
+            ..first.clone()
+        };
+        merged.set(&tables, &[replaced]).unwrap();
+        let got = layer_view.to_vec2::<f32>().unwrap();
+        assert!((got[1][1] - 1.7).abs() < 1e-6, "{got:?}");
+        merged.unmerge(&tables).unwrap();
 
         // A layer the model lacks: an error naming it, and nothing merged.
         merged.set(&tables, &[lora("a", 1.0)]).unwrap();
