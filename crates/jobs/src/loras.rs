@@ -4,12 +4,9 @@
 //! same file is still there), and listed for the adapters.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::path::Path;
 
 use cyberimage_core::{GenerationSpec, ModelFamily, ValidationError};
-use cyberimage_store::loras::LoraInfo;
-use cyberimage_store::StoreError;
+use cyberimage_store::loras::{tensor_names, LoraInfo};
 
 use crate::error::JobsError;
 use crate::service::{file_work, JobService};
@@ -76,29 +73,6 @@ pub fn family_of(names: &BTreeSet<String>) -> Option<LoraFamily> {
     }
 }
 
-/// The tensor names in a safetensors file's header.
-fn tensor_names(path: &Path) -> std::io::Result<BTreeSet<String>> {
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut file = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let len = u64::from_le_bytes(len);
-    if len > 64 << 20 {
-        return Err(invalid(format!(
-            "not a safetensors file (a {len}-byte header)"
-        )));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)?;
-    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
-    Ok(parsed
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k != "__metadata__")
-        .collect())
-}
-
 impl JobService {
     /// The LoRA files in `loras/`, by name.
     pub async fn loras(&self) -> Result<Vec<LoraInfo>, JobsError> {
@@ -135,7 +109,6 @@ impl JobService {
                         ),
                     )));
                 };
-                let read = |source| StoreError::Read { path: path.clone(), source };
                 let tensors = match tensor_names(&path) {
                     Ok(names) => names,
                     Err(e) => return Ok(Err(ValidationError::new("loras", format!("LoRA {name:?}: {e}")))),
@@ -152,10 +125,7 @@ impl JobService {
                         format!("LoRA {name:?} is for {} models; {model} is not one", made_for.as_str()),
                     )));
                 }
-                found.push(library.info(name).map_err(|e| match e {
-                    StoreError::Read { source, .. } => read(source),
-                    other => other,
-                })?);
+                found.push(library.info(name)?);
             }
             Ok(Ok(found))
         })

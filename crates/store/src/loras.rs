@@ -6,7 +6,7 @@
 //! AutoV3, so a file whose metadata was edited keeps its hash. Digests are
 //! cached by (size, modification time).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -114,8 +114,9 @@ impl LoraLibrary {
     }
 }
 
-/// SHA-256 (hex) of a safetensors file's bytes after its header.
-pub fn tensor_data_sha256(path: &Path) -> io::Result<String> {
+/// A safetensors file opened past its 8-byte length field, and the
+/// length of the JSON header that follows (checked against `MAX_HEADER`).
+fn open_header(path: &Path) -> io::Result<(File, u64)> {
     let mut file = File::open(path)?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len)?;
@@ -126,10 +127,35 @@ pub fn tensor_data_sha256(path: &Path) -> io::Result<String> {
             format!("not a safetensors file (a {header}-byte header)"),
         ));
     }
+    Ok((file, header))
+}
+
+/// SHA-256 (hex) of a safetensors file's bytes after its header.
+pub fn tensor_data_sha256(path: &Path) -> io::Result<String> {
+    let (mut file, header) = open_header(path)?;
     file.seek(SeekFrom::Start(8 + header))?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The tensor names in a safetensors file's header.
+pub fn tensor_names(path: &Path) -> io::Result<BTreeSet<String>> {
+    let (mut file, header) = open_header(path)?;
+    let mut bytes = vec![0u8; header as usize];
+    file.read_exact(&mut bytes)?;
+    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a safetensors file: {e}"),
+            )
+        })?;
+    Ok(parsed
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k != "__metadata__")
+        .collect())
 }
 
 #[cfg(test)]
@@ -175,6 +201,17 @@ mod tests {
         .unwrap();
         assert_eq!(library.info("paper cut").unwrap().sha256, abc);
         assert!(library.path_of("../loras/paper cut").is_none());
+        let with_names = folder.join("named.safetensors");
+        std::fs::write(
+            &with_names,
+            safetensors(r#"{"__metadata__": {}, "a.lora_A.weight": {}}"#, b""),
+        )
+        .unwrap();
+        assert_eq!(
+            tensor_names(&with_names).unwrap(),
+            BTreeSet::from(["a.lora_A.weight".to_string()])
+        );
+        assert!(tensor_names(&folder.join("notes.txt")).is_err());
         assert!(library.info("missing").is_err());
     }
 }

@@ -78,6 +78,9 @@ impl Conditioning {
 /// like the latents.
 pub type StepNoise<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
 
+/// A tokenizer, its encoder, and the encoder's weights by name.
+type Encoder = (PromptTokenizer, ClipTextEncoder, ParameterTable);
+
 /// How a model reads its prompt.
 struct TextSettings {
     /// Penultimate states of both encoders and the second's pooled output.
@@ -89,9 +92,6 @@ struct TextSettings {
 /// model says so, as diffusers does) as (uncond, cond) conditioning; when
 /// not `guided`, the prompt alone (an unguided run never reads the
 /// negative half, and encoding it costs as much as the prompt).
-/// A tokenizer, its encoder, and the encoder's weights by name.
-type Encoder = (PromptTokenizer, ClipTextEncoder, ParameterTable);
-
 fn encode_with(
     encoders: &[Encoder],
     text: &TextSettings,

@@ -147,14 +147,14 @@ impl LoraFile {
             )));
         }
         let kohya = tensors.keys().any(|k| k.starts_with("lora_"));
+        let naming = if kohya { &KOHYA } else { &PEFT };
         let mut parts: BTreeMap<(Component, LayerName), Parts> = BTreeMap::new();
         for (key, tensor) in tensors {
-            let (layer, part) = if kohya { kohya_key(&key) } else { peft_key(&key) }
-                .ok_or_else(|| {
-                    EngineLoadError::Lora(format!(
-                        "unrecognised tensor {key:?}: not a kohya (lora_unet_…) or diffusers/PEFT (unet.….lora_A) LoRA"
-                    ))
-                })?;
+            let (layer, part) = naming.split(&key).ok_or_else(|| {
+                EngineLoadError::Lora(format!(
+                    "unrecognised tensor {key:?}: not a kohya (lora_unet_…) or diffusers/PEFT (unet.….lora_A) LoRA"
+                ))
+            })?;
             let entry = parts.entry(layer).or_default();
             match part {
                 Part::Down => entry.down = Some(tensor),
@@ -222,42 +222,54 @@ enum Part {
     Alpha,
 }
 
-fn kohya_key(key: &str) -> Option<((Component, LayerName), Part)> {
-    let (stem, part) = if let Some(stem) = key.strip_suffix(".lora_down.weight") {
-        (stem, Part::Down)
-    } else if let Some(stem) = key.strip_suffix(".lora_up.weight") {
-        (stem, Part::Up)
-    } else {
-        (key.strip_suffix(".alpha")?, Part::Alpha)
-    };
-    let (component, layer) = [
+/// How a file format names its tensors: `PREFIX` + layer + suffix.
+struct Naming {
+    down: &'static str,
+    up: &'static str,
+    /// Tried in order (a longer prefix before one it starts with).
+    prefixes: &'static [(&'static str, Component)],
+    layer: fn(String) -> LayerName,
+}
+
+const KOHYA: Naming = Naming {
+    down: ".lora_down.weight",
+    up: ".lora_up.weight",
+    prefixes: &[
         ("lora_unet_", Component::Denoiser),
         ("lora_te1_", Component::TextEncoder(0)),
         ("lora_te2_", Component::TextEncoder(1)),
         ("lora_te_", Component::TextEncoder(0)),
-    ]
-    .into_iter()
-    .find_map(|(prefix, c)| stem.strip_prefix(prefix).map(|rest| (c, rest)))?;
-    Some(((component, LayerName::Flattened(layer.to_string())), part))
-}
+    ],
+    layer: LayerName::Flattened,
+};
 
-fn peft_key(key: &str) -> Option<((Component, LayerName), Part)> {
-    let (stem, part) = if let Some(stem) = key.strip_suffix(".lora_A.weight") {
-        (stem, Part::Down)
-    } else if let Some(stem) = key.strip_suffix(".lora_B.weight") {
-        (stem, Part::Up)
-    } else {
-        (key.strip_suffix(".alpha")?, Part::Alpha)
-    };
-    let (component, layer) = [
+const PEFT: Naming = Naming {
+    down: ".lora_A.weight",
+    up: ".lora_B.weight",
+    prefixes: &[
         ("unet.", Component::Denoiser),
         ("transformer.", Component::Denoiser),
         ("text_encoder_2.", Component::TextEncoder(1)),
         ("text_encoder.", Component::TextEncoder(0)),
-    ]
-    .into_iter()
-    .find_map(|(prefix, c)| stem.strip_prefix(prefix).map(|rest| (c, rest)))?;
-    Some(((component, LayerName::Dotted(layer.to_string())), part))
+    ],
+    layer: LayerName::Dotted,
+};
+
+impl Naming {
+    fn split(&self, key: &str) -> Option<((Component, LayerName), Part)> {
+        let (stem, part) = if let Some(stem) = key.strip_suffix(self.down) {
+            (stem, Part::Down)
+        } else if let Some(stem) = key.strip_suffix(self.up) {
+            (stem, Part::Up)
+        } else {
+            (key.strip_suffix(".alpha")?, Part::Alpha)
+        };
+        let (component, layer) = self
+            .prefixes
+            .iter()
+            .find_map(|(prefix, c)| stem.strip_prefix(prefix).map(|rest| (*c, rest)))?;
+        Some(((component, (self.layer)(layer.to_string())), part))
+    }
 }
 
 /// Which of the component's weights (`….weight` names in `table`) a layer
