@@ -129,16 +129,6 @@ pub fn resolve_loras(requests: Vec<LoraRequest>) -> Result<Vec<LoraRef>, Validat
     Ok(loras)
 }
 
-/// The prompt as A1111 writes it in a picture's `parameters`: the tags
-/// put back, so that its PNG-info and "send to txt2img" restore them.
-pub fn prompt_with_tags(prompt: &str, loras: &[LoraRef]) -> String {
-    let mut text = prompt.to_string();
-    for lora in loras {
-        text.push_str(&format!(" <lora:{}:{}>", lora.name, lora.weight));
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +154,6 @@ mod tests {
         );
         let resolved = resolve_loras(loras).unwrap();
         assert_eq!(resolved[1].weight, 1.0);
-        assert_eq!(
-            prompt_with_tags("a cat", &resolved),
-            "a cat <lora:paper-cut:0.8> <lora:film grain:1>"
-        );
         for (bad, says) in [
             ("a <lora:x:0.5", "not closed"),
             ("a <lora:x:lots>", "not a weight"),

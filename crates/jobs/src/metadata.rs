@@ -24,17 +24,8 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         parameters.push_str("\nNegative prompt: ");
         parameters.push_str(neg);
     }
-    let sampler = image
-        .extra_metadata
-        .iter()
-        .find(|(k, _)| k == "sampler")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("default");
-    let weights = image
-        .extra_metadata
-        .iter()
-        .find(|(k, _)| k == "weights_sha256")
-        .map(|(_, v)| v.clone());
+    let sampler = extra_value("sampler").unwrap_or("default");
+    let weights = extra_value("weights_sha256").map(str::to_owned);
     parameters.push_str(&format!(
         "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, ",
         record.steps, sampler, record.guidance_scale, record.seed, record.width, record.height,
@@ -46,11 +37,7 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
     parameters.push_str(&format!("Model: {}", record.model));
     // Image-to-image: A1111 writes the strength; the input's digest is in
     // the JSON record (the engine's `init_image_sha256`).
-    if let Some((_, strength)) = image
-        .extra_metadata
-        .iter()
-        .find(|(k, _)| k == "denoising_strength")
-    {
+    if let Some(strength) = extra_value("denoising_strength") {
         parameters.push_str(&format!(", Denoising strength: {strength}"));
     }
     if let Some(hashes) = extra_value("lora_hashes") {
