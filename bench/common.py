@@ -73,8 +73,28 @@ def machine():
         if key == "flags" and not flags:
             flags = value
     bf16 = "avx512_bf16" in flags.split()
+    amx = "amx_bf16" in flags.split()
     return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}), "
-            f"{os.cpu_count()} cores, {'with' if bf16 else 'without'} AVX-512 BF16")
+            f"{os.cpu_count()} cores, {'with' if bf16 else 'without'} AVX-512 BF16, "
+            f"{'with' if amx else 'without'} AMX-BF16")
+
+
+def has_amx():
+    return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+
+
+def bf16_anchor():
+    """The bf16 anchors, here, now: a 2048³ bfloat16 matmul in torch
+    (oneDNN: AMX tiles where the CPU has them), and our kernels on the same
+    product (`matmul_kernels`: f32, AVX-512 BF16, AMX) with the bare AMX
+    tile peak (products on resident tiles, every thread busy)."""
+    import torch
+
+    a, b = torch.randn(2048, 2048).bfloat16(), torch.randn(2048, 2048).bfloat16()
+    a @ b
+    secs = median(timed(lambda: a @ b, 5))
+    (ours,) = run_json_lines(build("cyberimage-kernels", "matmul_kernels"), 2048, 5)
+    return {"torch_bf16_gflops": 2 * 2048**3 / secs / 1e9, **{f"ours_{k}": v for k, v in ours.items()}}
 
 
 def peak_rss_mib():

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, git_rev, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
+from common import ROOT, bf16_anchor, build, flops, git_rev, has_amx, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -34,6 +34,8 @@ ap.add_argument("--large-vae", type=int, default=1024, help="second VAE decode s
 ap.add_argument("--repeats", type=int, default=3)
 ap.add_argument("--no-bf16", dest="bf16", action="store_false",
                 help="skip the bf16 runs (ours: [engine] precision = \"bf16\"; diffusers: the modules in bfloat16)")
+ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                help="leave diffusers' UNet and VAE in torch's default memory format (channels_last is what its CPU users set)")
 ap.add_argument("--model-dir", default="/tmp/cyberimage-bench-sd15")
 ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
 args = ap.parse_args()
@@ -68,32 +70,33 @@ def diffusers_side():
     latent = args.size // 8
     ids = (torch.arange(154) % 400).reshape(2, 77)
     results = {}
-    with torch.no_grad():
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    with torch.inference_mode():
         clip = CLIPTextModel.from_pretrained(MODEL / "text_encoder").eval()
         f = lambda: clip(ids)[0]  # noqa: E731
         f()
         results["text_encode_b2"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
         context = clip(ids)[0]
         del clip
-        unet = UNet2DConditionModel.from_pretrained(MODEL / "unet").eval()
-        sample = torch.randn(2, 4, latent, latent)
+        unet = UNet2DConditionModel.from_pretrained(MODEL / "unet").eval().to(memory_format=fmt)
+        sample = torch.randn(2, 4, latent, latent).to(memory_format=fmt)
         f = lambda: unet(sample, 500, encoder_hidden_states=context).sample  # noqa: E731
         f()
         results["unet_step_b2"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
         if args.bf16:
             unet = unet.to(torch.bfloat16)
-            s16, c16 = sample.bfloat16(), context.bfloat16()
+            s16, c16 = sample.bfloat16().to(memory_format=fmt), context.bfloat16()
             f = lambda: unet(s16, 500, encoder_hidden_states=c16).sample  # noqa: E731
             f()
             results["unet_step_b2"]["bf16_seconds"] = timed(f, args.repeats)
         del unet
-        vae = AutoencoderKL.from_pretrained(MODEL / "vae").eval()
-        z = torch.randn(1, 4, latent, latent)
+        vae = AutoencoderKL.from_pretrained(MODEL / "vae").eval().to(memory_format=fmt)
+        z = torch.randn(1, 4, latent, latent).to(memory_format=fmt)
         f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
         f()
         results["vae_decode_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
         if args.large_vae:
-            z = torch.randn(1, 4, args.large_vae // 8, args.large_vae // 8)
+            z = torch.randn(1, 4, args.large_vae // 8, args.large_vae // 8).to(memory_format=fmt)
             f = lambda: vae.decode(z / 0.18215).sample  # noqa: E731
             f()
             results["vae_decode_large_b1"] = {"seconds": timed(f, args.repeats), "flops": flops(f)}
@@ -101,7 +104,7 @@ def diffusers_side():
             vae = vae.to(torch.bfloat16)
             sizes = [("vae_decode_b1", args.size)] + ([("vae_decode_large_b1", args.large_vae)] if args.large_vae else [])
             for stage, size in sizes:
-                z16 = (torch.randn(1, 4, size // 8, size // 8) / 0.18215).bfloat16()
+                z16 = (torch.randn(1, 4, size // 8, size // 8) / 0.18215).bfloat16().to(memory_format=fmt)
                 f = lambda: vae.decode(z16).sample  # noqa: E731
                 f()
                 results[stage]["bf16_seconds"] = timed(f, args.repeats)
@@ -127,6 +130,10 @@ def main():
     theirs = diffusers_side()
     ours = ours_side(exe)
     ours16 = ours_side(exe, ["--bf16"]) if args.bf16 else {}
+    # On an AMX CPU, our bf16 again on the AVX-512 BF16 kernel: the two
+    # kernels on one CPU, and the no-regression check for CPUs without AMX.
+    ours16_avx = ours_side(exe, ["--bf16", "--bf16-kernel=avx512"]) if args.bf16 and has_amx() else {}
+    anchor16 = bf16_anchor() if args.bf16 else None
     stages = {}
     for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1", "vae_decode_large_b1"):
         if stage not in theirs:
@@ -143,14 +150,18 @@ def main():
                 "diffusers_bf16_s": median(theirs[stage]["bf16_seconds"]),
                 "ours_bf16_runs": ours16[stage]["seconds"], "diffusers_bf16_runs": theirs[stage]["bf16_seconds"],
             })
+        if stage in ours16_avx:
+            stages[stage]["ours_bf16_avx512_s"] = median(ours16_avx[stage]["seconds"])
     result = {
         "commit": git_rev(), "machine": machine(), "size": args.size, "large_vae": args.large_vae, "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "matmul_gflops_anchor": peak, "matmul_gflops": anchor, "weights_mib": weights_mib,
+        "torch": torch.__version__, "matmul_gflops_anchor": peak, "matmul_gflops": anchor, "bf16_anchor": anchor16,
+        "diffusers_channels_last": args.channels_last, "diffusers_mode": "torch.inference_mode", "weights_mib": weights_mib,
         "ours_peak_rss_mib": max(v["peak_rss_mib"] for v in ours.values()),
         "ours_bf16_peak_rss_mib": max((v["peak_rss_mib"] for v in ours16.values()), default=None),
         "diffusers_peak_rss_mib": theirs["peak_rss_mib"], "stages": stages,
-        "command": "python bench/engine_vs_diffusers.py --size %d --large-vae %d --repeats %d%s"
-                   % (args.size, args.large_vae, args.repeats, "" if args.bf16 else " --no-bf16"),
+        "command": "python bench/engine_vs_diffusers.py --size %d --large-vae %d --repeats %d%s%s"
+                   % (args.size, args.large_vae, args.repeats, "" if args.bf16 else " --no-bf16",
+                      "" if args.channels_last else " --no-channels-last"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -57,6 +57,10 @@ impl CandleGenerator {
                     .into(),
             );
         }
+        if options.precision == Precision::Bf16 {
+            cyberimage_kernels::bf16_gemm::prefer(options.bf16_kernel.preference())
+                .map_err(|e| format!("[engine] {e}"))?;
+        }
         cyberimage_kernels::priority::lower_pool_priority(options.thread_priority());
         Ok(Self {
             models_dir,

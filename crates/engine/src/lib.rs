@@ -35,4 +35,4 @@ pub mod weights;
 
 pub use error::EngineLoadError;
 pub use generator::{hf_cache_dir, hf_repo_dir, CandleGenerator};
-pub use weights::memory::{EngineOptions, Precision};
+pub use weights::memory::{Bf16Kernel, EngineOptions, Precision};

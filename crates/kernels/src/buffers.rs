@@ -195,3 +195,43 @@ pub(crate) fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: every element was just initialised; same layout.
     unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
+
+/// One cache line of u32s.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A zero-initialised u32 buffer that starts on a cache line: a packed
+/// operand whose tile rows (64 bytes) each fill one line instead of two.
+#[derive(Debug, Default)]
+pub(crate) struct LineBuffer {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl LineBuffer {
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let mut buffer = Self::default();
+        buffer.reset_zeroed(len);
+        buffer
+    }
+
+    /// Makes it `len` zeros, keeping the allocation where it is enough.
+    pub(crate) fn reset_zeroed(&mut self, len: usize) {
+        self.lines.clear();
+        self.lines.resize(len.div_ceil(16), Line([0; 16]));
+        self.len = len;
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        // SAFETY: `lines` holds at least `len` initialised u32s
+        // (reset_zeroed), contiguous since Line is 16 u32s with no padding
+        // (repr(C), 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u32>(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u32] {
+        // SAFETY: as in as_slice, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u32>(), self.len) }
+    }
+}

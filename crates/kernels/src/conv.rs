@@ -27,7 +27,7 @@ use crate::in_place::DerivedCache;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::bf16_gemm::{self, PackedA};
+use crate::bf16_gemm::{self, Kernel, PackedA};
 use crate::buffers::{contiguous_f32, SharedOut};
 use crate::f32_gemm::{self, Matrix};
 use geometry::Geometry;
@@ -143,7 +143,7 @@ impl ConvOp<'_> {
         // direct ones (measured 0.6–0.93× of its time from 128 tiles up),
         // lose no precision, and need no bf16 copy of the weights.
         let winograd = WINOGRAD.load(Ordering::Relaxed)
-            && winograd::suits(&geometry, b, self.packed_bf16.is_some());
+            && winograd::suits(&geometry, b, self.packed_bf16.map(|_| Kernel::chosen()));
         let out = if winograd {
             winograd::convolve(input, b, weights, bias, &geometry, winograd::STRIP_FLOATS)
         } else {
@@ -376,7 +376,7 @@ mod tests {
             .unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let g = Geometry::new((16, 16, 16), (3, 3), 1, 1, 16).unwrap();
-        assert!(winograd::suits(&g, 4, false));
+        assert!(winograd::suits(&g, 4, None));
         let winograd_out = winograd::convolve(
             &flat(&x),
             4,
@@ -386,10 +386,20 @@ mod tests {
             winograd::STRIP_FLOATS,
         );
         assert_eq!(flat(&ours), winograd_out);
-        if bf16_gemm::available() {
-            // Under bf16, 8 images (128 tiles) still go to Winograd in f32,
-            // and no bf16 copy of the weights is made; 4 (64 tiles) go to
-            // the bf16 kernel, which packs them.
+        if bf16_gemm::available() && Kernel::chosen() == Kernel::Amx {
+            // Against AMX tiles, never Winograd: 8 images go to the bf16
+            // kernel, which packs the weights.
+            let _no_edits = crate::in_place::tests::EDITS.lock();
+            let layer = Conv2d::new(weight.clone(), Some(bias.clone()), config);
+            let x8 = Tensor::randn(0f32, 1., (8, 16, 16, 16), &dev).unwrap();
+            let under_bf16 = bf16_gemm::scoped(true, || layer.forward(&x8)).unwrap();
+            assert!(layer.packed_bf16.is_current());
+            assert_ne!(flat(&under_bf16), flat(&layer.forward(&x8).unwrap()));
+            cyberimage_testkit::skipped("Winograd under AVX-512 bf16: this CPU takes AMX");
+        } else if bf16_gemm::available() {
+            // Under bf16 on AVX-512, 8 images (128 tiles) still go to
+            // Winograd in f32, and no bf16 copy of the weights is made; 4
+            // (64 tiles) go to the bf16 kernel, which packs them.
             let _no_edits = crate::in_place::tests::EDITS.lock();
             let layer = Conv2d::new(weight.clone(), Some(bias.clone()), config);
             let x8 = Tensor::randn(0f32, 1., (8, 16, 16, 16), &dev).unwrap();

@@ -11,12 +11,28 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::bf16_gemm::{self, PackedB};
+use crate::bf16_gemm::{self, Kernel, PackedB};
 use crate::buffers::{with_f32, OutBlock};
 use crate::in_place::DerivedCache;
 
-/// Input rows per task: a multiple of the kernel's 12-row tile.
+/// Input rows per task for the AVX-512 kernel: a multiple of its 12-row
+/// tile.
 const ROWS_PER_TASK: usize = 96;
+/// The most input rows per task for the AMX kernel, a multiple of its
+/// 32-row block: it reads all the weights once per task, so its tasks are
+/// as large as sharing the rows between the threads allows, up to 128
+/// rows (the kernel's own row chunk: larger ones gain nothing).
+const AMX_MAX_ROWS_PER_TASK: usize = 128;
+
+fn rows_per_task(kernel: Kernel, m: usize) -> usize {
+    match kernel {
+        Kernel::Avx512 => ROWS_PER_TASK,
+        Kernel::Amx => m
+            .div_ceil(rayon::current_num_threads().max(1))
+            .next_multiple_of(32)
+            .min(AMX_MAX_ROWS_PER_TASK),
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -67,12 +83,13 @@ impl Linear {
             out.par_chunks_mut(n)
                 .for_each(|row| row.copy_from_slice(bias));
         }
+        let rows_per_task = rows_per_task(packed.kernel(), m);
         with_f32(x, "linear input", |input| {
             // Each task's rows of the output are a slice of their own.
-            out.par_chunks_mut(ROWS_PER_TASK * n)
+            out.par_chunks_mut(rows_per_task * n)
                 .enumerate()
                 .for_each(|(task, out_rows)| {
-                    let start = task * ROWS_PER_TASK;
+                    let start = task * rows_per_task;
                     let rows = out_rows.len() / n;
                     bf16_gemm::gemm_packed_b(
                         &input[start * k..(start + rows) * k],

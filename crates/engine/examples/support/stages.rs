@@ -30,10 +30,19 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Only the VAE encoder (image-to-image's extra stage), at SIZE and at
     // the large size.
     let encode_only = all.iter().any(|a| a == "--encode-only");
-    let args: Vec<String> = all
-        .into_iter()
-        .filter(|a| a != "--bf16" && a != "--encode-only")
-        .collect();
+    // The bf16 kernel (`--bf16-kernel=avx512` or `=amx`; the engine's own
+    // choice otherwise) and Winograd off (`--no-winograd`), to compare
+    // kernels on one CPU.
+    use cyberimage_kernels::bf16_gemm::{self, Preference};
+    for flag in &all {
+        match flag.as_str() {
+            "--bf16-kernel=avx512" => bf16_gemm::prefer(Preference::Avx512)?,
+            "--bf16-kernel=amx" => bf16_gemm::prefer(Preference::Amx)?,
+            "--no-winograd" => cyberimage_kernels::conv::set_winograd(false),
+            _ => {}
+        }
+    }
+    let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with("--")).collect();
     let scoped = |f: &mut dyn FnMut() -> candle_core::Result<Tensor>| {
         cyberimage_kernels::bf16_gemm::scoped(bf16, f)
     };

@@ -39,6 +39,31 @@ pub struct EngineOptions {
     /// (AVX-512 BF16 CPUs; about twice the multiply rate, results within
     /// about 1 % of f32's). Parity with diffusers holds for f32.
     pub precision: Precision,
+    /// Which kernel runs bf16 products: `auto` (Intel AMX tiles where the
+    /// CPU has them and Linux grants them, else AVX-512 BF16), `amx`, or
+    /// `avx512` (to compare them on one CPU).
+    pub bf16_kernel: Bf16Kernel,
+}
+
+/// The `[engine] bf16_kernel` choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bf16Kernel {
+    #[default]
+    Auto,
+    Amx,
+    Avx512,
+}
+
+impl Bf16Kernel {
+    pub(crate) fn preference(self) -> cyberimage_kernels::bf16_gemm::Preference {
+        use cyberimage_kernels::bf16_gemm::Preference;
+        match self {
+            Bf16Kernel::Auto => Preference::Auto,
+            Bf16Kernel::Amx => Preference::Amx,
+            Bf16Kernel::Avx512 => Preference::Avx512,
+        }
+    }
 }
 
 /// How the engine's CPU kernels multiply.
@@ -69,6 +94,7 @@ impl Default for EngineOptions {
             nice: 10,
             idle_priority: false,
             precision: Precision::F32,
+            bf16_kernel: Bf16Kernel::Auto,
         }
     }
 }

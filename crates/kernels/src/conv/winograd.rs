@@ -26,6 +26,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::geometry::Geometry;
+use crate::bf16_gemm::Kernel;
 use crate::buffers::{write_all, zeroed, OutBlock, SharedOut};
 use crate::f32_gemm::{self, Matrix};
 use crate::vector_math::vectorised_fn;
@@ -65,12 +66,16 @@ const MIN_TILES_OVER_BF16: usize = 128;
 /// Whether Winograd's form applies and pays: a 3×3 kernel, stride 1,
 /// padding 1 (the shape of every convolution in the SD UNets' and VAEs'
 /// resnets), enough channels on both sides, and enough tiles against the
-/// kernel it would replace (`over_bf16`: the bf16 one).
-pub(super) fn suits(g: &Geometry, batch: usize, over_bf16: bool) -> bool {
-    let min_tiles = if over_bf16 {
-        MIN_TILES_OVER_BF16
-    } else {
-        MIN_TILES
+/// kernel it would replace (`over_bf16`: the bf16 one, on AVX-512 or AMX).
+/// Never against AMX: its direct products run about 5× our f32 rate,
+/// more than Winograd's 4× fewer multiplications make up (SD 1.5 UNet step
+/// in bf16 on a 2-core AMX Xeon: 3.8 s with Winograd's f32 products, see
+/// BENCHMARKS.md for the direct ones).
+pub(super) fn suits(g: &Geometry, batch: usize, over_bf16: Option<Kernel>) -> bool {
+    let min_tiles = match over_bf16 {
+        None => MIN_TILES,
+        Some(Kernel::Avx512) => MIN_TILES_OVER_BF16,
+        Some(Kernel::Amx) => return false,
     };
     batch * g.out_h.div_ceil(M) * g.out_w.div_ceil(M) >= min_tiles
         && g.kh == 3
@@ -496,7 +501,7 @@ mod tests {
             let weight = Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev).unwrap();
             let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let g = Geometry::new((c_in, h, w), (3, 3), 1, 1, c_out).unwrap();
-            assert!(suits(&g, 64, false));
+            assert!(suits(&g, 64, None));
             for bias in [None, Some(bias)] {
                 let config = Conv2dConfig {
                     padding: 1,
@@ -532,16 +537,18 @@ mod tests {
         for (input, kernel, stride, padding, c_out) in shapes {
             let g = Geometry::new(input, kernel, stride, padding, c_out).unwrap();
             assert!(
-                !suits(&g, 64, false),
+                !suits(&g, 64, None),
                 "{:?}",
                 (input, kernel, stride, padding)
             );
         }
         // 16×16 outputs are 4×4 tiles: 4 images make 64 of them.
         let g = Geometry::new((16, 16, 16), (3, 3), 1, 1, 16).unwrap();
-        assert!(suits(&g, 4, false));
-        assert!(!suits(&g, 3, false), "48 tiles");
-        assert!(!suits(&g, 4, true), "64 tiles, against the bf16 kernel");
-        assert!(suits(&g, 8, true));
+        assert!(suits(&g, 4, None));
+        assert!(!suits(&g, 3, None), "48 tiles");
+        let avx512 = Some(Kernel::Avx512);
+        assert!(!suits(&g, 4, avx512), "64 tiles, against the bf16 kernel");
+        assert!(suits(&g, 8, avx512));
+        assert!(!suits(&g, 64, Some(Kernel::Amx)), "never against AMX");
     }
 }
