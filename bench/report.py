@@ -307,6 +307,9 @@ def main():
                 f"{engine['threads']} threads). Full-size SD 1.5 architecture, random weights "
                 f"({engine['weights_mib']:.0f} MiB of float32 safetensors) loaded by both. "
                 f"Median of {engine['repeats']} runs after a warm-up. "
+                + ("diffusers under `torch.no_grad` in torch's default memory format (this run predates the "
+                   "stronger baseline of the AMX section: `torch.inference_mode`, channels_last). "
+                   if "diffusers_channels_last" not in engine else "") +
                 f"FLOP floor = FLOPs (torch FlopCounterMode) / {anchor_text(engine)}. The FLOPs are those "
                 "of direct arithmetic; our 3×3 convolutions with enough channels and pixels use Winograd's "
                 "F(4×4, 3×3), which needs 4× fewer multiplications, so a stage made of them can run under "
