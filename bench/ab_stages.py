@@ -49,6 +49,8 @@ for round_ in range(args.rounds):
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         for line in done.stdout.splitlines():
             rec = json.loads(line)
+            if "seconds" not in rec:  # the UNet's load time
+                continue
             stage = runs[name].setdefault(rec["stage"], {"seconds": [], "minor_faults": [], "peak_rss_mib": []})
             stage["seconds"] += rec["seconds"][1:]
             # Builds from before the fault counter print none.

@@ -332,8 +332,11 @@ impl CandleGenerator {
             let (pipeline, hashed) = std::thread::scope(|scope| {
                 let hashing =
                     scope.spawn(|| crate::weights::digest::weights_sha256(&dir, &self.models_dir));
-                let pipeline = family(model.family)
-                    .load(&dir, &self.device, keep)
+                // In bf16 on AMX, the layers pack their weights as they
+                // load (bf16_gemm::packing_at_load), not in the first job.
+                let bf16 = self.options.precision == Precision::Bf16;
+                let loading = || family(model.family).load(&dir, &self.device, keep);
+                let pipeline = cyberimage_kernels::bf16_gemm::packing_at_load(bf16, loading)
                     .map_err(|e| {
                         EngineError::ModelUnavailable(format!("cannot load {}: {e}", dir.display()))
                     });

@@ -69,6 +69,35 @@ pub fn in_use() -> bool {
     IN_USE.with(|cell| cell.get())
 }
 
+thread_local! {
+    static PACK_AT_LOAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a model's load) with the linear and convolution layers it
+/// makes on this thread packing their weights for the bf16 kernel at once,
+/// where that kernel is AMX: there every such layer computes from its
+/// packed weights (Winograd never replaces AMX products), so the packing
+/// belongs to the load rather than to the first job (about 6 s of a first
+/// SD 1.5 UNet step, BENCHMARKS.md). On AVX-512 they are still packed on
+/// first use: which convolutions Winograd takes there depends on the input
+/// size, and those keep no packed copy. Restored like [`scoped`].
+pub fn packing_at_load<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PACK_AT_LOAD.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(PACK_AT_LOAD.with(|cell| cell.replace(on)));
+    f()
+}
+
+/// Whether a layer made now should pack its weights at once (see
+/// [`packing_at_load`]).
+pub(crate) fn packs_at_load() -> bool {
+    PACK_AT_LOAD.with(|cell| cell.get()) && Kernel::chosen() == Kernel::Amx
+}
+
 /// True when this CPU can run the kernel.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::bf16_gemm::{self, Kernel, PackedA};
-use crate::buffers::{contiguous_f32, SharedOut};
+use crate::buffers::{contiguous_f32, with_f32, SharedOut};
 use crate::f32_gemm::{self, Matrix};
 use geometry::Geometry;
 use rayon::prelude::*;
@@ -74,12 +74,24 @@ pub fn conv2d(
 
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
-        Self {
+        let layer = Self {
             weight,
             bias,
             config,
             packed_bf16: Arc::default(),
+        };
+        if bf16_gemm::packs_at_load() && layer.uses_own_kernel(&layer.weight) {
+            // A failure here is met again, and reported, by the first
+            // bf16 forward, which packs when the cache is empty.
+            let _ = layer.packed_bf16.get_or_make(|| {
+                let (c_out, c_in, kh, kw) = layer.weight.dims4()?;
+                let depth = c_in * kh * kw;
+                with_f32(&layer.weight, "conv2d weights", |flat| {
+                    PackedA::new(flat, c_out, depth, depth)
+                })
+            });
         }
+        layer
     }
 
     fn uses_own_kernel(&self, x: &Tensor) -> bool {
@@ -395,6 +407,13 @@ mod tests {
             let under_bf16 = bf16_gemm::scoped(true, || layer.forward(&x8)).unwrap();
             assert!(layer.packed_bf16.is_current());
             assert_ne!(flat(&under_bf16), flat(&layer.forward(&x8).unwrap()));
+            // Made at load, a layer packs at once.
+            let at_load = bf16_gemm::packing_at_load(true, || {
+                Conv2d::new(weight.clone(), Some(bias.clone()), config)
+            });
+            assert!(at_load.packed_bf16.is_current());
+            let from_load = bf16_gemm::scoped(true, || at_load.forward(&x8)).unwrap();
+            assert_eq!(flat(&from_load), flat(&under_bf16));
             cyberimage_testkit::skipped("Winograd under AVX-512 bf16: this CPU takes AMX");
         } else if bf16_gemm::available() {
             // Under bf16 on AVX-512, 8 images (128 tiles) still go to

@@ -50,10 +50,17 @@ pub fn linear_no_bias(input: usize, output: usize, vb: VarBuilder) -> candle_cor
 
 impl From<candle_nn::Linear> for Linear {
     fn from(inner: candle_nn::Linear) -> Self {
-        Self {
+        let layer = Self {
             inner,
             packed_bf16: Arc::default(),
+        };
+        let weight = layer.inner.weight();
+        if bf16_gemm::packs_at_load() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            // A failure here is met again, and reported, by the first
+            // bf16 forward, which packs when the cache is empty.
+            let _ = layer.packed();
         }
+        layer
     }
 }
 
@@ -125,6 +132,22 @@ impl Module for Linear {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn weights_are_packed_at_load_for_amx_only() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.1, (40, 64), &dev).unwrap();
+        let make = || Linear::from(candle_nn::Linear::new(weight.clone(), None));
+        let _no_edits = crate::in_place::tests::EDITS.lock();
+        assert!(!make().packed_bf16.is_current(), "not asked to");
+        let at_load = bf16_gemm::packing_at_load(true, make);
+        if bf16_gemm::Kernel::chosen() == Kernel::Amx && bf16_gemm::available() {
+            assert!(at_load.packed_bf16.is_current());
+        } else {
+            assert!(!at_load.packed_bf16.is_current());
+            cyberimage_testkit::skipped("packing at load: this CPU's bf16 kernel is not AMX");
+        }
+    }
 
     #[test]
     fn bf16_stays_close_to_f32_with_and_without_bias() {

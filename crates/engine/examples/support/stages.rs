@@ -91,7 +91,17 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     if dir.join("unet").exists() {
-        let unet = UNet::load(&dir.join("unet"), DType::F32, &device)?;
+        // Loaded as the generator loads it: under bf16 on AMX, the weights
+        // are packed here rather than in the first step.
+        let start = Instant::now();
+        let pack_at_load = bf16 && !std::env::args().any(|a| a == "--pack-on-first-use");
+        let unet = bf16_gemm::packing_at_load(pack_at_load, || {
+            UNet::load(&dir.join("unet"), DType::F32, &device)
+        })?;
+        println!(
+            "{}",
+            serde_json::json!({"stage": "unet_load", "load_seconds": start.elapsed().as_secs_f64()})
+        );
         let context = match encoded {
             Some(states) => states,
             None => Tensor::randn(
