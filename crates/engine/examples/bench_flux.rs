@@ -85,6 +85,16 @@ fn blocks(dir: &Path, size: usize, repeats: usize) -> Result<()> {
             model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope)
         });
         report(&format!("flux_blocks_{size}_{name}"), seconds);
+        if dtype.is_none() && cyberimage_kernels::bf16_gemm::available() {
+            // The dense weights again with `precision = "bf16"` (AMX tiles
+            // where the CPU has them); packed in the warm-up run.
+            let seconds = timed(repeats + 1, || {
+                cyberimage_kernels::bf16_gemm::scoped(true, || {
+                    model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope)
+                })
+            });
+            report(&format!("flux_blocks_{size}_bf16"), seconds);
+        }
     }
     Ok(())
 }

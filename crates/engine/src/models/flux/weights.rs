@@ -51,8 +51,29 @@ impl Weight {
 /// A linear layer over dense or quantized weights; a fused layer may be
 /// held as row blocks, whose outputs are joined.
 pub struct QLinear {
-    blocks: Vec<QMatMul>,
+    blocks: Vec<Block>,
     bias: Option<Tensor>,
+}
+
+/// One row block: dense matrices go through the kernels' `Linear` (candle's
+/// product in f32, the bf16 kernels under `precision = "bf16"`), quantized
+/// ones through candle's quantized product.
+enum Block {
+    Dense(cyberimage_kernels::linear::Linear),
+    Quantized(QMatMul),
+}
+
+impl Block {
+    fn dense(weight: Tensor) -> Self {
+        Self::Dense(candle_nn::Linear::new(weight, None).into())
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(linear) => linear.forward(x),
+            Self::Quantized(q) => q.forward(x),
+        }
+    }
 }
 
 impl Module for QLinear {
@@ -342,11 +363,11 @@ impl FluxWeights {
             );
         }
         let blocks = match weight {
-            Weight::Dense(t) => vec![QMatMul::Tensor(t.to_dtype(DType::F32)?)],
-            Weight::Quantized(q) => vec![QMatMul::from_arc(q.clone())?],
+            Weight::Dense(t) => vec![Block::dense(t.to_dtype(DType::F32)?)],
+            Weight::Quantized(q) => vec![Block::Quantized(QMatMul::from_arc(q.clone())?)],
             Weight::Parts(parts) => parts
                 .iter()
-                .map(|p| Ok(QMatMul::Tensor(p.to_dtype(DType::F32)?)))
+                .map(|p| Ok(Block::dense(p.to_dtype(DType::F32)?)))
                 .collect::<candle_core::Result<Vec<_>>>()?,
         };
         let bias = match self.tensors.get(&format!("{prefix}.bias")) {
