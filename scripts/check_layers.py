@@ -38,6 +38,8 @@ CRATE_LAYERS = {
     "cyberimage-kernels": 1,
     "cyberimage-engine": 2,
     "cyberimage-jobs": 2,
+    # A service beside the jobs: one chat request, no queue, no engine.
+    "cyberimage-enrich": 2,
     "cyberimage-api": 3,
     "cyberimage": 4,
 }

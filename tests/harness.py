@@ -151,3 +151,50 @@ def tls_reverse_proxy(target_base, folder):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"https://127.0.0.1:{server.server_address[1]}", ca
+
+
+def chat_stand_in(tls_folder=None):
+    """A STAND-IN OpenAI-compatible chat server for prompt enrichment (no
+    real chat model can be downloaded here): `POST …/chat/completions`
+    records the request and answers as Ollama's /v1 does, with the user's
+    prompt and a phrase chosen by the style named in the system prompt
+    (`fantasy` -> "enchanted glow", else "neon glow"); a prompt holding
+    "fail" gets a 500. With `tls_folder` it speaks real TLS with a
+    certificate of a CA made here. Returns (server, base URL, CA file or
+    None, list of request bodies)."""
+    import json
+
+    seen = []
+
+    class Chat(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            seen.append(body)
+            system = body["messages"][0]["content"]
+            subject = body["messages"][1]["content"].replace("Rewrite this image prompt: ", "")
+            if "fail" in subject:
+                status, answer = 500, {"error": {"message": "stand-in model crashed"}}
+            else:
+                extra = "enchanted glow" if "fantasy" in system else "neon glow"
+                status, answer = 200, {"choices": [{"message": {"role": "assistant", "content": f"{subject}, {extra}"}}]}
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    ca = None
+    scheme = "http"
+    if tls_folder is not None:
+        ca, cert, key = make_ca_and_server_cert(tls_folder)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}/v1", ca, seen

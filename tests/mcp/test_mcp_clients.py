@@ -39,7 +39,7 @@ from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import check, finish, start_server, tls_reverse_proxy  # noqa: E402
+from harness import chat_stand_in, check, finish, isolated_env, start_server, tls_reverse_proxy  # noqa: E402
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cyberimage"
 TINY = "tiny-sd15-random"
@@ -65,9 +65,26 @@ async def scenario(label, target, mode, http_base=None):
 
         tools = {t.name: t for t in (await client.list_tools()).tools}
         wanted = {"generate_image", "edit_image", "submit_generation", "get_generation", "cancel_generation", "list_models",
-                  "search_gallery"}
+                  "search_gallery", "enhance_prompt"}
         check(f"{label}: tools listed", wanted <= set(tools), sorted(tools))
         check(f"{label}: schemas present", all(tools[n].output_schema for n in wanted) and tools["generate_image"].input_schema["required"] == ["prompt"])
+
+        # Prompt enrichment through the stand-in chat server (over TLS with
+        # the test CA for the stdio servers, plain HTTP for the others).
+        styles = tools["enhance_prompt"].input_schema["properties"]["style"]["enum"]
+        check(f"{label}: enhance_prompt lists the styles", {"cyberpunk", "anime", "fantasy"} <= set(styles), styles)
+        enhanced = await client.call_tool("enhance_prompt", {"prompt": f"a fox {label}", "style": "fantasy", "model": TINY})
+        out = enhanced.structured_content or {}
+        check(f"{label}: enhance_prompt rewrites the prompt in the style",
+              not enhanced.is_error and enhanced.content[0].text == f"a fox {label}, enchanted glow"
+              and out.get("style") == "fantasy" and out.get("original") == f"a fox {label}", enhanced.content)
+        bad_style = await client.call_tool("enhance_prompt", {"prompt": "a fox", "style": "vaporwave"})
+        check(f"{label}: an unknown style is a tool error naming the styles",
+              bad_style.is_error and "unknown style" in bad_style.content[0].text and "anime" in bad_style.content[0].text,
+              bad_style.content)
+        failed = await client.call_tool("enhance_prompt", {"prompt": "please fail"})
+        check(f"{label}: a failing chat endpoint is a tool error with its reason",
+              failed.is_error and "stand-in model crashed" in failed.content[0].text, failed.content)
 
         prompt = f"a lighthouse at dusk {label}"
         result = await client.call_tool(
@@ -206,7 +223,7 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": "nope"})
     check("http: unknown session is 404", r.status_code == 404)
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
-    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 7)
+    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 8)
     r = httpx.post(f"{base}/mcp", content=b"{not json", headers=h)
     check("http: parse error -32700", r.status_code == 400 and r.json()["error"]["code"] == -32700)
     r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "Mcp-Session-Id": session})
@@ -262,21 +279,48 @@ def untrusted_proxy_check(https_base, tls_dir):
           "not trusted" in message and "SSL_CERT_FILE" in message, (out.stdout, out.stderr[-500:]))
 
 
+def untrusted_chat_check(tls_chat_base, tls_dir):
+    """The same TLS chat stand-in, from a server that does not trust its
+    CA: enrichment is refused (503) naming the certificate, never sent in
+    the clear or with checks off."""
+    with tempfile.TemporaryDirectory() as data:
+        env = isolated_env(data, CYBERIMAGE_ENRICH__ENDPOINT=tls_chat_base, CYBERIMAGE_ENRICH__MODEL="stand-in-chat",
+                           SSL_CERT_FILE=str(tls_dir / "server.pem"), SSL_CERT_DIR=str(tls_dir / "no-cas"))
+        proc, base = start_server(BINARY, data, env=env)
+        try:
+            r = httpx.post(f"{base}/api/enrich", json={"prompt": "a fox"}, timeout=30)
+            error = r.json().get("error", {})
+            check("enrichment refuses a chat endpoint whose certificate it does not trust",
+                  r.status_code == 503 and error.get("code") == "enrich_unavailable"
+                  and "certificate" in error.get("message", "").lower(), r.text[:400])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 async def main():
     with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
-        proc, base = start_server(BINARY, http_data)
+        chat, chat_base, _, _ = chat_stand_in()
+        enrich = {"CYBERIMAGE_ENRICH__ENDPOINT": chat_base, "CYBERIMAGE_ENRICH__MODEL": "stand-in-chat"}
+        proc, base = start_server(BINARY, http_data, env=isolated_env(http_data, **enrich))
         tls_dir = Path(http_data) / "tls"
         tls_dir.mkdir()
         (tls_dir / "no-cas").mkdir()
         tls, https_base, ca = tls_reverse_proxy(base, tls_dir)
         trusting = {"RUST_LOG": "warn", "SSL_CERT_FILE": str(ca), "SSL_CERT_DIR": str(tls_dir / "no-cas")}
+        (tls_dir / "chat").mkdir()
+        tls_chat, tls_chat_base, chat_ca, _ = chat_stand_in(tls_dir / "chat")
+        # The stdio servers enrich over real TLS, trusting the chat CA.
+        stdio_env = {"RUST_LOG": "warn", "CYBERIMAGE_ENRICH__ENDPOINT": tls_chat_base,
+                     "CYBERIMAGE_ENRICH__MODEL": "stand-in-chat", "SSL_CERT_FILE": str(chat_ca),
+                     "SSL_CERT_DIR": str(tls_dir / "no-cas")}
         try:
             runs = [
                 ("http-legacy", f"{base}/mcp", "legacy", base),
                 ("http-modern", f"{base}/mcp", "auto", base),
                 ("api-mcp-legacy", f"{base}/api/mcp", "legacy", base),
-                ("stdio-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "legacy", None),
-                ("stdio-modern", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env={"RUST_LOG": "warn"}), "auto", None),
+                ("stdio-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env=stdio_env), "legacy", None),
+                ("stdio-modern", StdioServerParameters(command=BINARY, args=["mcp", "--data-dir", stdio_data], env=stdio_env), "auto", None),
                 ("proxy-legacy", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "legacy", base),
                 ("proxy-modern", StdioServerParameters(command=BINARY, args=["mcp", "--url", base], env={"RUST_LOG": "warn"}), "auto", base),
                 # The proxy over real TLS, trusting the test CA through SSL_CERT_FILE.
@@ -292,7 +336,10 @@ async def main():
                 print(f"-- {label} took {time.time() - started:.1f} s")
             raw_http_checks(base)
             untrusted_proxy_check(https_base, tls_dir)
+            untrusted_chat_check(tls_chat_base, tls_dir)
             tls.shutdown()
+            tls_chat.shutdown()
+            chat.shutdown()
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -7,6 +7,7 @@
 // Prints "N passed, M failed"; exits non-zero on any failure.
 
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -30,11 +31,37 @@ function check(name, condition, detail = '') {
   }
 }
 
-function startServer(dataDir) {
+// A STAND-IN OpenAI-compatible chat server for prompt enrichment (no real
+// chat model can be downloaded here): it records each request and answers
+// as Ollama's /v1/chat/completions does.
+function startChatStandIn() {
+  const seen = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      const request = JSON.parse(body || '{}');
+      seen.push(request);
+      const system = request.messages?.[0]?.content || '';
+      const subject = (request.messages?.[1]?.content || '').replace('Rewrite this image prompt: ', '');
+      res.setHeader('content-type', 'application/json');
+      if (subject.includes('fail')) {
+        res.statusCode = 500;
+        res.end(JSON.stringify({ error: { message: 'stand-in model crashed' } }));
+        return;
+      }
+      const extra = system.includes('anime') ? 'cel shading, vivid palette' : 'neon glow';
+      res.end(JSON.stringify({ choices: [{ message: { role: 'assistant', content: `${subject}, ${extra}` } }] }));
+    });
+  });
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok({ server, seen, port: server.address().port })));
+}
+
+function startServer(dataDir, env = {}) {
   return new Promise((resolveStart, reject) => {
     const proc = spawn(binary, ['serve', '--bind', '127.0.0.1:0', '--data-dir', dataDir], {
       stdio: ['ignore', 'pipe', 'ignore'],
-      env: { ...process.env, RUST_LOG: 'warn' },
+      env: { ...process.env, RUST_LOG: 'warn', ...env },
     });
     let out = '';
     proc.stdout.on('data', (chunk) => {
@@ -48,7 +75,11 @@ function startServer(dataDir) {
 
 async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'cyberimage-web-'));
-  const { proc, base } = await startServer(dataDir);
+  const chat = await startChatStandIn();
+  const { proc, base } = await startServer(dataDir, {
+    CYBERIMAGE_ENRICH__ENDPOINT: `http://127.0.0.1:${chat.port}/v1`,
+    CYBERIMAGE_ENRICH__MODEL: 'stand-in-chat',
+  });
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -60,6 +91,9 @@ async function main() {
     const page = await context.newPage();
     page.on('console', (msg) => { if (msg.type() === 'error') consoleErrors.push(msg.text()); });
     page.on('pageerror', (err) => consoleErrors.push(String(err)));
+    // Which requests failed, so a console error names its URL.
+    const failedResponses = [];
+    page.on('response', (r) => { if (r.status() >= 400) failedResponses.push(`${r.status()} ${r.url()}`); });
 
     // Generate: the server's default model is preselected; pick the tiny one.
     await page.goto(base + '/');
@@ -240,6 +274,29 @@ async function main() {
     const status = await (await fetch(`${base}/api/status/${slow.job_id}`)).json();
     check('cancel from the queue page cancels the job', status.status === 'cancelled', status.status);
 
+    // Prompt enrichment: the ✨ button with a style, then Restore original.
+    await page.click('nav a[data-page="generate"]');
+    await page.selectOption('#model', TINY);
+    await page.waitForSelector('#enrich:not([disabled])');
+    await page.fill('#prompt', 'a koi pond');
+    await page.selectOption('#enrich-style', 'anime');
+    await page.click('#enrich');
+    await page.waitForSelector('#enrich-restore:not([hidden])');
+    const enriched = await page.inputValue('#prompt');
+    check('enrich puts the richer prompt in the box', enriched === 'a koi pond, cel shading, vivid palette', enriched);
+    const asked = chat.seen.at(-1) || {};
+    check('enrich asks the configured chat model, in the chosen style, for the selected model',
+      asked.model === 'stand-in-chat' && asked.messages?.[0]?.content.includes('anime')
+      && asked.messages?.[0]?.content.includes('77 tokens'), JSON.stringify(asked).slice(0, 300));
+    check('the original prompt is shown', (await page.textContent('#enrich-original')).includes('a koi pond'));
+    await page.screenshot({ path: join(artifacts, '4b-enriched-prompt.png') });
+    await page.click('#enrich-restore');
+    check('Restore original brings the prompt back',
+      (await page.inputValue('#prompt')) === 'a koi pond' && await page.isHidden('#enrich-restore'));
+    await page.reload();
+    await page.waitForSelector('#enrich:not([disabled])');
+    check('the enrichment style is remembered', (await page.inputValue('#enrich-style')) === 'anime');
+
     // Mobile width: no horizontal overflow.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.click('nav a[data-page="generate"]');
@@ -247,7 +304,7 @@ async function main() {
     check('no horizontal overflow on a phone-sized screen', overflow <= 0, String(overflow));
     await page.screenshot({ path: join(artifacts, '5-mobile.png'), fullPage: true });
 
-    check('no console errors', consoleErrors.length === 0, JSON.stringify(consoleErrors));
+    check('no console errors', consoleErrors.length === 0, JSON.stringify({ consoleErrors, failedResponses }));
 
     // A request the form allows but the server refuses (over the pixel
     // budget) shows the server's reason plainly. Chromium logs the 400
@@ -262,9 +319,21 @@ async function main() {
     await page.waitForSelector('#generate-error:not([hidden])');
     const reason = await page.textContent('#generate-error');
     check('server errors are shown plainly', /pixel|Mpx|megapixel/i.test(reason), reason);
+
+    // A chat endpoint that fails: its reason is shown, the prompt kept.
+    await page.fill('#width', '64');
+    await page.fill('#height', '64');
+    await page.fill('#num_images', '1');
+    await page.fill('#prompt', 'please fail');
+    await page.click('#enrich');
+    await page.waitForSelector('#enrich-note:not([hidden])');
+    const enrichError = await page.textContent('#enrich-note');
+    check('an enrichment failure is shown and the prompt kept',
+      enrichError.includes('stand-in model crashed') && (await page.inputValue('#prompt')) === 'please fail', enrichError);
   } finally {
     await browser.close();
     proc.kill('SIGTERM');
+    chat.server.close();
     rmSync(dataDir, { recursive: true, force: true });
   }
   console.log(`${results.passed} passed, ${results.failed} failed`);

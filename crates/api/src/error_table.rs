@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cyberimage_enrich::EnrichError;
 use cyberimage_jobs::JobsError;
 use serde_json::json;
 
@@ -19,6 +20,8 @@ pub mod rpc {
     pub const CONFLICT: i64 = -32004;
     pub const UNAVAILABLE: i64 = -32005;
     pub const UNAUTHORIZED: i64 = -32006;
+    /// A service we call (the enrichment chat endpoint) failed or was slow.
+    pub const UPSTREAM_FAILED: i64 = -32007;
     /// Standard MCP fixes -32002 as "resource not found" for
     /// `resources/read`. It shares the number with `QUEUE_FULL` of the
     /// seed's methods; standard MCP never reports a full queue as a
@@ -105,6 +108,42 @@ impl From<JobsError> for ApiError {
             err.retry_after_secs = Some(5);
         }
         err
+    }
+}
+
+impl From<EnrichError> for ApiError {
+    fn from(e: EnrichError) -> Self {
+        use StatusCode as S;
+        let (status, code, rpc_code) = match &e {
+            EnrichError::InvalidRequest(_) => {
+                (S::BAD_REQUEST, "invalid_request", rpc::INVALID_PARAMS)
+            }
+            EnrichError::NotConfigured => (
+                S::SERVICE_UNAVAILABLE,
+                "enrich_not_configured",
+                rpc::UNAVAILABLE,
+            ),
+            EnrichError::Unreachable { .. } => (
+                S::SERVICE_UNAVAILABLE,
+                "enrich_unavailable",
+                rpc::UNAVAILABLE,
+            ),
+            EnrichError::Timeout(_) => (S::GATEWAY_TIMEOUT, "enrich_timeout", rpc::UPSTREAM_FAILED),
+            EnrichError::Upstream { .. } | EnrichError::BadReply(_) => (
+                S::BAD_GATEWAY,
+                "enrich_upstream_error",
+                rpc::UPSTREAM_FAILED,
+            ),
+            EnrichError::BadConfig(_) => {
+                tracing::error!(error = %e, "enrichment misconfigured");
+                (
+                    S::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    rpc::SERVER_ERROR,
+                )
+            }
+        };
+        Self::new(status, code, rpc_code, e.to_string())
     }
 }
 

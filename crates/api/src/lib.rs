@@ -10,6 +10,7 @@
 mod a1111;
 mod auth;
 mod body;
+mod enrich;
 mod error_table;
 mod events;
 mod jsonrpc;
@@ -35,6 +36,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use auth::{digest_hex, ApiKeys, BadDigest};
+pub use cyberimage_enrich::{EnrichConfig, Enricher};
 pub use error_table::ApiError;
 pub use mcp::{McpOptions, McpServer};
 pub use origin::OriginPolicy;
@@ -54,6 +56,9 @@ pub struct ApiConfig {
     /// The device this process's workers run on (`/health` says it);
     /// `None` when jobs run in other processes.
     pub device: Option<String>,
+    /// Prompt enrichment (`POST /api/enrich`, the MCP `enhance_prompt`
+    /// tool); disabled unless a chat endpoint is configured.
+    pub enricher: Arc<Enricher>,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +71,7 @@ impl Default for ApiConfig {
             rate_limit: RateLimitConfig::default(),
             request_body_timeout: std::time::Duration::from_secs(30),
             device: None,
+            enricher: Arc::new(Enricher::disabled()),
         }
     }
 }
@@ -78,10 +84,11 @@ pub(crate) struct AppState {
     pub keys: ApiKeys,
     pub device: Option<String>,
     pub a1111: Arc<a1111::A1111State>,
+    pub enricher: Arc<Enricher>,
 }
 
 pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
-    let mcp = McpServer::new(service.clone(), config.mcp.clone());
+    let mcp = McpServer::new(service.clone(), config.mcp.clone(), config.enricher.clone());
     let http_metrics = metrics::HttpMetrics::default();
     let state = AppState {
         service,
@@ -90,6 +97,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         keys: config.api_keys.clone(),
         device: config.device.clone(),
         a1111: a1111::state(),
+        enricher: config.enricher.clone(),
     };
     rest::routes()
         .merge(jsonrpc::routes())
@@ -97,6 +105,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(openai::routes())
         .merge(a1111::routes())
         .merge(png_info::routes())
+        .merge(enrich::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
         .merge(web::routes())

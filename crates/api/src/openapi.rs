@@ -183,7 +183,7 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         (
             "get",
             "/api/preview/{job_id}",
-            "The latest live preview of a running job: a latent-sized PNG (each latent pixel projected to RGB), `X-Preview-Step` its step; 404 before the first step, after the job, or when another process runs it. `/api/events` announces each as a `preview` event",
+            "The latest live preview of a running job: a latent-sized PNG (each latent pixel projected to RGB), `X-Preview-Step` its step; still served for 30 s after the job ends (a page may fetch the last one announced); 404 before the first step, later after the job, or when another process runs it. `/api/events` announces each as a `preview` event",
             json!({
             "parameters": [job_id.clone()],
             "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
@@ -287,6 +287,31 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             "/api/loras",
             "The LoRA files in the data dir's loras/ folder (name, bytes, sha256 of the tensor data, short_hash as A1111 writes it); jobs name them in loras or <lora:NAME:WEIGHT>",
             ok_json("LoRAs"),
+        ),
+        (
+            "post",
+            "/api/enrich",
+            "Prompt enrichment: a chat model behind the configured OpenAI-compatible endpoint ([enrich] in the config; Ollama, llama.cpp, vLLM, OpenAI) rewrites the prompt in a style. `model` (an image model key) asks for the form its text encoder reads: short phrases for CLIP models, sentences for FLUX and SD 3",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["prompt"], "additionalProperties": false, "properties": {
+                "prompt": {"type": "string", "maxLength": 4000},
+                "style": {"type": "string", "default": "cyberpunk", "description": "A name from GET /api/enrich/styles"},
+                "model": {"type": "string", "description": "The image model the prompt is for"}}}}}},
+            "responses": {"200": json_response("The enriched prompt", json!({"type": "object", "properties": {
+                "prompt": {"type": "string"}, "original": {"type": "string"}, "style": {"type": "string"},
+                "enriched_prompt": {"type": "string", "description": "The same as prompt (the CyberImage app's name)"},
+                "original_prompt": {"type": "string", "description": "The same as original (the app's name)"},
+                "enriched_by": {"type": "string", "description": "The chat model"}}})),
+                          "400": error_response("No prompt, an unknown style, field or model"),
+                          "502": error_response("The chat endpoint failed (enrich_upstream_error)"),
+                          "503": error_response("Not configured (enrich_not_configured) or not reachable (enrich_unavailable)"),
+                          "504": error_response("The chat endpoint did not answer in time (enrich_timeout)")}}),
+        ),
+        (
+            "get",
+            "/api/enrich/styles",
+            "The enrichment styles (name, description), the default, and whether a chat endpoint is configured (configured, model, reason)",
+            ok_json("Styles"),
         ),
         (
             "get",

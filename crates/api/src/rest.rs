@@ -104,14 +104,16 @@ async fn status(
     Ok(Json(body))
 }
 
-/// The latest live preview of a running job (a small PNG; 404 when there
-/// is none: not started, finished, or running in another process).
+/// The latest live preview of a running job (a small PNG), or of one that
+/// finished less than 30 s ago (a page may fetch the last one an event
+/// announced after the job ended); 404 when there is none: not started,
+/// no preview made, finished longer ago, or running in another process.
 async fn preview(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&raw)?;
-    let Some((step, png)) = state.service.preview(id) else {
+    let Some((step, png)) = state.service.downloadable_preview(id) else {
         return Err(ApiError::new_not_found("no preview for this job now"));
     };
     let mut resp = (

@@ -56,6 +56,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/js/mask.js"),
     ),
+    (
+        "js/enrich.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/enrich.js"),
+    ),
 ];
 
 /// Paths of the page itself, which stay reachable without an API key (the

@@ -62,6 +62,31 @@ async fn previews_are_served_and_announced_while_a_job_runs() {
         done.get("preview_url").is_none(),
         "no preview once finished: {done}"
     );
-    assert_error(s.get(&format!("/api/preview/{id}")).await, 404, "not_found").await;
+    // A page told of the last preview by an event may fetch it after the
+    // job ended: it is still there (for 30 s), not a 404.
+    let late = s.get(&url).await;
+    assert_eq!(
+        late.status(),
+        200,
+        "the last preview outlives its job briefly"
+    );
+    assert_eq!(&late.bytes().await.unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     assert_error(s.get("/api/preview/not-a-job").await, 404, "job_not_found").await;
+    let never: Value = s
+        .post(
+            "/api/generate",
+            json!({"prompt": "p", "model": "tiny", "steps": 1}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let never = never["job_id"].as_str().unwrap();
+    s.wait_status(never, &["completed"]).await;
+    assert_error(
+        s.get(&format!("/api/preview/{never}")).await,
+        404,
+        "not_found",
+    )
+    .await;
 }

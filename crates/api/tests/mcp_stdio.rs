@@ -23,7 +23,11 @@ impl Peer {
     async fn start(step_delay: Duration) -> Peer {
         let dir = tempfile::tempdir().unwrap();
         let service = support::service(dir.path(), 100, Some(step_delay)).await;
-        let server = McpServer::new(service, McpOptions::default());
+        let server = McpServer::new(
+            service,
+            McpOptions::default(),
+            std::sync::Arc::new(cyberimage_api::Enricher::disabled()),
+        );
         let (client_in, server_out) = tokio::io::duplex(1 << 20);
         let (server_in, client_out) = tokio::io::duplex(1 << 20);
         tokio::spawn(cyberimage_api::mcp::stdio::serve(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cyberimage_api::{McpOptions, RateLimitConfig};
+use cyberimage_api::{EnrichConfig, McpOptions, RateLimitConfig};
 use cyberimage_core::{Catalogue, Limits, ModelEntry, ModelFamily};
 use cyberimage_engine::EngineOptions;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -36,6 +36,7 @@ pub struct Config {
     pub engine: EngineOptions,
     pub models: Vec<ModelEntry>,
     pub model_scan: ModelScanConfig,
+    pub enrich: EnrichConfig,
 }
 
 /// `[model_scan]`: the model folders of other tools (ComfyUI, A1111),
@@ -127,6 +128,7 @@ impl Default for Config {
                 .chain(Catalogue::builtin_test_models())
                 .collect(),
             model_scan: ModelScanConfig::default(),
+            enrich: EnrichConfig::default(),
         }
     }
 }
@@ -238,6 +240,7 @@ mod tests {
         // The example lists exactly the built-in defaults.
         assert_eq!(c.models, Config::default().models);
         assert_eq!(c.engine, Config::default().engine);
+        assert_eq!(c.enrich, Config::default().enrich);
     }
 
     #[test]

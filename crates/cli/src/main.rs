@@ -236,6 +236,7 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
                 config.request_body_timeout_secs.max(1),
             ),
             device: with_workers.then(|| config.engine.device.clone()),
+            enricher: enricher(&config)?,
         },
     );
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -336,11 +337,31 @@ fn mcp_options(config: &Config) -> cyberimage_api::McpOptions {
     config.mcp.clone()
 }
 
+/// Prompt enrichment as configured (`[enrich]`, else the CyberImage app's
+/// `OPENAI_ENDPOINT` / `OPENAI_MODEL`); a malformed section stops start-up.
+fn enricher(config: &Config) -> anyhow::Result<std::sync::Arc<cyberimage_api::Enricher>> {
+    let settings = config.enrich.clone().with_app_environment();
+    let enricher = cyberimage_api::Enricher::new(&settings, config.limits.max_prompt_chars)?;
+    let status = enricher.status();
+    if status.configured {
+        tracing::info!(
+            endpoint = status.endpoint.as_deref().unwrap_or(""),
+            model = status.model.as_deref().unwrap_or(""),
+            "prompt enrichment on"
+        );
+    }
+    Ok(std::sync::Arc::new(enricher))
+}
+
 /// MCP over stdio with the jobs service and workers in this process; ends
 /// when the client closes stdin, re-queueing a job still running.
 async fn mcp_stdio(config: Config) -> anyhow::Result<()> {
     let system = wiring::build(&config, true).await?;
-    let server = cyberimage_api::McpServer::new(system.service.clone(), mcp_options(&config));
+    let server = cyberimage_api::McpServer::new(
+        system.service.clone(),
+        mcp_options(&config),
+        enricher(&config)?,
+    );
     tracing::info!(data_dir = %config.data_dir.display(), "serving MCP on stdio");
     cyberimage_api::mcp::stdio::serve(server, tokio::io::stdin(), tokio::io::stdout()).await?;
     system.service.begin_shutdown();

@@ -46,6 +46,13 @@ impl ModelFamily {
     pub fn supports_negative_prompt(self) -> bool {
         !matches!(self, Self::FluxDev | Self::FluxSchnell)
     }
+
+    /// Whether the family reads long natural-language prompts (a T5
+    /// encoder, 256-512 tokens) rather than CLIP's 77 tokens, which suit
+    /// short comma-separated phrases. Prompt enrichment writes to match.
+    pub fn reads_long_prompts(self) -> bool {
+        matches!(self, Self::FluxDev | Self::FluxSchnell | Self::Sd3)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -175,6 +175,16 @@ impl ValidationError {
             unknown_model: false,
         }
     }
+
+    /// `key` is not in the catalogue; the message lists what is.
+    pub fn unknown_model(catalogue: &Catalogue, key: &str) -> Self {
+        let known: Vec<_> = catalogue.models().iter().map(|m| m.key.as_str()).collect();
+        Self {
+            field: "model",
+            message: format!("unknown model {key:?}; available: {}", known.join(", ")),
+            unknown_model: true,
+        }
+    }
 }
 
 fn in_range(field: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ValidationError> {
@@ -244,17 +254,9 @@ impl SpecRequest {
             .model
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| catalogue.default_key().to_owned());
-        let model = catalogue.get(&model_key).ok_or_else(|| {
-            let known: Vec<_> = catalogue.models().iter().map(|m| m.key.as_str()).collect();
-            ValidationError {
-                field: "model",
-                message: format!(
-                    "unknown model {model_key:?}; available: {}",
-                    known.join(", ")
-                ),
-                unknown_model: true,
-            }
-        })?;
+        let model = catalogue
+            .get(&model_key)
+            .ok_or_else(|| ValidationError::unknown_model(catalogue, &model_key))?;
         let d = model.defaults;
 
         let multiple = model.family.size_multiple();

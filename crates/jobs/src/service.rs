@@ -77,6 +77,17 @@ pub struct QueueView {
 /// A running job's latest live preview: (step, PNG).
 pub type LatestPreview = (u32, Arc<Vec<u8>>);
 
+/// How long a finished job's last preview stays downloadable: a page told
+/// of a preview by an event may fetch it after the job has ended, and a
+/// 404 there would only be noise.
+const FINISHED_PREVIEW_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The latest preview of a job run here; `finished` once the job ended.
+pub(crate) struct PreviewSlot {
+    latest: LatestPreview,
+    finished: Option<std::time::Instant>,
+}
+
 pub struct JobService {
     pub(crate) db: Arc<dyn Database>,
     pub(crate) store: ImageStore,
@@ -89,7 +100,7 @@ pub struct JobService {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) metrics: crate::metrics::JobMetrics,
     /// The latest live preview (step, PNG) of each job running here.
-    pub(crate) previews: Mutex<HashMap<JobId, LatestPreview>>,
+    pub(crate) previews: Mutex<HashMap<JobId, PreviewSlot>>,
     model_probe: std::sync::RwLock<Option<Arc<dyn Generator>>>,
 }
 
@@ -200,10 +211,13 @@ impl JobService {
 
     /// Records a running job's latest preview and announces it.
     pub(crate) fn set_preview(&self, job_id: JobId, step: u32, png: Vec<u8>) {
-        self.previews
-            .lock()
-            .expect("previews")
-            .insert(job_id, (step, Arc::new(png)));
+        self.previews.lock().expect("previews").insert(
+            job_id,
+            PreviewSlot {
+                latest: (step, Arc::new(png)),
+                finished: None,
+            },
+        );
         let progress = Progress {
             stage: cyberimage_core::Stage::Generating,
             step,
@@ -221,11 +235,33 @@ impl JobService {
     /// The latest live preview of a job running in this process: (step,
     /// PNG). None once it has finished, or when another process runs it.
     pub fn preview(&self, job_id: JobId) -> Option<LatestPreview> {
-        self.previews
-            .lock()
-            .expect("previews")
-            .get(&job_id)
-            .cloned()
+        let previews = self.previews.lock().expect("previews");
+        let slot = previews.get(&job_id)?;
+        slot.finished.is_none().then(|| slot.latest.clone())
+    }
+
+    /// The latest preview to download: the running job's, or a finished
+    /// one's for `FINISHED_PREVIEW_GRACE` after it ended.
+    pub fn downloadable_preview(&self, job_id: JobId) -> Option<LatestPreview> {
+        let previews = self.previews.lock().expect("previews");
+        let slot = previews.get(&job_id)?;
+        match slot.finished {
+            Some(at) if at.elapsed() > FINISHED_PREVIEW_GRACE => None,
+            _ => Some(slot.latest.clone()),
+        }
+    }
+
+    /// The job has ended: its preview stays downloadable a little while;
+    /// those of jobs that ended longer ago go.
+    pub(crate) fn retire_preview(&self, job_id: JobId) {
+        let mut previews = self.previews.lock().expect("previews");
+        if let Some(slot) = previews.get_mut(&job_id) {
+            slot.finished = Some(std::time::Instant::now());
+        }
+        previews.retain(|_, slot| {
+            slot.finished
+                .is_none_or(|at| at.elapsed() <= FINISHED_PREVIEW_GRACE)
+        });
     }
 
     /// Re-queues (or fails) jobs whose worker stopped heart-beating.

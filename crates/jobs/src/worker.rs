@@ -300,7 +300,7 @@ impl JobService {
             Err(e) => Err(e),
         };
         self.running.lock().expect("running map").remove(&id);
-        self.previews.lock().expect("previews").remove(&id);
+        self.retire_preview(id);
 
         let model = job.spec.model.as_str();
         match &outcome {

@@ -20,6 +20,7 @@ mod tools;
 
 use std::sync::Arc;
 
+use cyberimage_enrich::Enricher;
 use cyberimage_jobs::JobService;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -144,14 +145,20 @@ pub struct McpServer {
     pub(crate) service: Arc<JobService>,
     pub(crate) options: McpOptions,
     pub(crate) sessions: sessions::Sessions,
+    pub(crate) enricher: Arc<Enricher>,
 }
 
 impl McpServer {
-    pub fn new(service: Arc<JobService>, options: McpOptions) -> Arc<Self> {
+    pub fn new(
+        service: Arc<JobService>,
+        options: McpOptions,
+        enricher: Arc<Enricher>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             service,
             options,
             sessions: sessions::Sessions::default(),
+            enricher,
         })
     }
 

@@ -147,6 +147,25 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         json!({"title": title, "readOnlyHint": read_only, "destructiveHint": destructive,
                "idempotentHint": idempotent, "openWorldHint": false})
     };
+    let styles: Vec<&str> = server
+        .enricher
+        .styles()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut enhance_props = Map::new();
+    enhance_props.insert(
+        "prompt".into(),
+        json!({"type": "string", "minLength": 1, "description": "The prompt to enrich."}),
+    );
+    enhance_props.insert(
+        "style".into(),
+        json!({"type": "string", "enum": styles, "default": cyberimage_enrich::DEFAULT_STYLE}),
+    );
+    enhance_props.insert(
+        "model".into(),
+        json!({"type": "string", "description": "The image model the prompt is for: the answer is written in the form its text encoder reads best (short phrases for CLIP models, sentences for FLUX and SD 3)."}),
+    );
     vec![
         json!({
             "name": "generate_image",
@@ -222,6 +241,24 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
                 "required": ["images", "total", "page", "per_page"],
             },
             "annotations": annotations("Search gallery", true, false, true),
+        }),
+        json!({
+            "name": "enhance_prompt",
+            "title": "Enhance prompt",
+            "description": "Rewrite a short image prompt into a richer one in a style (cyberpunk by default), using the chat model the server is configured with. Returns the new prompt; pass it to generate_image.",
+            "inputSchema": object_schema(enhance_props, &["prompt"]),
+            "outputSchema": {
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string"}, "original": {"type": "string"},
+                    "style": {"type": "string"}, "enriched_by": {"type": "string"},
+                },
+                "required": ["prompt", "original", "style"],
+            },
+            // It calls the configured chat endpoint, outside this server.
+            "annotations": {"title": "Enhance prompt", "readOnlyHint": true,
+                            "destructiveHint": false, "idempotentHint": false,
+                            "openWorldHint": true},
         }),
     ]
 }

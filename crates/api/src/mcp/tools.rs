@@ -88,6 +88,7 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         "cancel_generation" => cancel_generation(server, ctx, &args).await,
         "list_models" => list_models(server, &args).await,
         "search_gallery" => search_gallery(server, ctx, &args).await,
+        "enhance_prompt" => enhance_prompt(server, &args).await,
         other => {
             return Err(McpError::invalid_params(format!("unknown tool: {other}")).into());
         }
@@ -391,6 +392,34 @@ async fn cancel_generation(server: &McpServer, ctx: &CallContext, args: &Value) 
             is_error: false,
         },
         Err(e) => e.into(),
+    }
+}
+
+/// Prompt enrichment, as `POST /api/enrich`: the rewritten prompt as text
+/// (so a model can pass it straight to generate_image) and structured.
+async fn enhance_prompt(server: &McpServer, args: &Value) -> ToolResult {
+    if let Err(e) = check_known(args, &["prompt", "style", "model"]) {
+        return e;
+    }
+    let text = |name: &str| match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str()).filter(|s| !s.trim().is_empty())),
+        Some(_) => Err(ToolResult::error(format!("{name} must be a string"))),
+    };
+    let (prompt, style, model) = match (text("prompt"), text("style"), text("model")) {
+        (Ok(Some(p)), Ok(s), Ok(m)) => (p, s, m),
+        (Ok(None), ..) => return ToolResult::error("prompt is required"),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return e,
+    };
+    let catalogue = server.service.catalogue();
+    match crate::enrich::enrich(&server.enricher, catalogue, prompt, style, model).await {
+        Ok(out) => ToolResult {
+            content: vec![json!({"type": "text", "text": out.prompt})],
+            structured: json!({"prompt": out.prompt, "original": out.original,
+                               "style": out.style, "enriched_by": out.model}),
+            is_error: false,
+        },
+        Err(e) => ToolResult::error(e.message),
     }
 }
 

@@ -73,9 +73,17 @@ pub async fn service(
 }
 
 pub async fn start(max_queue: u32, step_delay: Option<Duration>) -> Server {
+    start_with_config(max_queue, step_delay, ApiConfig::default()).await
+}
+
+pub async fn start_with_config(
+    max_queue: u32,
+    step_delay: Option<Duration>,
+    config: ApiConfig,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path(), max_queue, step_delay).await;
-    let app = router(service, &ApiConfig::default());
+    let app = router(service, &config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));

@@ -4,6 +4,7 @@
 
 import { call, setImage } from './api.js';
 import { currentInput, initInputPanel, useImage } from './input.js';
+import { initEnrich } from './enrich.js';
 
 let models = { models: {}, default: '' };
 let lastSeed = null;
@@ -24,6 +25,7 @@ export function init({ onJobEvent, onPreview }) {
   onJobEvent((ev) => { const card = cards.get(ev.job_id); if (card) update(card, ev); });
   onPreview((ev) => { const card = cards.get(ev.job_id); if (card) showPreview(card, ev); });
   initInputPanel();
+  initEnrich({ currentModel: () => el('model').value });
   loadModels();
 }
 
