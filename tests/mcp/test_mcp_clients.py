@@ -65,9 +65,13 @@ async def scenario(label, target, mode, http_base=None):
 
         tools = {t.name: t for t in (await client.list_tools()).tools}
         wanted = {"generate_image", "edit_image", "submit_generation", "get_generation", "cancel_generation", "list_models",
-                  "search_gallery", "enhance_prompt"}
+                  "search_gallery", "enhance_prompt", "retry_generation", "retry_failed_generations",
+                  "delete_generation", "clear_queue", "queue_stats"}
         check(f"{label}: tools listed", wanted <= set(tools), sorted(tools))
-        check(f"{label}: schemas present", all(tools[n].output_schema for n in wanted) and tools["generate_image"].input_schema["required"] == ["prompt"])
+        with_output = wanted - {"retry_generation", "retry_failed_generations", "delete_generation", "clear_queue",
+                                "queue_stats"}
+        check(f"{label}: schemas present", all(tools[n].input_schema for n in wanted)
+              and all(tools[n].output_schema for n in with_output) and tools["generate_image"].input_schema["required"] == ["prompt"])
 
         # Prompt enrichment through the stand-in chat server (over TLS with
         # the test CA for the stdio servers, plain HTTP for the others).
@@ -78,6 +82,13 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: enhance_prompt rewrites the prompt in the style",
               not enhanced.is_error and enhanced.content[0].text == f"a fox {label}, enchanted glow"
               and out.get("style") == "fantasy" and out.get("original") == f"a fox {label}", enhanced.content)
+        # Queue administration tools (no keys here: every scope).
+        stats = await client.call_tool("queue_stats", {})
+        check(f"{label}: queue_stats reports the queue",
+              not stats.is_error and "recent_24h" in (stats.structured_content or {}), stats.content)
+        missing = await client.call_tool("retry_generation", {"job_id": "00000000-0000-4000-8000-000000000000"})
+        check(f"{label}: retrying a job that does not exist is a tool error",
+              missing.is_error and "not found" in missing.content[0].text, missing.content)
         bad_style = await client.call_tool("enhance_prompt", {"prompt": "a fox", "style": "vaporwave"})
         check(f"{label}: an unknown style is a tool error naming the styles",
               bad_style.is_error and "unknown style" in bad_style.content[0].text and "anime" in bad_style.content[0].text,
@@ -223,7 +234,7 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": "nope"})
     check("http: unknown session is 404", r.status_code == 404)
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
-    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 8)
+    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 13)
     r = httpx.post(f"{base}/mcp", content=b"{not json", headers=h)
     check("http: parse error -32700", r.status_code == 400 and r.json()["error"]["code"] == -32700)
     r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "Mcp-Session-Id": session})

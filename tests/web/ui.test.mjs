@@ -274,6 +274,21 @@ async function main() {
     const status = await (await fetch(`${base}/api/status/${slow.job_id}`)).json();
     check('cancel from the queue page cancels the job', status.status === 'cancelled', status.status);
 
+    // Admin: statistics, the job table, and deleting a finished job's record.
+    await page.click('nav a[data-page="admin"]');
+    await page.waitForSelector('#admin-stats .stat');
+    const statLabels = await page.$$eval('#admin-stats .label', (ls) => ls.map((l) => l.textContent));
+    check('the admin page shows queue statistics', statLabels.includes('failed') && statLabels.includes('last 24 h'), JSON.stringify(statLabels));
+    await page.selectOption('#admin-status', 'cancelled');
+    const cancelledRow = page.locator(`#admin-jobs tr[data-job-id="${slow.job_id}"]`);
+    await cancelledRow.waitFor({ timeout: 10_000 });
+    check('the admin table lists the cancelled job', await cancelledRow.isVisible());
+    await page.screenshot({ path: join(artifacts, '4a-admin.png'), fullPage: true });
+    await cancelledRow.locator('button.delete').click();
+    await cancelledRow.waitFor({ state: 'detached', timeout: 10_000 });
+    const gone = await fetch(`${base}/api/jobs/${slow.job_id}`);
+    check('Delete removes the job record on the server', gone.status === 404, String(gone.status));
+
     // Prompt enrichment: the ✨ button with a style, then Restore original.
     await page.click('nav a[data-page="generate"]');
     await page.selectOption('#model', TINY);

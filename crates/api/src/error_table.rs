@@ -87,6 +87,7 @@ impl From<JobsError> for ApiError {
             JobsError::JobNotFound => (S::NOT_FOUND, "job_not_found", rpc::JOB_NOT_FOUND),
             JobsError::ImageNotFound => (S::NOT_FOUND, "image_not_found", rpc::IMAGE_NOT_FOUND),
             JobsError::AlreadyFinished(_) => (S::CONFLICT, "job_finished", rpc::CONFLICT),
+            JobsError::Refused { code, .. } => (S::CONFLICT, *code, rpc::CONFLICT),
             JobsError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", rpc::UNAVAILABLE),
             JobsError::Database(_) | JobsError::Storage(_) => {
                 tracing::error!(error = %e, "internal error");

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod a1111;
+mod admin;
 mod auth;
 mod body;
 mod enrich;
@@ -35,7 +36,7 @@ use cyberimage_jobs::JobService;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use auth::{digest_hex, ApiKeys, BadDigest};
+pub use auth::{digest_hex, ApiKeys, BadDigest, Scope, Scopes};
 pub use cyberimage_enrich::{EnrichConfig, Enricher};
 pub use error_table::ApiError;
 pub use mcp::{McpOptions, McpServer};
@@ -106,6 +107,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(a1111::routes())
         .merge(png_info::routes())
         .merge(enrich::routes())
+        .merge(admin::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
         .merge(web::routes())

@@ -57,6 +57,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/js/mask.js"),
     ),
     (
+        "js/admin.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/admin.js"),
+    ),
+    (
         "js/enrich.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/js/enrich.js"),
@@ -66,7 +71,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 /// Paths of the page itself, which stay reachable without an API key (the
 /// page asks for one when the API answers 401).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/" | "/gallery" | "/queue") || path.starts_with("/assets/")
+    matches!(path, "/" | "/gallery" | "/queue" | "/admin") || path.starts_with("/assets/")
 }
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -74,6 +79,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(page))
         .route("/gallery", get(page))
         .route("/queue", get(page))
+        .route("/admin", get(page))
         .route("/assets/{*path}", get(asset))
 }
 

@@ -96,6 +96,38 @@ pub struct AuthConfig {
     pub api_key_sha256: Vec<String>,
     /// With keys configured, whether image downloads need a key too.
     pub private_images: bool,
+    /// Keys with scopes (`read`, `generate`, `admin`), beside
+    /// `api_key_sha256`'s keys, which hold all three.
+    pub keys: Vec<ScopedKey>,
+}
+
+/// `[[auth.keys]]`: one key's digest, what it may do, and a name for you.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKey {
+    pub sha256: String,
+    pub scopes: Vec<cyberimage_api::Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl AuthConfig {
+    /// Every configured key with its scopes (all of them for the plain list).
+    pub fn api_keys(&self) -> Result<cyberimage_api::ApiKeys, cyberimage_api::BadDigest> {
+        use cyberimage_api::Scope;
+        let all = vec![Scope::Read, Scope::Generate, Scope::Admin];
+        let keys: Vec<(String, Vec<Scope>)> = self
+            .api_key_sha256
+            .iter()
+            .map(|d| (d.clone(), all.clone()))
+            .chain(
+                self.keys
+                    .iter()
+                    .map(|k| (k.sha256.clone(), k.scopes.clone())),
+            )
+            .collect();
+        cyberimage_api::ApiKeys::from_scoped_digests(&keys, self.private_images)
+    }
 }
 
 impl Default for AuthConfig {
@@ -103,6 +135,7 @@ impl Default for AuthConfig {
         Self {
             api_key_sha256: Vec::new(),
             private_images: true,
+            keys: Vec::new(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cyberimage_api::{router, ApiConfig, ApiKeys};
+use cyberimage_api::{router, ApiConfig};
 
 use crate::config::{Config, FlagOverrides};
 use crate::models_cmd::ModelsCommand;
@@ -222,8 +222,7 @@ async fn serve(config: Config, with_workers: bool) -> anyhow::Result<()> {
         // Other processes run jobs: carry their progress to our streams.
         system.service.spawn_progress_relay();
     }
-    let api_keys =
-        ApiKeys::from_hex_digests(&config.auth.api_key_sha256, config.auth.private_images)?;
+    let api_keys = config.auth.api_keys()?;
     let app = router(
         system.service.clone(),
         &ApiConfig {

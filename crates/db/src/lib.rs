@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -16,6 +17,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress};
 
+pub use admin::{AdminRepo, ClearReport, DeleteOutcome, RetryOutcome, RetryReport};
 pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
 
@@ -215,6 +217,6 @@ pub trait ImageRepo: Send + Sync {
 }
 
 /// Everything the jobs service needs from a backend.
-pub trait Database: JobRepo + ImageRepo {}
+pub trait Database: JobRepo + ImageRepo + AdminRepo {}
 
-impl<T: JobRepo + ImageRepo> Database for T {}
+impl<T: JobRepo + ImageRepo + AdminRepo> Database for T {}

@@ -24,7 +24,7 @@ use crate::{
 
 /// Advisory lock keys (arbitrary, fixed): migrations, queue bound.
 const MIGRATION_LOCK: i64 = 0x6379_6265_7269_6d01;
-const QUEUE_LOCK: i64 = 0x6379_6265_7269_6d02;
+pub(crate) const QUEUE_LOCK: i64 = 0x6379_6265_7269_6d02;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -71,7 +71,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 
 #[derive(Clone)]
 pub struct PgDb {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 crate::rows::row_readers!(PgRow);

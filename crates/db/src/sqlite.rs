@@ -72,7 +72,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 
 #[derive(Clone)]
 pub struct SqliteDb {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 crate::rows::row_readers!(SqliteRow);

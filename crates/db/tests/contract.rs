@@ -26,6 +26,10 @@ use counts::{
 };
 use gallery::gallery_pagination_search_and_delete;
 
+#[path = "contract/admin.rs"]
+mod admin;
+use admin::{retry_all_and_clear, retry_one_and_delete_one};
+
 struct Backend {
     db: Arc<dyn Database>,
     _dir: tempfile::TempDir,
@@ -492,6 +496,8 @@ mod on_postgres {
         queue_stats_count_recent_jobs_by_model,
         referenced_inputs_are_the_specs_digests,
         list_jobs_by_state,
+        retry_one_and_delete_one,
+        retry_all_and_clear,
     );
 }
 
@@ -509,6 +515,8 @@ mod on_sqlite {
         queue_stats_count_recent_jobs_by_model,
         referenced_inputs_are_the_specs_digests,
         list_jobs_by_state,
+        retry_one_and_delete_one,
+        retry_all_and_clear,
     );
 
     #[tokio::test]

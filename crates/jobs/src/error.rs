@@ -17,6 +17,10 @@ pub enum JobsError {
     ImageNotFound,
     #[error("job already {}", .0.as_str())]
     AlreadyFinished(JobStatus),
+    /// A queue-administration action this job's state does not allow;
+    /// `code` is the stable error code (`job_not_failed`, …).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error(transparent)]

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod engine_thread;
 mod error;
 mod events;
@@ -20,6 +21,8 @@ mod png_info;
 mod service;
 mod worker;
 
+pub use admin::{clear_scope, CLEAR_SCOPES};
+pub use cyberimage_db::{ClearReport, RetryReport};
 pub use cyberimage_store::loras::LoraInfo;
 pub use engine_thread::EngineThread;
 pub use error::JobsError;

@@ -264,6 +264,7 @@ async fn request(
 
     let mut ctx = CallContext::new(era, &params);
     ctx.base_url = base_url(headers);
+    ctx.scopes = state.keys.scopes_for(headers);
     let token = ctx.cancel.clone();
     if let Some(s) = &session {
         state.mcp.sessions.track(s, &id, token.clone());

@@ -9,6 +9,7 @@
 //! against the official Python SDK client. Like every adapter, it builds a
 //! `SpecRequest` and calls the `JobService`; it never touches the engine.
 
+mod admin_tools;
 mod dispatch;
 pub(crate) mod http;
 pub(crate) mod protocol;
@@ -107,6 +108,8 @@ pub struct CallContext {
     pub cancel: CancellationToken,
     /// `http://host:port` as the client reached us, for absolute image URLs.
     pub base_url: Option<String>,
+    /// What the caller's API key may do (all of it on stdio or without keys).
+    pub scopes: crate::auth::Scopes,
 }
 
 impl CallContext {
@@ -121,6 +124,7 @@ impl CallContext {
             notify: None,
             cancel: CancellationToken::new(),
             base_url: None,
+            scopes: crate::auth::Scopes::ALL,
         }
     }
 

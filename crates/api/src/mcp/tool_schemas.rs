@@ -261,4 +261,8 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
                             "openWorldHint": true},
         }),
     ]
+    .into_iter()
+    // Queue administration (the admin scope when keys are set).
+    .chain(super::admin_tools::definitions())
+    .collect()
 }

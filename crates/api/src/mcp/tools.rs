@@ -32,19 +32,27 @@ pub fn image_uri(id: &ImageId) -> String {
 }
 
 /// A tool's outcome: structured content plus the blocks shown to the model.
-struct ToolResult {
-    content: Vec<Value>,
-    structured: Value,
-    is_error: bool,
+pub(super) struct ToolResult {
+    pub(super) content: Vec<Value>,
+    pub(super) structured: Value,
+    pub(super) is_error: bool,
 }
 
 impl ToolResult {
-    fn error(message: impl Into<String>) -> Self {
+    pub(super) fn error(message: impl Into<String>) -> Self {
         let message = message.into();
         Self {
             content: vec![json!({"type": "text", "text": message})],
             structured: json!({"error": message}),
             is_error: true,
+        }
+    }
+
+    pub(super) fn ok(text: String, structured: Value) -> Self {
+        Self {
+            content: vec![json!({"type": "text", "text": text})],
+            structured,
+            is_error: false,
         }
     }
 
@@ -89,14 +97,17 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         "list_models" => list_models(server, &args).await,
         "search_gallery" => search_gallery(server, ctx, &args).await,
         "enhance_prompt" => enhance_prompt(server, &args).await,
-        other => {
-            return Err(McpError::invalid_params(format!("unknown tool: {other}")).into());
-        }
+        other => match super::admin_tools::call(server, ctx, other, &args).await {
+            Some(result) => result,
+            None => {
+                return Err(McpError::invalid_params(format!("unknown tool: {other}")).into());
+            }
+        },
     };
     Ok(result.into_value(ctx))
 }
 
-fn check_known(args: &Value, known: &[&str]) -> Result<(), ToolResult> {
+pub(super) fn check_known(args: &Value, known: &[&str]) -> Result<(), ToolResult> {
     let unknown: Vec<&str> = args
         .as_object()
         .map(|o| {

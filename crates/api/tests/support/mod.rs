@@ -95,6 +95,15 @@ pub async fn start_with_config(
 }
 
 impl Server {
+    /// A server already listening at `base`, whose data lives in `dir`.
+    pub fn new(base: String, dir: tempfile::TempDir) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
     pub async fn rpc(&self, body: Value) -> Value {
         let r = self
             .http

@@ -1,13 +1,14 @@
-// The page shell: client-side routing between the three pages, and the
+// The page shell: client-side routing between the four pages, and the
 // queue badge, fed by the server's global event stream.
 
 import { call, streamEvents } from './api.js';
 import * as generate from './generate.js';
 import * as gallery from './gallery.js';
 import * as queue from './queue.js';
+import * as admin from './admin.js';
 
-const pages = { '/': generate, '/gallery': gallery, '/queue': queue };
-const names = { '/': 'generate', '/gallery': 'gallery', '/queue': 'queue' };
+const pages = { '/': generate, '/gallery': gallery, '/queue': queue, '/admin': admin };
+const names = { '/': 'generate', '/gallery': 'gallery', '/queue': 'queue', '/admin': 'admin' };
 let current = null;
 
 function show(path) {
@@ -66,6 +67,7 @@ function start() {
   generate.init({ navigate, onJobEvent, onPreview });
   gallery.init({ navigate });
   queue.init({ onJobEvent });
+  admin.init({ onJobEvent });
   show(location.pathname);
   refreshBadge();
   streamEvents('/api/events', (name, data) => {
