@@ -40,6 +40,9 @@ BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/mcp/test_mcp_clients.py "$BIN"
 .venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 .venv/bin/python tests/ecosystem/test_models_pull.py "$BIN"
+# Dockerfile, Dockerfile.cuda and compose.yaml, and the image's command run
+# here as a stand-in (no container can be built or run on these machines).
+.venv/bin/python tests/ecosystem/test_container_files.py "$BIN"
 .venv/bin/python tests/compat/test_cyberimage_rest.py "$BIN"
 # Meaning: the trained shapes-64 draws held-out prompts as they say,
 # scored by an independent detector (colour, shape, position, guidance,
