@@ -6,7 +6,7 @@
 // usage: node tests/web/ui.test.mjs path/to/cyberimage
 // Prints "N passed, M failed"; exits non-zero on any failure.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -255,6 +255,53 @@ async function main() {
     check('delete removes the tile', (await page.locator('.tile', { hasText: prompt }).count()) === 0);
     const after = await (await fetch(`${base}/api/gallery?q=${encodeURIComponent(prompt)}`)).json();
     check('delete removes the image on the server', after.total === 0, JSON.stringify(after));
+
+    // Gallery work: views (remembered), the search in the URL, the keyboard,
+    // multi-select, the selection as a ZIP, batch delete.
+    await page.fill('#gallery-search', '');
+    await page.waitForFunction(() => document.querySelectorAll('.tile').length >= 3, null, { timeout: 10_000 });
+    await page.selectOption('#gallery-view', 'list');
+    check('the list view shows each image\'s details', await page.locator('.tile .details').first().isVisible());
+    await page.fill('#gallery-search', 'repainted');
+    await page.waitForFunction(() => location.search.includes('search=repainted'), null, { timeout: 10_000 });
+    await page.reload();
+    await page.waitForSelector('.tile');
+    check('the search (in the URL) and the view (remembered) survive a reload',
+      (await page.inputValue('#gallery-search')) === 'repainted'
+      && await page.$eval('#gallery-grid', (g) => g.classList.contains('view-list')));
+    await page.screenshot({ path: join(artifacts, '3d-gallery-list.png'), fullPage: true });
+    await page.selectOption('#gallery-view', 'grid');
+    await page.fill('#gallery-search', '');
+    await page.waitForFunction(() => document.querySelectorAll('.tile').length >= 3 && !location.search, null, { timeout: 10_000 });
+    await page.evaluate(() => document.activeElement.blur());
+    await page.keyboard.press('/');
+    check('/ focuses the search', (await page.evaluate(() => document.activeElement.id)) === 'gallery-search');
+    await page.evaluate(() => document.activeElement.blur());
+    await page.keyboard.press('j');
+    await page.keyboard.press('j');
+    const focused = await page.evaluate(() => [...document.querySelectorAll('.tile')].indexOf(document.activeElement));
+    check('j moves from tile to tile', focused === 1, String(focused));
+    const tiles = page.locator('.tile');
+    const picked = [await tiles.nth(0).getAttribute('data-image-id'), await tiles.nth(1).getAttribute('data-image-id')];
+    await tiles.nth(0).click({ modifiers: ['Control'] });
+    await tiles.nth(1).click({ modifiers: ['Control'] });
+    check('ctrl-click selects without opening the image',
+      (await page.textContent('#selection-count')) === '2 selected' && !(await page.locator('#image-dialog').evaluate((d) => d.open)));
+    await page.screenshot({ path: join(artifacts, '3e-gallery-selection.png'), fullPage: true });
+    const [zipDownload] = await Promise.all([page.waitForEvent('download'), page.click('#selection-download')]);
+    const zipFile = join(artifacts, 'selection.zip');
+    await zipDownload.saveAs(zipFile);
+    // Read back by an independent reader, CRCs checked: Python's zipfile.
+    const listing = execFileSync('python3', ['-c',
+      'import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nprint("\\n".join(z.namelist()))',
+      zipFile]).toString().trim().split('\n');
+    check('the ZIP holds the two selected PNGs', listing.length === 2
+      && picked.every((id) => listing.some((n) => n.endsWith(id + '.png'))), JSON.stringify(listing));
+    page.once('dialog', (d) => d.accept());
+    await page.click('#selection-delete');
+    await page.waitForFunction((gone) => gone.every((id) => !document.querySelector(`[data-image-id="${id}"]`)), picked, { timeout: 10_000 });
+    const statuses = await Promise.all(picked.map((id) => fetch(`${base}/api/image/${id}`).then((r) => r.status)));
+    check('batch delete removes the selected images on the server', statuses.every((st) => st === 404), JSON.stringify(statuses));
 
     // Queue: a long job shows up with progress; cancel it from the page.
     const slow = await (await fetch(base + '/api/generate', {

@@ -163,7 +163,8 @@ impl ApiKeys {
 /// and HEAD requests. Generate: everything else.
 pub fn required_scope(method: &axum::http::Method, path: &str) -> Scope {
     use axum::http::Method;
-    let read = method == Method::GET || method == Method::HEAD;
+    // A ZIP of a selection is a read, whichever method carries the list.
+    let read = method == Method::GET || method == Method::HEAD || path == "/api/images/download";
     let admin = path.starts_with("/admin/")
         || path == "/api/queue/clear"
         || path == "/api/queue/retry_failed"

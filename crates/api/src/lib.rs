@@ -14,6 +14,7 @@ mod body;
 mod enrich;
 mod error_table;
 mod events;
+mod gallery_batch;
 mod jsonrpc;
 pub mod mcp;
 mod metrics;
@@ -27,6 +28,7 @@ mod rate_limit;
 mod rest;
 mod views;
 mod web;
+mod zip_stream;
 
 use std::sync::Arc;
 
@@ -108,6 +110,7 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(png_info::routes())
         .merge(enrich::routes())
         .merge(admin::routes())
+        .merge(gallery_batch::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
         .merge(web::routes())

@@ -308,6 +308,27 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
                           "504": error_response("The chat endpoint did not answer in time (enrich_timeout)")}}),
         ),
         (
+            "post",
+            "/api/images/delete",
+            "Delete a selection of images: {\"ids\": [img_…]} (at most 200): {deleted, missing}",
+            json!({"responses": {"200": json_response("What was deleted", json!({"type": "object"})), "400": error_response("No, malformed or too many ids")}}),
+        ),
+        (
+            "get",
+            "/api/images/download",
+            "A selection of images as one ZIP (stored PNGs, streamed): ?ids=img_…,img_… (at most 200); ids that do not exist are left out and named in X-Missing-Images. POST with {\"ids\": […]} does the same",
+            json!({"parameters": [query_param("ids", "string", "Comma-separated image ids")],
+                   "responses": {"200": {"description": "The ZIP", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                                 "400": error_response("No, malformed or too many ids"), "404": error_response("None of the images exists")}}),
+        ),
+        (
+            "post",
+            "/api/images/download",
+            "The same ZIP as GET, the ids in the body: {\"ids\": [img_…]}",
+            json!({"responses": {"200": {"description": "The ZIP", "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                                 "400": error_response("No, malformed or too many ids"), "404": error_response("None of the images exists")}}),
+        ),
+        (
             "get",
             "/api/jobs",
             "Job records for the admin table, newest first: ?status=pending,failed,… (or all) and ?limit (1-500, default 100)",

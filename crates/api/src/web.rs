@@ -62,6 +62,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/js/admin.js"),
     ),
     (
+        "js/selection.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/selection.js"),
+    ),
+    (
         "js/enrich.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/js/enrich.js"),

@@ -110,3 +110,23 @@ export async function setImage(img, url) {
   const resp = await fetch(url, { headers: headers() });
   if (resp.ok) img.src = URL.createObjectURL(await resp.blob());
 }
+
+// Saves a download: a plain link (the browser streams it to disk) without
+// a key; with one, fetched with the key and saved from a blob.
+export async function saveDownload(url, filename) {
+  const a = document.createElement('a');
+  a.download = filename;
+  if (!apiKey()) {
+    a.href = url;
+  } else {
+    const resp = await fetch(url, { headers: headers() });
+    if (!resp.ok) {
+      const data = await resp.json().catch(() => null);
+      throw new ApiError(resp.status, data?.error?.code || 'http_' + resp.status, data?.error?.message || resp.statusText);
+    }
+    a.href = URL.createObjectURL(await resp.blob());
+  }
+  document.body.append(a);
+  a.click();
+  a.remove();
+}

@@ -1,8 +1,12 @@
-// The gallery: thumbnails newest first, search and model filter, infinite
-// scroll, and a detail dialog with metadata, copy, download, remix, use as
-// input (image-to-image), delete.
+// The gallery: thumbnails newest first, search and model filter (kept in
+// the URL as ?search=&model=), grid / list / compact views (remembered),
+// infinite scroll, keyboard (/ searches, j/k and arrows move), selection
+// and batch actions (selection.js), and a detail dialog with metadata,
+// copy, download, remix, use as input (image-to-image), delete; arrows,
+// j/k and swipes move through it.
 
 import { call, setImage } from './api.js';
+import { initSelection, tileClicked, reset as resetSelection } from './selection.js';
 
 const PER_PAGE = 24;
 const el = (id) => document.getElementById(id);
@@ -11,8 +15,27 @@ let navigateTo = null;
 let current = -1; // index of the image in the dialog
 let observer = null;
 
+const VIEWS = ['grid', 'list', 'compact'];
+
 export function init({ navigate }) {
   navigateTo = navigate;
+  initSelection({ deleted: (ids) => {
+    state.images = state.images.filter((i) => !ids.includes(i.id));
+    el('gallery-empty').hidden = state.images.length !== 0;
+  } });
+  const view = el('gallery-view');
+  view.value = VIEWS.includes(localStorage.getItem('cyberimage-gallery-view')) ? localStorage.getItem('cyberimage-gallery-view') : 'grid';
+  applyView();
+  view.addEventListener('change', () => { localStorage.setItem('cyberimage-gallery-view', view.value); applyView(); });
+  document.addEventListener('keydown', keyboard);
+  let touchX = null;
+  el('image-dialog').addEventListener('touchstart', (e) => { touchX = e.touches[0].clientX; }, { passive: true });
+  el('image-dialog').addEventListener('touchend', (e) => {
+    if (touchX === null) return;
+    const dx = e.changedTouches[0].clientX - touchX;
+    touchX = null;
+    if (Math.abs(dx) > 50) open(current + (dx < 0 ? 1 : -1));
+  });
   let timer = null;
   el('gallery-search').addEventListener('input', () => {
     clearTimeout(timer);
@@ -25,8 +48,8 @@ export function init({ navigate }) {
   el('detail-input').addEventListener('click', useAsInput);
   el('detail-delete').addEventListener('click', remove);
   el('image-dialog').addEventListener('keydown', (e) => {
-    if (e.key === 'ArrowRight') open(current + 1);
-    if (e.key === 'ArrowLeft') open(current - 1);
+    if (e.key === 'ArrowRight' || e.key === 'j') open(current + 1);
+    if (e.key === 'ArrowLeft' || e.key === 'k') open(current - 1);
   });
   observer = new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting) && !el('page-gallery').hidden) loadMore();
@@ -36,7 +59,47 @@ export function init({ navigate }) {
 
 export async function enter() {
   await loadModelFilter();
+  // The URL names the search and model filter (shareable, survives reload).
+  const params = new URLSearchParams(location.search);
+  el('gallery-search').value = params.get('search') || '';
+  const model = params.get('model') || '';
+  if ([...el('gallery-model').options].some((o) => o.value === model)) el('gallery-model').value = model;
   reset();
+}
+
+function applyView() {
+  const grid = el('gallery-grid');
+  for (const v of VIEWS) grid.classList.toggle('view-' + v, el('gallery-view').value === v);
+}
+
+// `/` focuses the search; j/k and the arrow keys move between tiles.
+function keyboard(e) {
+  if (el('page-gallery').hidden || el('image-dialog').open || e.ctrlKey || e.metaKey || e.altKey) return;
+  const typing = ['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement?.tagName);
+  if (e.key === '/' && !typing) {
+    e.preventDefault();
+    el('gallery-search').focus();
+    return;
+  }
+  if (typing) return;
+  const step = { j: 1, ArrowRight: 1, ArrowDown: 1, k: -1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
+  if (!step) return;
+  const tiles = [...el('gallery-grid').querySelectorAll('.tile')];
+  if (!tiles.length) return;
+  e.preventDefault();
+  const at = tiles.indexOf(document.activeElement);
+  const next = at < 0 ? 0 : Math.min(Math.max(at + step, 0), tiles.length - 1);
+  tiles[next].focus();
+  tiles[next].scrollIntoView({ block: 'nearest' });
+}
+
+function syncUrl() {
+  if (location.pathname !== '/gallery') return;
+  const params = new URLSearchParams();
+  if (state.q) params.set('search', state.q);
+  if (state.model) params.set('model', state.model);
+  const query = params.toString();
+  history.replaceState(null, '', '/gallery' + (query ? '?' + query : ''));
 }
 
 async function loadModelFilter() {
@@ -60,6 +123,8 @@ function reset() {
     model: el('gallery-model').value, images: [], generation: state.generation + 1,
   };
   el('gallery-grid').textContent = '';
+  resetSelection();
+  syncUrl();
   loadMore();
 }
 
@@ -102,9 +167,16 @@ function addTile(img) {
   pic.style.setProperty('--ar', `${s.width} / ${s.height}`);
   setImage(pic, img.thumbnail_url);
   const caption = document.createElement('span');
+  caption.className = 'caption';
   caption.textContent = img.metadata.prompt;
-  tile.append(pic, caption);
-  tile.addEventListener('click', () => open(state.images.indexOf(img)));
+  // Shown in the list view only.
+  const details = document.createElement('span');
+  details.className = 'details';
+  details.textContent = `${img.metadata.model_id} · ${s.width}×${s.height} · seed ${s.seed} · ${new Date(img.created_at).toLocaleString()}`;
+  tile.append(pic, caption, details);
+  tile.addEventListener('click', (e) => {
+    if (!tileClicked(tile, e)) open(state.images.indexOf(img));
+  });
   el('gallery-grid').append(tile);
 }
 
