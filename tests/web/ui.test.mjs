@@ -336,6 +336,45 @@ async function main() {
     const gone = await fetch(`${base}/api/jobs/${slow.job_id}`);
     check('Delete removes the job record on the server', gone.status === 404, String(gone.status));
 
+    // The form: no negative prompt for FLUX; "keep prompt" off clears the
+    // prompt after submitting; the last model and settings survive a reload.
+    await page.click('nav a[data-page="generate"]');
+    await page.selectOption('#model', 'tiny-flux-random');
+    check('a FLUX model hides the negative prompt, saying why',
+      await page.isHidden('#negative-wrap') && await page.isVisible('#negative-hint'));
+    await page.selectOption('#model', TINY);
+    check('an SD model shows it again', await page.isVisible('#negative-wrap'));
+    await page.fill('#steps', '3');
+    await page.fill('#guidance', '5.5');
+    await page.uncheck('#keep-prompt');
+    await page.fill('#prompt', 'remember this form');
+    await page.click('#generate-button');
+    const cleared = await page.waitForFunction(() => document.getElementById('prompt').value === '', null, { timeout: 10_000 })
+      .then(() => true, () => false);
+    check('with "keep prompt" off the prompt is cleared after submitting', cleared);
+    await page.reload();
+    await page.waitForSelector('#model option', { state: 'attached' });
+    await page.waitForFunction((tiny) => document.getElementById('model').value === tiny, TINY, { timeout: 10_000 }).catch(() => {});
+    const form = { model: await page.inputValue('#model'), steps: await page.inputValue('#steps'),
+      guidance: await page.inputValue('#guidance'), keep: await page.isChecked('#keep-prompt') };
+    check('the last model and settings are remembered across a reload',
+      form.model === TINY && form.steps === '3' && form.guidance === '5.5' && form.keep === false, JSON.stringify(form));
+    await page.check('#keep-prompt');
+    // Recent generations on the home page: remix and delete from there.
+    const firstRecent = page.locator('.recent-item').first();
+    await firstRecent.waitFor({ timeout: 30_000 });
+    const recentId = await firstRecent.getAttribute('data-image-id');
+    const recentPrompt = await firstRecent.locator('figcaption').textContent();
+    await firstRecent.locator('button.remix').click();
+    check('remix from recent generations fills the form', (await page.inputValue('#prompt')) === recentPrompt, recentPrompt);
+    page.once('dialog', (d) => d.accept());
+    await firstRecent.locator('button.delete').click();
+    await page.waitForFunction((id) => !document.querySelector(`.recent-item[data-image-id="${id}"]`), recentId, { timeout: 10_000 });
+    const recentGone = await fetch(`${base}/api/image/${recentId}`);
+    check('delete from recent generations removes the image', recentGone.status === 404, String(recentGone.status));
+    const queueTip = await page.getAttribute('nav a[data-page="queue"]', 'title');
+    check('the queue link tells the last 24 hours by model', /Last 24 h/.test(queueTip || '') && queueTip.includes(TINY), queueTip);
+
     // Prompt enrichment: the ✨ button with a style, then Restore original.
     await page.click('nav a[data-page="generate"]');
     await page.selectOption('#model', TINY);

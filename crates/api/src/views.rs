@@ -179,6 +179,12 @@ pub fn models(catalogue: &Catalogue, detailed: Option<&Availability>) -> Value {
             let obj = entry.as_object_mut().expect("object");
             obj.insert("family".into(), json!(m.family));
             obj.insert("defaults".into(), json!(m.defaults));
+            obj.insert("steps_range".into(), json!(m.steps_range));
+            obj.insert("fixed_steps".into(), json!(m.fixed_steps));
+            obj.insert(
+                "negative_prompt".into(),
+                json!(m.family.supports_negative_prompt()),
+            );
             let state = availability_of(availability, &m.key);
             obj.insert("available".into(), json!(state.as_ref().map(Result::is_ok)));
             obj.insert(

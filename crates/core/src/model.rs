@@ -86,9 +86,43 @@ pub struct ModelEntry {
     /// order: each is recognised from its tensors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub text_encoders: Vec<String>,
+    /// The steps a request may ask of this model, `[min, max]` (the
+    /// CyberImage app's `steps_range`). Unset: 1 to `limits.max_steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_range: Option<[u32; 2]>,
+    /// A distilled model that runs this many steps whatever is asked (the
+    /// app's `fixed_steps`; the web form's steps field is then locked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_steps: Option<u32>,
 }
 
 impl ModelEntry {
+    /// `steps_range` and `fixed_steps` make sense and hold the default.
+    fn check_steps(&self) -> Result<(), String> {
+        if let Some([min, max]) = self.steps_range {
+            if min == 0 || min > max {
+                return Err(format!(
+                    "steps_range [{min}, {max}] must be 1 <= min <= max"
+                ));
+            }
+            if !(min..=max).contains(&self.defaults.steps) {
+                return Err(format!(
+                    "the default steps {} are outside steps_range [{min}, {max}]",
+                    self.defaults.steps
+                ));
+            }
+        }
+        if let Some(fixed) = self.fixed_steps {
+            if fixed == 0 {
+                return Err("fixed_steps must be at least 1".into());
+            }
+            if self.steps_range.is_some() {
+                return Err("set steps_range or fixed_steps, not both".into());
+            }
+        }
+        Ok(())
+    }
+
     /// An entry with no separate component files.
     pub fn new(
         key: impl Into<String>,
@@ -106,6 +140,8 @@ impl ModelEntry {
             config: None,
             vae: None,
             text_encoders: Vec::new(),
+            steps_range: None,
+            fixed_steps: None,
         }
     }
 }
@@ -162,6 +198,8 @@ pub enum CatalogueError {
     DuplicateKey(String),
     #[error("model key {0:?} may only hold letters, digits, '.', '_' and '-'")]
     BadKey(String),
+    #[error("model {key:?}: {why}")]
+    BadSteps { key: String, why: String },
 }
 
 impl Catalogue {
@@ -181,6 +219,10 @@ impl Catalogue {
             if models[..i].iter().any(|o| o.key == m.key) {
                 return Err(CatalogueError::DuplicateKey(m.key.clone()));
             }
+            m.check_steps().map_err(|why| CatalogueError::BadSteps {
+                key: m.key.clone(),
+                why,
+            })?;
         }
         // The static rule is the seed's, every model taken as available.
         let mut catalogue = Self {

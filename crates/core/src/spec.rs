@@ -280,12 +280,24 @@ impl SpecRequest {
         };
         let width = dim("width", self.width, d.width)?;
         let height = dim("height", self.height, d.height)?;
+        let (min_steps, max_steps) = match model.steps_range {
+            Some([min, max]) => (min, max.min(limits.max_steps)),
+            None => (1, limits.max_steps),
+        };
         let steps = in_range(
             "num_inference_steps",
             self.steps.unwrap_or(d.steps.into()),
-            1,
-            limits.max_steps.into(),
-        )? as u32;
+            min_steps.into(),
+            max_steps.into(),
+        )
+        .map_err(|mut e| {
+            if model.steps_range.is_some() {
+                e.message = format!("{} (the range of model {})", e.message, model.key);
+            }
+            e
+        })? as u32;
+        // A distilled model runs its own count, whatever was asked.
+        let steps = model.fixed_steps.unwrap_or(steps);
         let num_images = in_range(
             "num_images",
             self.num_images.unwrap_or(1),
@@ -433,6 +445,43 @@ mod tests {
         assert_eq!(spec.num_images, 1);
         assert_eq!(spec.seed, 42);
         assert_eq!(spec.negative_prompt, None);
+    }
+
+    #[test]
+    fn a_models_step_range_and_fixed_steps_hold() {
+        let mut models = Catalogue::seed_models();
+        models[0].steps_range = Some([10, 40]);
+        models[1].fixed_steps = Some(2);
+        let cat = Catalogue::new(models.clone()).unwrap();
+        let run = |model: &str, steps: Option<i64>| {
+            SpecRequest {
+                model: Some(model.into()),
+                steps,
+                ..prompt("a cat")
+            }
+            .resolve(&cat, &Limits::default(), || 1)
+        };
+        let first = models[0].key.clone();
+        let second = models[1].key.clone();
+        assert_eq!(run(&first, Some(10)).unwrap().steps, 10);
+        let e = run(&first, Some(50)).unwrap_err();
+        assert!(
+            e.message.contains("between 10 and 40") && e.message.contains(&first),
+            "{}",
+            e.message
+        );
+        assert_eq!(run(&second, Some(30)).unwrap().steps, 2, "fixed steps win");
+        assert_eq!(run(&second, None).unwrap().steps, 2);
+
+        let mut bad = models.clone();
+        bad[0].steps_range = Some([50, 60]);
+        assert!(
+            Catalogue::new(bad).is_err(),
+            "the default must be in the range"
+        );
+        let mut bad = models;
+        bad[0].fixed_steps = Some(0);
+        assert!(Catalogue::new(bad).is_err());
     }
 
     #[test]

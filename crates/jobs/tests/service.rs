@@ -35,6 +35,8 @@ fn catalogue() -> Arc<Catalogue> {
             config: None,
             vae: None,
             text_encoders: Vec::new(),
+            steps_range: None,
+            fixed_steps: None,
         }])
         .unwrap(),
     )

@@ -36,6 +36,8 @@ pub fn model(key: &str, family: ModelFamily) -> ModelEntry {
         config: None,
         vae: None,
         text_encoders: Vec::new(),
+        steps_range: None,
+        fixed_steps: None,
     }
 }
 

@@ -54,11 +54,17 @@ export function onPreview(fn) {
 
 async function refreshBadge() {
   try {
-    const q = await call('GET', '/api/queue');
+    const q = await call('GET', '/api/queue?detailed=true');
     const badge = document.getElementById('queue-badge');
     const n = q.pending + q.processing;
     badge.textContent = String(n);
     badge.hidden = n === 0;
+    // The queue link's tooltip: the last 24 hours by model.
+    const lines = Object.entries(q.models || {}).map(([model, c]) => {
+      const done = c.completed + c.failed;
+      return `${model}: ${c.completed}/${done} succeeded` + (c.pending + c.processing ? `, ${c.pending + c.processing} waiting` : '');
+    });
+    badge.parentElement.title = lines.length ? 'Last 24 h\n' + lines.join('\n') : 'No jobs in the last 24 h';
   } catch (e) { /* the badge is a nicety */ }
 }
 

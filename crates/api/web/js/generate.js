@@ -5,6 +5,7 @@
 import { call, setImage } from './api.js';
 import { currentInput, initInputPanel, useImage } from './input.js';
 import { initEnrich } from './enrich.js';
+import { initRecent, refreshRecent } from './recent.js';
 
 let models = { models: {}, default: '' };
 let lastSeed = null;
@@ -21,11 +22,13 @@ export function init({ onJobEvent, onPreview }) {
   for (const id of ['width', 'height']) {
     el(id).addEventListener('input', () => { el('size-preset').value = 'custom'; });
   }
+  el('keep-prompt').addEventListener('change', saveForm);
   el('reuse-seed').addEventListener('click', () => { if (lastSeed !== null) el('seed').value = lastSeed; });
   onJobEvent((ev) => { const card = cards.get(ev.job_id); if (card) update(card, ev); });
   onPreview((ev) => { const card = cards.get(ev.job_id); if (card) showPreview(card, ev); });
   initInputPanel();
   initEnrich({ currentModel: () => el('model').value });
+  initRecent({ remix });
   loadModels();
 }
 
@@ -41,6 +44,7 @@ export function enter() {
     useImage(JSON.parse(input));
   }
   el('prompt').focus();
+  refreshRecent();
 }
 
 async function loadModels() {
@@ -63,6 +67,7 @@ async function loadModels() {
   }
   select.value = models.default;
   applyModelDefaults();
+  restoreForm();
   showAvailability();
   const remixPending = select.dataset.pending;
   if (remixPending) { delete select.dataset.pending; remix(JSON.parse(remixPending)); }
@@ -88,6 +93,45 @@ function applyModelDefaults() {
   const step = m.family === 'flux-dev' || m.family === 'flux-schnell' || m.family === 'sd3' ? 16 : 8;
   el('width').step = step;
   el('height').step = step;
+  applyModelRules(m);
+}
+
+// What the model allows: its step range or fixed steps (the field locked),
+// and no negative prompt for families that ignore it.
+function applyModelRules(m) {
+  const steps = el('steps');
+  const [min, max] = m.steps_range || [1, 150];
+  steps.min = min;
+  steps.max = max;
+  steps.disabled = Boolean(m.fixed_steps);
+  if (m.fixed_steps) steps.value = m.fixed_steps;
+  steps.title = m.fixed_steps ? `This model always runs ${m.fixed_steps} steps` : `${min}–${max} steps`;
+  const negative = m.negative_prompt !== false;
+  el('negative-wrap').hidden = !negative;
+  el('negative-hint').hidden = negative;
+}
+
+// The last model and settings, kept in this browser; the server's default
+// model on a first visit, or when the remembered one is gone.
+const FORM_KEY = 'cyberimage-form';
+const REMEMBERED = ['steps', 'guidance', 'width', 'height', 'num_images', 'negative_prompt', 'size-preset'];
+
+function saveForm() {
+  const saved = { model: el('model').value, keepPrompt: el('keep-prompt').checked };
+  for (const id of REMEMBERED) saved[id] = el(id).value;
+  localStorage.setItem(FORM_KEY, JSON.stringify(saved));
+}
+
+function restoreForm() {
+  let saved;
+  try { saved = JSON.parse(localStorage.getItem(FORM_KEY) || 'null'); } catch (e) { saved = null; }
+  if (!saved) return;
+  if (typeof saved.keepPrompt === 'boolean') el('keep-prompt').checked = saved.keepPrompt;
+  if (!saved.model || !models.models[saved.model]) return;
+  el('model').value = saved.model;
+  applyModelDefaults();
+  for (const id of REMEMBERED) if (typeof saved[id] === 'string') el(id).value = saved[id];
+  applyModelRules(models.models[saved.model]);
 }
 
 function applyPreset() {
@@ -129,7 +173,8 @@ async function submit() {
   if (!prompt) { showError('Write a prompt first.'); el('prompt').focus(); return; }
   const body = {
     prompt,
-    negative_prompt: el('negative_prompt').value.trim() || null,
+    // A family without negative prompts gets none, even one typed earlier.
+    negative_prompt: el('negative-wrap').hidden ? null : (el('negative_prompt').value.trim() || null),
     model: el('model').value || null,
     settings: {
       num_inference_steps: numberOrNull('steps'),
@@ -147,6 +192,11 @@ async function submit() {
   try {
     const job = await call('POST', '/api/generate', body);
     addCard(job.job_id, body);
+    saveForm();
+    if (!el('keep-prompt').checked) {
+      el('prompt').value = '';
+      el('prompt').dispatchEvent(new Event('input'));
+    }
   } catch (e) {
     showError(e.message);
   } finally {
@@ -237,6 +287,7 @@ async function finish(card) {
   }
   card.node.querySelector('.progress').firstElementChild.style.width = '100%';
   stage.textContent = `done · ${status.images.length} image(s)`;
+  refreshRecent();
   const results = card.node.querySelector('.results');
   for (const img of status.images) {
     const s = img.metadata.settings;
