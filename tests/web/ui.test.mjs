@@ -281,6 +281,23 @@ async function main() {
     await page.keyboard.press('j');
     const focused = await page.evaluate(() => [...document.querySelectorAll('.tile')].indexOf(document.activeElement));
     check('j moves from tile to tile', focused === 1, String(focused));
+    // Favourites: mark one in the detail view, then filter by them.
+    const favoriteId = await page.locator('.tile').nth(2).getAttribute('data-image-id');
+    await page.locator('.tile').nth(2).click();
+    await page.waitForSelector('#image-dialog[open]');
+    await page.click('#detail-favorite');
+    await page.waitForFunction(() => document.getElementById('detail-favorite').getAttribute('aria-pressed') === 'true', null, { timeout: 10_000 });
+    await page.keyboard.press('Escape');
+    await page.click('#gallery-favorites');
+    await page.waitForFunction((id) => {
+      const tiles = [...document.querySelectorAll('.tile')];
+      return tiles.length === 1 && tiles[0].dataset.imageId === id && location.search.includes('favorites=1');
+    }, favoriteId, { timeout: 10_000 }).catch(() => {});
+    const favTiles = await page.$$eval('.tile', (ts) => ts.map((t) => [t.dataset.imageId, t.classList.contains('favorite')]));
+    check('the favourites filter shows the one marked, starred, with the filter in the URL',
+      favTiles.length === 1 && favTiles[0][0] === favoriteId && favTiles[0][1] && page.url().includes('favorites=1'), JSON.stringify(favTiles));
+    await page.click('#gallery-favorites');
+    await page.waitForFunction(() => document.querySelectorAll('.tile').length >= 3, null, { timeout: 10_000 });
     const tiles = page.locator('.tile');
     const picked = [await tiles.nth(0).getAttribute('data-image-id'), await tiles.nth(1).getAttribute('data-image-id')];
     await tiles.nth(0).click({ modifiers: ['Control'] });

@@ -94,6 +94,7 @@ fn schemas() -> Value {
                 "id": {"type": "string", "pattern": "^img_[0-9a-f]{32}$"},
                 "url": {"type": "string"}, "thumbnail_url": {"type": "string"},
                 "created_at": {"type": "string", "format": "date-time"},
+                "favorite": {"type": "boolean", "description": "Marked as a favourite in the gallery."},
                 "metadata": {"type": "object", "properties": {
                     "model_id": {"type": "string"}, "prompt": {"type": "string"},
                     "negative_prompt": {"type": ["string", "null"]},
@@ -268,7 +269,8 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
                            query_param("limit", "integer", "CyberImage's name for per_page (send one of the two)"),
                            query_param("model", "string", "Only this model"),
                            query_param("q", "string", "A case-insensitive substring of the prompt"),
-                           query_param("search", "string", "Up to 16 words, each in the prompt or the model key (case-insensitive), all of them")],
+                           query_param("search", "string", "Up to 16 words, each in the prompt or the model key (case-insensitive), all of them"),
+                           query_param("favorites", "boolean", "Only images marked as favourites")],
             "responses": {"200": json_response("A page", json!({"type": "object", "properties": {
                 "images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
                 "page": {"type": "integer"}, "per_page": {"type": "integer"},
@@ -306,6 +308,13 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Value)> {
                           "502": error_response("The chat endpoint failed (enrich_upstream_error)"),
                           "503": error_response("Not configured (enrich_not_configured) or not reachable (enrich_unavailable)"),
                           "504": error_response("The chat endpoint did not answer in time (enrich_timeout)")}}),
+        ),
+        (
+            "post",
+            "/api/images/{image_id}/favorite",
+            "Mark or unmark a gallery image as a favourite: {\"favorite\": true|false} (PUT does the same); the gallery's ?favorites=true lists only favourites",
+            json!({"parameters": [image_id.clone()],
+                   "responses": {"200": json_response("The image", json!({"$ref": "#/components/schemas/Image"})), "400": error_response("Not {favorite: bool}"), "404": error_response("No such image")}}),
         ),
         (
             "post",

@@ -36,6 +36,10 @@ pub fn routes() -> Router<AppState> {
             delete(delete_image).get(image_info),
         )
         .route("/api/image/{image_id}/metadata", get(image_info))
+        .route(
+            "/api/images/{image_id}/favorite",
+            axum::routing::put(set_favorite).post(set_favorite),
+        )
         .route("/api/gallery", get(gallery))
         .route("/api/models", get(models))
         .route("/api/loras", get(loras))
@@ -195,6 +199,29 @@ async fn image_info(
     Ok(Json(views::image(&record)))
 }
 
+/// `{"favorite": true|false}`: marks or unmarks a gallery image.
+async fn set_favorite(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body_raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = image_id(&raw)?;
+    let value = body::json(body_raw)?;
+    let favorite = match value.as_object() {
+        Some(o) if o.len() == 1 => match o.get("favorite") {
+            Some(Value::Bool(b)) => *b,
+            _ => return Err(ApiError::bad_request("favorite must be true or false")),
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body must be {\"favorite\": true} or {\"favorite\": false}",
+            ))
+        }
+    };
+    let record = state.service.set_favorite(id, favorite).await?;
+    Ok(Json(views::image(&record)))
+}
+
 async fn delete_image(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -215,6 +242,8 @@ struct GalleryParams {
     /// CyberImage's search: words that must all appear in the prompt or
     /// the model.
     search: Option<String>,
+    /// `true`: only favourites.
+    favorites: Option<String>,
 }
 
 fn positive(name: &str, raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
@@ -274,6 +303,15 @@ async fn gallery(
         model: p.model.filter(|m| !m.is_empty()),
         search: p.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()),
         keywords,
+        favorites_only: match p.favorites.as_deref() {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "favorites must be true or false, got {other:?}"
+                )))
+            }
+        },
     };
     let result = state.service.gallery(&query).await?;
     let total_pages = result.total.div_ceil(u64::from(per_page));

@@ -19,6 +19,7 @@ pub fn image(img: &ImageRecord) -> Value {
         "url": image_url(&img.id),
         "thumbnail_url": format!("/api/images/{}/thumbnail", img.id),
         "created_at": rfc3339(&img.created_at),
+        "favorite": img.favorite,
         "metadata": {
             "model_id": img.model,
             "prompt": img.prompt,

@@ -132,3 +132,84 @@ async fn a_selection_is_deleted_in_one_request() {
     let gallery: Value = s.get("/api/gallery").await.json().await.unwrap();
     assert_eq!(gallery["total"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn favourites_are_marked_and_filter_the_gallery() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let ids = three_images(&s).await;
+    let put = |id: &str, body: Value| {
+        s.http
+            .put(format!("{}/api/images/{id}/favorite", s.base))
+            .json(&body)
+            .send()
+    };
+    let v: Value = put(&ids[1], json!({"favorite": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["favorite"], true);
+    let favs: Value = s
+        .get("/api/gallery?favorites=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(favs["total"], 1);
+    assert_eq!(favs["images"][0]["id"], ids[1].as_str());
+    let all: Value = s.get("/api/gallery").await.json().await.unwrap();
+    assert_eq!(all["total"], 3);
+    let info: Value = s
+        .get(&format!("/api/image/{}", ids[1]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["favorite"], true);
+    // POST does the same (for clients without PUT).
+    let r = s
+        .post(
+            &format!("/api/images/{}/favorite", ids[1]),
+            json!({"favorite": false}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let favs: Value = s
+        .get("/api/gallery?favorites=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(favs["total"], 0);
+
+    assert_error(
+        put(&ids[0], json!({"favorite": "yes"})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        put(&ids[0], json!({})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        put(
+            "img_0123456789abcdef0123456789abcdef",
+            json!({"favorite": true}),
+        )
+        .await
+        .unwrap(),
+        404,
+        "image_not_found",
+    )
+    .await;
+    assert_error(
+        s.get("/api/gallery?favorites=maybe").await,
+        400,
+        "invalid_request",
+    )
+    .await;
+}

@@ -187,6 +187,8 @@ pub struct ImageRecord {
     pub guidance_scale: f32,
     pub seed: u64,
     pub created_at: Timestamp,
+    /// Marked as a favourite in the gallery.
+    pub favorite: bool,
 }
 
 #[cfg(test)]

@@ -112,6 +112,8 @@ pub struct GalleryQuery {
     /// Case-insensitive words that must each appear in the prompt or the
     /// model key (CyberImage's `search`): all of them, in any order.
     pub keywords: Vec<String>,
+    /// Only images marked as favourites.
+    pub favorites_only: bool,
 }
 
 /// Most keywords one gallery query takes (each is a pair of LIKE tests).
@@ -207,6 +209,9 @@ pub trait ImageRepo: Send + Sync {
     async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError>;
 
     async fn delete_image(&self, id: ImageId) -> Result<bool, DbError>;
+
+    /// Marks or unmarks an image as a favourite; `false` when it is gone.
+    async fn set_favorite(&self, id: ImageId, favorite: bool) -> Result<bool, DbError>;
 
     /// Every image id with a row, for reconciling rows against files.
     async fn all_image_ids(&self) -> Result<Vec<ImageId>, DbError>;

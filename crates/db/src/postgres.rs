@@ -15,7 +15,8 @@ use sqlx::Row;
 
 use crate::rows::{
     input_digests, keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json,
-    status_counts, IMAGE_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS, STATUS_COUNTS_SQL,
+    status_counts, IMAGE_COLUMNS, IMAGE_INSERT_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS,
+    STATUS_COUNTS_SQL,
 };
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts, QueueStats,
@@ -26,9 +27,10 @@ use crate::{
 const MIGRATION_LOCK: i64 = 0x6379_6265_7269_6d01;
 pub(crate) const QUEUE_LOCK: i64 = 0x6379_6265_7269_6d02;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE jobs (
         seq           BIGSERIAL PRIMARY KEY,
         id            TEXT NOT NULL UNIQUE,
@@ -67,7 +69,13 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX images_by_job ON images (job_id, idx);
     CREATE INDEX images_by_model ON images (model, seq);
     "#,
-)];
+    ),
+    (
+        2,
+        // Gallery favourites.
+        "ALTER TABLE images ADD COLUMN favorite BOOLEAN NOT NULL DEFAULT FALSE",
+    ),
+];
 
 #[derive(Clone)]
 pub struct PgDb {
@@ -250,7 +258,7 @@ impl JobRepo for PgDb {
         }
         for img in images {
             sqlx::query(&format!(
-                "INSERT INTO images ({IMAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                "INSERT INTO images ({IMAGE_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ))
             .bind(img.id.as_str())
             .bind(img.job_id.to_string())
@@ -454,7 +462,10 @@ impl ImageRepo for PgDb {
     async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError> {
         let pattern = query.search.as_deref().map(like_pattern);
         let keywords: Vec<String> = query.keywords.iter().map(|k| like_pattern(k)).collect();
-        let filter = "($1::TEXT IS NULL OR model = $1) AND ($2::TEXT IS NULL OR prompt ILIKE $2 ESCAPE '\\')";
+        let filter = format!(
+            "($1::TEXT IS NULL OR model = $1) AND ($2::TEXT IS NULL OR prompt ILIKE $2 ESCAPE '\\'){}",
+            if query.favorites_only { " AND favorite" } else { "" }
+        );
         // Keywords after the other parameters: 3.. in the count, 5.. in the page.
         let count_filter = keyword_filter(keywords.len(), 3, |n| format!("${n}"), "ILIKE");
         let count_sql = format!("SELECT COUNT(*) FROM images WHERE {filter}{count_filter}");
@@ -489,6 +500,15 @@ impl ImageRepo for PgDb {
             images,
             total: u64::try_from(total).unwrap_or(0),
         })
+    }
+
+    async fn set_favorite(&self, id: ImageId, favorite: bool) -> Result<bool, DbError> {
+        let r = sqlx::query("UPDATE images SET favorite = $1 WHERE id = $2")
+            .bind(favorite)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn delete_image(&self, id: ImageId) -> Result<bool, DbError> {

@@ -76,6 +76,7 @@ pub struct ImageRow {
     pub guidance_scale: f64,
     pub seed: i64,
     pub created_at: i64,
+    pub favorite: bool,
 }
 
 impl ImageRow {
@@ -95,6 +96,7 @@ impl ImageRow {
             guidance_scale: self.guidance_scale as f32,
             seed: u64::try_from(self.seed).map_err(|_| corrupt("seed"))?,
             created_at: from_millis(self.created_at)?,
+            favorite: self.favorite,
         })
     }
 }
@@ -192,8 +194,12 @@ pub fn status_counts(rows: Vec<(String, i64)>) -> Result<crate::StatusCounts, Db
 pub const JOB_COLUMNS: &str =
     "id, status, spec, stage, step, total_steps, created_at, started_at, \
                            completed_at, error, attempts";
+/// The columns an image row is written with; a new one starts as no favourite.
+pub const IMAGE_INSERT_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, \
+                                    height, steps, guidance_scale, seed, created_at";
+/// The columns an image row is read with.
 pub const IMAGE_COLUMNS: &str = "id, job_id, idx, model, prompt, negative_prompt, width, height, \
-                             steps, guidance_scale, seed, created_at";
+                             steps, guidance_scale, seed, created_at, favorite";
 
 /// `job_from_row` and `image_from_row` for one backend's row type: the
 /// column reads are the same everywhere, only the row type differs.
@@ -230,6 +236,7 @@ macro_rules! row_readers {
                 guidance_scale: row.try_get("guidance_scale")?,
                 seed: row.try_get("seed")?,
                 created_at: row.try_get("created_at")?,
+                favorite: row.try_get("favorite")?,
             }
             .into_record()
         }

@@ -18,7 +18,8 @@ use sqlx::{Row, SqlitePool};
 
 use crate::rows::{
     input_digests, keyword_filter, like_pattern, millis, queue_stats, queue_stats_sql, spec_json,
-    status_counts, IMAGE_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS, STATUS_COUNTS_SQL,
+    status_counts, IMAGE_COLUMNS, IMAGE_INSERT_COLUMNS, INPUT_SPECS_SQL, JOB_COLUMNS,
+    STATUS_COUNTS_SQL,
 };
 use crate::{
     CancelOutcome, DbError, GalleryPage, GalleryQuery, ImageRepo, JobRepo, QueueCounts, QueueStats,
@@ -27,9 +28,10 @@ use crate::{
 
 /// Schema versions, applied in order and recorded in `schema_migrations`.
 /// Never edit a shipped entry: append a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE jobs (
         seq           INTEGER PRIMARY KEY AUTOINCREMENT,
         id            TEXT NOT NULL UNIQUE,
@@ -68,7 +70,13 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX images_by_job ON images (job_id, idx);
     CREATE INDEX images_by_model ON images (model, seq);
     "#,
-)];
+    ),
+    (
+        2,
+        // Gallery favourites.
+        "ALTER TABLE images ADD COLUMN favorite INTEGER NOT NULL DEFAULT 0",
+    ),
+];
 
 #[derive(Clone)]
 pub struct SqliteDb {
@@ -249,7 +257,7 @@ impl JobRepo for SqliteDb {
         }
         for img in images {
             sqlx::query(&format!(
-                "INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO images ({IMAGE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .bind(img.id.as_str())
             .bind(img.job_id.to_string())
@@ -462,7 +470,14 @@ impl ImageRepo for SqliteDb {
     async fn list_images(&self, query: &GalleryQuery) -> Result<GalleryPage, DbError> {
         let pattern = query.search.as_deref().map(like_pattern);
         let keywords: Vec<String> = query.keywords.iter().map(|k| like_pattern(k)).collect();
-        let filter = "(?1 IS NULL OR model = ?1) AND (?2 IS NULL OR prompt LIKE ?2 ESCAPE '\\')";
+        let filter = format!(
+            "(?1 IS NULL OR model = ?1) AND (?2 IS NULL OR prompt LIKE ?2 ESCAPE '\\'){}",
+            if query.favorites_only {
+                " AND favorite = 1"
+            } else {
+                ""
+            }
+        );
         // Keywords after the other parameters: 3.. in the count, 5.. in the page.
         let count_filter = keyword_filter(keywords.len(), 3, |n| format!("?{n}"), "LIKE");
         let count_sql = format!("SELECT COUNT(*) FROM images WHERE {filter}{count_filter}");
@@ -497,6 +512,15 @@ impl ImageRepo for SqliteDb {
             images,
             total: u64::try_from(total).unwrap_or(0),
         })
+    }
+
+    async fn set_favorite(&self, id: ImageId, favorite: bool) -> Result<bool, DbError> {
+        let r = sqlx::query("UPDATE images SET favorite = ? WHERE id = ?")
+            .bind(favorite)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn delete_image(&self, id: ImageId) -> Result<bool, DbError> {

@@ -24,7 +24,7 @@ use counts::{
     list_jobs_by_state, queue_stats_count_recent_jobs_by_model,
     referenced_inputs_are_the_specs_digests, status_counts_count_every_job,
 };
-use gallery::gallery_pagination_search_and_delete;
+use gallery::{favorites_filter_the_gallery, gallery_pagination_search_and_delete};
 
 #[path = "contract/admin.rs"]
 mod admin;
@@ -118,6 +118,7 @@ fn images_for(job: &Job) -> Vec<ImageRecord> {
             guidance_scale: job.spec.guidance_scale,
             seed: job.spec.image_seed(i),
             created_at: now(),
+            favorite: false,
         })
         .collect()
 }
@@ -294,6 +295,7 @@ async fn cancel_pending_and_running(db: &dyn Database) {
             model: None,
             search: None,
             keywords: Vec::new(),
+            favorites_only: false,
         })
         .await
         .unwrap();
@@ -498,6 +500,7 @@ mod on_postgres {
         list_jobs_by_state,
         retry_one_and_delete_one,
         retry_all_and_clear,
+        favorites_filter_the_gallery,
     );
 }
 
@@ -517,6 +520,7 @@ mod on_sqlite {
         list_jobs_by_state,
         retry_one_and_delete_one,
         retry_all_and_clear,
+        favorites_filter_the_gallery,
     );
 
     #[tokio::test]

@@ -535,6 +535,18 @@ impl JobService {
     /// Deletes the row first: a crash in between leaves an unreferenced
     /// file (invisible, and removed by reconciliation), never a row that
     /// points at nothing.
+    /// Marks or unmarks an image as a favourite.
+    pub async fn set_favorite(
+        &self,
+        id: ImageId,
+        favorite: bool,
+    ) -> Result<ImageRecord, JobsError> {
+        if !self.db.set_favorite(id, favorite).await? {
+            return Err(JobsError::ImageNotFound);
+        }
+        self.image(id).await
+    }
+
     pub async fn delete_image(&self, id: ImageId) -> Result<(), JobsError> {
         if !self.db.delete_image(id).await? {
             return Err(JobsError::ImageNotFound);

@@ -367,6 +367,7 @@ impl JobService {
                     guidance_scale: spec.guidance_scale,
                     seed: image.seed,
                     created_at: now(),
+                    favorite: false,
                 };
                 let png = encode_png(image, &png_text_chunks(&record, image))?;
                 let thumb = thumbnail_png(image)?;

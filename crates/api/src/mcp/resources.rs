@@ -33,6 +33,7 @@ pub async fn list(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
         model: None,
         search: None,
         keywords: Vec::new(),
+        favorites_only: false,
     };
     let result = server
         .service

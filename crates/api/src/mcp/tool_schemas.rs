@@ -136,6 +136,10 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
     );
     gallery_props.insert("model".into(), json!({"type": "string"}));
     gallery_props.insert(
+        "favorites".into(),
+        json!({"type": "boolean", "default": false, "description": "Only images marked as favourites."}),
+    );
+    gallery_props.insert(
         "page".into(),
         json!({"type": "integer", "minimum": 1, "default": 1}),
     );

@@ -146,6 +146,7 @@ fn image_view(img: &ImageRecord, ctx: &CallContext) -> Value {
         "guidance_scale": img.guidance_scale,
         "seed": img.seed,
         "created_at": cyberimage_core::time::rfc3339(&img.created_at),
+        "favorite": img.favorite,
     })
 }
 
@@ -491,6 +492,14 @@ fn positive_arg(args: &Value, name: &str, default: u32, max: u32) -> Result<u32,
     }
 }
 
+fn bool_arg(args: &Value, name: &str) -> Result<bool, ToolResult> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ToolResult::error(format!("{name} must be true or false"))),
+    }
+}
+
 fn text_arg(args: &Value, name: &str) -> Result<Option<String>, ToolResult> {
     match args.get(name) {
         None | Some(Value::Null) => Ok(None),
@@ -501,7 +510,7 @@ fn text_arg(args: &Value, name: &str) -> Result<Option<String>, ToolResult> {
 
 async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> ToolResult {
     let parsed = (|| {
-        check_known(args, &["query", "model", "page", "per_page"])?;
+        check_known(args, &["query", "model", "page", "per_page", "favorites"])?;
         let search = text_arg(args, "query")?;
         if search.as_ref().is_some_and(|q| q.chars().count() > 500) {
             return Err(ToolResult::error("query is limited to 500 characters"));
@@ -512,6 +521,7 @@ async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> 
             model: text_arg(args, "model")?,
             search,
             keywords: Vec::new(),
+            favorites_only: bool_arg(args, "favorites")?,
         })
     })();
     let query = match parsed {

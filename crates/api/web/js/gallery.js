@@ -10,7 +10,7 @@ import { initSelection, tileClicked, reset as resetSelection } from './selection
 
 const PER_PAGE = 24;
 const el = (id) => document.getElementById(id);
-let state = { page: 0, totalPages: 1, loading: false, q: '', model: '', images: [], generation: 0 };
+let state = { page: 0, totalPages: 1, loading: false, q: '', model: '', favorites: false, images: [], generation: 0 };
 let navigateTo = null;
 let current = -1; // index of the image in the dialog
 let observer = null;
@@ -44,6 +44,12 @@ export function init({ navigate }) {
   el('gallery-model').addEventListener('change', reset);
   el('gallery-more').addEventListener('click', loadMore);
   el('detail-copy').addEventListener('click', copyPrompt);
+  el('detail-favorite').addEventListener('click', toggleFavorite);
+  el('gallery-favorites').addEventListener('click', () => {
+    const on = el('gallery-favorites').getAttribute('aria-pressed') !== 'true';
+    el('gallery-favorites').setAttribute('aria-pressed', String(on));
+    reset();
+  });
   el('detail-remix').addEventListener('click', remix);
   el('detail-input').addEventListener('click', useAsInput);
   el('detail-delete').addEventListener('click', remove);
@@ -64,6 +70,7 @@ export async function enter() {
   el('gallery-search').value = params.get('search') || '';
   const model = params.get('model') || '';
   if ([...el('gallery-model').options].some((o) => o.value === model)) el('gallery-model').value = model;
+  el('gallery-favorites').setAttribute('aria-pressed', String(params.get('favorites') === '1'));
   reset();
 }
 
@@ -98,6 +105,7 @@ function syncUrl() {
   const params = new URLSearchParams();
   if (state.q) params.set('search', state.q);
   if (state.model) params.set('model', state.model);
+  if (state.favorites) params.set('favorites', '1');
   const query = params.toString();
   history.replaceState(null, '', '/gallery' + (query ? '?' + query : ''));
 }
@@ -121,6 +129,7 @@ function reset() {
   state = {
     page: 0, totalPages: 1, loading: false, q: el('gallery-search').value.trim(),
     model: el('gallery-model').value, images: [], generation: state.generation + 1,
+    favorites: el('gallery-favorites').getAttribute('aria-pressed') === 'true',
   };
   el('gallery-grid').textContent = '';
   resetSelection();
@@ -135,6 +144,7 @@ async function loadMore() {
   const params = new URLSearchParams({ page: String(state.page + 1), per_page: String(PER_PAGE) });
   if (mine.q) params.set('q', mine.q);
   if (mine.model) params.set('model', mine.model);
+  if (mine.favorites) params.set('favorites', 'true');
   try {
     const data = await call('GET', '/api/gallery?' + params);
     // A newer search replaced this one while it was loading.
@@ -158,6 +168,7 @@ function addTile(img) {
   const tile = document.createElement('button');
   tile.className = 'tile';
   tile.dataset.imageId = img.id;
+  tile.classList.toggle('favorite', Boolean(img.favorite));
   tile.title = img.metadata.prompt;
   const pic = document.createElement('img');
   pic.alt = img.metadata.prompt;
@@ -211,8 +222,28 @@ function open(index) {
   download.href = img.url;
   download.download = `${img.id}.png`;
   el('detail-status').textContent = '';
+  showFavorite(img);
   const dialog = el('image-dialog');
   if (!dialog.open) dialog.showModal();
+}
+
+function showFavorite(img) {
+  const button = el('detail-favorite');
+  button.textContent = img.favorite ? '★ Favourite' : '☆ Favourite';
+  button.setAttribute('aria-pressed', String(Boolean(img.favorite)));
+}
+
+async function toggleFavorite() {
+  const img = state.images[current];
+  try {
+    const updated = await call('PUT', `/api/images/${img.id}/favorite`, { favorite: !img.favorite });
+    img.favorite = updated.favorite;
+  } catch (e) {
+    el('detail-status').textContent = 'Could not change the favourite: ' + e.message;
+    return;
+  }
+  showFavorite(img);
+  el('gallery-grid').querySelector(`[data-image-id="${img.id}"]`)?.classList.toggle('favorite', img.favorite);
 }
 
 async function copyPrompt() {

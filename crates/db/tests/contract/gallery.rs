@@ -15,6 +15,7 @@ pub async fn gallery_pagination_search_and_delete(db: &dyn Database) {
         model: model.map(str::to_owned),
         search: search.map(str::to_owned),
         keywords: Vec::new(),
+        favorites_only: false,
     };
 
     let p1 = db.list_images(&q(1, 3, None, None)).await.unwrap();
@@ -112,4 +113,28 @@ pub async fn gallery_pagination_search_and_delete(db: &dyn Database) {
     assert!(!db.delete_image(victim).await.unwrap());
     assert_eq!(db.get_image(victim).await.unwrap(), None);
     assert_eq!(db.list_images(&q(1, 3, None, None)).await.unwrap().total, 7);
+}
+
+pub async fn favorites_filter_the_gallery(db: &dyn Database) {
+    let images = complete(db, "a fox", "m").await;
+    let fav = GalleryQuery {
+        page: 1,
+        per_page: 10,
+        favorites_only: true,
+        ..Default::default()
+    };
+    assert_eq!(db.list_images(&fav).await.unwrap().total, 0);
+    assert!(db.set_favorite(images[1].id, true).await.unwrap());
+    let page = db.list_images(&fav).await.unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.images[0].id, images[1].id);
+    assert!(page.images[0].favorite);
+    assert!(!db.get_image(images[0].id).await.unwrap().unwrap().favorite);
+    assert!(db.set_favorite(images[1].id, false).await.unwrap());
+    assert_eq!(db.list_images(&fav).await.unwrap().total, 0);
+    assert!(!db.set_favorite(ImageId::new(), true).await.unwrap());
+    // A favourite can still be deleted.
+    assert!(db.set_favorite(images[0].id, true).await.unwrap());
+    assert!(db.delete_image(images[0].id).await.unwrap());
+    assert_eq!(db.list_images(&fav).await.unwrap().total, 0);
 }
