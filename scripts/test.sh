@@ -38,6 +38,10 @@ fi
 cargo build --bin cyberimage
 BIN="${CARGO_TARGET_DIR:-target}/debug/cyberimage"
 .venv/bin/python tests/mcp/test_mcp_clients.py "$BIN"
+# The official MCP conformance suite (npm, with its own Node 22) against
+# `serve --conformance-fixtures`, both protocol eras, against the baseline
+# in tests/mcp/conformance/expected-failures.yaml.
+tests/mcp/conformance/run.sh "$BIN"
 .venv/bin/python tests/ecosystem/test_openai_and_metadata.py "$BIN"
 .venv/bin/python tests/ecosystem/test_models_pull.py "$BIN"
 # Dockerfile, Dockerfile.cuda and compose.yaml, and the image's command run

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx2 as httpx  # the HTTP client the MCP SDK itself depends on
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
+from mcp.types import PromptReference, ResourceTemplateReference
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,6 +83,13 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: enhance_prompt rewrites the prompt in the style",
               not enhanced.is_error and enhanced.content[0].text == f"a fox {label}, enchanted glow"
               and out.get("style") == "fantasy" and out.get("original") == f"a fox {label}", enhanced.content)
+        # completion/complete: the prompt's model and style, the image template's id.
+        done = await client.complete(PromptReference(type="ref/prompt", name="make_image"), {"name": "model", "value": "tiny-sd"})
+        check(f"{label}: completion lists model keys by prefix",
+              TINY in done.completion.values and all(v.startswith("tiny-sd") for v in done.completion.values), done.completion)
+        styles_done = await client.complete(PromptReference(type="ref/prompt", name="make_image"), {"name": "style", "value": "an"})
+        check(f"{label}: completion lists styles", styles_done.completion.values == ["anime"], styles_done.completion)
+
         # Queue administration tools (no keys here: every scope).
         stats = await client.call_tool("queue_stats", {})
         check(f"{label}: queue_stats reports the queue",
@@ -117,6 +125,9 @@ async def scenario(label, target, mode, http_base=None):
         image = structured["images"][0]
         check(f"{label}: seed reported", image["seed"] == 42, image)
         check(f"{label}: resource link", len(links) == 1 and str(links[0].uri) == image["uri"], links)
+        ids = await client.complete(ResourceTemplateReference(type="ref/resource", uri="cyberimage://image/{id}"),
+                                    {"name": "id", "value": image["id"][:10]})
+        check(f"{label}: completion offers image ids", image["id"] in ids.completion.values, ids.completion)
 
         read = await client.read_resource(image["uri"])
         blob = base64.b64decode(read.contents[0].blob)
@@ -203,7 +214,9 @@ async def scenario(label, target, mode, http_base=None):
             await client.read_resource("cyberimage://image/img_" + "0" * 32)
             check(f"{label}: missing resource errors", False, "no error raised")
         except MCPError as e:
-            check(f"{label}: missing resource errors", e.error.code == -32002, e.error)
+            # -32002 in the handshake era; 2026-07-28 (SEP-2164) uses -32602.
+            want = -32602 if mode == "auto" else -32002
+            check(f"{label}: missing resource errors", e.error.code == want, e.error)
 
         models = await client.call_tool("list_models", {})
         keys = [m["key"] for m in models.structured_content["models"]]

@@ -52,6 +52,11 @@ enum Command {
         /// the database (PostgreSQL) and data dir run the jobs.
         #[arg(long)]
         no_worker: bool,
+        /// Serve the MCP conformance suite's `test_*` fixture tools,
+        /// resources and prompts beside ours. For running the official
+        /// suite against this server; never in production.
+        #[arg(long)]
+        conformance_fixtures: bool,
     },
     /// Run jobs from the shared queue without the HTTP server (for extra
     /// GPU machines next to a `serve --no-worker` front).
@@ -114,8 +119,16 @@ async fn main() -> anyhow::Result<()> {
             bind,
             data_dir,
             no_worker,
+            conformance_fixtures,
         } => {
-            let config = Config::load(cli.config.as_deref(), FlagOverrides { bind, data_dir })?;
+            let mut config = Config::load(cli.config.as_deref(), FlagOverrides { bind, data_dir })?;
+            if conformance_fixtures {
+                tracing::warn!(
+                    "CONFORMANCE FIXTURES ON: MCP also serves the test suite's test_* tools, \
+                     test:// resources and test_* prompts; not for production"
+                );
+                config.mcp.conformance_fixtures = true;
+            }
             serve(config, !no_worker).await
         }
         Command::Worker { data_dir, threads } => {

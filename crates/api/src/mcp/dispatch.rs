@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 
 use super::protocol::{self, Era};
-use super::{resources, tool_schemas, tools, CallContext, McpError, McpServer, Outcome};
+use super::{
+    completion, resources, tool_schemas, tools, CallContext, McpError, McpServer, Outcome,
+};
 
 const INSTRUCTIONS: &str = "CyberImage turns text prompts into images on this machine. \
 Call list_models to see which models are installed. generate_image waits for the image \
@@ -20,31 +22,49 @@ pub fn server_info() -> Value {
     })
 }
 
-fn capabilities() -> Value {
+fn capabilities(fixtures: bool) -> Value {
     json!({
         "tools": {"listChanged": false},
-        "resources": {"listChanged": false, "subscribe": false},
+        // Subscriptions only for the conformance fixtures' resources.
+        "resources": {"listChanged": false, "subscribe": fixtures},
         "prompts": {"listChanged": false},
+        "completions": {},
     })
 }
 
 /// The `initialize` result for a client offering `offered`.
-pub fn initialize_result(offered: Option<&str>) -> Value {
+pub fn initialize_result(offered: Option<&str>, fixtures: bool) -> Value {
     json!({
         "protocolVersion": protocol::negotiate(offered),
-        "capabilities": capabilities(),
+        "capabilities": capabilities(fixtures),
         "serverInfo": server_info(),
         "instructions": INSTRUCTIONS,
     })
 }
 
 fn discover_result() -> Value {
+    // No resource subscriptions in 2026-07-28: they moved to
+    // `subscriptions/listen`, which we do not serve.
     json!({
         "supportedVersions": protocol::all_versions(),
-        "capabilities": capabilities(),
+        "capabilities": capabilities(false),
         "instructions": INSTRUCTIONS,
         "_meta": {protocol::SERVER_INFO_KEY: server_info()},
     })
+}
+
+/// 2026-07-28 (SEP-2164) reports a missing resource as -32602, where the
+/// handshake era used -32002.
+fn modern_not_found(era: &Era, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Error(mut e)
+            if era.is_modern() && e.code == crate::error_table::rpc::MCP_RESOURCE_NOT_FOUND =>
+        {
+            e.code = crate::error_table::rpc::INVALID_PARAMS;
+            Outcome::Error(e)
+        }
+        other => other,
+    }
 }
 
 impl McpServer {
@@ -59,10 +79,12 @@ impl McpServer {
         if ctx.era.is_modern() && protocol::removed_in_modern(method) {
             return Err(McpError::method_not_found(method).into());
         }
+        let fixtures = self.options.conformance_fixtures;
         let result = match method {
-            "initialize" => {
-                initialize_result(params.get("protocolVersion").and_then(Value::as_str))
-            }
+            "initialize" => initialize_result(
+                params.get("protocolVersion").and_then(Value::as_str),
+                fixtures,
+            ),
             "server/discover" => discover_result(),
             "ping" => json!({}),
             // We send no log messages, so any level is already honoured.
@@ -70,10 +92,15 @@ impl McpServer {
             "tools/list" => json!({"tools": tool_schemas::definitions(self)}),
             "tools/call" => tools::call(self, ctx, params).await?,
             "resources/list" => resources::list(self, params).await?,
-            "resources/templates/list" => resources::templates(),
-            "resources/read" => resources::read(self, params).await?,
-            "prompts/list" => resources::prompts(),
-            "prompts/get" => resources::get_prompt(params)?,
+            "resources/templates/list" => resources::templates(self),
+            "resources/read" => resources::read(self, params)
+                .await
+                .map_err(|outcome| modern_not_found(&ctx.era, outcome))?,
+            "prompts/list" => resources::prompts(self),
+            "prompts/get" => resources::get_prompt(self, params)?,
+            // Tracked nowhere: only the conformance fixtures declare them.
+            "resources/subscribe" | "resources/unsubscribe" if fixtures => json!({}),
+            "completion/complete" => completion::complete(self, params).await?,
             other => return Err(McpError::method_not_found(other).into()),
         };
         Ok(protocol::finish_result(&ctx.era, method, result))

@@ -223,8 +223,10 @@ async fn request(
             Err(e) => return json_error(status_for(e.code, true), &id, &e),
         }
     } else if method == "initialize" {
-        let result =
-            dispatch::initialize_result(params.get("protocolVersion").and_then(Value::as_str));
+        let result = dispatch::initialize_result(
+            params.get("protocolVersion").and_then(Value::as_str),
+            state.mcp.options.conformance_fixtures,
+        );
         let version = result["protocolVersion"]
             .as_str()
             .unwrap_or_default()

@@ -10,6 +10,8 @@
 //! `SpecRequest` and calls the `JobService`; it never touches the engine.
 
 mod admin_tools;
+mod completion;
+mod conformance;
 mod dispatch;
 pub(crate) mod http;
 pub(crate) mod protocol;
@@ -88,12 +90,17 @@ pub struct McpOptions {
     /// Inline previews in tool results are downscaled above this many
     /// bytes of PNG (clients cap inline content at about 1 MiB).
     pub max_inline_image_bytes: usize,
+    /// The conformance suite's `test_*` fixtures (`serve
+    /// --conformance-fixtures` only; never from a config file).
+    #[serde(skip)]
+    pub conformance_fixtures: bool,
 }
 
 impl Default for McpOptions {
     fn default() -> Self {
         Self {
             max_inline_image_bytes: 768 * 1024,
+            conformance_fixtures: false,
         }
     }
 }

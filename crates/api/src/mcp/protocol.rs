@@ -141,7 +141,15 @@ pub fn check_supported(version: &str) -> Result<(), McpError> {
 /// Methods the 2026-07-28 revision removed; asked for in that era they are
 /// unknown methods.
 pub fn removed_in_modern(method: &str) -> bool {
-    matches!(method, "initialize" | "ping" | "logging/setLevel")
+    // 2026-07-28 replaced resource subscriptions with `subscriptions/listen`.
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "logging/setLevel"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+    )
 }
 
 pub fn unsupported_version(requested: &str) -> McpError {

@@ -7,7 +7,7 @@ use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
 use serde_json::{json, Value};
 
 use super::tools::image_uri;
-use super::{McpError, McpServer, Outcome};
+use super::{conformance, McpError, McpServer, Outcome};
 use crate::error_table::rpc;
 
 const PAGE_SIZE: u32 = 50;
@@ -54,6 +54,10 @@ pub async fn list(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
             })
         })
         .collect();
+    let mut resources = resources;
+    if server.options.conformance_fixtures && page == 1 {
+        resources.splice(0..0, conformance::resources());
+    }
     let mut v = json!({"resources": resources});
     if u64::from(page) * u64::from(PAGE_SIZE) < result.total {
         v["nextCursor"] = json!(format!("page-{}", page + 1));
@@ -61,8 +65,8 @@ pub async fn list(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
     Ok(v)
 }
 
-pub fn templates() -> Value {
-    json!({"resourceTemplates": [
+pub fn templates(server: &McpServer) -> Value {
+    let mut v = json!({"resourceTemplates": [
         {
             "uriTemplate": "cyberimage://image/{id}",
             "name": "image",
@@ -77,7 +81,12 @@ pub fn templates() -> Value {
             "description": "A generated image downscaled to at most 384 pixels a side.",
             "mimeType": "image/png",
         },
-    ]})
+    ]});
+    if server.options.conformance_fixtures {
+        let list = v["resourceTemplates"].as_array_mut().expect("a list");
+        list.extend(conformance::resource_templates());
+    }
+    v
 }
 
 fn not_found(uri: &str) -> Outcome {
@@ -92,6 +101,11 @@ pub async fn read(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(McpError::invalid_params("resources/read needs a uri").into());
     };
+    if server.options.conformance_fixtures {
+        if let Some(found) = conformance::read_resource(uri) {
+            return Ok(found);
+        }
+    }
     let Some(rest) = uri.strip_prefix(URI_PREFIX) else {
         return Err(not_found(uri));
     };
@@ -114,19 +128,31 @@ pub async fn read(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
     }
 }
 
-pub fn prompts() -> Value {
-    json!({"prompts": [{
+pub fn prompts(server: &McpServer) -> Value {
+    let mut v = json!({"prompts": [{
         "name": "make_image",
         "title": "Make an image",
         "description": "Ask the assistant to generate an image of a subject, optionally in a style.",
         "arguments": [
             {"name": "subject", "description": "What the image should show.", "required": true},
             {"name": "style", "description": "A visual style, e.g. 'watercolour' or 'cyberpunk neon'.", "required": false},
+            {"name": "model", "description": "The model to use (completion/complete lists them).", "required": false},
         ],
-    }]})
+    }]});
+    if server.options.conformance_fixtures {
+        let list = v["prompts"].as_array_mut().expect("a list");
+        list.extend(conformance::prompts());
+    }
+    v
 }
 
-pub fn get_prompt(params: &Value) -> Result<Value, Outcome> {
+pub fn get_prompt(server: &McpServer, params: &Value) -> Result<Value, Outcome> {
+    if server.options.conformance_fixtures {
+        let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(found) = conformance::get_prompt(name, params.get("arguments")) {
+            return found;
+        }
+    }
     match params.get("name").and_then(Value::as_str) {
         Some("make_image") => {}
         Some(other) => {
@@ -147,10 +173,13 @@ pub fn get_prompt(params: &Value) -> Result<Value, Outcome> {
     let style = arg("style")
         .map(|s| format!(" in the style of {s}"))
         .unwrap_or_default();
+    let model = arg("model")
+        .map(|m| format!(" with the model {m}"))
+        .unwrap_or_default();
     Ok(json!({
         "description": "Generate an image with CyberImage",
         "messages": [{"role": "user", "content": {"type": "text", "text": format!(
-            "Use the generate_image tool to make an image of {subject}{style}. \
+            "Use the generate_image tool{model} to make an image of {subject}{style}. \
              Write a detailed prompt (subject, composition, lighting, style) and show me the result."
         )}}],
     }))

@@ -268,5 +268,12 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
     .into_iter()
     // Queue administration (the admin scope when keys are set).
     .chain(super::admin_tools::definitions())
+    .chain(
+        server
+            .options
+            .conformance_fixtures
+            .then(super::conformance::tool_definitions)
+            .unwrap_or_default(),
+    )
     .collect()
 }

@@ -88,6 +88,11 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
             return Ok(ToolResult::error("arguments must be an object").into_value(ctx));
         }
     };
+    if server.options.conformance_fixtures {
+        if let Some(v) = super::conformance::call_tool(ctx, name).await {
+            return Ok(v);
+        }
+    }
     let result = match name {
         "generate_image" => generate(server, ctx, &args, true).await?,
         "edit_image" => edit_image(server, ctx, &args).await?,
