@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cyberimage_api::{digest_hex, router, ApiConfig, ApiKeys, Scope};
+use cyberimage_api::{digest_hex, ApiConfig, ApiKeys, Scope};
 use cyberimage_core::{Catalogue, ModelFamily};
 use cyberimage_db::{Database, SqliteDb};
 use cyberimage_jobs::{JobService, JobsConfig};
@@ -34,16 +34,11 @@ async fn start_admin(keys: ApiKeys) -> (Server, Arc<JobService>) {
     let mut engine = ScriptedGenerator::new(Duration::from_millis(1));
     engine.panic_on_prompt = Some("explode".into());
     service.spawn_worker(Arc::new(engine), "w").unwrap();
-    let app = router(
-        service.clone(),
-        &ApiConfig {
-            api_keys: keys,
-            ..ApiConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
+    let config = ApiConfig {
+        api_keys: keys,
+        ..ApiConfig::default()
+    };
+    let base = serve_on_port_0(service.clone(), &config).await;
     (Server::new(base, dir), service)
 }
 

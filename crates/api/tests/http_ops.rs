@@ -121,11 +121,7 @@ async fn cross_site_writes_are_refused_and_reads_are_not() {
 async fn start_with(config: cyberimage_api::ApiConfig) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path(), 10, None).await;
-    let app = cyberimage_api::router(service, &config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
-    (base, dir)
+    (serve_on_port_0(service, &config).await, dir)
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cyberimage_api::{router, ApiConfig};
+use cyberimage_api::ApiConfig;
 use cyberimage_core::{Catalogue, ModelFamily};
 use cyberimage_db::{Database, SqliteDb};
 use cyberimage_jobs::{JobService, JobsConfig};
@@ -484,16 +484,11 @@ async fn api_keys_guard_every_route_but_health() {
         true,
     )
     .unwrap();
-    let app = router(
-        service,
-        &ApiConfig {
-            api_keys: keys,
-            ..ApiConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
+    let config = ApiConfig {
+        api_keys: keys,
+        ..ApiConfig::default()
+    };
+    let base = serve_on_port_0(service, &config).await;
     let http = reqwest::Client::new();
 
     let health = http.get(format!("{base}/health")).send().await.unwrap();

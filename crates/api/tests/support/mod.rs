@@ -85,15 +85,16 @@ pub async fn start_with_config(
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path(), max_queue, step_delay).await;
-    let app = router(service, &config);
+    Server::new(serve_on_port_0(service, &config).await, dir)
+}
+
+/// Serves the API over `service` on a free loopback port; the base URL.
+pub async fn serve_on_port_0(service: Arc<JobService>, config: &ApiConfig) -> String {
+    let app = router(service, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(cyberimage_api::serve(listener, app, std::future::pending()));
-    Server {
-        base,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
+    base
 }
 
 impl Server {
