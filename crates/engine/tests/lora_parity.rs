@@ -207,3 +207,92 @@ fn a_lora_for_another_model_is_refused_and_nothing_stays_merged() {
     assert!(err.contains("text encoder 2"), "{err}");
     assert_eq!(flat(&picture(&sd, &meta)), flat(&base));
 }
+
+/// `lora_unet_down_blocks_1_attentions_0_…` as kohya's sd-scripts write the
+/// same layer for SDXL: by the original LDM blocks (`input_blocks_4_1_…`).
+/// Written here from the SGM layout (layers_per_block 2: three input
+/// blocks per level, the first a convolution), not with the engine's map.
+fn ldm_name(diffusers: &str) -> String {
+    let (level, rest) = if let Some(r) = diffusers.strip_prefix("down_blocks_") {
+        let (b, r) = r.split_once('_').unwrap();
+        (Some(("input", b.parse::<usize>().unwrap())), r)
+    } else if let Some(r) = diffusers.strip_prefix("up_blocks_") {
+        let (b, r) = r.split_once('_').unwrap();
+        (Some(("output", b.parse::<usize>().unwrap())), r)
+    } else {
+        (None, diffusers.strip_prefix("mid_block_").unwrap())
+    };
+    let (kind, rest) = rest.split_once('_').unwrap();
+    let (layer, rest) = rest.split_once('_').unwrap();
+    let layer: usize = layer.parse().unwrap();
+    let rest = match (kind, rest) {
+        ("resnets", "conv1") => "in_layers_2",
+        ("resnets", "conv2") => "out_layers_3",
+        ("resnets", other) => panic!("no LDM name for resnet layer {other}"),
+        (_, other) => other,
+    };
+    let slot = if kind == "attentions" { 1 } else { 0 };
+    let block = match level {
+        Some(("input", b)) => format!("input_blocks_{}_{slot}", 1 + 3 * b + layer),
+        Some((_, b)) => format!("output_blocks_{}_{slot}", 3 * b + layer),
+        None if kind == "attentions" => "middle_block_1".to_owned(),
+        None => format!("middle_block_{}", 2 * layer),
+    };
+    format!("{block}_{rest}")
+}
+
+#[test]
+fn kohya_files_in_ldm_block_names_merge_the_same_weights() {
+    let model = "tiny-sdxl";
+    let (_, meta) = references_in(model);
+    let original = fixture_dir(model)
+        .join("loras")
+        .join("tiny-kohya.safetensors");
+    let tensors = candle_core::safetensors::load(&original, &Device::Cpu).unwrap();
+    let mut renamed = HashMap::new();
+    for (key, tensor) in tensors {
+        let key = match key.strip_prefix("lora_unet_") {
+            Some(rest) => {
+                let (module, part) = rest.split_once('.').unwrap();
+                format!("lora_unet_{}.{part}", ldm_name(module))
+            }
+            None => key,
+        };
+        renamed.insert(key, tensor);
+    }
+    assert!(renamed
+        .keys()
+        .any(|k| k.starts_with("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.")));
+    assert!(renamed
+        .keys()
+        .any(|k| k.starts_with("lora_unet_middle_block_1_")));
+    assert!(renamed
+        .keys()
+        .any(|k| k.starts_with("lora_unet_output_blocks_")));
+    let dir = tempfile::tempdir().unwrap();
+    let ldm_file = dir.path().join("ldm-kohya.safetensors");
+    candle_core::safetensors::save(&renamed, &ldm_file).unwrap();
+
+    let mut sd = StableDiffusion::load(&fixture_dir(model), &Device::Cpu).unwrap();
+    let use_file = |path: &std::path::Path| {
+        vec![LoraUse {
+            id: path.display().to_string(),
+            file: Arc::new(LoraFile::read(path).unwrap()),
+            strength: 0.8,
+        }]
+    };
+    sd.set_loras(&use_file(&original)).unwrap();
+    let diffusers_named = flat(&picture_of(model, &sd, &meta));
+    sd.set_loras(&use_file(&ldm_file)).unwrap();
+    let ldm_named = flat(&picture_of(model, &sd, &meta));
+    assert_eq!(
+        ldm_named, diffusers_named,
+        "the same LoRA under LDM block names gives the same picture, bit for bit"
+    );
+    sd.set_loras(&[]).unwrap();
+    assert_ne!(
+        flat(&picture_of(model, &sd, &meta)),
+        ldm_named,
+        "the LoRA did something"
+    );
+}

@@ -281,10 +281,22 @@ pub fn resolve<'a>(table: &'a ParameterNames, layer: &LayerName) -> Option<&'a s
         LayerName::Flattened(name) => (&table.flattened, name, "text_model_"),
     };
     let bare = name.strip_prefix(prefix).unwrap_or(name);
-    [name.clone(), bare.to_string(), format!("{prefix}{bare}")]
+    let found = [name.clone(), bare.to_string(), format!("{prefix}{bare}")]
         .iter()
         .find_map(|candidate| index.get(candidate))
-        .map(String::as_str)
+        .map(String::as_str);
+    if found.is_some() {
+        return found;
+    }
+    // kohya's sd-scripts name SDXL (and some SD 1.x) UNet layers by the
+    // original LDM blocks: `input_blocks_4_1_…`.
+    match (layer, table.ldm_layers_per_block) {
+        (LayerName::Flattened(name), Some(per_block)) => {
+            let diffusers = crate::weights::single_file::ldm::flattened_unet_name(name, per_block)?;
+            table.flattened.get(&diffusers).map(String::as_str)
+        }
+        _ => None,
+    }
 }
 
 /// A component's weight names, indexed by module path both ways.
@@ -292,6 +304,9 @@ pub fn resolve<'a>(table: &'a ParameterNames, layer: &LayerName) -> Option<&'a s
 pub struct ParameterNames {
     dotted: HashMap<String, String>,
     flattened: HashMap<String, String>,
+    /// For a UNet (its `down_blocks.0.resnets.N` counted): kohya's LDM
+    /// block names are resolved through diffusers' ones.
+    ldm_layers_per_block: Option<usize>,
 }
 
 impl ParameterNames {
@@ -303,6 +318,12 @@ impl ParameterNames {
                 table
                     .flattened
                     .insert(module.replace('.', "_"), name.clone());
+            }
+            if let Some(rest) = name.strip_prefix("down_blocks.0.resnets.") {
+                if let Some(n) = rest.split('.').next().and_then(|n| n.parse::<usize>().ok()) {
+                    let seen = table.ldm_layers_per_block.unwrap_or(0);
+                    table.ldm_layers_per_block = Some(seen.max(n + 1));
+                }
             }
         }
         table
@@ -319,6 +340,59 @@ mod tests {
             Tensor::ones((rank, inp), DType::F32, &dev).unwrap(),
             Tensor::ones((out, rank), DType::F32, &dev).unwrap(),
         )
+    }
+
+    #[test]
+    fn kohya_ldm_block_names_resolve_to_diffusers_layers() {
+        let names: Vec<String> = [
+            "down_blocks.0.resnets.0.conv1.weight",
+            "down_blocks.0.resnets.1.conv1.weight",
+            "down_blocks.0.downsamplers.0.conv.weight",
+            "down_blocks.1.resnets.1.conv1.weight",
+            "down_blocks.1.resnets.0.time_emb_proj.weight",
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+            "mid_block.attentions.0.proj_in.weight",
+            "mid_block.resnets.1.conv2.weight",
+            "up_blocks.0.upsamplers.0.conv.weight",
+            "up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2.weight",
+        ]
+        .map(String::from)
+        .to_vec();
+        let table = ParameterNames::new(&names);
+        let find = |ldm: &str| resolve(&table, &LayerName::Flattened(ldm.to_string()));
+        // SGM / SDXL block numbering with two layers per block, as
+        // diffusers' _convert_non_diffusers_lora_to_diffusers maps it.
+        for (ldm, diffusers) in [
+            (
+                "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+                names[5].as_str(),
+            ),
+            ("input_blocks_1_0_in_layers_2", names[0].as_str()),
+            ("input_blocks_2_0_in_layers_2", names[1].as_str()),
+            ("input_blocks_3_0_op", names[2].as_str()),
+            ("input_blocks_5_0_in_layers_2", names[3].as_str()),
+            ("input_blocks_4_0_emb_layers_1", names[4].as_str()),
+            ("middle_block_1_proj_in", names[6].as_str()),
+            ("middle_block_2_out_layers_3", names[7].as_str()),
+            ("output_blocks_2_1_conv", names[8].as_str()),
+            (
+                "output_blocks_5_1_transformer_blocks_0_ff_net_2",
+                names[9].as_str(),
+            ),
+        ] {
+            assert_eq!(find(ldm), Some(diffusers), "{ldm}");
+        }
+        assert_eq!(find("input_blocks_99_1_proj_in"), None);
+        assert_eq!(find("input_blocks_4_7_proj_in"), None);
+        let text = ParameterNames::new(&["text_model.encoder.layers.0.mlp.fc1.weight".to_string()]);
+        assert_eq!(
+            resolve(
+                &text,
+                &LayerName::Flattened("input_blocks_4_1_proj_in".into())
+            ),
+            None,
+            "text encoders have no LDM blocks"
+        );
     }
 
     #[test]

@@ -86,6 +86,57 @@ pub(super) fn unet_name(name: &str, layers_per_block: usize) -> Option<String> {
     None
 }
 
+/// The flattened name of an LDM UNet layer, as kohya's sd-scripts write
+/// LoRAs for SDXL and many for SD 1.x (`input_blocks_4_1_transformer_blocks
+/// _0_attn1_to_q`), as the flattened diffusers module name the same layer
+/// has (`down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q`).
+/// The block part goes through [`unet_name`]; a ResNet's, a downsampler's
+/// or an upsampler's own layer is mapped with it, anything else inside a
+/// block (attention layers) keeps its name, as diffusers does.
+pub(crate) fn flattened_unet_name(name: &str, layers_per_block: usize) -> Option<String> {
+    fn number(s: &str) -> Option<(usize, &str)> {
+        let (n, rest) = s.split_once('_').unwrap_or((s, ""));
+        Some((n.parse().ok()?, rest))
+    }
+    let (head, rest) = if let Some(r) = name.strip_prefix("input_blocks_") {
+        let (i, r) = number(r)?;
+        let (slot, r) = number(r)?;
+        (format!("input_blocks.{i}.{slot}"), r)
+    } else if let Some(r) = name.strip_prefix("output_blocks_") {
+        let (i, r) = number(r)?;
+        let (slot, r) = number(r)?;
+        (format!("output_blocks.{i}.{slot}"), r)
+    } else if let Some(r) = name.strip_prefix("middle_block_") {
+        let (i, r) = number(r)?;
+        (format!("middle_block.{i}"), r)
+    } else {
+        return None;
+    };
+    const OWN_LAYERS: [(&str, &str); 8] = [
+        ("in_layers_0", "in_layers.0"),
+        ("in_layers_2", "in_layers.2"),
+        ("out_layers_0", "out_layers.0"),
+        ("out_layers_3", "out_layers.3"),
+        ("emb_layers_1", "emb_layers.1"),
+        ("skip_connection", "skip_connection"),
+        ("op", "op"),
+        ("conv", "conv"),
+    ];
+    // `Z` stands for the rest while the block part is mapped.
+    let (dotted, kept) = match OWN_LAYERS.iter().find(|(flat, _)| *flat == rest) {
+        Some((_, layer)) => (format!("{head}.{layer}.Z"), ""),
+        None if rest.is_empty() => return None,
+        None => (format!("{head}.Z"), rest),
+    };
+    let mapped = unet_name(&dotted, layers_per_block)?;
+    let prefix = mapped.strip_suffix(".Z")?.replace('.', "_");
+    Some(if kept.is_empty() {
+        prefix
+    } else {
+        format!("{prefix}_{kept}")
+    })
+}
+
 /// An LDM autoencoder tensor name in diffusers' naming; the decoder's up
 /// blocks are numbered from the other end.
 pub(super) fn vae_name(name: &str, blocks: usize) -> Option<String> {

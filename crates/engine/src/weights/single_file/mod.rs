@@ -16,7 +16,7 @@
 
 pub mod assemble;
 pub mod detect;
-mod ldm;
+pub(crate) mod ldm;
 mod sd3;
 
 use std::collections::HashMap;
