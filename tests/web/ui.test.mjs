@@ -8,7 +8,7 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { createServer } from 'node:http';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,6 +75,10 @@ function startServer(dataDir, env = {}) {
 
 async function main() {
   const dataDir = mkdtempSync(join(tmpdir(), 'cyberimage-web-'));
+  // A LoRA for the tiny SD 1.5 model in the data dir's loras/ folder.
+  mkdirSync(join(dataDir, 'loras'));
+  copyFileSync(join(here, '..', '..', 'fixtures', 'tiny', 'tiny-sd15', 'loras', 'tiny-kohya.safetensors'),
+    join(dataDir, 'loras', 'tiny-kohya.safetensors'));
   const chat = await startChatStandIn();
   const { proc, base } = await startServer(dataDir, {
     CYBERIMAGE_ENRICH__ENDPOINT: `http://127.0.0.1:${chat.port}/v1`,
@@ -377,6 +381,21 @@ async function main() {
     check('the last model and settings are remembered across a reload',
       form.model === TINY && form.steps === '3' && form.guidance === '5.5' && form.keep === false, JSON.stringify(form));
     await page.check('#keep-prompt');
+    // The LoRA picker: the file in loras/, added with a weight, in the job.
+    await page.waitForSelector('#lora-panel:not([hidden])');
+    await page.selectOption('#lora-add', 'tiny-kohya');
+    await page.fill('#lora-list [data-lora="tiny-kohya"] input', '0.8');
+    await page.fill('#prompt', 'a fox with a lora');
+    await page.click('#generate-button');
+    const loraCard = page.locator('.job', { hasText: 'a fox with a lora' }).first();
+    await loraCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    const loraJob = await (await fetch(`${base}/api/status/${await loraCard.getAttribute('data-job-id')}`)).json();
+    const used = loraJob.settings.loras || [];
+    check('the LoRA picker puts the LoRA and its weight in the job',
+      loraJob.status === 'completed' && used.length === 1 && used[0].name === 'tiny-kohya' && used[0].weight === 0.8,
+      JSON.stringify(loraJob.settings.loras));
+    await page.click('#lora-list [data-lora="tiny-kohya"] button');
+    check('a LoRA is removed from the form', (await page.locator('#lora-list li').count()) === 0);
     // Recent generations on the home page: remix and delete from there.
     const firstRecent = page.locator('.recent-item').first();
     await firstRecent.waitFor({ timeout: 30_000 });

@@ -67,6 +67,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/js/selection.js"),
     ),
     (
+        "js/loras.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/loras.js"),
+    ),
+    (
         "js/recent.js",
         "text/javascript; charset=utf-8",
         include_str!("../web/js/recent.js"),

@@ -6,6 +6,7 @@ import { call, setImage } from './api.js';
 import { currentInput, initInputPanel, useImage } from './input.js';
 import { initEnrich } from './enrich.js';
 import { initRecent, refreshRecent } from './recent.js';
+import { chosenLoras, initLoras } from './loras.js';
 
 let models = { models: {}, default: '' };
 let lastSeed = null;
@@ -29,6 +30,7 @@ export function init({ onJobEvent, onPreview }) {
   initInputPanel();
   initEnrich({ currentModel: () => el('model').value });
   initRecent({ remix });
+  initLoras();
   loadModels();
 }
 
@@ -187,6 +189,8 @@ async function submit() {
   };
   const input = currentInput();
   if (input) Object.assign(body.settings, input);
+  const loras = chosenLoras();
+  if (loras.length) body.loras = loras;
   const button = el('generate-button');
   button.disabled = true;
   try {
