@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,23 @@ async def scenario(label, target, mode, http_base=None):
         image = structured["images"][0]
         check(f"{label}: seed reported", image["seed"] == 42, image)
         check(f"{label}: resource link", len(links) == 1 and str(links[0].uri) == image["uri"], links)
+
+        # The loras argument: the same seed with the tiny LoRA from loras/
+        # draws another picture; an unknown one is a tool error naming it.
+        # Not naming the label: the gallery search below looks for it.
+        lora_prompt = "a fox with and without a lora"
+        plain = await client.call_tool("generate_image", {"prompt": lora_prompt, "model": TINY, "seed": 42, "steps": 4})
+        with_lora = await client.call_tool("generate_image", {"prompt": lora_prompt, "model": TINY, "seed": 42, "steps": 4,
+                                                              "loras": [{"name": "tiny-kohya", "weight": 0.8}]})
+        plain_images = [b for b in plain.content if b.type == "image"]
+        lora_images = [b for b in with_lora.content if b.type == "image"]
+        check(f"{label}: generate_image with a LoRA draws another picture",
+              not with_lora.is_error and len(lora_images) == 1 and len(plain_images) == 1
+              and lora_images[0].data != plain_images[0].data, with_lora.content[:1])
+        no_lora = await client.call_tool("generate_image", {"prompt": lora_prompt, "model": TINY,
+                                                            "loras": [{"name": "no-such-lora"}]})
+        check(f"{label}: an unknown LoRA is a tool error naming it",
+              no_lora.is_error and "no-such-lora" in no_lora.content[0].text, no_lora.content)
         ids = await client.complete(ResourceTemplateReference(type="ref/resource", uri="cyberimage://image/{id}"),
                                     {"name": "id", "value": image["id"][:10]})
         check(f"{label}: completion offers image ids", image["id"] in ids.completion.values, ids.completion)
@@ -324,6 +342,11 @@ def untrusted_chat_check(tls_chat_base, tls_dir):
 
 async def main():
     with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
+        # The tiny SD 1.5 LoRA in both servers' loras/ folders.
+        lora = Path(__file__).resolve().parents[2] / "fixtures" / "tiny" / "tiny-sd15" / "loras" / "tiny-kohya.safetensors"
+        for data in (http_data, stdio_data):
+            (Path(data) / "loras").mkdir()
+            shutil.copy(lora, Path(data) / "loras" / "tiny-kohya.safetensors")
         chat, chat_base, _, _ = chat_stand_in()
         enrich = {"CYBERIMAGE_ENRICH__ENDPOINT": chat_base, "CYBERIMAGE_ENRICH__MODEL": "stand-in-chat"}
         proc, base = start_server(BINARY, http_data, env=isolated_env(http_data, **enrich))
