@@ -6,6 +6,8 @@
 //! with the `admin` scope (`auth::required_scope`). Each is one call to
 //! the jobs service; errors go through the one table.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -15,6 +17,7 @@ use cyberimage_core::{JobId, JobStatus};
 use cyberimage_jobs::{clear_scope, JobsError, CLEAR_SCOPES};
 use serde_json::{json, Map, Value};
 
+use crate::body::check_fields;
 use crate::error_table::ApiError;
 use crate::{views, AppState};
 
@@ -66,22 +69,6 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, ApiEr
     }
 }
 
-fn check_fields(map: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    let unknown: Vec<&str> = map
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains(k))
-        .collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::bad_request(format!(
-        "unknown field(s): {}; accepted: {}",
-        unknown.join(", "),
-        known.join(", ")
-    )))
-}
-
 /// `true`/`false` as JSON or as a form's or query's text.
 fn flag(value: Option<&Value>, name: &str) -> Result<bool, ApiError> {
     match value {
@@ -95,6 +82,11 @@ fn flag(value: Option<&Value>, name: &str) -> Result<bool, ApiError> {
             "{name} must be true or false, got {other}"
         ))),
     }
+}
+
+/// A `true`/`false` query parameter.
+fn query_flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    flag(query.get(name).cloned().map(Value::String).as_ref(), name)
 }
 
 fn text<'a>(map: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -117,7 +109,7 @@ fn statuses(scope: &str) -> Result<&'static [JobStatus], ApiError> {
 
 async fn list_jobs(
     State(state): State<AppState>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let wanted: Vec<JobStatus> = match query.get("status").map(String::as_str) {
         None | Some("") | Some("all") => JobStatus::ALL.to_vec(),
@@ -164,20 +156,13 @@ async fn job_details(
 async fn retry_job(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let map = fields(&headers, &body)?;
     check_fields(&map, &["force"])?;
-    let force = flag(map.get("force"), "force")?
-        || flag(
-            query
-                .get("force")
-                .map(|v| Value::String(v.clone()))
-                .as_ref(),
-            "force",
-        )?;
+    let force = flag(map.get("force"), "force")? || query_flag(&query, "force")?;
     let job = state.service.retry_job(job_id(&raw)?, force).await?;
     Ok(Json(views::rest_job_status(&job)))
 }
@@ -199,16 +184,10 @@ async fn retry_failed(
 async fn delete_job(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-    Query(query): Query<std::collections::HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&raw)?;
-    let with_images = flag(
-        query
-            .get("images")
-            .map(|v| Value::String(v.clone()))
-            .as_ref(),
-        "images",
-    )?;
+    let with_images = query_flag(&query, "images")?;
     let images = state.service.delete_job(id, with_images).await?;
     Ok(Json(json!({"deleted": id, "images_deleted": images})))
 }

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error_table::{rpc, ApiError};
 
@@ -41,6 +41,24 @@ pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             ApiError::bad_request(format!("cannot read request body: {rejection}"))
         }
     })
+}
+
+/// Refuses a body naming fields a route does not take, naming them and
+/// the ones it does (a typo is an error, not a silent default).
+pub fn check_fields(map: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    let unknown: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "unknown field(s): {}; accepted: {}",
+        unknown.join(", "),
+        known.join(", ")
+    )))
 }
 
 pub fn json(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {

@@ -69,18 +69,7 @@ async fn enrich_route(
     let Some(object) = value.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    let unknown: Vec<&str> = object
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !FIELDS.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "unknown field(s): {}; accepted: {}",
-            unknown.join(", "),
-            FIELDS.join(", ")
-        )));
-    }
+    body::check_fields(object, &FIELDS)?;
     let prompt = match value.get("prompt") {
         Some(Value::String(p)) => p.as_str(),
         Some(_) => return Err(ApiError::bad_request("prompt must be a string")),

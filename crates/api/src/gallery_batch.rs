@@ -62,11 +62,7 @@ fn ids_from_body(raw: Result<Bytes, BytesRejection>) -> Result<Vec<ImageId>, Api
             "the body must be a JSON object with ids",
         ));
     };
-    if let Some(other) = object.keys().find(|k| *k != "ids") {
-        return Err(ApiError::bad_request(format!(
-            "unknown field {other:?}; accepted: ids"
-        )));
-    }
+    body::check_fields(object, &["ids"])?;
     let Some(Value::Array(list)) = object.get("ids") else {
         return Err(ApiError::bad_request("ids must be a list of image ids"));
     };

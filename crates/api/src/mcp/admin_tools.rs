@@ -6,12 +6,11 @@
 
 use cyberimage_core::JobId;
 use cyberimage_jobs::{clear_scope, JobsError, CLEAR_SCOPES};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::tools::{check_known, ToolResult};
+use super::tools::{bool_arg, check_known, ToolResult};
 use super::{CallContext, McpServer};
 use crate::auth::Scope;
-use crate::error_table::ApiError;
 
 fn object(properties: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": properties, "required": required,
@@ -90,41 +89,23 @@ pub async fn call(
             "this API key lacks the \"admin\" scope that queue administration needs",
         ));
     }
-    let args = args.as_object().cloned().unwrap_or_default();
-    Some(
-        run(server, name, &args)
-            .await
-            .unwrap_or_else(|e| ToolResult::error(e.message)),
-    )
+    Some(run(server, name, args).await.unwrap_or_else(|e| e))
 }
 
-fn job_id(args: &Map<String, Value>) -> Result<JobId, ApiError> {
+fn job_id(args: &Value) -> Result<JobId, ToolResult> {
     match args.get("job_id").and_then(Value::as_str) {
         Some(raw) => JobId::parse(raw.trim()).map_err(|_| JobsError::JobNotFound.into()),
-        None => Err(ApiError::bad_request("job_id is required")),
+        None => Err(ToolResult::error("job_id is required")),
     }
 }
 
-fn flag(args: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
-    match args.get(name) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{name} must be true or false"
-        ))),
-    }
-}
-
-async fn run(
-    server: &McpServer,
-    name: &str,
-    args: &Map<String, Value>,
-) -> Result<ToolResult, ApiError> {
+/// Refusals and failures as the `isError` results the model reads.
+async fn run(server: &McpServer, name: &str, args: &Value) -> Result<ToolResult, ToolResult> {
     let service = &server.service;
     Ok(match name {
         "retry_generation" => {
             let job = service
-                .retry_job(job_id(args)?, flag(args, "force")?)
+                .retry_job(job_id(args)?, bool_arg(args, "force")?)
                 .await?;
             ToolResult::ok(
                 format!("Job {} is back in the queue.", job.id),
@@ -132,7 +113,7 @@ async fn run(
             )
         }
         "retry_failed_generations" => {
-            let report = service.retry_failed(flag(args, "force")?).await?;
+            let report = service.retry_failed(bool_arg(args, "force")?).await?;
             ToolResult::ok(
                 format!(
                     "Retried {} failed job(s); {} used up their attempts, {} wait for room in the queue.",
@@ -143,7 +124,9 @@ async fn run(
         }
         "delete_generation" => {
             let id = job_id(args)?;
-            let images = service.delete_job(id, flag(args, "delete_images")?).await?;
+            let images = service
+                .delete_job(id, bool_arg(args, "delete_images")?)
+                .await?;
             ToolResult::ok(
                 format!("Deleted job {id} and {images} image(s)."),
                 json!({"deleted": id, "images_deleted": images}),
@@ -152,7 +135,7 @@ async fn run(
         "clear_queue" => {
             let scope = args.get("status").and_then(Value::as_str).unwrap_or("");
             let Some(statuses) = clear_scope(scope) else {
-                return Err(ApiError::bad_request(format!(
+                return Err(ToolResult::error(format!(
                     "status must be one of {}",
                     CLEAR_SCOPES.join(", ")
                 )));

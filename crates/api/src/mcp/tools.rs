@@ -497,7 +497,7 @@ fn positive_arg(args: &Value, name: &str, default: u32, max: u32) -> Result<u32,
     }
 }
 
-fn bool_arg(args: &Value, name: &str) -> Result<bool, ToolResult> {
+pub(super) fn bool_arg(args: &Value, name: &str) -> Result<bool, ToolResult> {
     match args.get(name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
