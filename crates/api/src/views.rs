@@ -74,16 +74,7 @@ pub fn rest_job_status(job: &Job) -> Value {
     }
     if !spec.loras.is_empty() {
         if let Some(settings) = obj.get_mut("settings").and_then(Value::as_object_mut) {
-            // An f32 weight as typed (0.8, not 0.800000011920929).
-            let loras: Vec<Value> = spec
-                .loras
-                .iter()
-                .map(|l| {
-                    let weight: f64 = l.weight.to_string().parse().unwrap_or(f64::from(l.weight));
-                    json!({"name": l.name, "weight": weight, "sha256": l.sha256})
-                })
-                .collect();
-            settings.insert("loras".into(), json!(loras));
+            settings.insert("loras".into(), json!(spec.loras));
         }
     }
     // CyberImage numbers each image of a job (1-based) and gives the count.

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod job;
 pub mod lora;
 pub mod model;
+mod resolve;
 pub mod spec;
 pub mod time;
 
