@@ -5,6 +5,7 @@
 //! knows nothing of HTTP, SQL or job ids: the same pipeline serves the
 //! server, the CLI and the benchmarks.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -98,6 +99,29 @@ pub struct InputImage {
     pub mask: Option<Vec<u8>>,
 }
 
+/// An upscaling job as the engine sees it: the network's weights file and
+/// the output size (the network's scale times the input's, or another
+/// size, reached by resizing its result).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpscaleRequest {
+    pub weights: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// Input pixels per tile side (0: the engine's default).
+    pub tile: u32,
+}
+
+/// What an upscaler file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpscalerInfo {
+    /// `esrgan-rrdb`, `realesrgan-compact`, `rdn`.
+    pub architecture: String,
+    /// Output pixels per input pixel along each side.
+    pub scale: u32,
+    /// Input sides must be multiples of this (the engine pads to it).
+    pub size_multiple: u32,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
     #[error("generation was cancelled")]
@@ -155,6 +179,31 @@ pub trait Generator: Send + Sync {
                 "this engine cannot start from an input image".into(),
             )),
         }
+    }
+
+    /// Upscales `input` with the super-resolution network in
+    /// `request.weights` to `request.width × request.height`, reporting
+    /// tiles as steps. Engines without upscalers refuse.
+    fn upscale(
+        &self,
+        request: &UpscaleRequest,
+        input: &InputImage,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<GeneratedImage, EngineError> {
+        let _ = (request, input, observer, cancel);
+        Err(EngineError::Unsupported(
+            "this engine has no upscalers".into(),
+        ))
+    }
+
+    /// What the upscaler file `weights` holds (architecture and scale),
+    /// read from its weights without running it.
+    fn inspect_upscaler(&self, weights: &Path) -> Result<UpscalerInfo, EngineError> {
+        let _ = weights;
+        Err(EngineError::Unsupported(
+            "this engine has no upscalers".into(),
+        ))
     }
 
     /// Whether `model` can run here: its family has a pipeline and its

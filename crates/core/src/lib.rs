@@ -14,10 +14,11 @@ pub mod model;
 mod resolve;
 pub mod spec;
 pub mod time;
+pub mod upscale;
 
 pub use engine::{
     panic_message, CancelToken, EngineError, GeneratedImage, Generator, InputImage, PreviewImage,
-    ProgressObserver, ProgressUpdate,
+    ProgressObserver, ProgressUpdate, UpscaleRequest, UpscalerInfo,
 };
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};

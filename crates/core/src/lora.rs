@@ -14,7 +14,7 @@ pub const MAX_LORAS: usize = 8;
 /// Weights outside ±this are refused (A1111's UI slider spans ±2; files
 /// trained weak are used up to about 4).
 pub const MAX_LORA_WEIGHT: f64 = 10.0;
-const MAX_NAME_CHARS: usize = 128;
+pub const MAX_NAME_CHARS: usize = 128;
 
 /// One entry of a request's `loras` list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -238,6 +238,7 @@ impl SpecRequest {
             init_image: None,
             // ... and these LoRAs' digests.
             loras,
+            upscale: None,
         })
     }
 }

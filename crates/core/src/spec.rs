@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_job_pixels: u64,
     /// Pixels of an image-to-image input picture, checked before decoding.
     pub max_input_pixels: u64,
+    /// An upscaled picture's longest side and its pixels.
+    pub max_upscaled_dimension: u32,
+    pub max_upscaled_pixels: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,8 @@ impl Default for Limits {
             max_num_images: 8,
             max_job_pixels: 4 * 2048 * 2048,
             max_input_pixels: 4096 * 4096,
+            max_upscaled_dimension: 8192,
+            max_upscaled_pixels: 8192 * 8192,
         }
     }
 }
@@ -138,6 +143,10 @@ pub struct GenerationSpec {
     /// Merged into the model for this job, in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRef>,
+    /// Set for upscaling jobs (`crate::upscale`): `model` is then the
+    /// upscaler's name and `steps` its tiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upscale: Option<crate::upscale::UpscaleSpec>,
 }
 
 /// The steps an image-to-image run takes of `steps` at `strength`:
@@ -150,9 +159,9 @@ impl GenerationSpec {
     /// Denoising steps each image runs: all of them, or the share an
     /// image-to-image strength keeps.
     pub fn steps_run(&self) -> u32 {
-        match &self.init_image {
-            Some(init) => img2img_steps(self.steps, init.strength),
-            None => self.steps,
+        match (&self.upscale, &self.init_image) {
+            (Some(_), _) | (None, None) => self.steps,
+            (None, Some(init)) => img2img_steps(self.steps, init.strength),
         }
     }
 

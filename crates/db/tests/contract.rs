@@ -96,6 +96,7 @@ fn spec(prompt: &str, model: &str) -> GenerationSpec {
         seed: 1234,
         init_image: None,
         loras: Vec::new(),
+        upscale: None,
     }
 }
 

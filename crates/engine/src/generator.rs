@@ -9,11 +9,12 @@ use std::sync::{Mutex, MutexGuard};
 mod families;
 mod loras;
 mod run;
+mod upscaling;
 
 use candle_core::Device;
 use cyberimage_core::{
     CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
-    ProgressObserver, ProgressUpdate,
+    ProgressObserver, ProgressUpdate, UpscaleRequest, UpscalerInfo,
 };
 
 use crate::error::EngineLoadError;
@@ -33,6 +34,7 @@ pub struct CandleGenerator {
     /// one is dropped first, so two never share memory).
     loaded: Mutex<Option<LoadedModel>>,
     loras: LoraFiles,
+    upscalers: upscaling::Upscalers,
 }
 
 struct LoadedModel {
@@ -68,6 +70,7 @@ impl CandleGenerator {
             options,
             loaded: Mutex::new(None),
             loras: LoraFiles::default(),
+            upscalers: upscaling::Upscalers::default(),
         })
     }
 
@@ -255,6 +258,25 @@ impl Generator for CandleGenerator {
             cyberimage_kernels::alloc::release_freed_memory();
             Err(EngineError::from_panic(&*panic))
         })
+    }
+
+    fn upscale(
+        &self,
+        request: &UpscaleRequest,
+        input: &InputImage,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<GeneratedImage, EngineError> {
+        cyberimage_kernels::priority::lower_current_thread_priority(self.options.thread_priority());
+        let bf16 = self.options.precision == Precision::Bf16;
+        cyberimage_kernels::bf16_gemm::scoped(bf16, || {
+            self.upscalers
+                .run(request, input, &self.device, observer, cancel)
+        })
+    }
+
+    fn inspect_upscaler(&self, weights: &Path) -> Result<UpscalerInfo, EngineError> {
+        self.upscalers.inspect(weights, &self.device)
     }
 }
 

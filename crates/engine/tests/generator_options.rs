@@ -35,6 +35,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         seed: 77,
         init_image: None,
         loras: Vec::new(),
+        upscale: None,
     }
 }
 

@@ -181,6 +181,7 @@ fn comfyui_and_a1111_folders_become_models() {
             seed: 1,
             init_image: None,
             loras: Vec::new(),
+            upscale: None,
         };
         let images = generator
             .generate(model, &spec, &NoProgress, &CancelToken::new())

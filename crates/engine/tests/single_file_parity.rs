@@ -93,6 +93,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         seed: 4242,
         init_image: None,
         loras: Vec::new(),
+        upscale: None,
     }
 }
 

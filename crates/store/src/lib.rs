@@ -1,7 +1,8 @@
 //! Image files on disk.
 //!
 //! Layout under the data directory: `images/{id}.png`, `thumbnails/{id}.png`,
-//! `inputs/` (image-to-image pictures), `loras/` (the user's LoRA files) and
+//! `inputs/` (image-to-image pictures), `loras/` (the user's LoRA files),
+//! `upscalers/` (super-resolution networks) and
 //! `tmp/` for writes in flight. Paths are built only from a parsed
 //! [`ImageId`], so no request can name a file outside these folders. Every
 //! file is written to `tmp/`, fsynced and renamed into place, so a reader
@@ -9,9 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+mod digest_cache;
 mod inputs;
 pub mod loras;
 mod png_io;
+pub mod upscalers;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -41,6 +44,8 @@ pub enum StoreError {
 pub struct ImageStore {
     /// `loras/`: LoRA files the user drops in, read by name.
     loras: std::sync::Arc<loras::LoraLibrary>,
+    /// `upscalers/`: super-resolution networks, and the built-in ones.
+    upscalers: std::sync::Arc<upscalers::UpscalerLibrary>,
     images: PathBuf,
     thumbnails: PathBuf,
     inputs: PathBuf,
@@ -57,6 +62,9 @@ impl ImageStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let store = Self {
             loras: std::sync::Arc::new(loras::LoraLibrary::open(&root.join("loras"))?),
+            upscalers: std::sync::Arc::new(upscalers::UpscalerLibrary::open(
+                &root.join("upscalers"),
+            )?),
             images: root.join("images"),
             thumbnails: root.join("thumbnails"),
             inputs: root.join("inputs"),
@@ -73,6 +81,10 @@ impl ImageStore {
 
     pub fn loras(&self) -> &loras::LoraLibrary {
         &self.loras
+    }
+
+    pub fn upscalers(&self) -> &upscalers::UpscalerLibrary {
+        &self.upscalers
     }
 
     pub fn path(&self, id: ImageId, variant: Variant) -> PathBuf {

@@ -6,16 +6,15 @@
 //! AutoV3, so a file whose metadata was edited keeps its hash. Digests are
 //! cached by (size, modification time).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
 
 use cyberimage_core::lora::check_lora_name;
 use sha2::{Digest, Sha256};
 
+use crate::digest_cache::DigestCache;
 use crate::StoreError;
 
 /// One file of the folder.
@@ -29,7 +28,7 @@ pub struct LoraInfo {
 #[derive(Debug)]
 pub struct LoraLibrary {
     folder: PathBuf,
-    digests: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+    digests: DigestCache,
 }
 
 const EXTENSION: &str = ".safetensors";
@@ -45,7 +44,7 @@ impl LoraLibrary {
         })?;
         Ok(Self {
             folder: folder.to_path_buf(),
-            digests: Mutex::default(),
+            digests: DigestCache::default(),
         })
     }
 
@@ -88,28 +87,17 @@ impl LoraLibrary {
             path: self.folder.join(format!("{name}{EXTENSION}")),
             source: io::Error::new(io::ErrorKind::NotFound, "no such LoRA"),
         })?;
-        let read_error = |source| StoreError::Read {
-            path: path.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(&path).map_err(read_error)?;
-        let modified = meta.modified().map_err(read_error)?;
-        let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((bytes, when, digest)) = cache.get(&path) {
-            if *bytes == meta.len() && *when == modified {
-                return Ok(LoraInfo {
-                    name: name.to_string(),
-                    bytes: *bytes,
-                    sha256: digest.clone(),
-                });
-            }
-        }
-        let digest = tensor_data_sha256(&path).map_err(read_error)?;
-        cache.insert(path.clone(), (meta.len(), modified, digest.clone()));
+        let (bytes, sha256) = self
+            .digests
+            .get(&path, tensor_data_sha256)
+            .map_err(|source| StoreError::Read {
+                path: path.clone(),
+                source,
+            })?;
         Ok(LoraInfo {
             name: name.to_string(),
-            bytes: meta.len(),
-            sha256: digest,
+            bytes,
+            sha256,
         })
     }
 }

@@ -29,6 +29,7 @@ fn tiny_job() -> (ModelEntry, GenerationSpec) {
         seed: 5,
         init_image: None,
         loras: Vec::new(),
+        upscale: None,
     };
     (model, spec)
 }

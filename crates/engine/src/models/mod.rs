@@ -1,6 +1,7 @@
 //! The networks, each built from its diffusers or transformers
 //! `config.json`: text encoders (`clip`, `t5`) with their `tokenizer`, the
-//! denoisers (`unet`, `mmdit`, `flux`) and the VAE decoder (`vae`).
+//! denoisers (`unet`, `mmdit`, `flux`), the VAE decoder (`vae`) and the
+//! super-resolution networks (`upscalers`, built from their weights' shapes).
 
 pub mod clip;
 pub mod flux;
@@ -8,5 +9,6 @@ pub mod mmdit;
 pub mod t5;
 pub mod tokenizer;
 pub mod unet;
+pub mod upscalers;
 pub mod vae;
 pub mod vae_encoder;

@@ -1,7 +1,9 @@
 //! A family's text-to-image, from encoded prompt to decoded image: SD
 //! 1.x/2.x/Turbo/XL (`sd`), SD 3.x (`sd3`), FLUX.1 (`flux`), with the text
 //! encoders each keeps or loads per use (`text_encoders`); each also runs
-//! image-to-image from clean latents of an input image (`img2img`).
+//! image-to-image from clean latents of an input image (`img2img`). Beside
+//! them, a picture upscaled tile by tile by a super-resolution network
+//! (`upscale`).
 
 pub mod flux;
 pub mod img2img;
@@ -9,6 +11,7 @@ pub mod preview;
 pub mod sd;
 pub mod sd3;
 pub(crate) mod text_encoders;
+pub mod upscale;
 
 use candle_core::Tensor;
 
