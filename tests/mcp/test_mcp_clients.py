@@ -66,7 +66,7 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: server names itself", client.server_info and client.server_info.name == "cyberimage")
 
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        wanted = {"generate_image", "edit_image", "submit_generation", "get_generation", "cancel_generation", "list_models",
+        wanted = {"generate_image", "edit_image", "upscale_image", "submit_generation", "get_generation", "cancel_generation", "list_models",
                   "search_gallery", "enhance_prompt", "retry_generation", "retry_failed_generations",
                   "delete_generation", "clear_queue", "queue_stats"}
         check(f"{label}: tools listed", wanted <= set(tools), sorted(tools))
@@ -168,6 +168,29 @@ async def scenario(label, target, mode, http_base=None):
                                                         "steps": 2, "seed": 7})
         check(f"{label}: edit_image with a mask (inpainting) completes",
               not masked.is_error and (masked.structured_content or {}).get("status") == "completed", masked.content)
+        # Upscaling the image: the built-in trained upscaler (an RDN, x4)
+        # at x2, then the tiny random Compact network from upscalers/ in
+        # 32-pixel tiles, with a progress notification per tile.
+        upscaled = await client.call_tool("upscale_image", {"image": image["uri"], "scale": 2})
+        up = upscaled.structured_content or {}
+        check(f"{label}: upscale_image with the built-in upscaler",
+              not upscaled.is_error and up.get("status") == "completed" and up.get("model") == "upscalerjs-esrgan-medium-x4"
+              and [(i["width"], i["height"]) for i in up["images"]] == [(128, 128)]
+              and upscaled.content[0].text.startswith("Upscaled 64×64 to 128×128"), upscaled.content)
+        tiles = []
+
+        async def on_tile(value, total, message):
+            tiles.append((value, total))
+
+        compact = await client.call_tool("upscale_image", {"image": image["id"], "upscaler": "tiny-compact-x4", "tile": 32},
+                                         progress_callback=on_tile)
+        up = compact.structured_content or {}
+        check(f"{label}: upscale_image with an upscaler from upscalers/, tiles reported",
+              not compact.is_error and [(i["width"], i["height"]) for i in up.get("images", [])] == [(256, 256)]
+              and (4.0, 4.0) in tiles and up["progress"]["total_steps"] == 4, (compact.content, tiles))
+        bad_upscale = await client.call_tool("upscale_image", {"image": image["uri"], "upscaler": "no-such-upscaler"})
+        check(f"{label}: an unknown upscaler is a tool error naming the ones there are",
+              bad_upscale.is_error and "tiny-compact-x4" in bad_upscale.content[0].text, bad_upscale.content)
         bad_edit = await client.call_tool("edit_image", {"prompt": "x", "image": "cyberimage://image/img_" + "0" * 32})
         check(f"{label}: edit_image of a missing image is a tool error",
               bad_edit.is_error and "no gallery image" in bad_edit.content[0].text, bad_edit.content)
@@ -239,9 +262,14 @@ async def scenario(label, target, mode, http_base=None):
         models = await client.call_tool("list_models", {})
         keys = [m["key"] for m in models.structured_content["models"]]
         check(f"{label}: list_models", TINY in keys and models.structured_content["default"] in keys)
-        found = await client.call_tool("search_gallery", {"query": label})
+        # Its upscaled copies keep its prompt: the model narrows to the original.
+        found = await client.call_tool("search_gallery", {"query": label, "model": TINY})
         check(f"{label}: search_gallery finds the image",
               [i["id"] for i in found.structured_content["images"]] == [image["id"]], found.structured_content)
+        copies = await client.call_tool("search_gallery", {"query": label})
+        check(f"{label}: search_gallery finds its upscaled copies by the same prompt",
+              sorted(i["model"] for i in copies.structured_content["images"])
+              == sorted([TINY, "tiny-compact-x4", "upscalerjs-esrgan-medium-x4"]), copies.structured_content)
         listed = await client.list_resources()
         check(f"{label}: image listed as a resource", image["uri"] in [str(r.uri) for r in listed.resources])
         prompts = await client.list_prompts()
@@ -265,7 +293,7 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": "nope"})
     check("http: unknown session is 404", r.status_code == 404)
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
-    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 13)
+    check("http: tools/list in session", r.status_code == 200 and len(r.json()["result"]["tools"]) == 14)
     r = httpx.post(f"{base}/mcp", content=b"{not json", headers=h)
     check("http: parse error -32700", r.status_code == 400 and r.json()["error"]["code"] == -32700)
     r = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "Mcp-Session-Id": session})
@@ -340,6 +368,9 @@ def untrusted_chat_check(tls_chat_base, tls_dir):
             proc.wait(timeout=30)
 
 
+UPSCALER = Path(__file__).resolve().parents[2] / "fixtures" / "tiny" / "upscalers" / "tiny-compact-x4.safetensors"
+
+
 async def main():
     with tempfile.TemporaryDirectory() as http_data, tempfile.TemporaryDirectory() as stdio_data:
         # The tiny SD 1.5 LoRA in both servers' loras/ folders.
@@ -347,6 +378,8 @@ async def main():
         for data in (http_data, stdio_data):
             (Path(data) / "loras").mkdir()
             shutil.copy(lora, Path(data) / "loras" / "tiny-kohya.safetensors")
+            (Path(data) / "upscalers").mkdir()
+            shutil.copy(UPSCALER, Path(data) / "upscalers" / "tiny-compact-x4.safetensors")
         chat, chat_base, _, _ = chat_stand_in()
         enrich = {"CYBERIMAGE_ENRICH__ENDPOINT": chat_base, "CYBERIMAGE_ENRICH__MODEL": "stand-in-chat"}
         proc, base = start_server(BINARY, http_data, env=isolated_env(http_data, **enrich))

@@ -434,6 +434,34 @@ async function main() {
     await page.waitForSelector('#enrich:not([disabled])');
     check('the enrichment style is remembered', (await page.inputValue('#enrich-style')) === 'anime');
 
+    // Upscaling from the gallery's dialog: the built-in trained upscaler
+    // at x2 on the newest picture, followed to the end, then the new
+    // picture opened.
+    await page.click('nav a[data-page="gallery"]');
+    await page.fill('#gallery-search', '');
+    await page.locator('.tile').first().waitFor();
+    await page.locator('.tile').first().click();
+    await page.waitForSelector('#image-dialog[open]');
+    const [sourceSize, sourcePrompt] = await Promise.all([
+      page.textContent('#detail-meta dd[data-field="size"]'), page.textContent('#detail-meta dd[data-field="prompt"]')]);
+    const [w, h] = sourceSize.split(' × ').map(Number);
+    await page.waitForSelector('#upscale-model option[value="upscalerjs-esrgan-medium-x4"]', { state: 'attached' });
+    check('the upscaler list offers the built-in one, selected',
+      (await page.inputValue('#upscale-model')) === 'upscalerjs-esrgan-medium-x4');
+    await page.selectOption('#upscale-factor', '2');
+    await page.click('#upscale-go');
+    await page.waitForSelector('#upscale-open:not([hidden])', { timeout: 120_000 });
+    const upscaleStatus = await page.textContent('#upscale-status');
+    check('the upscale is followed to its end', upscaleStatus.includes(`Upscaled to ${2 * w}×${2 * h}`), upscaleStatus);
+    await page.click('#upscale-open');
+    await page.waitForFunction((size) => document.querySelector('#detail-meta dd[data-field="size"]')?.textContent === size,
+      `${2 * w} × ${2 * h}`, { timeout: 10_000 });
+    const upMeta = await page.textContent('#detail-meta');
+    check('Open shows the upscaled picture with the prompt it kept',
+      upMeta.includes('upscalerjs-esrgan-medium-x4') && upMeta.includes(sourcePrompt), upMeta);
+    await page.screenshot({ path: join(artifacts, '4c-upscaled.png') });
+    await page.keyboard.press('Escape');
+
     // Mobile width: no horizontal overflow.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.click('nav a[data-page="generate"]');

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod a1111;
+mod a1111_extras;
 mod admin;
 mod auth;
 mod body;
@@ -26,6 +27,7 @@ mod params;
 pub mod png_info;
 mod rate_limit;
 mod rest;
+mod upscale;
 mod views;
 mod web;
 mod zip_stream;
@@ -107,10 +109,12 @@ pub fn router(service: Arc<JobService>, config: &ApiConfig) -> Router {
         .merge(mcp::http::routes())
         .merge(openai::routes())
         .merge(a1111::routes())
+        .merge(a1111_extras::routes())
         .merge(png_info::routes())
         .merge(enrich::routes())
         .merge(admin::routes())
         .merge(gallery_batch::routes())
+        .merge(upscale::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
         .merge(web::routes())

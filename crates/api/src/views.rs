@@ -77,6 +77,11 @@ pub fn rest_job_status(job: &Job) -> Value {
             settings.insert("loras".into(), json!(spec.loras));
         }
     }
+    // An upscaling job: which upscaler, the factor, the input's size and
+    // the gallery image it came from.
+    if let Some(upscale) = &spec.upscale {
+        obj.insert("upscale".into(), json!(upscale));
+    }
     // CyberImage numbers each image of a job (1-based) and gives the count.
     if let Some(images) = obj.get_mut("images").and_then(Value::as_array_mut) {
         let total = images.len();
@@ -130,8 +135,16 @@ pub fn job_status(job: &Job) -> Value {
 fn status_message(job: &Job) -> String {
     let images = job.spec.num_images;
     let plural = if images == 1 { "" } else { "s" };
+    let upscaling = job.spec.upscale.is_some();
     match job.status {
         JobStatus::Pending => "Waiting in the queue".into(),
+        JobStatus::Processing if upscaling => format!(
+            "Upscaling: tile {} of {}",
+            job.progress.step, job.progress.total_steps
+        ),
+        JobStatus::Completed if upscaling => {
+            format!("Upscaled to {}x{}", job.spec.width, job.spec.height)
+        }
         JobStatus::Processing => format!(
             "Generating {images} image{plural}: step {} of {}",
             job.progress.step, job.progress.total_steps

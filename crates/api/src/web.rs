@@ -81,6 +81,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/js/enrich.js"),
     ),
+    (
+        "js/upscale.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/upscale.js"),
+    ),
 ];
 
 /// Paths of the page itself, which stay reachable without an API key (the

@@ -71,6 +71,17 @@ pub async fn service(
         );
     };
     let store = ImageStore::open(&config.data_dir).context("cannot open the image folder")?;
+    // The built-in upscalers' files, written out once (a few MB).
+    let builtin_root = config.data_dir.join("models");
+    let builtin = tokio::task::spawn_blocking(move || {
+        cyberimage_engine::weights::builtin::materialize_upscalers(&builtin_root)
+    })
+    .await
+    .context("writing the built-in upscalers panicked")?
+    .context("cannot write the built-in upscalers")?;
+    for (name, path) in builtin {
+        store.upscalers().register_builtin(&name, path);
+    }
     // Scanning reads checkpoint headers: file work, off the async threads.
     let scanned = config.clone();
     let (catalogue, skipped) =
@@ -138,6 +149,11 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
         Err(_) => None,
     };
     let service = self::service(config, engine.clone()).await?;
+    if let Some(engine) = &engine {
+        // Upscaling requests are checked against the upscaler's weights
+        // wherever they arrive, workers or not.
+        service.set_upscaler_reader(engine.clone());
+    }
     let report = service.recover().await?;
     if report.requeued + report.failed > 0 {
         tracing::warn!(

@@ -2,7 +2,8 @@
 //! chaiNNer) on tiny random-weight networks recorded by
 //! `fixtures/upscaler_references.py`: ESRGAN's RRDBNet ×4 in the original
 //! names and again in BasicSR's inside a `params_ema` pickle, Real-ESRGAN's
-//! pixel-unshuffled ×2, and SRVGGNetCompact ×4. Also: the tiled pipeline
+//! pixel-unshuffled ×2, and SRVGGNetCompact ×4; and the built-in trained
+//! RDN (converted from UpscalerJS) against TF.js. Also: the tiled pipeline
 //! gives the whole picture's result where the padding covers the
 //! network's reach, and files that are no upscaler are refused by name.
 
@@ -26,6 +27,26 @@ fn net(name: &str) -> UpscalerNet {
 
 fn reference(name: &str) -> Tensor {
     support::references_of("upscalers").remove(name).unwrap()
+}
+
+/// The built-in trained upscaler (UpscalerJS's esrgan-medium ×4, an RDN)
+/// against TF.js running the package's own files.
+#[test]
+fn converted_upscalerjs_model_matches_tfjs() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/trained/upscalers");
+    let path = dir.join("upscalerjs-esrgan-medium-x4.safetensors");
+    let net =
+        UpscalerNet::from_tensors(read_upscaler_tensors(&path, &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(net.architecture(), Architecture::Rdn);
+    assert_eq!(net.scale(), 4);
+    let mut references =
+        candle_core::safetensors::load(dir.join("references.safetensors"), &Device::Cpu).unwrap();
+    let input = references.remove("input").unwrap();
+    let expected = references
+        .remove("out.upscalerjs-esrgan-medium-x4")
+        .unwrap();
+    let ours = net.forward(&input).unwrap();
+    assert_close("upscalerjs-esrgan-medium-x4", &ours, &expected, 1e-5);
 }
 
 #[test]

@@ -10,14 +10,22 @@ use std::thread;
 
 use cyberimage_core::{
     CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
-    ProgressObserver,
+    ProgressObserver, UpscaleRequest,
 };
 use tokio::sync::oneshot;
 
 type Reply = oneshot::Sender<Result<Vec<GeneratedImage>, EngineError>>;
 
+/// What a job asks of the engine.
+pub enum EngineTask {
+    /// Text-to-image, or image-to-image from the job's input.
+    Generate(ModelEntry),
+    /// The job's input upscaled.
+    Upscale(UpscaleRequest),
+}
+
 struct Work {
-    model: ModelEntry,
+    task: EngineTask,
     spec: GenerationSpec,
     input: Option<InputImage>,
     observer: Box<dyn ProgressObserver>,
@@ -40,13 +48,23 @@ impl EngineThread {
                     // A panicking generator fails this job only: the thread
                     // goes on to the next one.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        generator.generate_from(
-                            &work.model,
-                            &work.spec,
-                            work.input.as_ref(),
-                            &*work.observer,
-                            &work.cancel,
-                        )
+                        match &work.task {
+                            EngineTask::Generate(model) => generator.generate_from(
+                                model,
+                                &work.spec,
+                                work.input.as_ref(),
+                                &*work.observer,
+                                &work.cancel,
+                            ),
+                            EngineTask::Upscale(request) => match &work.input {
+                                Some(input) => generator
+                                    .upscale(request, input, &*work.observer, &work.cancel)
+                                    .map(|image| vec![image]),
+                                None => Err(EngineError::Failed(
+                                    "an upscaling job without its picture".into(),
+                                )),
+                            },
+                        }
                     }))
                     .unwrap_or_else(|panic| Err(EngineError::from_panic(&*panic)));
                     let _ = work.reply.send(result);
@@ -55,9 +73,9 @@ impl EngineThread {
         Ok(Self { tx })
     }
 
-    pub async fn generate(
+    pub async fn run(
         &self,
-        model: ModelEntry,
+        task: EngineTask,
         spec: GenerationSpec,
         input: Option<InputImage>,
         observer: Box<dyn ProgressObserver>,
@@ -66,7 +84,7 @@ impl EngineThread {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Work {
-                model,
+                task,
                 spec,
                 input,
                 observer,

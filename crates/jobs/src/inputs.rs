@@ -48,7 +48,11 @@ fn base64_payload(reference: &str) -> &str {
 
 impl JobService {
     /// The picture `reference` names: a gallery image, or base64 data.
-    async fn picture(&self, reference: &str, field: &'static str) -> Result<RgbPicture, JobsError> {
+    pub(crate) async fn picture(
+        &self,
+        reference: &str,
+        field: &'static str,
+    ) -> Result<RgbPicture, JobsError> {
         let invalid = |message: String| invalid_field(field, message);
         let max_pixels = self.config.limits.max_input_pixels;
         let bytes = match ImageId::parse(reference) {

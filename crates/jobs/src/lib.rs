@@ -19,18 +19,20 @@ mod metadata;
 pub mod metrics;
 mod png_info;
 mod service;
+mod upscale;
 mod worker;
 
 pub use admin::{clear_scope, CLEAR_SCOPES};
 pub use cyberimage_db::{ClearReport, RetryReport};
 pub use cyberimage_store::loras::LoraInfo;
-pub use engine_thread::EngineThread;
+pub use engine_thread::{EngineTask, EngineThread};
 pub use error::JobsError;
 pub use events::JobEvent;
 pub use loras::{family_of, LoraFamily};
 pub use metadata::png_text_chunks;
 pub use png_info::{parse_a1111, parse_png_info, png_info_from_bytes, PngInfo};
 pub use service::{JobService, JobsConfig, QueueView, ReconcileReport};
+pub use upscale::{UpscaleSubmit, UpscalerListing, DEFAULT_UPSCALER};
 pub use worker::WorkerHandle;
 
 pub use cyberimage_db::{

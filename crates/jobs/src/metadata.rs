@@ -14,6 +14,9 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     };
+    if let Some(upscaler) = extra_value("upscaler") {
+        return upscaled_chunks(record, image, upscaler);
+    }
     let mut parameters = record.prompt.clone();
     // A1111 keeps the `<lora:…>` tags in the prompt it writes (its PNG-info
     // and "send to txt2img" restore them from there).
@@ -43,12 +46,47 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
     if let Some(hashes) = extra_value("lora_hashes") {
         parameters.push_str(&format!(", Lora hashes: \"{hashes}\""));
     }
+    let json = json_record(record, image, weights);
+    vec![
+        ("parameters".into(), parameters),
+        ("cyberimage".into(), json),
+    ]
+}
+
+/// An upscaled picture: its prompt (the source image's), then what
+/// AUTOMATIC1111's "Extras" tab writes for an upscale.
+fn upscaled_chunks(
+    record: &ImageRecord,
+    image: &GeneratedImage,
+    upscaler: &str,
+) -> Vec<(String, String)> {
+    let by = image
+        .extra_metadata
+        .iter()
+        .find(|(k, _)| k == "upscale_by")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("?");
+    let mut parameters = record.prompt.clone();
+    if !parameters.is_empty() {
+        parameters.push('\n');
+    }
+    parameters.push_str(&format!(
+        "Postprocess upscale by: {by}, Postprocess upscaler: {upscaler}, Size: {}x{}",
+        record.width, record.height
+    ));
+    vec![
+        ("parameters".into(), parameters),
+        ("cyberimage".into(), json_record(record, image, None)),
+    ]
+}
+
+fn json_record(record: &ImageRecord, image: &GeneratedImage, weights: Option<String>) -> String {
     let extra: serde_json::Map<String, serde_json::Value> = image
         .extra_metadata
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
-    let json = serde_json::json!({
+    serde_json::json!({
         "version": METADATA_VERSION,
         "generator": format!("cyberimage {}", env!("CARGO_PKG_VERSION")),
         "image_id": record.id,
@@ -63,9 +101,6 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
         "seed": record.seed,
         "weights_sha256": weights,
         "engine": extra,
-    });
-    vec![
-        ("parameters".into(), parameters),
-        ("cyberimage".into(), json.to_string()),
-    ]
+    })
+    .to_string()
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cyberimage_core::time::now;
 use cyberimage_core::{
-    CancelToken, Catalogue, Generator, ImageId, ImageRecord, Job, JobId, JobStatus, Limits,
-    Progress, SpecRequest,
+    CancelToken, Catalogue, GenerationSpec, Generator, ImageId, ImageRecord, Job, JobId, JobStatus,
+    Limits, Progress, SpecRequest,
 };
 use cyberimage_db::{
     CancelOutcome, Database, GalleryPage, GalleryQuery, QueueCounts, QueueStats, StatusCounts,
@@ -102,6 +102,8 @@ pub struct JobService {
     /// The latest live preview (step, PNG) of each job running here.
     pub(crate) previews: Mutex<HashMap<JobId, PreviewSlot>>,
     model_probe: std::sync::RwLock<Option<Arc<dyn Generator>>>,
+    /// Reads upscaler files for requests (`upscale.rs`).
+    pub(crate) upscaler_reader: std::sync::RwLock<Option<Arc<dyn Generator>>>,
 }
 
 impl JobService {
@@ -124,6 +126,7 @@ impl JobService {
             shutting_down: AtomicBool::new(false),
             metrics: Default::default(),
             model_probe: Default::default(),
+            upscaler_reader: Default::default(),
         })
     }
 
@@ -361,9 +364,7 @@ impl JobService {
     }
 
     pub async fn submit(&self, request: SpecRequest) -> Result<Job, JobsError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(JobsError::ShuttingDown);
-        }
+        self.refuse_when_shutting_down()?;
         let mut request = request;
         let picture = self.init_picture(&mut request).await?;
         let strength = request.strength;
@@ -376,6 +377,18 @@ impl JobService {
                     .await?,
             );
         }
+        self.enqueue(spec).await
+    }
+
+    pub(crate) fn refuse_when_shutting_down(&self) -> Result<(), JobsError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(JobsError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Queues a checked spec (within the queue bound) and wakes a worker.
+    pub(crate) async fn enqueue(&self, spec: GenerationSpec) -> Result<Job, JobsError> {
         let job = Job::pending(spec);
         match self.db.insert_job(&job, self.config.max_queue).await {
             Ok(()) => {}

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use cyberimage_core::time::now;
 use cyberimage_core::{
-    panic_message, CancelToken, EngineError, GeneratedImage, Generator, ImageId, ImageRecord, Job,
-    JobId, JobStatus, PreviewImage, Progress, ProgressObserver, ProgressUpdate, Stage,
+    panic_message, CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ImageId,
+    ImageRecord, Job, JobId, JobStatus, PreviewImage, Progress, ProgressObserver, ProgressUpdate,
+    Stage,
 };
 use cyberimage_store::{encode_png, thumbnail_png, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::engine_thread::EngineThread;
+use crate::engine_thread::{EngineTask, EngineThread};
 use crate::metadata::png_text_chunks;
 use crate::JobService;
 
@@ -205,15 +206,13 @@ impl JobService {
         let id = job.id;
         let started = std::time::Instant::now();
         tracing::info!(job = %id, model = %job.spec.model, attempt = job.attempts, "job started");
-        let Some(model) = self.catalogue().get(&job.spec.model).cloned() else {
-            let reason = format!("model {:?} is no longer configured", job.spec.model);
-            self.finish_failed(&job, reason).await;
-            return;
+        let task = match self.engine_task(&job).await {
+            Ok(task) => task,
+            Err(reason) => {
+                self.finish_failed(&job, reason).await;
+                return;
+            }
         };
-        if let Err(reason) = self.verify_loras(&job.spec).await {
-            self.finish_failed(&job, reason).await;
-            return;
-        }
         let input = match &job.spec.init_image {
             Some(init) => match self.load_init_picture(init).await {
                 Ok(input) => Some(input),
@@ -232,8 +231,8 @@ impl JobService {
         self.publish(id, JobStatus::Processing, job.progress, None);
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let generation = engine.generate(
-            model,
+        let generation = engine.run(
+            task,
             job.spec.clone(),
             input,
             Box::new(ChannelObserver {
@@ -295,6 +294,7 @@ impl JobService {
                     total_steps: total,
                 };
                 self.record_progress(&job, saving, &cancel).await;
+                let images = with_upscale_metadata(&job.spec, images);
                 self.save_and_complete(&job, images, engine_seconds).await
             }
             Err(e) => Err(e),
@@ -325,6 +325,25 @@ impl JobService {
             Err(EngineError::Cancelled) => tracing::info!(job = %id, "job cancelled"),
             Err(e) => self.finish_failed(&job, e.to_string()).await,
         }
+    }
+
+    /// What the engine runs for `job`, or why the job cannot run (its
+    /// model no longer configured, a LoRA or upscaler gone or changed).
+    async fn engine_task(&self, job: &Job) -> Result<EngineTask, String> {
+        if let Some(upscale) = &job.spec.upscale {
+            let request = self
+                .upscale_request(upscale, job.spec.width, job.spec.height)
+                .await?;
+            return Ok(EngineTask::Upscale(request));
+        }
+        let Some(model) = self.catalogue().get(&job.spec.model).cloned() else {
+            return Err(format!(
+                "model {:?} is no longer configured",
+                job.spec.model
+            ));
+        };
+        self.verify_loras(&job.spec).await?;
+        Ok(EngineTask::Generate(model))
     }
 
     /// Persists progress and publishes it. A job that is no longer
@@ -446,6 +465,35 @@ impl JobService {
             Err(e) => tracing::error!(job = %job.id, error = %e, "could not record failure"),
         }
     }
+}
+
+/// An upscaled picture's record of what made it: the upscaler (name,
+/// digest, factor) and its input, for the PNG's metadata.
+fn with_upscale_metadata(
+    spec: &GenerationSpec,
+    images: Vec<GeneratedImage>,
+) -> Vec<GeneratedImage> {
+    let Some(upscale) = &spec.upscale else {
+        return images;
+    };
+    let mut extra = vec![
+        ("upscaler".to_string(), upscale.upscaler.clone()),
+        ("upscaler_sha256".to_string(), upscale.sha256.clone()),
+        ("upscale_by".to_string(), upscale.scale.to_string()),
+    ];
+    if let Some(init) = &spec.init_image {
+        extra.push(("init_image_sha256".into(), init.sha256.clone()));
+    }
+    if let Some(source) = &upscale.source_image {
+        extra.push(("source_image".into(), source.clone()));
+    }
+    images
+        .into_iter()
+        .map(|mut image| {
+            image.extra_metadata.extend(extra.iter().cloned());
+            image
+        })
+        .collect()
 }
 
 fn to_progress(update: ProgressUpdate, total: u32, last: Progress) -> Progress {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cyberimage_core::{
     CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, InputImage, ModelEntry,
-    PreviewImage, ProgressObserver, ProgressUpdate,
+    PreviewImage, ProgressObserver, ProgressUpdate, UpscaleRequest, UpscalerInfo,
 };
 
 #[derive(Debug, Default)]
@@ -141,6 +141,71 @@ impl Generator for ScriptedGenerator {
         }
         cancel.check()?;
         Ok(images)
+    }
+
+    /// A stand-in upscaler: nearest-neighbour to the asked size, one
+    /// progress step per tile of the grid the engine would run.
+    fn upscale(
+        &self,
+        request: &UpscaleRequest,
+        input: &InputImage,
+        observer: &dyn ProgressObserver,
+        cancel: &CancelToken,
+    ) -> Result<GeneratedImage, EngineError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        observer.on_progress(ProgressUpdate::LoadingModel);
+        let tile = if request.tile == 0 { 192 } else { request.tile };
+        let tiles = cyberimage_core::upscale::tile_grid(
+            input.width as usize,
+            input.height as usize,
+            tile as usize,
+            1,
+        )
+        .len() as u32;
+        for done in 1..=tiles {
+            cancel.check()?;
+            std::thread::sleep(self.step_delay);
+            observer.on_progress(ProgressUpdate::Step { done, total: tiles });
+        }
+        let (w, h) = (request.width, request.height);
+        let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
+        for y in 0..h {
+            let sy = (u64::from(y) * u64::from(input.height) / u64::from(h)) as usize;
+            for x in 0..w {
+                let sx = (u64::from(x) * u64::from(input.width) / u64::from(w)) as usize;
+                let i = (sy * input.width as usize + sx) * 3;
+                rgb.extend_from_slice(&input.rgb[i..i + 3]);
+            }
+        }
+        Ok(GeneratedImage {
+            width: w,
+            height: h,
+            rgb,
+            seed: 0,
+            extra_metadata: vec![("engine".into(), "scripted test double".into())],
+        })
+    }
+
+    /// A file whose bytes begin `scripted upscaler xN` is a ×N stand-in
+    /// upscaler; anything else is refused as the engine refuses files that
+    /// are no upscaler.
+    fn inspect_upscaler(&self, weights: &std::path::Path) -> Result<UpscalerInfo, EngineError> {
+        let bytes = std::fs::read(weights).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let scale = bytes
+            .strip_prefix(b"scripted upscaler x")
+            .and_then(|rest| rest.first())
+            .filter(|d| d.is_ascii_digit())
+            .map(|d| u32::from(d - b'0'));
+        match scale {
+            Some(scale) => Ok(UpscalerInfo {
+                architecture: "scripted".into(),
+                scale,
+                size_multiple: 1,
+            }),
+            None => Err(EngineError::Unsupported(
+                "not an upscaler this engine knows".into(),
+            )),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod sessions;
 pub mod stdio;
 mod tool_schemas;
 mod tools;
+mod upscale_tool;
 
 use std::sync::Arc;
 

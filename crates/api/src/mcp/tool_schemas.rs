@@ -187,6 +187,7 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
             "outputSchema": job_schema(),
             "annotations": annotations("Edit image", false, false, false),
         }),
+        super::upscale_tool::definition(job_schema()),
         json!({
             "name": "submit_generation",
             "title": "Submit generation",

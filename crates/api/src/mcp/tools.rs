@@ -96,6 +96,7 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
     let result = match name {
         "generate_image" => generate(server, ctx, &args, true).await?,
         "edit_image" => edit_image(server, ctx, &args).await?,
+        "upscale_image" => super::upscale_tool::upscale_image(server, ctx, &args).await?,
         "submit_generation" => generate(server, ctx, &args, false).await?,
         "get_generation" => get_generation(server, ctx, &args).await,
         "cancel_generation" => cancel_generation(server, ctx, &args).await,
@@ -284,6 +285,18 @@ async fn generate(
             is_error: false,
         });
     }
+    wait_for(server, ctx, job, inline_preview).await
+}
+
+/// Waits for a submitted job with progress notifications (steps, or an
+/// upscale's tiles) and answers with its images; a client that gives up
+/// on the call cancels the job.
+pub(super) async fn wait_for(
+    server: &McpServer,
+    ctx: &CallContext,
+    job: Job,
+    inline_preview: bool,
+) -> Result<ToolResult, Outcome> {
     let total = f64::from(job.progress.total_steps);
     let mut reported: Option<u32> = None;
     let report = |p: &Progress| {
@@ -336,10 +349,23 @@ async fn finished_job(
         }
     }
     let seeds: Vec<String> = job.images.iter().map(|i| i.seed.to_string()).collect();
-    let mut content = vec![json!({"type": "text", "text": format!(
-        "Generated {} image(s) with {} ({}×{}, {} steps, guidance {}, seed {}).",
-        job.images.len(), job.spec.model, job.spec.width, job.spec.height,
-        job.spec.steps, job.spec.guidance_scale, seeds.join(", "))})];
+    let summary = match &job.spec.upscale {
+        Some(up) => format!(
+            "Upscaled {}×{} to {}×{} with {} (×{}).",
+            up.input_width, up.input_height, job.spec.width, job.spec.height, up.upscaler, up.scale
+        ),
+        None => format!(
+            "Generated {} image(s) with {} ({}×{}, {} steps, guidance {}, seed {}).",
+            job.images.len(),
+            job.spec.model,
+            job.spec.width,
+            job.spec.height,
+            job.spec.steps,
+            job.spec.guidance_scale,
+            seeds.join(", ")
+        ),
+    };
+    let mut content = vec![json!({"type": "text", "text": summary})];
     for img in &job.images {
         if inline_preview {
             match preview_png(server, img.id).await {

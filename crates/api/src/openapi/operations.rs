@@ -156,6 +156,27 @@ pub(super) fn operations() -> Vec<(&'static str, &'static str, &'static str, Val
         ),
         (
             "post",
+            "/api/upscale",
+            "Queue an upscaling job: `image` (or `image_id`) a gallery image id or base64 PNG/JPEG, `upscaler` a name from GET /api/upscalers (default: the built-in upscalerjs-esrgan-medium-x4), `scale` the output factor 1-8 (default: the network's own; other factors are resized from its result with Lanczos), `tile` input pixels per tile side (32-1024, default 192). The job's steps are its tiles; its image keeps the gallery image's prompt and records its source",
+            json!({
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+                "image": {"type": "string"}, "image_id": {"type": "string"},
+                "upscaler": {"type": "string"},
+                "scale": {"type": "number", "minimum": 1, "maximum": 8},
+                "tile": {"type": "integer", "minimum": 32, "maximum": 1024}}}}}},
+            "responses": {
+                "202": json_response("Queued", json!({"$ref": "#/components/schemas/JobSubmitted"})),
+                "400": error_response("Invalid request: no picture, unknown upscaler, scale or size out of range"),
+                "429": error_response("Queue full (Retry-After)")}}),
+        ),
+        (
+            "get",
+            "/api/upscalers",
+            "The upscalers: .safetensors / .pth files in the data dir's upscalers/ folder (ESRGAN, Real-ESRGAN, Real-ESRGAN Compact, RDN) and the built-in ones, with name, builtin, bytes, sha256 (of the file), runnable, and architecture and scale or the reason it cannot run",
+            ok_json("Upscalers"),
+        ),
+        (
+            "post",
             "/api/enrich",
             "Prompt enrichment: a chat model behind the configured OpenAI-compatible endpoint ([enrich] in the config; Ollama, llama.cpp, vLLM, OpenAI) rewrites the prompt in a style. `model` (an image model key) asks for the form its text encoder reads: short phrases for CLIP models, sentences for FLUX and SD 3",
             json!({
@@ -356,6 +377,16 @@ pub(super) fn operations() -> Vec<(&'static str, &'static str, &'static str, Val
             "AUTOMATIC1111's img2img: init_images[0] (base64), denoising_strength (0.75), mask (base64, white = inpaint), and the txt2img fields",
             json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
                    "responses": {"200": json_response("Images", json!({"type": "object"})), "400": error_response("Invalid request")}}),
+        ),
+        ("get", "/sdapi/v1/upscalers", "The upscalers as AUTOMATIC1111 lists them (None, then ours: name, model_name, model_path, scale)", ok_json("Upscalers")),
+        (
+            "post",
+            "/sdapi/v1/extra-single-image",
+            "AUTOMATIC1111's Extras upscale: image (base64), upscaler_1 (ours, or A1111's R-ESRGAN names for the same release files), resize_mode 0 with upscaling_resize, or 1 with upscaling_resize_w/h of the same aspect ratio; waits for the job and answers {image, html_info}. Face restoration and upscaler_2 are refused",
+            json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                   "responses": {"200": json_response("Upscaled", json!({"type": "object", "properties": {
+                       "image": {"type": "string"}, "html_info": {"type": "string"}}})),
+                                 "400": error_response("Invalid request")}}),
         ),
         ("get", "/sdapi/v1/sd-models", "AUTOMATIC1111's model list (title = model_name = our key)", ok_json("Models")),
         ("get", "/sdapi/v1/samplers", "The sampler names our metadata writes (the model's scheduler config picks the one that runs)", ok_json("Samplers")),

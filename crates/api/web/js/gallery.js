@@ -2,11 +2,12 @@
 // the URL as ?search=&model=), grid / list / compact views (remembered),
 // infinite scroll, keyboard (/ searches, j/k and arrows move), selection
 // and batch actions (selection.js), and a detail dialog with metadata,
-// copy, download, remix, use as input (image-to-image), delete; arrows,
-// j/k and swipes move through it.
+// copy, download, remix, use as input (image-to-image), upscale
+// (upscale.js), delete; arrows, j/k and swipes move through it.
 
 import { call, setImage } from './api.js';
 import { initSelection, tileClicked, reset as resetSelection } from './selection.js';
+import { showFor as showUpscale } from './upscale.js';
 
 const PER_PAGE = 24;
 const el = (id) => document.getElementById(id);
@@ -134,7 +135,15 @@ function reset() {
   el('gallery-grid').textContent = '';
   resetSelection();
   syncUrl();
-  loadMore();
+  return loadMore();
+}
+
+// Shows image `id` in the dialog once the gallery is reloaded (a new
+// upscale is the newest image).
+async function openById(id) {
+  await reset();
+  const index = state.images.findIndex((i) => i.id === id);
+  if (index >= 0) open(index);
 }
 
 async function loadMore() {
@@ -223,6 +232,7 @@ function open(index) {
   download.download = `${img.id}.png`;
   el('detail-status').textContent = '';
   showFavorite(img);
+  showUpscale(img, { opened: openById });
   const dialog = el('image-dialog');
   if (!dialog.open) dialog.showModal();
 }

@@ -2,7 +2,9 @@
 //! `shapes-64`, trained on synthetic shapes (`fixtures/trained/`, made by
 //! `training/train_shapes.py`), and the tiny random-weight test models with
 //! the SD 1.5 (4.5 MB), SDXL (2.3 MB), SD 3.5 (2.7 MB) and FLUX.1-dev
-//! (2 MB) architectures from `fixtures/tiny/`, whose pictures mean nothing.
+//! (2 MB) architectures from `fixtures/tiny/`, whose pictures mean nothing;
+//! and one trained upscaler, UpscalerJS's esrgan-medium ×4 (an RDN, 2.8
+//! MB, `fixtures/trained/upscalers/`).
 //! Their files are written out to a folder on first use and loaded like any
 //! diffusers folder.
 
@@ -121,6 +123,17 @@ const TINY_SD3: &[(&str, &[u8])] = fixture_files!("tiny/tiny-sd3":
     "vae/diffusion_pytorch_model.safetensors",
 );
 
+const UPSCALERJS_MEDIUM_X4: &[(&str, &[u8])] = fixture_files!("trained/upscalers":
+    "README.md",
+    "upscalerjs-esrgan-medium-x4.safetensors",
+);
+
+/// The upscalers compiled in: name, and the weights file in its folder.
+pub const BUILT_IN_UPSCALERS: &[(&str, &str)] = &[(
+    "upscalerjs-esrgan-medium-x4",
+    "upscalerjs-esrgan-medium-x4.safetensors",
+)];
+
 /// The names `builtin:NAME` sources may use, and their files.
 const BUILT_IN: &[(&str, Files)] = &[
     ("shapes-64", SHAPES_64),
@@ -128,7 +141,17 @@ const BUILT_IN: &[(&str, Files)] = &[
     ("tiny-sdxl", TINY_SDXL),
     ("tiny-sd3", TINY_SD3),
     ("tiny-flux", TINY_FLUX),
+    ("upscalerjs-esrgan-medium-x4", UPSCALERJS_MEDIUM_X4),
 ];
+
+/// Writes the built-in upscalers out under `root` (once) and returns each
+/// one's name and weights file, for the upscaler library.
+pub fn materialize_upscalers(root: &Path) -> Result<Vec<(String, PathBuf)>, EngineLoadError> {
+    BUILT_IN_UPSCALERS
+        .iter()
+        .map(|(name, file)| Ok((name.to_string(), materialize(name, root)?.join(file))))
+        .collect()
+}
 
 /// Whether `builtin:NAME` names a model compiled in.
 pub fn is_builtin(name: &str) -> bool {

@@ -67,20 +67,21 @@ impl Architecture {
     }
 }
 
-/// A loaded super-resolution network.
+/// A loaded super-resolution network (boxed: their layer lists differ in
+/// size, and a net is made once per file).
 pub enum UpscalerNet {
-    Rrdb(Rrdb),
-    Compact(Compact),
-    Rdn(Rdn),
+    Rrdb(Box<Rrdb>),
+    Compact(Box<Compact>),
+    Rdn(Box<Rdn>),
 }
 
 impl UpscalerNet {
     /// Builds the network a state dict describes (sizes from its shapes).
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Result<Self, EngineLoadError> {
         Ok(match Architecture::detect(&tensors)? {
-            Architecture::Rrdb => Self::Rrdb(Rrdb::new(tensors)?),
-            Architecture::Compact => Self::Compact(Compact::new(tensors)?),
-            Architecture::Rdn => Self::Rdn(Rdn::new(tensors)?),
+            Architecture::Rrdb => Self::Rrdb(Box::new(Rrdb::new(tensors)?)),
+            Architecture::Compact => Self::Compact(Box::new(Compact::new(tensors)?)),
+            Architecture::Rdn => Self::Rdn(Box::new(Rdn::new(tensors)?)),
         })
     }
 
