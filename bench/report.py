@@ -1,7 +1,7 @@
 """Writes BENCHMARKS.md from the results the benchmark scripts saved in
 bench/results/ (engine.json from engine_vs_diffusers.py, sdxl.json from
 sdxl_vs_diffusers.py, img2img.json from img2img_vs_diffusers.py, e2e.json from e2e_turbo.py, flux.json from
-flux_vs_diffusers.py, load.json from load_status.py). Targets come from the benchmark issue; each is marked met or
+flux_vs_diffusers.py, load.json from load_status.py, upscale.json from upscale_vs_spandrel.py). Targets come from the benchmark issue; each is marked met or
 not met by the numbers, never by hand.
 
 usage: python bench/report.py
@@ -56,6 +56,34 @@ def flux_section(flux, title="FLUX transformer blocks vs diffusers (identical we
         floor = flops / (flux["matmul_gflops_anchor"] * 1e9)
         out.append(f"| {size}² | {d32:.2f} | {d16:.2f} | {o32:.2f} | {q8:.2f} | {q4:.2f} | {o32 / d32:.2f}× | "
                    f"{q8 / d16:.2f}× | {q4 / d16:.2f}× | {flops / 1e9:.0f} | {floor:.2f} |")
+    out.append("")
+    bf16 = [size for size in flux["sizes"] if f"ours_{size}_bf16" in b]
+    if bf16:
+        out += ["Ours again with `[engine] precision = \"bf16\"` (the dense weights multiplied as bf16 with f32 "
+                "sums, by the kernel the engine picks on this CPU), like against like with diffusers bf16:", "",
+                "| Size | ours bf16 (s) | diffusers bf16 (s) | ours bf16 / diffusers bf16 | ours bf16 / ours f32 |",
+                "|---|---:|---:|---:|---:|"]
+        for size in bf16:
+            o16, o32 = med(b[f"ours_{size}_bf16"]["seconds"]), med(b[f"ours_{size}_f32"]["seconds"])
+            d16 = med(b[f"diffusers_{size}_bf16"]["seconds"])
+            out.append(f"| {size}² | {o16:.2f} | {d16:.2f} | {o16 / d16:.2f}× | {o16 / o32:.2f}× |")
+        out.append("")
+    return out
+
+
+def upscale_section(x):
+    med = statistics.median
+    out = ["## Upscalers vs spandrel (identical weights)", "",
+           f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, spandrel {x['spandrel']}, "
+           f"{x['threads']} threads). The full-size networks people download, with random weights made from "
+           "spandrel's own classes, one "
+           f"{x['size']}² picture through the whole network (one tile) in f32; median of the runs after a "
+           "warm-up. spandrel (the loader of ComfyUI and chaiNNer) runs them in PyTorch under "
+           "`torch.inference_mode`. It has no RDN, so the built-in network is timed on our side only.", "",
+           "| Network | ours (s) | spandrel (s) | ours / spandrel |", "|---|---:|---:|---:|"]
+    for name, r in x["nets"].items():
+        theirs = f"{r['spandrel_s']:.2f} | {r['ratio_ours_over_spandrel']:.2f}×" if "spandrel_s" in r else "— | —"
+        out.append(f"| {name} | {r['ours_s']:.2f} | {theirs} |")
     out.append("")
     return out
 
@@ -376,6 +404,9 @@ def main():
         out += flux_section(flux_amx, "Intel AMX: FLUX transformer blocks vs diffusers (identical weights)")
     if flux and flux.get("e2e"):
         out += flux_e2e_section(flux["e2e"])
+    upscale = json.loads((RESULTS / "upscale.json").read_text()) if (RESULTS / "upscale.json").exists() else None
+    if upscale:
+        out += upscale_section(upscale)
     alloc = json.loads((RESULTS / "alloc.json").read_text()) if (RESULTS / "alloc.json").exists() else None
     if alloc:
         out += alloc_section(alloc)

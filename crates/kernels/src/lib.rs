@@ -3,7 +3,8 @@
 //!
 //! Kernels of our own where candle's were the bottleneck (convolution and
 //! Winograd's form, bf16 products, attention, softmax, group norm, GEGLU
-//! and the tanh GELU), each a candle custom op with candle's implementation
+//! and the tanh GELU, the upscalers' element-wise steps), each a candle
+//! custom op with candle's implementation
 //! as the fallback for other devices and dtypes, and each tested against
 //! it. Beside them: the primitive layers that dispatch to them (`Conv2d`,
 //! `GroupNorm`, `Linear`, loaded as candle-nn loads its own), the
@@ -24,6 +25,7 @@ mod f32_gemm;
 pub mod group_norm;
 pub mod in_place;
 pub mod linear;
+pub mod pointwise;
 pub mod priority;
 pub mod softmax;
 mod vector_math;

@@ -9,15 +9,15 @@
 use std::collections::HashMap;
 
 use candle_core::{Module, Tensor};
-use candle_nn::PReLU;
 use cyberimage_kernels::conv::Conv2d;
+use cyberimage_kernels::pointwise::prelu_channels;
 
 use super::{same_conv, square_factor, take};
 use crate::error::EngineLoadError;
 
 pub struct Compact {
-    /// Each convolution but the last, with the PReLU after it.
-    body: Vec<(Conv2d, PReLU)>,
+    /// Each convolution but the last, with the PReLU slopes after it.
+    body: Vec<(Conv2d, Tensor)>,
     last: Conv2d,
     scale: usize,
 }
@@ -50,7 +50,7 @@ impl Compact {
                     slopes.dims()
                 )));
             }
-            body.push((layer, PReLU::new(slopes, false)));
+            body.push((layer, slopes));
             index += 2;
         }
         let last_name = format!("body.{index}");
@@ -78,8 +78,8 @@ impl Compact {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut out = x.clone();
-        for (conv, act) in &self.body {
-            out = act.forward(&conv.forward(&out)?)?;
+        for (conv, slopes) in &self.body {
+            out = prelu_channels(&conv.forward(&out)?, slopes)?;
         }
         let out = candle_nn::ops::pixel_shuffle(&self.last.forward(&out)?, self.scale)?;
         let (_, _, h, w) = x.dims4()?;

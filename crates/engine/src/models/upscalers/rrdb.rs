@@ -17,30 +17,39 @@ use std::collections::HashMap;
 
 use candle_core::{Module, Tensor};
 use cyberimage_kernels::conv::Conv2d;
+use cyberimage_kernels::pointwise::{add_scaled, leaky_relu};
 
 use super::{same_conv, square_factor};
 use crate::error::EngineLoadError;
 
-const SLOPE: f64 = 0.2;
-const RESIDUAL: f64 = 0.2;
+const SLOPE: f32 = 0.2;
+const RESIDUAL: f32 = 0.2;
 
 /// One dense block: five convolutions, each seeing every earlier output.
 struct DenseBlock {
     convs: [Conv2d; 5],
+    /// Channels each of the first four adds (32 in every ESRGAN).
+    growth: usize,
 }
 
 impl DenseBlock {
+    /// The input and each new output are written once into one buffer
+    /// whose leading channels every convolution reads (a view, for one
+    /// picture), instead of concatenating all of them again per layer.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut features = vec![x.clone()];
-        for (i, conv) in self.convs.iter().enumerate() {
-            let input = Tensor::cat(&features, 1)?;
-            let out = conv.forward(&input)?;
-            if i == 4 {
-                return (out * RESIDUAL)? + x;
-            }
-            features.push(candle_nn::ops::leaky_relu(&out, SLOPE)?);
+        let (batch, channels, h, w) = x.dims4()?;
+        let buffer = Tensor::zeros(
+            (batch, channels + 4 * self.growth, h, w),
+            x.dtype(),
+            x.device(),
+        )?;
+        buffer.slice_set(&x.contiguous()?, 1, 0)?;
+        for (i, conv) in self.convs[..4].iter().enumerate() {
+            let seen = buffer.narrow(1, 0, channels + i * self.growth)?;
+            let out = leaky_relu(&conv.forward(&seen)?, SLOPE)?;
+            buffer.slice_set(&out, 1, channels + i * self.growth)?;
         }
-        unreachable!("five convolutions")
+        add_scaled(x, &self.convs[4].forward(&buffer)?, RESIDUAL)
     }
 }
 
@@ -81,7 +90,13 @@ impl Rrdb {
                 let conv = |t: &mut HashMap<String, Tensor>, j: usize| {
                     same_conv(t, &format!("body.{n}.rdb{k}.conv{j}"))
                 };
+                let growth = t
+                    .get(&format!("body.{n}.rdb{k}.conv1.weight"))
+                    .map(|w| w.dim(0))
+                    .transpose()?
+                    .unwrap_or(0);
                 Ok(DenseBlock {
+                    growth,
                     convs: [
                         conv(t, 1)?,
                         conv(t, 2)?,
@@ -138,15 +153,15 @@ impl Rrdb {
         let mut body = feat.clone();
         for [a, b, c] in &self.blocks {
             let out = c.forward(&b.forward(&a.forward(&body)?)?)?;
-            body = ((out * RESIDUAL)? + &body)?;
+            body = add_scaled(&body, &out, RESIDUAL)?;
         }
         let mut feat = (self.conv_body.forward(&body)? + feat)?;
         for conv in &self.upsamplers {
             let (_, _, h, w) = feat.dims4()?;
             let up = feat.upsample_nearest2d(h * 2, w * 2)?;
-            feat = candle_nn::ops::leaky_relu(&conv.forward(&up)?, SLOPE)?;
+            feat = leaky_relu(&conv.forward(&up)?, SLOPE)?;
         }
-        let hr = candle_nn::ops::leaky_relu(&self.conv_hr.forward(&feat)?, SLOPE)?;
+        let hr = leaky_relu(&self.conv_hr.forward(&feat)?, SLOPE)?;
         self.conv_last.forward(&hr)
     }
 }
