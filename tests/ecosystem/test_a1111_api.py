@@ -60,6 +60,13 @@ def run(base):
                             inpainting_fill=1)
     check("inpainting with a mask", inpainted.image.size == (64, 64)
           and inpainted.image.tobytes() != edited.image.tobytes())
+    # A1111 lays the original back over what the mask leaves out (after
+    # its 4-pixel blur): the left half, away from the blurred edge, comes
+    # back exactly as it went in.
+    kept = all(inpainted.image.getpixel((x, y)) == first.image.getpixel((x, y)) for x in range(0, 20) for y in range(64))
+    check("inpainting keeps the unmasked pixels exactly, as A1111 does", kept)
+    check("the infotext records the mask blur", "Mask blur: 4" in inpainted.info["infotexts"][0],
+          inpainted.info["infotexts"][0])
 
     info = api.png_info(first.image)
     check("png-info reads the parameters back", "Seed: 7" in info.info, info.info)

@@ -240,6 +240,8 @@ async function main() {
     const maskImage = maskJob.images[0];
     check('painting a mask makes an inpainting job', maskJob.status === 'completed' && maskJob.settings.mask_image?.length === 64
       && maskImage.id, JSON.stringify(maskJob.settings));
+    check('the mask panel sends its edge blur and keeps the rest exactly',
+      maskJob.settings.mask_blur === 4 && maskJob.settings.keep_unmasked === true, JSON.stringify(maskJob.settings));
     await page.screenshot({ path: join(artifacts, '3c-inpainting.png'), fullPage: true });
     await page.click('#init-clear');
     check('remove clears the input', await page.isDisabled('#strength') && await page.locator('#init-stage').isHidden());

@@ -210,6 +210,12 @@ async fn img2img(
         Some(init.ok_or_else(|| invalid("init_images must hold one base64 picture"))?);
     request.strength = Some(number(&obj, "denoising_strength")?.unwrap_or(0.75));
     request.mask_image = text(&obj, "mask")?;
+    if request.mask_image.is_some() {
+        // A1111's defaults: a 4-pixel blur, and the original laid back
+        // over what the mask leaves out.
+        request.mask_blur = Some(int(&obj, "mask_blur")?.unwrap_or(4));
+        request.keep_unmasked = Some(true);
+    }
     if request.mask_image.is_some() && int(&obj, "inpainting_mask_invert")?.unwrap_or(0) != 0 {
         return Err(invalid(
             "inpainting_mask_invert is not supported: send the mask white where the picture changes",

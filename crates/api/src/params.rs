@@ -73,6 +73,8 @@ const SETTINGS_FIELDS: &[&str] = &[
     "outpaint",
     "strength",
     "denoising_strength",
+    "mask_blur",
+    "keep_unmasked",
     "loras",
 ];
 
@@ -195,6 +197,12 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
         },
         // Inpainting: white where the model repaints.
         mask_image: image_ref(top, settings, "mask_image")?,
+        mask_blur: int(&["mask_blur"])?,
+        keep_unmasked: match lookup(top, settings, &["keep_unmasked"]) {
+            None => None,
+            Some((Value::Bool(b), _)) => Some(*b),
+            Some((_, name)) => return Err(format!("{name} must be true or false")),
+        },
         loras: match lookup(top, settings, &["loras"]) {
             None => Vec::new(),
             Some((value, name)) => lora_list(value, &name)?,

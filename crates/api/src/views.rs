@@ -70,6 +70,8 @@ pub fn rest_job_status(job: &Job) -> Value {
         settings.insert("strength".into(), json!(init.strength));
         if let Some(mask) = &init.mask_sha256 {
             settings.insert("mask_image".into(), json!(mask));
+            settings.insert("mask_blur".into(), json!(init.mask_blur));
+            settings.insert("keep_unmasked".into(), json!(init.keep_unmasked));
         }
     }
     if !spec.loras.is_empty() {

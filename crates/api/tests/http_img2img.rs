@@ -202,6 +202,55 @@ async fn a_mask_decides_what_is_repainted() {
         "repainted where it is white"
     );
 
+    assert_eq!(done["settings"]["mask_blur"], 0);
+    assert_eq!(done["settings"]["keep_unmasked"], false);
+
+    // A blurred mask is another stored mask; the blur and keep_unmasked
+    // are recorded with the job.
+    let r: Value = s
+        .post(
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "a soft edge", "seed": 5, "strength": 1.0,
+                   "init_image": b64(png(64, 64, 100)), "mask_image": b64(mask.clone()),
+                   "settings": {"mask_blur": 6, "keep_unmasked": true}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let soft = s
+        .wait_status(r["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(soft["status"], "completed", "{soft}");
+    assert_eq!(soft["settings"]["mask_blur"], 6);
+    assert_eq!(soft["settings"]["keep_unmasked"], true);
+    assert_ne!(
+        soft["settings"]["mask_image"],
+        done["settings"]["mask_image"]
+    );
+    for (body, code, field) in [
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)), "mask_blur": 4}),
+            "invalid_parameter",
+            "mask_image",
+        ),
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)),
+                "mask_image": b64(mask.clone()), "mask_blur": 65}),
+            "invalid_parameter",
+            "between 0 and 64",
+        ),
+        (
+            json!({"model": "tiny", "prompt": "x", "init_image": b64(png(64, 64, 1)),
+                "mask_image": b64(mask.clone()), "keep_unmasked": "yes"}),
+            "invalid_request",
+            "true or false",
+        ),
+    ] {
+        let message = assert_error(s.post("/api/generate", body.clone()).await, 400, code).await;
+        assert!(message.contains(field), "{body}: {message}");
+    }
+
     let lone = s
         .post(
             "/api/generate",

@@ -95,6 +95,7 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             mask_image: None,
             outpaint: None,
             loras,
+            ..Default::default()
         })
         .await?;
     let bar = ProgressBar::new(u64::from(job.spec.total_steps()));

@@ -6,7 +6,7 @@ use crate::lora::{resolve_loras, take_prompt_loras};
 use crate::model::Catalogue;
 use crate::spec::{
     img2img_steps, GenerationSpec, Limits, SpecRequest, ValidationError, DEFAULT_STRENGTH,
-    MAX_SEED, RANDOM_SEED,
+    MAX_MASK_BLUR, MAX_SEED, RANDOM_SEED,
 };
 
 fn in_range(field: &'static str, v: i64, lo: i64, hi: i64) -> Result<i64, ValidationError> {
@@ -187,6 +187,29 @@ impl SpecRequest {
             return Err(ValidationError::new(
                 "mask_image",
                 "mask_image says which part of an init_image to repaint: send the init_image too",
+            ));
+        }
+        // Outpainting makes its own mask, which these shape as well.
+        let masked = self.mask_image.is_some() || self.outpaint.is_some();
+        if let Some(blur) = self.mask_blur {
+            if !masked && blur != 0 {
+                return Err(ValidationError::new(
+                    "mask_blur",
+                    "mask_blur softens an inpainting mask: send a mask_image (or outpaint) with it",
+                ));
+            }
+            if !(0..=MAX_MASK_BLUR).contains(&blur) {
+                return Err(ValidationError::new(
+                    "mask_blur",
+                    format!("mask_blur must be between 0 and {MAX_MASK_BLUR} pixels, got {blur}"),
+                ));
+            }
+        }
+        if self.keep_unmasked == Some(true) && !masked {
+            return Err(ValidationError::new(
+                "keep_unmasked",
+                "keep_unmasked keeps what an inpainting mask leaves out: send a mask_image (or \
+                 outpaint) with it",
             ));
         }
         match (self.strength, &self.init_image) {
@@ -443,5 +466,26 @@ mod tests {
             0,
             "per-image seeds wrap inside the safe range"
         );
+    }
+
+    #[test]
+    fn mask_blur_and_keep_unmasked_need_a_mask_and_a_range() {
+        let masked = |blur: Option<i64>, keep: Option<bool>, mask: bool| SpecRequest {
+            init_image: Some("img".into()),
+            mask_image: mask.then(|| "mask".into()),
+            mask_blur: blur,
+            keep_unmasked: keep,
+            ..prompt("a fox")
+        };
+        assert!(resolve(masked(Some(4), Some(true), true)).is_ok());
+        assert!(resolve(masked(Some(0), Some(false), false)).is_ok());
+        for (request, field) in [
+            (masked(Some(4), None, false), "mask_blur"),
+            (masked(Some(65), None, true), "mask_blur"),
+            (masked(Some(-1), None, true), "mask_blur"),
+            (masked(None, Some(true), false), "keep_unmasked"),
+        ] {
+            assert_eq!(resolve(request).unwrap_err().field, field);
+        }
     }
 }

@@ -78,7 +78,17 @@ pub struct SpecRequest {
     pub outpaint: Option<Outpaint>,
     /// LoRAs by name in `loras/`; more come from `<lora:…>` prompt tags.
     pub loras: Vec<LoraRequest>,
+    /// Inpainting: Gaussian blur of the mask, in pixels (σ), 0 to
+    /// [`MAX_MASK_BLUR`]; AUTOMATIC1111's `mask_blur`.
+    pub mask_blur: Option<i64>,
+    /// Inpainting: put the input's pixels back where the (blurred) mask is
+    /// black, blending across its grey edge, so what was not masked comes
+    /// out exactly as it went in (AUTOMATIC1111 always does this).
+    pub keep_unmasked: Option<bool>,
 }
+
+/// The widest mask blur a request may ask for, in pixels.
+pub const MAX_MASK_BLUR: i64 = 64;
 
 /// How far an outpainting job extends the picture on each side, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,9 +109,20 @@ pub struct InitImage {
     pub sha256: String,
     /// 0 < strength ≤ 1: the share of the schedule that runs.
     pub strength: f64,
-    /// Inpainting: SHA-256 of the stored mask (white = repaint).
+    /// Inpainting: SHA-256 of the stored mask (white = repaint), already
+    /// blurred by `mask_blur`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_sha256: Option<String>,
+    /// Inpainting: the blur the stored mask got, in pixels.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mask_blur: u32,
+    /// Inpainting: the input's pixels are put back outside the mask.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_unmasked: bool,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A LoRA a job runs with: its name in the data dir's `loras/` folder

@@ -199,6 +199,8 @@ pub fn upscale_input(sha256: String) -> InitImage {
         sha256,
         strength: 1.0,
         mask_sha256: None,
+        mask_blur: 0,
+        keep_unmasked: false,
     }
 }
 

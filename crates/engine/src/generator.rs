@@ -406,6 +406,10 @@ impl CandleGenerator {
             ]);
             if let Some(mask) = &spec_init.mask_sha256 {
                 metadata.push(("mask_sha256".into(), mask.clone()));
+                metadata.push(("mask_blur".into(), spec_init.mask_blur.to_string()));
+                if spec_init.keep_unmasked {
+                    metadata.push(("keep_unmasked".into(), "true".into()));
+                }
             }
         }
         if !spec.loras.is_empty() {

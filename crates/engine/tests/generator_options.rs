@@ -194,6 +194,8 @@ fn image_to_image_starts_from_the_input_in_every_family() {
             sha256: "ab".repeat(32),
             strength: 0.5,
             mask_sha256: None,
+            mask_blur: 0,
+            keep_unmasked: false,
         });
         let run = |image: &cyberimage_core::InputImage| {
             let totals = StepTotals::default();

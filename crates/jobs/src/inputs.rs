@@ -21,6 +21,23 @@ fn invalid_field(field: &'static str, message: impl Into<String>) -> JobsError {
 /// between picture and new border is redrawn.
 const OUTPAINT_OVERLAP: u32 = 8;
 
+/// How an inpainting request's mask is shaped and used (checked by
+/// `resolve`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MaskOptions {
+    pub blur: u32,
+    pub keep_unmasked: bool,
+}
+
+impl MaskOptions {
+    pub(crate) fn of(request: &SpecRequest) -> Self {
+        Self {
+            blur: request.mask_blur.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            keep_unmasked: request.keep_unmasked.unwrap_or(false),
+        }
+    }
+}
+
 /// The pictures of an image-to-image request, before they are kept.
 pub(crate) struct Pictures {
     image: RgbPicture,
@@ -166,15 +183,18 @@ impl JobService {
         }))
     }
 
-    /// Keeps `picture` at the job's size and returns what the job stores.
+    /// Keeps `picture` at the job's size (its mask blurred by
+    /// `mask.blur`) and returns what the job stores.
     pub(crate) async fn keep_init_picture(
         &self,
         pictures: Pictures,
         width: u32,
         height: u32,
         strength: Option<f64>,
+        mask: MaskOptions,
     ) -> Result<InitImage, JobsError> {
         let store = self.store.clone();
+        let blur = mask.blur;
         let (sha256, mask_sha256) = file_work(move || {
             let image = store.save_input(&pictures.image.resized(width, height)?)?;
             let mask = match pictures.mask {
@@ -182,7 +202,9 @@ impl JobService {
                     // Kept as grey RGB: its luma in every channel.
                     let grey = luma(&mask.rgb);
                     let rgb = grey.iter().flat_map(|&v| [v, v, v]).collect();
-                    let mask = RgbPicture { rgb, ..mask }.resized(width, height)?;
+                    let mask = RgbPicture { rgb, ..mask }
+                        .resized(width, height)?
+                        .blurred(blur as f32)?;
                     Some(store.save_input(&mask)?)
                 }
                 None => None,
@@ -190,10 +212,13 @@ impl JobService {
             Ok((image, mask))
         })
         .await?;
+        let masked = mask_sha256.is_some();
         Ok(InitImage {
             sha256,
             strength: strength.unwrap_or(DEFAULT_STRENGTH),
             mask_sha256,
+            mask_blur: if masked { mask.blur } else { 0 },
+            keep_unmasked: masked && mask.keep_unmasked,
         })
     }
 

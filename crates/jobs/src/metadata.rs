@@ -43,6 +43,10 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
     if let Some(strength) = extra_value("denoising_strength") {
         parameters.push_str(&format!(", Denoising strength: {strength}"));
     }
+    // Inpainting, as A1111 writes it.
+    if let Some(blur) = extra_value("mask_blur").filter(|b| *b != "0") {
+        parameters.push_str(&format!(", Mask blur: {blur}"));
+    }
     if let Some(hashes) = extra_value("lora_hashes") {
         parameters.push_str(&format!(", Lora hashes: \"{hashes}\""));
     }

@@ -368,12 +368,13 @@ impl JobService {
         let mut request = request;
         let picture = self.init_picture(&mut request).await?;
         let strength = request.strength;
+        let mask = crate::inputs::MaskOptions::of(&request);
         let mut spec =
             request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
         self.check_loras(&mut spec).await?;
         if let Some(picture) = picture {
             spec.init_image = Some(
-                self.keep_init_picture(picture, spec.width, spec.height, strength)
+                self.keep_init_picture(picture, spec.width, spec.height, strength, mask)
                     .await?,
             );
         }

@@ -76,6 +76,22 @@ impl RgbPicture {
         })
     }
 
+    /// This picture under a Gaussian blur of `sigma` pixels (a mask's
+    /// soft edge; 0 leaves it as it is).
+    pub fn blurred(self, sigma: f32) -> Result<Self, StoreError> {
+        if sigma <= 0.0 {
+            return Ok(self);
+        }
+        let buf: ImageBuffer<Rgb<u8>, _> = ImageBuffer::from_raw(self.width, self.height, self.rgb)
+            .ok_or_else(|| StoreError::Decode("pixel buffer has the wrong size".into()))?;
+        let out = image::imageops::blur(&buf, sigma);
+        Ok(Self {
+            width: self.width,
+            height: self.height,
+            rgb: out.into_raw(),
+        })
+    }
+
     /// Outpainting's canvas: this picture with `left`, `right`, `top` and
     /// `bottom` pixels added, filled by repeating the nearest edge pixel
     /// (a plain colour there would bias the new content towards it), and

@@ -125,6 +125,16 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
                "description": "Outpainting: pixels to add on each side; the model draws them (and an 8-pixel seam). Not with mask."}),
     );
     edit_props.insert(
+        "mask_blur".into(),
+        json!({"type": "integer", "minimum": 0, "maximum": 64, "default": 0,
+               "description": "With a mask: its Gaussian blur in pixels, for a soft edge."}),
+    );
+    edit_props.insert(
+        "keep_unmasked".into(),
+        json!({"type": "boolean", "default": false,
+               "description": "With a mask: keep the picture's pixels exactly where the mask is black."}),
+    );
+    edit_props.insert(
         "strength".into(),
         json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
                "description": "How much of the schedule runs: low keeps the picture, 1 redraws it."}),

@@ -258,7 +258,14 @@ async fn generate(
         known.push("inline_preview");
     }
     if args.get("init_image").is_some() {
-        known.extend(["init_image", "mask_image", "outpaint", "strength"]);
+        known.extend([
+            "init_image",
+            "mask_image",
+            "outpaint",
+            "strength",
+            "mask_blur",
+            "keep_unmasked",
+        ]);
     }
     if let Err(e) = check_known(args, &known) {
         return Ok(e);

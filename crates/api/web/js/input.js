@@ -23,12 +23,17 @@ export function initInputPanel() {
   initMaskPanel();
 }
 
-// What the request needs: { init_image, strength }, or null.
+// What the request needs: { init_image, strength } (with a painted mask
+// also mask_image, mask_blur, keep_unmasked), or null.
 export function currentInput() {
   if (!current) return null;
   const input = { init_image: current.ref, strength: Number(el('strength').value) };
   const mask = maskDataUrl();
-  if (mask) input.mask_image = mask;
+  if (mask) {
+    input.mask_image = mask;
+    input.mask_blur = Math.min(64, Math.max(0, Number(el('mask-blur').value) || 0));
+    input.keep_unmasked = el('keep-unmasked').checked;
+  }
   return input;
 }
 

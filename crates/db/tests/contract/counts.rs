@@ -69,6 +69,8 @@ pub async fn referenced_inputs_are_the_specs_digests(db: &dyn Database) {
         sha256: "a".repeat(64),
         strength: 0.5,
         mask_sha256: Some("b".repeat(64)),
+        mask_blur: 0,
+        keep_unmasked: false,
     });
     db.insert_job(&edit, 1000).await.unwrap();
     let mut again = new_job("the same input", "m");
@@ -76,6 +78,8 @@ pub async fn referenced_inputs_are_the_specs_digests(db: &dyn Database) {
         sha256: "a".repeat(64),
         strength: 0.9,
         mask_sha256: None,
+        mask_blur: 0,
+        keep_unmasked: false,
     });
     db.insert_job(&again, 1000).await.unwrap();
     assert_eq!(

@@ -12,7 +12,7 @@ use cyberimage_core::{
 
 use crate::error::EngineLoadError;
 use crate::models::vae_encoder::Posterior;
-use crate::pipelines::img2img::{image_tensor, latent_mask, LazyEncoder};
+use crate::pipelines::img2img::{image_tensor, keep_unmasked, latent_mask, LazyEncoder};
 use crate::pipelines::preview::PreviewPixels;
 use crate::pipelines::StepCallback;
 use crate::schedulers::noise::{gaussian, step_gaussian};
@@ -39,6 +39,9 @@ pub(super) struct InitInput {
     pub strength: f64,
     /// Inpainting: (1, 1, h/f, w/f), 1 where the model repaints.
     pub mask: Option<Tensor>,
+    /// Inpainting with `keep_unmasked`: the input's RGB and the mask's
+    /// luma at the job's size, laid over each decoded image.
+    overlay: Option<(Vec<u8>, Vec<u8>)>,
     /// The input's latent posterior, encoded for the job's first image
     /// and sampled for every image (only the draw differs).
     posterior: OnceLock<Posterior>,
@@ -90,10 +93,15 @@ impl InitInput {
                 .map_err(failed)?,
             ),
         };
+        let overlay = match (&input.mask, init.keep_unmasked) {
+            (Some(luma), true) => Some((input.rgb.clone(), luma.clone())),
+            _ => None,
+        };
         Ok(Some(Self {
             image,
             strength: init.strength,
             mask,
+            overlay,
             posterior: OnceLock::new(),
         }))
     }
@@ -218,7 +226,13 @@ impl Run<'_> {
             };
             self.observer.on_progress(ProgressUpdate::Decoding);
             let image = decode(&latents).map_err(failed)?;
-            let (width, height, rgb) = crate::models::vae::unit_to_rgb8(&image).map_err(failed)?;
+            let (width, height, mut rgb) =
+                crate::models::vae::unit_to_rgb8(&image).map_err(failed)?;
+            if let Some((input, mask)) = self.init.and_then(|init| init.overlay.as_ref()) {
+                if input.len() == rgb.len() && mask.len() * 3 == rgb.len() {
+                    keep_unmasked(&mut rgb, input, mask);
+                }
+            }
             images.push((seed, width, height, rgb));
         }
         Ok(images)

@@ -151,3 +151,35 @@ impl LazyEncoder {
         Ok(self.get()?.sample(posterior, eps)?)
     }
 }
+
+/// Puts the input's pixels back outside an inpainting mask, blending
+/// across its grey edge: `mask · generated + (1 − mask) · input` per
+/// channel, with the mask's luma in 0–255 (AUTOMATIC1111's overlay of the
+/// original). Where the mask is black the input comes out exactly.
+pub fn keep_unmasked(generated: &mut [u8], input: &[u8], mask: &[u8]) {
+    for ((out, inp), &m) in generated
+        .chunks_exact_mut(3)
+        .zip(input.chunks_exact(3))
+        .zip(mask)
+    {
+        let m = u32::from(m);
+        for (o, &i) in out.iter_mut().zip(inp) {
+            *o = ((u32::from(*o) * m + u32::from(i) * (255 - m) + 127) / 255) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod keep_unmasked_tests {
+    use super::keep_unmasked;
+
+    #[test]
+    fn black_keeps_the_input_white_the_output_grey_blends() {
+        let input = [10, 20, 30, 10, 20, 30, 10, 20, 30];
+        let mut out = [200, 100, 0, 200, 100, 0, 200, 100, 0];
+        keep_unmasked(&mut out, &input, &[0, 255, 128]);
+        assert_eq!(&out[..3], &input[..3]);
+        assert_eq!(&out[3..6], &[200, 100, 0]);
+        assert_eq!(&out[6..], &[105, 60, 15]);
+    }
+}
