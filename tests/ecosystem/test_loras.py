@@ -4,7 +4,8 @@ the data dir's `loras/`, listed by REST and by AUTOMATIC1111's API (read
 with `webuiapi`), used through REST (`loras` at the top level and in
 `settings`, and `<lora:NAME:WEIGHT>` in the prompt), through A1111's
 txt2img and the seed's JSON-RPC `generate`; the picture's PNG records the
-tags and A1111's `Lora hashes`; a LoRA switched off gives back the
+tags and A1111's `Lora hashes`; a ComfyUI models folder in [model_scan]
+lends its loras/ and upscale_models/; a LoRA switched off gives back the
 picture without it bit for bit; bad names, weights and families are 400s
 that queue nothing; a file replaced after queueing fails its job, and the
 next job runs.
@@ -14,6 +15,7 @@ usage: python tests/ecosystem/test_loras.py path/to/cyberimage
 
 import hashlib
 import io
+import json
 import shutil
 import struct
 import sys
@@ -161,7 +163,43 @@ def run(base, data):
     check("the next job runs", after["status"] == "completed", after)
 
 
+def scanned(base):
+    """A ComfyUI models folder named in [model_scan]: its loras/ and
+    upscale_models/ are read as if they were the data dir's."""
+    names = [l["name"] for l in requests.get(f"{base}/api/loras").json()["loras"]]
+    check("a scanned ComfyUI loras/ folder is listed", names == ["tiny-kohya"], names)
+    ups = {u["name"]: u for u in requests.get(f"{base}/api/upscalers").json()["upscalers"]}
+    check("a scanned upscale_models/ folder is listed beside the built-in upscaler",
+          ups.get("tiny-compact-x4", {}).get("scale") == 4 and "upscalerjs-esrgan-medium-x4" in ups, ups)
+    _, done = generate(base, with_settings(loras=[{"name": "tiny-kohya", "weight": 0.8}]))
+    check("a job with a LoRA from the scanned folder runs", done and done["status"] == "completed"
+          and done["settings"]["loras"][0]["name"] == "tiny-kohya", done)
+    job = requests.post(f"{base}/api/upscale", json={"image_id": done["images"][0]["id"], "upscaler": "tiny-compact-x4"})
+    status = None
+    for _ in range(600):
+        status = requests.get(f"{base}/api/status/{job.json()['job_id']}").json()
+        if status["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    check("an upscaler from the scanned folder runs", status["status"] == "completed"
+          and status["images"][0]["metadata"]["settings"]["width"] == 4 * done["settings"]["width"], status)
+
+
 def main():
+    with tempfile.TemporaryDirectory() as data:
+        models = Path(data) / "ComfyUI" / "models"
+        (models / "loras").mkdir(parents=True)
+        (models / "upscale_models").mkdir()
+        shutil.copy(LORAS / "tiny-kohya.safetensors", models / "loras")
+        shutil.copy(ROOT / "fixtures" / "tiny" / "upscalers" / "tiny-compact-x4.safetensors", models / "upscale_models")
+        config = Path(data) / "cyberimage.toml"
+        config.write_text(f"[model_scan]\nfolders = [{json.dumps(str(models))}]\n")
+        proc, base = start_server(BINARY, str(Path(data) / "data"), "--config", str(config))
+        try:
+            scanned(base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     with tempfile.TemporaryDirectory() as data:
         (Path(data) / "loras").mkdir()
         for name in ("tiny-kohya", "tiny-peft"):

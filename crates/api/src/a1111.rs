@@ -54,6 +54,23 @@ async fn loras(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .collect::<Vec<_>>())))
 }
 
+/// A gallery image's PNG and its A1111 infotext (the `parameters` chunk).
+pub(crate) async fn png_and_infotext(
+    state: &AppState,
+    id: cyberimage_core::ImageId,
+) -> Result<(Vec<u8>, String), ApiError> {
+    let png = state.service.image_bytes(id, ImageVariant::Full).await?;
+    let parameters = cyberimage_jobs::png_info_from_bytes(&png)
+        .ok()
+        .and_then(|(_, t)| {
+            t.into_iter()
+                .find(|(k, _)| k == "parameters")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_default();
+    Ok((png, parameters))
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message.into())
 }
@@ -148,18 +165,7 @@ async fn run(
     let mut images = Vec::new();
     let mut infotexts = Vec::new();
     for img in &job.images {
-        let png = state
-            .service
-            .image_bytes(img.id, ImageVariant::Full)
-            .await?;
-        let parameters = cyberimage_jobs::png_info_from_bytes(&png)
-            .ok()
-            .and_then(|(_, t)| {
-                t.into_iter()
-                    .find(|(k, _)| k == "parameters")
-                    .map(|(_, v)| v)
-            })
-            .unwrap_or_default();
+        let (png, parameters) = png_and_infotext(state, img.id).await?;
         infotexts.push(parameters);
         images.push(base64::engine::general_purpose::STANDARD.encode(png));
     }

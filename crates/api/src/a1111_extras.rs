@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use cyberimage_core::upscale::UpscaleAsk;
 use cyberimage_core::JobStatus;
-use cyberimage_jobs::{ImageVariant, UpscaleSubmit};
+use cyberimage_jobs::UpscaleSubmit;
 use serde_json::{json, Map, Value};
 
 use crate::error_table::ApiError;
@@ -134,18 +134,7 @@ async fn extra_single_image(
         .images
         .first()
         .ok_or_else(|| invalid("the upscaling job made no image"))?;
-    let png = state
-        .service
-        .image_bytes(first.id, ImageVariant::Full)
-        .await?;
-    let parameters = cyberimage_jobs::png_info_from_bytes(&png)
-        .ok()
-        .and_then(|(_, t)| {
-            t.into_iter()
-                .find(|(k, _)| k == "parameters")
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_default();
+    let (png, parameters) = crate::a1111::png_and_infotext(&state, first.id).await?;
     Ok(Json(json!({
         "html_info": format!("<p>{}</p>", html_escape(&parameters)),
         "image": base64::engine::general_purpose::STANDARD.encode(png),

@@ -33,13 +33,33 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Other programs' LoRA folders inside a `[model_scan]` folder: ComfyUI's
+/// `models/loras`, AUTOMATIC1111's `models/Lora` and `models/LyCORIS`.
+const LORA_FOLDERS: [&str; 3] = ["loras", "Lora", "LyCORIS"];
+/// Their upscaler folders: ComfyUI's `models/upscale_models`, A1111's
+/// `models/ESRGAN` and `models/RealESRGAN`.
+const UPSCALER_FOLDERS: [&str; 3] = ["upscale_models", "ESRGAN", "RealESRGAN"];
+
+/// The folders named `names` inside the `[model_scan]` folders.
+pub fn scanned_folders(config: &Config, names: &[&str]) -> Vec<std::path::PathBuf> {
+    config
+        .model_scan
+        .folders
+        .iter()
+        .flat_map(|root| names.iter().map(move |name| root.join(name)))
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
 /// The engine of this process, as `[engine]` configures it.
 pub fn engine(config: &Config) -> anyhow::Result<CandleGenerator> {
-    Ok(
-        CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
-            .map_err(anyhow::Error::msg)?
-            .with_loras_dir(config.data_dir.join("loras")),
-    )
+    let mut engine = CandleGenerator::new(config.data_dir.join("models"), config.engine.clone())
+        .map_err(anyhow::Error::msg)?
+        .with_loras_dir(config.data_dir.join("loras"));
+    for dir in scanned_folders(config, &LORA_FOLDERS) {
+        engine = engine.with_loras_dir(dir);
+    }
+    Ok(engine)
 }
 
 /// The jobs service on the configured database and data dir, with no
@@ -81,6 +101,16 @@ pub async fn service(
     .context("cannot write the built-in upscalers")?;
     for (name, path) in builtin {
         store.upscalers().register_builtin(&name, path);
+    }
+    // ComfyUI's and AUTOMATIC1111's LoRA and upscaler folders beside the
+    // checkpoints `[model_scan]` reads.
+    for dir in scanned_folders(config, &LORA_FOLDERS) {
+        tracing::info!(folder = %dir.display(), "reading LoRAs from a scanned folder");
+        store.loras().add_folder(dir);
+    }
+    for dir in scanned_folders(config, &UPSCALER_FOLDERS) {
+        tracing::info!(folder = %dir.display(), "reading upscalers from a scanned folder");
+        store.upscalers().add_folder(dir);
     }
     // Scanning reads checkpoint headers: file work, off the async threads.
     let scanned = config.clone();

@@ -75,9 +75,12 @@ impl CandleGenerator {
     }
 
     /// Where the LoRAs jobs name are (`NAME.safetensors`): the data dir's
-    /// `loras/`. Without one, a job with LoRAs fails saying so.
+    /// `loras/`, then (called again) other programs' LoRA folders, searched
+    /// in that order. Without one, a job with LoRAs fails saying so.
     pub fn with_loras_dir(mut self, dir: PathBuf) -> Self {
-        self.loras.dir = Some(dir);
+        if !self.loras.dirs.contains(&dir) {
+            self.loras.dirs.push(dir);
+        }
         self
     }
 

@@ -1,6 +1,6 @@
 //! The data dir's `loras/` folder: the LoRA files a user drops there
 //! (`NAME.safetensors`), listed with their size and digest, and looked up
-//! by name. The digest is the SHA-256 of the file's tensor data (the bytes
+//! by name; then other programs' LoRA folders `[model_scan]` found. The digest is the SHA-256 of the file's tensor data (the bytes
 //! after its safetensors header), which is what AUTOMATIC1111 writes as a
 //! picture's `Lora hashes` (its first 12 hex digits) and what Civitai calls
 //! AutoV3, so a file whose metadata was edited keeps its hash. Digests are
@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use cyberimage_core::lora::check_lora_name;
 use sha2::{Digest, Sha256};
@@ -28,6 +29,9 @@ pub struct LoraInfo {
 #[derive(Debug)]
 pub struct LoraLibrary {
     folder: PathBuf,
+    /// Other programs' LoRA folders (ComfyUI's `models/loras`, A1111's
+    /// `models/Lora`) found by `[model_scan]`, read after `folder`.
+    extra: RwLock<Vec<PathBuf>>,
     digests: DigestCache,
 }
 
@@ -44,6 +48,7 @@ impl LoraLibrary {
         })?;
         Ok(Self {
             folder: folder.to_path_buf(),
+            extra: RwLock::default(),
             digests: DigestCache::default(),
         })
     }
@@ -52,33 +57,58 @@ impl LoraLibrary {
         &self.folder
     }
 
+    /// Reads LoRAs from `folder` too, after the library's own (a name
+    /// found in both is the own folder's).
+    pub fn add_folder(&self, folder: PathBuf) {
+        let mut extra = self.extra.write().unwrap_or_else(|e| e.into_inner());
+        if folder != self.folder && !extra.contains(&folder) {
+            extra.push(folder);
+        }
+    }
+
+    /// Every folder read, the own one first.
+    pub fn folders(&self) -> Vec<PathBuf> {
+        let extra = self.extra.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(self.folder.clone())
+            .chain(extra.iter().cloned())
+            .collect()
+    }
+
     /// Every `*.safetensors` file whose name is a valid LoRA name, by name.
     pub fn list(&self) -> Result<Vec<LoraInfo>, StoreError> {
-        let read_error = |source| StoreError::Read {
-            path: self.folder.clone(),
-            source,
-        };
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&self.folder).map_err(read_error)? {
-            let entry = entry.map_err(read_error)?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some(name) = file_name.strip_suffix(EXTENSION) else {
-                continue;
+        let mut names = BTreeSet::new();
+        for (i, folder) in self.folders().iter().enumerate() {
+            let read_error = |source| StoreError::Read {
+                path: folder.clone(),
+                source,
             };
-            if check_lora_name(name).is_err() || !entry.path().is_file() {
-                continue;
+            let entries = match std::fs::read_dir(folder) {
+                Ok(entries) => entries,
+                // Another program's folder may go away; ours may not.
+                Err(_) if i > 0 => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(read_error)?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let Some(name) = file_name.strip_suffix(EXTENSION) else {
+                    continue;
+                };
+                if check_lora_name(name).is_ok() && entry.path().is_file() {
+                    names.insert(name.to_string());
+                }
             }
-            found.push(self.info(name)?);
         }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(found)
+        names.iter().map(|name| self.info(name)).collect()
     }
 
     /// The file of a (checked) name, when it exists.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         check_lora_name(name).ok()?;
-        let path = self.folder.join(format!("{name}{EXTENSION}"));
-        path.is_file().then_some(path)
+        self.folders()
+            .into_iter()
+            .map(|folder| folder.join(format!("{name}{EXTENSION}")))
+            .find(|path| path.is_file())
     }
 
     /// Name, size and digest of the file `name` (which must exist).
@@ -155,6 +185,39 @@ mod tests {
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(data);
         bytes
+    }
+
+    #[test]
+    fn other_programs_folders_are_read_after_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = LoraLibrary::open(&dir.path().join("loras")).unwrap();
+        let comfy = dir.path().join("ComfyUI/models/loras");
+        std::fs::create_dir_all(&comfy).unwrap();
+        std::fs::write(
+            library.folder().join("mine.safetensors"),
+            safetensors("{}", b"a"),
+        )
+        .unwrap();
+        std::fs::write(comfy.join("mine.safetensors"), safetensors("{}", b"b")).unwrap();
+        std::fs::write(comfy.join("theirs.safetensors"), safetensors("{}", b"c")).unwrap();
+        library.add_folder(comfy.clone());
+        library.add_folder(comfy.clone());
+        assert_eq!(library.folders().len(), 2);
+        let names: Vec<_> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, ["mine", "theirs"]);
+        assert_eq!(
+            library.path_of("mine").unwrap(),
+            library.folder().join("mine.safetensors")
+        );
+        assert_eq!(
+            library.path_of("theirs").unwrap(),
+            comfy.join("theirs.safetensors")
+        );
     }
 
     #[test]

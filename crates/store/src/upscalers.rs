@@ -1,7 +1,8 @@
 //! The data dir's `upscalers/` folder: super-resolution networks as people
 //! download them (`NAME.safetensors` or `NAME.pth`, the way ComfyUI's
 //! `models/upscale_models` holds them), plus the ones built into the
-//! binary, which the server registers at start. Listed by name with size
+//! binary, which the server registers at start, and other programs'
+//! upscaler folders that `[model_scan]` found. Listed by name with size
 //! and SHA-256 (of the whole file, as OpenModelDB lists them; cached by
 //! size and modification time). A file in the folder takes precedence over
 //! a built-in of the same name.
@@ -33,6 +34,10 @@ pub struct UpscalerFile {
 #[derive(Debug)]
 pub struct UpscalerLibrary {
     folder: PathBuf,
+    /// Other programs' upscaler folders (ComfyUI's
+    /// `models/upscale_models`, A1111's `models/ESRGAN`, …) found by
+    /// `[model_scan]`, read after `folder`.
+    extra: RwLock<Vec<PathBuf>>,
     builtin: RwLock<Vec<(String, PathBuf)>>,
     digests: DigestCache,
 }
@@ -52,6 +57,7 @@ impl UpscalerLibrary {
         })?;
         Ok(Self {
             folder: folder.to_path_buf(),
+            extra: RwLock::default(),
             builtin: RwLock::default(),
             digests: DigestCache::default(),
         })
@@ -59,6 +65,21 @@ impl UpscalerLibrary {
 
     pub fn folder(&self) -> &Path {
         &self.folder
+    }
+
+    /// Reads upscalers from `folder` too, after the library's own.
+    pub fn add_folder(&self, folder: PathBuf) {
+        let mut extra = self.extra.write().unwrap_or_else(|e| e.into_inner());
+        if folder != self.folder && !extra.contains(&folder) {
+            extra.push(folder);
+        }
+    }
+
+    fn folders(&self) -> Vec<PathBuf> {
+        let extra = self.extra.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(self.folder.clone())
+            .chain(extra.iter().cloned())
+            .collect()
     }
 
     /// Adds a built-in upscaler whose file the engine wrote out at `path`.
@@ -71,23 +92,31 @@ impl UpscalerLibrary {
     /// Every upscaler, by name: the folder's files, then the built-in ones
     /// no file shadows.
     pub fn list(&self) -> Result<Vec<UpscalerFile>, StoreError> {
-        let read_error = |source| StoreError::Read {
-            path: self.folder.clone(),
-            source,
-        };
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.folder).map_err(read_error)? {
-            let entry = entry.map_err(read_error)?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some((name, ext)) = file_name.rsplit_once('.') else {
-                continue;
+        for (i, folder) in self.folders().iter().enumerate() {
+            let read_error = |source| StoreError::Read {
+                path: folder.clone(),
+                source,
             };
-            if EXTENSIONS.contains(&ext)
-                && check_upscaler_name(name).is_ok()
-                && entry.path().is_file()
-                && !names.iter().any(|n| n == name)
-            {
-                names.push(name.to_string());
+            let entries = match std::fs::read_dir(folder) {
+                Ok(entries) => entries,
+                // Another program's folder may go away; ours may not.
+                Err(_) if i > 0 => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(read_error)?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let Some((name, ext)) = file_name.rsplit_once('.') else {
+                    continue;
+                };
+                if EXTENSIONS.contains(&ext)
+                    && check_upscaler_name(name).is_ok()
+                    && entry.path().is_file()
+                    && !names.iter().any(|n| n == name)
+                {
+                    names.push(name.to_string());
+                }
             }
         }
         let builtin: Vec<String> = self
@@ -114,9 +143,14 @@ impl UpscalerLibrary {
         if check_upscaler_name(name).is_err() {
             return Ok(None);
         }
-        let in_folder = EXTENSIONS
+        let in_folder = self
+            .folders()
             .iter()
-            .map(|ext| self.folder.join(format!("{name}.{ext}")))
+            .flat_map(|folder| {
+                EXTENSIONS
+                    .iter()
+                    .map(move |ext| folder.join(format!("{name}.{ext}")))
+            })
             .find(|p| p.is_file());
         let (path, builtin) = match in_folder {
             Some(path) => (path, false),
@@ -174,6 +208,27 @@ mod tests {
         );
         assert_eq!(listed[1].path, builtin);
         assert!(library.find("../etc/passwd").unwrap().is_none());
+        // Another program's folder, read after ours.
+        let comfy = dir.path().join("upscale_models");
+        std::fs::create_dir_all(&comfy).unwrap();
+        std::fs::write(comfy.join("4x-Sharp.pth"), b"another").unwrap();
+        std::fs::write(comfy.join("RealESRGAN_x4plus.pth"), b"real").unwrap();
+        library.add_folder(comfy.clone());
+        let names: Vec<_> = library
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.path))
+            .collect();
+        assert_eq!(names[0], ("4x-Sharp".into(), folder.join("4x-Sharp.pth")));
+        assert_eq!(
+            names[1],
+            (
+                "RealESRGAN_x4plus".into(),
+                comfy.join("RealESRGAN_x4plus.pth")
+            )
+        );
+        assert_eq!(names.len(), 3);
         assert!(library.find("missing").unwrap().is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! The LoRA files a job names, read from the generator's LoRA folder and
+//! The LoRA files a job names, read from the generator's LoRA folders and
 //! kept parsed (by digest) for the next jobs: a LoRA used again is neither
 //! read nor parsed again. The jobs service checked each file's digest
 //! when it queued the job and the worker before it started it; the cache
@@ -17,7 +17,9 @@ const KEPT: usize = 16;
 
 #[derive(Default)]
 pub(super) struct LoraFiles {
-    pub(super) dir: Option<PathBuf>,
+    /// Searched in order (the data dir's `loras/`, then other programs'
+    /// LoRA folders).
+    pub(super) dirs: Vec<PathBuf>,
     parsed: Mutex<Vec<(String, Arc<LoraFile>)>>,
 }
 
@@ -44,10 +46,18 @@ impl LoraFiles {
             parsed.push(hit);
             return Ok(file);
         }
-        let dir = self.dir.as_ref().ok_or_else(|| {
-            EngineError::Unsupported(format!("LoRA {name:?}: this engine has no LoRA folder"))
-        })?;
-        let path = dir.join(format!("{name}.safetensors"));
+        if self.dirs.is_empty() {
+            return Err(EngineError::Unsupported(format!(
+                "LoRA {name:?}: this engine has no LoRA folder"
+            )));
+        }
+        let file_name = format!("{name}.safetensors");
+        let path = self
+            .dirs
+            .iter()
+            .map(|dir| dir.join(&file_name))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| self.dirs[0].join(&file_name));
         let file = Arc::new(LoraFile::read(&path).map_err(|e| {
             EngineError::Unsupported(format!("LoRA {name:?} ({}): {e}", path.display()))
         })?);
