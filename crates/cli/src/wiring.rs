@@ -40,6 +40,10 @@ const LORA_FOLDERS: [&str; 3] = ["loras", "Lora", "LyCORIS"];
 /// `models/ESRGAN` and `models/RealESRGAN`.
 const UPSCALER_FOLDERS: [&str; 3] = ["upscale_models", "ESRGAN", "RealESRGAN"];
 
+/// Their tiny preview decoders: ComfyUI's `models/vae_approx`, A1111's
+/// `models/VAE-approx`.
+const PREVIEW_DECODER_FOLDERS: [&str; 2] = ["vae_approx", "VAE-approx"];
+
 /// The folders named `names` inside the `[model_scan]` folders.
 pub fn scanned_folders(config: &Config, names: &[&str]) -> Vec<std::path::PathBuf> {
     config
@@ -58,6 +62,10 @@ pub fn engine(config: &Config) -> anyhow::Result<CandleGenerator> {
         .with_loras_dir(config.data_dir.join("loras"));
     for dir in scanned_folders(config, &LORA_FOLDERS) {
         engine = engine.with_loras_dir(dir);
+    }
+    engine = engine.with_preview_decoders_dir(config.data_dir.join("vae_approx"));
+    for dir in scanned_folders(config, &PREVIEW_DECODER_FOLDERS) {
+        engine = engine.with_preview_decoders_dir(dir);
     }
     Ok(engine)
 }

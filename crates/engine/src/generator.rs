@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 mod families;
 mod loras;
+mod previews;
 mod run;
 mod upscaling;
 
@@ -35,6 +36,7 @@ pub struct CandleGenerator {
     loaded: Mutex<Option<LoadedModel>>,
     loras: LoraFiles,
     upscalers: upscaling::Upscalers,
+    previews: previews::PreviewDecoders,
 }
 
 struct LoadedModel {
@@ -71,6 +73,7 @@ impl CandleGenerator {
             loaded: Mutex::new(None),
             loras: LoraFiles::default(),
             upscalers: upscaling::Upscalers::default(),
+            previews: previews::PreviewDecoders::default(),
         })
     }
 
@@ -80,6 +83,16 @@ impl CandleGenerator {
     pub fn with_loras_dir(mut self, dir: PathBuf) -> Self {
         if !self.loras.dirs.contains(&dir) {
             self.loras.dirs.push(dir);
+        }
+        self
+    }
+
+    /// Where tiny preview decoders may be (`taesd_decoder.safetensors`,
+    /// …, see `generator/previews.rs`): the data dir's `vae_approx/`, then
+    /// (called again) other programs' folders, in that order.
+    pub fn with_preview_decoders_dir(mut self, dir: PathBuf) -> Self {
+        if !self.previews.dirs.contains(&dir) {
+            self.previews.dirs.push(dir);
         }
         self
     }
@@ -390,12 +403,14 @@ impl CandleGenerator {
             Some(encoded) => encoded,
             None => loaded_model.pipeline.encode(spec).map_err(failed)?,
         };
+        let preview_decoder = self.previews.for_family(model.family, &self.device);
         let run = Run {
             spec,
             observer,
             cancel,
             device: &self.device,
             init: init.as_ref(),
+            preview_decoder: preview_decoder.as_deref(),
         };
         let bf16 = self.options.precision == Precision::Bf16;
         let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {

@@ -162,7 +162,7 @@ impl LoadedPipeline for StableDiffusion {
                 }
             },
             |latents| self.decode_unit(latents),
-            &|latents| self.preview(latents),
+            &|latents| self.preview(latents, run.preview_decoder),
         )?;
         Ok((images, vec![("sampler".into(), sampler.into())]))
     }
@@ -222,7 +222,7 @@ impl LoadedPipeline for Sd3 {
                 }
             },
             |latents| self.decode_unit(latents),
-            &|latents| self.preview(latents),
+            &|latents| self.preview(latents, run.preview_decoder),
         )?;
         Ok((images, vec![("sampler".into(), "Flow-match Euler".into())]))
     }
@@ -286,7 +286,7 @@ impl LoadedPipeline for Flux {
                     run.spec.height as usize / factor,
                     run.spec.width as usize / factor,
                 );
-                self.preview(packed, h, w)
+                self.preview(packed, h, w, run.preview_decoder)
             },
         )?;
         let mut metadata = vec![("sampler".into(), "Flow-match Euler".into())];

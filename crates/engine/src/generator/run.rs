@@ -30,6 +30,8 @@ pub(super) struct Run<'a> {
     pub device: &'a Device,
     /// Set for image-to-image jobs.
     pub init: Option<&'a InitInput>,
+    /// A tiny autoencoder for previews, when its weights are present.
+    pub preview_decoder: Option<&'a crate::pipelines::preview::PreviewDecoder>,
 }
 
 /// An image-to-image job's input, as the VAE encoder takes it.

@@ -1,12 +1,14 @@
 //! The networks, each built from its diffusers or transformers
 //! `config.json`: text encoders (`clip`, `t5`) with their `tokenizer`, the
 //! denoisers (`unet`, `mmdit`, `flux`), the VAE decoder (`vae`) and the
-//! super-resolution networks (`upscalers`, built from their weights' shapes).
+//! super-resolution networks (`upscalers`, built from their weights' shapes)
+//! and the tiny preview decoder (`taesd`).
 
 pub mod clip;
 pub mod flux;
 pub mod mmdit;
 pub mod t5;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod upscalers;

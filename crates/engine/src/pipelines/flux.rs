@@ -254,8 +254,9 @@ impl Flux {
         packed: &Tensor,
         h: usize,
         w: usize,
+        decoder: Option<&preview::PreviewDecoder>,
     ) -> Result<PreviewPixels, EngineLoadError> {
-        preview::FLUX.rgb8(&unpack(packed, h, w)?)
+        preview::preview_pixels(&unpack(packed, h, w)?, &preview::FLUX, decoder)
     }
 
     /// Unpacked latents → (h, w, 3) floats in [0, 1].

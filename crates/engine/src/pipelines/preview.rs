@@ -83,6 +83,58 @@ pub const FLUX: LatentRgb = LatentRgb {
 /// A preview picture: (width, height, RGB8 row-major).
 pub type PreviewPixels = (usize, usize, Vec<u8>);
 
+/// A tiny autoencoder's decoder for previews (TAESD and its kin, when its
+/// weights are on the machine), with the latent scale and shift it reads
+/// them under: `latents / scale + shift`, as a pipeline hands latents to
+/// a VAE. Its pictures are the job's size, where the projection's are the
+/// latents'.
+pub struct PreviewDecoder {
+    pub decoder: crate::models::taesd::TinyDecoder,
+    pub scale: f64,
+    pub shift: f64,
+}
+
+impl PreviewDecoder {
+    /// `None` when the latents are not this decoder's (another channel
+    /// count): the caller falls back to the projection.
+    pub fn rgb8(&self, latents: &Tensor) -> Option<Result<PreviewPixels, EngineLoadError>> {
+        let (_, channels, _, _) = latents.dims4().ok()?;
+        if channels != self.decoder.latent_channels() {
+            return None;
+        }
+        let run = || -> Result<PreviewPixels, EngineLoadError> {
+            let x = latents
+                .to_dtype(candle_core::DType::F32)?
+                .affine(1.0 / self.scale, self.shift)?;
+            let picture = self.decoder.decode(&x)?.clamp(0f32, 1f32)?;
+            let (_, _, h, w) = picture.dims4()?;
+            let chw = picture.squeeze(0)?.flatten_all()?.to_vec1::<f32>()?;
+            let plane = h * w;
+            let mut rgb = Vec::with_capacity(plane * 3);
+            for pixel in 0..plane {
+                for c in 0..3 {
+                    rgb.push((chw[c * plane + pixel] * 255.0).round() as u8);
+                }
+            }
+            Ok((w, h, rgb))
+        };
+        Some(run())
+    }
+}
+
+/// The decoder's picture when there is one for these latents, else the
+/// projection's.
+pub fn preview_pixels(
+    latents: &Tensor,
+    table: &LatentRgb,
+    decoder: Option<&PreviewDecoder>,
+) -> Result<PreviewPixels, EngineLoadError> {
+    match decoder.and_then(|d| d.rgb8(latents)) {
+        Some(pixels) => pixels,
+        None => table.rgb8(latents),
+    }
+}
+
 impl LatentRgb {
     /// Latents (1, C, h, w) → an h×w RGB8 picture. Fails when the channel
     /// count is not this space's (a model this table does not describe).

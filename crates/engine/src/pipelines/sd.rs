@@ -497,12 +497,17 @@ impl StableDiffusion {
     }
 
     /// A live preview of step latents.
-    pub fn preview(&self, latents: &Tensor) -> Result<PreviewPixels, EngineLoadError> {
-        if self.is_sdxl() {
-            preview::SDXL.rgb8(latents)
+    pub fn preview(
+        &self,
+        latents: &Tensor,
+        decoder: Option<&preview::PreviewDecoder>,
+    ) -> Result<PreviewPixels, EngineLoadError> {
+        let table = if self.is_sdxl() {
+            &preview::SDXL
         } else {
-            preview::SD15.rgb8(latents)
-        }
+            &preview::SD15
+        };
+        preview::preview_pixels(latents, table, decoder)
     }
 
     /// Latents → (h, w, 3) floats in [0, 1], diffusers' `output_type="np"`.

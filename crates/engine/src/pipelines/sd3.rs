@@ -279,8 +279,12 @@ impl Sd3 {
     }
 
     /// A live preview of step latents.
-    pub fn preview(&self, latents: &Tensor) -> Result<PreviewPixels, EngineLoadError> {
-        preview::SD3.rgb8(latents)
+    pub fn preview(
+        &self,
+        latents: &Tensor,
+        decoder: Option<&preview::PreviewDecoder>,
+    ) -> Result<PreviewPixels, EngineLoadError> {
+        preview::preview_pixels(latents, &preview::SD3, decoder)
     }
 
     pub fn decode_unit(&self, latents: &Tensor) -> Result<Tensor, EngineLoadError> {

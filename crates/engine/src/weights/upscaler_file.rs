@@ -1,4 +1,5 @@
-//! An upscaler's one weights file, as people download them: safetensors,
+//! An upscaler's (or a tiny preview decoder's) one weights file, as people
+//! download them: safetensors,
 //! or a PyTorch pickle (`.pth`, what Real-ESRGAN and most of OpenModelDB
 //! publish), which may wrap its state dict in `params_ema` or `params`
 //! (BasicSR's training checkpoints) and prefix names with `module.`
