@@ -404,7 +404,12 @@ async fn deleting_an_image_removes_row_and_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_reconciles_orphan_files_and_dangling_rows() {
-    let h = harness_in(tempfile::tempdir().unwrap(), 10, Duration::ZERO).await;
+    // A long stale_after keeps the worker's own periodic pass (recovery
+    // and this same reconcile) from racing the test's call: with ZERO it
+    // ran on every loop and now and then removed the planted orphan first
+    // (seen once in eight runs on a loaded 2-core machine). The orphan is
+    // dated two hours back instead, older than stale_after.
+    let h = harness_in(tempfile::tempdir().unwrap(), 10, Duration::from_secs(3600)).await;
     h.service
         .spawn_worker(Arc::new(ScriptedGenerator::default()), "w")
         .unwrap();
@@ -423,6 +428,13 @@ async fn start_up_reconciles_orphan_files_and_dangling_rows() {
     let store = ImageStore::open(h.dir.path()).unwrap();
     let orphan = cyberimage_core::ImageId::new();
     store.save(orphan, b"png", b"thumb").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(h.dir.path().join("images").join(format!("{orphan}.png")))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
     std::fs::remove_file(h.dir.path().join("images").join(format!("{lost}.png"))).unwrap();
 
     let report = h.service.reconcile_files().await.unwrap();

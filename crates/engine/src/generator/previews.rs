@@ -26,17 +26,22 @@ pub(super) struct PreviewDecoders {
     loaded: Mutex<Option<(FileKey, Option<Arc<PreviewDecoder>>)>>,
 }
 
-/// The file name a family's decoder goes by, and the latent scale and
-/// shift it reads under when the file carries no config: the full VAE's
-/// (TAESD and TAESDXL were trained on the scaled latents themselves).
-fn family_decoder(family: ModelFamily) -> (&'static str, f64, f64) {
+/// The file name a family's decoder goes by.
+fn family_decoder(family: ModelFamily) -> &'static str {
     match family {
-        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo => ("taesd", 1.0, 0.0),
-        ModelFamily::Sdxl => ("taesdxl", 1.0, 0.0),
-        ModelFamily::Sd3 => ("taesd3", 1.5305, 0.0609),
-        ModelFamily::FluxDev | ModelFamily::FluxSchnell => ("taef1", 0.3611, 0.1159),
+        ModelFamily::Sd15 | ModelFamily::Sd21 | ModelFamily::SdTurbo => "taesd",
+        ModelFamily::Sdxl => "taesdxl",
+        ModelFamily::Sd3 => "taesd3",
+        ModelFamily::FluxDev | ModelFamily::FluxSchnell => "taef1",
     }
 }
+
+/// The tiny decoders read the latents the denoiser works on, unscaled, in
+/// every family: ComfyUI keeps a VAE-space scale and shift beside them
+/// only to undo its own VAE convention (`(x − shift) · scale` back to the
+/// denoiser's space), and its previewer feeds them the sampler's latents
+/// as they are. A diffusers folder's config may still say otherwise.
+const DENOISER_SPACE: (f64, f64) = (1.0, 0.0);
 
 fn key_of(path: &Path) -> Option<FileKey> {
     let weights = if path.is_dir() {
@@ -55,7 +60,7 @@ impl PreviewDecoders {
         family: ModelFamily,
         device: &Device,
     ) -> Option<Arc<PreviewDecoder>> {
-        let (name, scale, shift) = family_decoder(family);
+        let name = family_decoder(family);
         let path = self.dirs.iter().find_map(|dir| {
             [
                 dir.join(format!("{name}_decoder.safetensors")),
@@ -72,7 +77,7 @@ impl PreviewDecoders {
                 return decoder.clone();
             }
         }
-        let (scale, shift) = configured_factors(&path).unwrap_or((scale, shift));
+        let (scale, shift) = configured_factors(&path).unwrap_or(DENOISER_SPACE);
         let decoder = match TinyDecoder::read(&path, device) {
             Ok(decoder) => Some(Arc::new(PreviewDecoder {
                 decoder,
