@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod digest_cache;
+mod folder_set;
 mod inputs;
 pub mod loras;
 mod png_io;

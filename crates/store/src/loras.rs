@@ -1,6 +1,7 @@
 //! The data dir's `loras/` folder: the LoRA files a user drops there
 //! (`NAME.safetensors`), listed with their size and digest, and looked up
-//! by name; then other programs' LoRA folders `[model_scan]` found. The digest is the SHA-256 of the file's tensor data (the bytes
+//! by name; then other programs' LoRA folders `[model_scan]` found. The
+//! digest is the SHA-256 of the file's tensor data (the bytes
 //! after its safetensors header), which is what AUTOMATIC1111 writes as a
 //! picture's `Lora hashes` (its first 12 hex digits) and what Civitai calls
 //! AutoV3, so a file whose metadata was edited keeps its hash. Digests are
@@ -10,12 +11,12 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use cyberimage_core::lora::check_lora_name;
 use sha2::{Digest, Sha256};
 
 use crate::digest_cache::DigestCache;
+use crate::folder_set::FolderSet;
 use crate::StoreError;
 
 /// One file of the folder.
@@ -28,10 +29,7 @@ pub struct LoraInfo {
 
 #[derive(Debug)]
 pub struct LoraLibrary {
-    folder: PathBuf,
-    /// Other programs' LoRA folders (ComfyUI's `models/loras`, A1111's
-    /// `models/Lora`) found by `[model_scan]`, read after `folder`.
-    extra: RwLock<Vec<PathBuf>>,
+    folders: FolderSet,
     digests: DigestCache,
 }
 
@@ -42,79 +40,51 @@ const MAX_HEADER: u64 = 64 << 20;
 impl LoraLibrary {
     /// The library in `folder` (created when missing).
     pub fn open(folder: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(folder).map_err(|source| StoreError::Write {
-            path: folder.to_path_buf(),
-            source,
-        })?;
         Ok(Self {
-            folder: folder.to_path_buf(),
-            extra: RwLock::default(),
+            folders: FolderSet::open(folder)?,
             digests: DigestCache::default(),
         })
     }
 
     pub fn folder(&self) -> &Path {
-        &self.folder
+        self.folders.own()
     }
 
     /// Reads LoRAs from `folder` too, after the library's own (a name
     /// found in both is the own folder's).
     pub fn add_folder(&self, folder: PathBuf) {
-        let mut extra = self.extra.write().unwrap_or_else(|e| e.into_inner());
-        if folder != self.folder && !extra.contains(&folder) {
-            extra.push(folder);
-        }
+        self.folders.add(folder);
     }
 
     /// Every folder read, the own one first.
     pub fn folders(&self) -> Vec<PathBuf> {
-        let extra = self.extra.read().unwrap_or_else(|e| e.into_inner());
-        std::iter::once(self.folder.clone())
-            .chain(extra.iter().cloned())
-            .collect()
+        self.folders.all()
     }
 
     /// Every `*.safetensors` file whose name is a valid LoRA name, by name.
     pub fn list(&self) -> Result<Vec<LoraInfo>, StoreError> {
-        let mut names = BTreeSet::new();
-        for (i, folder) in self.folders().iter().enumerate() {
-            let read_error = |source| StoreError::Read {
-                path: folder.clone(),
-                source,
-            };
-            let entries = match std::fs::read_dir(folder) {
-                Ok(entries) => entries,
-                // Another program's folder may go away; ours may not.
-                Err(_) if i > 0 => continue,
-                Err(e) => return Err(read_error(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(read_error)?;
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                let Some(name) = file_name.strip_suffix(EXTENSION) else {
-                    continue;
-                };
-                if check_lora_name(name).is_ok() && entry.path().is_file() {
-                    names.insert(name.to_string());
-                }
-            }
-        }
+        let names: BTreeSet<String> = self
+            .folders
+            .file_names()?
+            .iter()
+            .filter_map(|file| file.strip_suffix(EXTENSION))
+            .filter(|name| check_lora_name(name).is_ok())
+            .map(str::to_string)
+            .collect();
         names.iter().map(|name| self.info(name)).collect()
     }
 
     /// The file of a (checked) name, when it exists.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         check_lora_name(name).ok()?;
-        self.folders()
-            .into_iter()
-            .map(|folder| folder.join(format!("{name}{EXTENSION}")))
-            .find(|path| path.is_file())
+        let file = format!("{name}{EXTENSION}");
+        self.folders.find(std::iter::once(file.as_str()))
     }
 
     /// Name, size and digest of the file `name` (which must exist).
     pub fn info(&self, name: &str) -> Result<LoraInfo, StoreError> {
         let path = self.path_of(name).ok_or_else(|| StoreError::Read {
-            path: self.folder.join(format!("{name}{EXTENSION}")),
+            path: self.folder().join(format!("{name}{EXTENSION}")),
             source: io::Error::new(io::ErrorKind::NotFound, "no such LoRA"),
         })?;
         let (bytes, sha256) = self

@@ -15,6 +15,7 @@ use cyberimage_core::upscale::check_upscaler_name;
 use sha2::{Digest, Sha256};
 
 use crate::digest_cache::DigestCache;
+use crate::folder_set::FolderSet;
 use crate::StoreError;
 
 /// The extensions read, in order of preference for a name with both.
@@ -33,11 +34,7 @@ pub struct UpscalerFile {
 
 #[derive(Debug)]
 pub struct UpscalerLibrary {
-    folder: PathBuf,
-    /// Other programs' upscaler folders (ComfyUI's
-    /// `models/upscale_models`, A1111's `models/ESRGAN`, …) found by
-    /// `[model_scan]`, read after `folder`.
-    extra: RwLock<Vec<PathBuf>>,
+    folders: FolderSet,
     builtin: RwLock<Vec<(String, PathBuf)>>,
     digests: DigestCache,
 }
@@ -51,35 +48,21 @@ fn file_sha256(path: &Path) -> io::Result<String> {
 impl UpscalerLibrary {
     /// The library in `folder` (created when missing).
     pub fn open(folder: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(folder).map_err(|source| StoreError::Write {
-            path: folder.to_path_buf(),
-            source,
-        })?;
         Ok(Self {
-            folder: folder.to_path_buf(),
-            extra: RwLock::default(),
+            folders: FolderSet::open(folder)?,
             builtin: RwLock::default(),
             digests: DigestCache::default(),
         })
     }
 
     pub fn folder(&self) -> &Path {
-        &self.folder
+        self.folders.own()
     }
 
-    /// Reads upscalers from `folder` too, after the library's own.
+    /// Reads upscalers from `folder` too (another program's upscaler
+    /// folder), after the library's own.
     pub fn add_folder(&self, folder: PathBuf) {
-        let mut extra = self.extra.write().unwrap_or_else(|e| e.into_inner());
-        if folder != self.folder && !extra.contains(&folder) {
-            extra.push(folder);
-        }
-    }
-
-    fn folders(&self) -> Vec<PathBuf> {
-        let extra = self.extra.read().unwrap_or_else(|e| e.into_inner());
-        std::iter::once(self.folder.clone())
-            .chain(extra.iter().cloned())
-            .collect()
+        self.folders.add(folder);
     }
 
     /// Adds a built-in upscaler whose file the engine wrote out at `path`.
@@ -92,31 +75,16 @@ impl UpscalerLibrary {
     /// Every upscaler, by name: the folder's files, then the built-in ones
     /// no file shadows.
     pub fn list(&self) -> Result<Vec<UpscalerFile>, StoreError> {
-        let mut names = Vec::new();
-        for (i, folder) in self.folders().iter().enumerate() {
-            let read_error = |source| StoreError::Read {
-                path: folder.clone(),
-                source,
+        let mut names: Vec<String> = Vec::new();
+        for file_name in self.folders.file_names()? {
+            let Some((name, ext)) = file_name.rsplit_once('.') else {
+                continue;
             };
-            let entries = match std::fs::read_dir(folder) {
-                Ok(entries) => entries,
-                // Another program's folder may go away; ours may not.
-                Err(_) if i > 0 => continue,
-                Err(e) => return Err(read_error(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(read_error)?;
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                let Some((name, ext)) = file_name.rsplit_once('.') else {
-                    continue;
-                };
-                if EXTENSIONS.contains(&ext)
-                    && check_upscaler_name(name).is_ok()
-                    && entry.path().is_file()
-                    && !names.iter().any(|n| n == name)
-                {
-                    names.push(name.to_string());
-                }
+            if EXTENSIONS.contains(&ext)
+                && check_upscaler_name(name).is_ok()
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_string());
             }
         }
         let builtin: Vec<String> = self
@@ -143,15 +111,11 @@ impl UpscalerLibrary {
         if check_upscaler_name(name).is_err() {
             return Ok(None);
         }
-        let in_folder = self
-            .folders()
+        let candidates: Vec<String> = EXTENSIONS
             .iter()
-            .flat_map(|folder| {
-                EXTENSIONS
-                    .iter()
-                    .map(move |ext| folder.join(format!("{name}.{ext}")))
-            })
-            .find(|p| p.is_file());
+            .map(|ext| format!("{name}.{ext}"))
+            .collect();
+        let in_folder = self.folders.find(candidates.iter().map(String::as_str));
         let (path, builtin) = match in_folder {
             Some(path) => (path, false),
             None => {
