@@ -183,7 +183,7 @@ fn make_e2e(out: &Path, tiny: &Path, configs: &Path) -> Result<()> {
 fn e2e(dir: &Path, size: usize) -> Result<()> {
     let device = Device::Cpu;
     let start = Instant::now();
-    let cond = Flux::encode_alone(dir, &device, "a lighthouse at dusk")?;
+    let cond = Flux::encode_alone(dir, &device, "a lighthouse at dusk", &[])?;
     report("e2e_encode", vec![start.elapsed().as_secs_f64()]);
     let start = Instant::now();
     let flux = Flux::load_with(dir, &device, false)?;

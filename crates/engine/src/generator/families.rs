@@ -247,12 +247,15 @@ impl Family for FluxFamily {
         spec: &GenerationSpec,
         loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError> {
-        no_loras_yet(loras)?;
-        Flux::encode_alone(dir, device, &spec.prompt).map(boxed)
+        Flux::encode_alone(dir, device, &spec.prompt, loras).map(boxed)
     }
 }
 
 impl LoadedPipeline for Flux {
+    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        Flux::set_loras(self, loras)
+    }
+
     fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
         self.encode_prompt(&spec.prompt).map(boxed)
     }

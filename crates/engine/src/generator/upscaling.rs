@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(info, upscalers.inspect(net_path, &device).unwrap());
         assert_eq!(info.architecture, loaded.architecture().as_str());
         let still = upscalers.net(net_path, &device).unwrap();
-        assert!(Arc::ptr_eq(&loaded, &still), "listing evicted the loaded net");
+        assert!(
+            Arc::ptr_eq(&loaded, &still),
+            "listing evicted the loaded net"
+        );
         let first = upscalers.inspect(&junk, &device).unwrap_err();
         assert_eq!(upscalers.described.lock().unwrap().len(), 3);
         assert_eq!(upscalers.inspect(&junk, &device).unwrap_err(), first);

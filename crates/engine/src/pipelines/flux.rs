@@ -21,11 +21,18 @@ use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
-use crate::pipelines::text_encoders::{without_tables, TextEncoders};
+use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
+use crate::weights::lora::Component;
+use crate::weights::lora_merge::{
+    check_components, merge_for_once, LoraTarget, LoraUse, MergedLoras, ParameterTable,
+};
 use crate::weights::single_file::pointer;
 use crate::weights::{component_tensors, read_config};
+
+/// What FLUX LoRAs may adapt: the transformer and CLIP.
+const REACHABLE: [Component; 2] = [Component::Denoiser, Component::TextEncoder(0)];
 
 /// The longest T5 prompt FLUX takes (diffusers' default and maximum).
 const T5_MAX_TOKENS: usize = 512;
@@ -33,6 +40,7 @@ const T5_MAX_TOKENS: usize = 512;
 pub struct Flux {
     encoders: TextEncoders<FluxEncoders>,
     transformer: FluxTransformer,
+    transformer_loras: MergedLoras,
     vae: VaeDecoder,
     image_encoder: LazyEncoder,
     scheduler: FlowMatchConfig,
@@ -53,6 +61,9 @@ pub struct FluxConditioning {
 struct FluxEncoders {
     clip_tokenizer: PromptTokenizer,
     clip: ClipTextEncoder,
+    /// CLIP's weights, which LoRAs' `lora_te1_` / `text_encoder.` layers
+    /// adapt (T5's are not reached yet).
+    clip_table: ParameterTable,
     t5_tokenizer: PromptTokenizer,
     t5: T5Encoder,
 }
@@ -63,12 +74,19 @@ impl FluxEncoders {
         let t5_len = PromptTokenizer::configured_max_length(&t5_folder)
             .unwrap_or(T5_MAX_TOKENS)
             .min(T5_MAX_TOKENS);
+        let (clip, clip_table) =
+            ClipTextEncoder::load_with_table(&dir.join("text_encoder"), DType::F32, device)?;
         Ok(Self {
             clip_tokenizer: PromptTokenizer::load(&dir.join("tokenizer"), 77)?,
-            clip: ClipTextEncoder::load(&dir.join("text_encoder"), DType::F32, device)?,
+            clip,
+            clip_table,
             t5_tokenizer: PromptTokenizer::load_t5(&t5_folder, t5_len)?,
             t5: T5Encoder::load(&dir.join("text_encoder_2"), DType::F32, device)?,
         })
+    }
+
+    fn tables(&self) -> Vec<(Component, &ParameterTable)> {
+        vec![(Component::TextEncoder(0), &self.clip_table)]
     }
 
     fn encode(&self, prompt: &str, device: &Device) -> Result<FluxConditioning, EngineLoadError> {
@@ -103,9 +121,10 @@ impl Flux {
                 device,
                 keep_text_encoders,
                 FluxEncoders::load,
-                without_tables::<FluxEncoders>,
+                FluxEncoders::tables,
             )?,
             transformer: FluxTransformer::new(&weights, config)?,
+            transformer_loras: MergedLoras::default(),
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -131,13 +150,59 @@ impl Flux {
     }
 
     /// Encodes with the folder's CLIP and T5 alone, loaded for this call
-    /// and freed after: the transformer need not be resident.
+    /// (with `loras` merged) and freed after: the transformer need not be
+    /// resident.
     pub fn encode_alone(
         dir: &Path,
         device: &Device,
         prompt: &str,
+        loras: &[LoraUse],
     ) -> Result<FluxConditioning, EngineLoadError> {
-        FluxEncoders::load(dir, device)?.encode(prompt, device)
+        check_components(&REACHABLE, loras)?;
+        let encoders = FluxEncoders::load(dir, device)?;
+        merge_for_once(&encoders.tables(), loras)?;
+        encoders.encode(prompt, device)
+    }
+
+    /// Merges `set` into the transformer (a branch beside each quantized
+    /// weight) and CLIP, in place of the LoRAs before; on an error none
+    /// stays merged.
+    pub fn set_loras(&mut self, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        check_components(&REACHABLE, set)?;
+        let target = [(
+            Component::Denoiser,
+            self.transformer.lora_target() as &dyn LoraTarget,
+        )];
+        self.transformer_loras.set_on(&target, set)?;
+        if let Err(e) = self.encoders.set_loras(set) {
+            self.transformer_loras.unmerge_on(&target)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A weight as the model runs it now (LoRAs merged): the transformer's
+    /// by its diffusers or BFL name (`….weight`), CLIP's by its own. For
+    /// tests and diagnostics.
+    pub fn parameter(&self, component: Component, name: &str) -> Option<Tensor> {
+        match component {
+            Component::Denoiser => self
+                .transformer
+                .lora_target()
+                .weight_as(name.strip_suffix(".weight")?),
+            Component::TextEncoder(0) => self
+                .encoders
+                .with(|e| Ok(e.clip_table.get(name).cloned()))
+                .ok()
+                .flatten(),
+            Component::TextEncoder(_) => None,
+        }
+    }
+
+    /// The transformer's linears as LoRAs reach them (for tests and
+    /// diagnostics).
+    pub fn lora_target(&self) -> &crate::models::flux::lora::FluxLoraTarget {
+        self.transformer.lora_target()
     }
 
     /// The schedule for `steps` steps on latents of (rows, cols) patches.

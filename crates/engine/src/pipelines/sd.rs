@@ -21,7 +21,7 @@ use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::{Scheduler, SchedulerConfig};
 use crate::weights::lora::Component;
-use crate::weights::lora_merge::{merge_for_once, LoraUse, MergedLoras, ParameterTable};
+use crate::weights::lora_merge::{self, merge_for_once, LoraUse, MergedLoras, ParameterTable};
 use crate::weights::read_config;
 
 pub struct StableDiffusion {
@@ -157,20 +157,12 @@ fn load_encoders(dir: &Path, device: &Device) -> Result<Vec<Encoder>, EngineLoad
         .collect()
 }
 
-/// A LoRA for a text encoder the model lacks (SDXL's second, on SD 1.5)
-/// is for another family.
+/// The denoiser and the model's text encoders take LoRAs.
 fn check_components(text_encoders: usize, set: &[LoraUse]) -> Result<(), EngineLoadError> {
-    for lora in set {
-        for component in lora.file.components() {
-            if matches!(component, Component::TextEncoder(i) if i >= text_encoders) {
-                return Err(EngineLoadError::Lora(format!(
-                    "{} adapts a {component}, which this model does not have: is it for another model family?",
-                    lora.id
-                )));
-            }
-        }
-    }
-    Ok(())
+    let reachable: Vec<Component> = std::iter::once(Component::Denoiser)
+        .chain((0..text_encoders).map(Component::TextEncoder))
+        .collect();
+    lora_merge::check_components(&reachable, set)
 }
 
 /// The encoders' tables: the first is LoRA's `text_encoder` (kohya's

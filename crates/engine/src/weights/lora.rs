@@ -2,19 +2,25 @@
 //! adapted layer, the low-rank pair (`down`: rank × input, `up`: output ×
 //! rank, convolutions with their kernel dimensions) and its alpha.
 //!
-//! Formats:
+//! Names read (a prefix for the component, then the layer's module path):
 //! - kohya / AUTOMATIC1111 (`lora_unet_…`, `lora_te_…`, `lora_te1_…`,
-//!   `lora_te2_…`; `.lora_down.weight`, `.lora_up.weight`, `.alpha`),
-//!   whose layer names are module paths with every `.` turned into `_`,
-//!   LoCon convolutions included;
-//! - diffusers / PEFT (`unet.….lora_A.weight`, `.lora_B.weight`,
-//!   `text_encoder.…`, `text_encoder_2.…`; no alpha means alpha = rank).
+//!   `lora_te2_…`, `lora_te3_…`; `.lora_down.weight`, `.lora_up.weight`,
+//!   `.alpha`), whose layer names are module paths with every `.` turned
+//!   into `_`, LoCon convolutions included; `lora_transformer_…` is the
+//!   same flattening of a transformer's diffusers names;
+//! - diffusers / PEFT (`unet.…`, `transformer.…`, `text_encoder.…`,
+//!   `text_encoder_2.…`, `text_encoder_3.…`; `.lora_A.weight`,
+//!   `.lora_B.weight`; no alpha means alpha = rank);
+//! - the original module names as ComfyUI saves them
+//!   (`diffusion_model.double_blocks.…`), with either pair of suffixes.
 //!
-//! Which weight of the model a layer name means is decided against the
-//! model's own parameter names ([`resolve`]), because the flattened kohya
-//! names cannot be split back into a path by themselves.
+//! Which weight of the model a layer name means is decided by the model
+//! (`lora_merge::LoraTarget`): for a UNet or a text encoder against its
+//! own parameter names ([`resolve`]), because the flattened kohya names
+//! cannot be split back into a path by themselves.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -75,6 +81,35 @@ impl LowRank {
 
     /// `strength · alpha / rank · up @ down`, shaped as `weight_dims`.
     pub fn delta(&self, weight_dims: &[usize], strength: f64) -> Result<Tensor, EngineLoadError> {
+        let rows = weight_dims.first().copied().unwrap_or(0);
+        if self.up.dim(0)? != rows {
+            return Err(self.wrong_shape(weight_dims));
+        }
+        self.delta_rows(0..rows, weight_dims, strength)
+    }
+
+    /// The change of rows `up_rows` of the up matrix: `strength · alpha /
+    /// rank · up[up_rows] @ down`, shaped as `shape` (those rows of the
+    /// weight).
+    pub fn delta_rows(
+        &self,
+        up_rows: Range<usize>,
+        shape: &[usize],
+        strength: f64,
+    ) -> Result<Tensor, EngineLoadError> {
+        let (down, up) = self.scaled_pair(up_rows, shape, strength)?;
+        Ok(up.matmul(&down)?.reshape(shape)?)
+    }
+
+    /// `down` (rank × inputs) and the scaled `up[up_rows]` (rows × rank)
+    /// whose product is [`delta_rows`](Self::delta_rows): what runs beside
+    /// a quantized weight.
+    pub fn scaled_pair(
+        &self,
+        up_rows: Range<usize>,
+        shape: &[usize],
+        strength: f64,
+    ) -> Result<(Tensor, Tensor), EngineLoadError> {
         let rank = self.rank();
         let up = self.up.flatten_from(1)?;
         let down = self.down.flatten_from(1)?;
@@ -86,17 +121,26 @@ impl LowRank {
                 self.down.dims()
             )));
         }
-        let product = up.matmul(&down)?;
-        if product.elem_count() != weight_dims.iter().product::<usize>() {
-            return Err(EngineLoadError::Lora(format!(
-                "{} makes a {:?} change for a {:?} weight: is the LoRA for another model?",
-                self.layer,
-                product.dims(),
-                weight_dims
-            )));
+        let inputs: usize = shape.iter().skip(1).product();
+        if up_rows.end > up.dim(0)?
+            || shape.first() != Some(&up_rows.len())
+            || down.dim(1)? != inputs
+        {
+            return Err(self.wrong_shape(shape));
         }
         let scale = strength * f64::from(self.alpha.unwrap_or(rank as f32)) / rank as f64;
-        Ok((product.reshape(weight_dims)? * scale)?)
+        let up = (up.narrow(0, up_rows.start, up_rows.len())? * scale)?;
+        Ok((down.contiguous()?, up.contiguous()?))
+    }
+
+    fn wrong_shape(&self, weight_dims: &[usize]) -> EngineLoadError {
+        EngineLoadError::Lora(format!(
+            "{} makes a {:?} × {:?} change for a {:?} weight: is the LoRA for another model?",
+            self.layer,
+            self.up.dims(),
+            self.down.dims(),
+            weight_dims
+        ))
     }
 }
 
@@ -147,12 +191,12 @@ impl LoraFile {
             )));
         }
         let kohya = tensors.keys().any(|k| k.starts_with("lora_"));
-        let naming = if kohya { &KOHYA } else { &PEFT };
         let mut parts: BTreeMap<(Component, LayerName), Parts> = BTreeMap::new();
         for (key, tensor) in tensors {
-            let (layer, part) = naming.split(&key).ok_or_else(|| {
+            let (layer, part) = split_key(&key).ok_or_else(|| {
                 EngineLoadError::Lora(format!(
-                    "unrecognised tensor {key:?}: not a kohya (lora_unet_…) or diffusers/PEFT (unet.….lora_A) LoRA"
+                    "unrecognised tensor {key:?}: not a kohya (lora_unet_…), diffusers/PEFT \
+                     (unet.….lora_A, transformer.…) or BFL/ComfyUI (diffusion_model.…) LoRA"
                 ))
             })?;
             let entry = parts.entry(layer).or_default();
@@ -222,54 +266,49 @@ enum Part {
     Alpha,
 }
 
-/// How a file format names its tensors: `PREFIX` + layer + suffix.
-struct Naming {
-    down: &'static str,
-    up: &'static str,
-    /// Tried in order (a longer prefix before one it starts with).
-    prefixes: &'static [(&'static str, Component)],
-    layer: fn(String) -> LayerName,
-}
+/// The halves' suffixes: kohya's, PEFT's, and the older `lora.down` of
+/// some diffusers exports.
+const DOWN: [&str; 3] = [".lora_down.weight", ".lora_A.weight", ".lora.down.weight"];
+const UP: [&str; 3] = [".lora_up.weight", ".lora_B.weight", ".lora.up.weight"];
 
-const KOHYA: Naming = Naming {
-    down: ".lora_down.weight",
-    up: ".lora_up.weight",
-    prefixes: &[
-        ("lora_unet_", Component::Denoiser),
-        ("lora_te1_", Component::TextEncoder(0)),
-        ("lora_te2_", Component::TextEncoder(1)),
-        ("lora_te_", Component::TextEncoder(0)),
-    ],
-    layer: LayerName::Flattened,
-};
+/// What a key starts with, the component it adapts, and whether the layer
+/// path after it is flattened (kohya's `_` for `.`). Tried in order: a
+/// longer prefix before one it starts with.
+const PREFIXES: &[(&str, Component, bool)] = &[
+    ("lora_unet_", Component::Denoiser, true),
+    // Flattened diffusers names of a transformer (OneTrainer, SimpleTuner).
+    ("lora_transformer_", Component::Denoiser, true),
+    ("lora_te1_", Component::TextEncoder(0), true),
+    ("lora_te2_", Component::TextEncoder(1), true),
+    ("lora_te3_", Component::TextEncoder(2), true),
+    ("lora_te_", Component::TextEncoder(0), true),
+    ("unet.", Component::Denoiser, false),
+    ("transformer.", Component::Denoiser, false),
+    // The original (BFL, SAI) module names, as ComfyUI saves them.
+    ("model.diffusion_model.", Component::Denoiser, false),
+    ("diffusion_model.", Component::Denoiser, false),
+    ("text_encoder_3.", Component::TextEncoder(2), false),
+    ("text_encoder_2.", Component::TextEncoder(1), false),
+    ("text_encoder.", Component::TextEncoder(0), false),
+];
 
-const PEFT: Naming = Naming {
-    down: ".lora_A.weight",
-    up: ".lora_B.weight",
-    prefixes: &[
-        ("unet.", Component::Denoiser),
-        ("transformer.", Component::Denoiser),
-        ("text_encoder_2.", Component::TextEncoder(1)),
-        ("text_encoder.", Component::TextEncoder(0)),
-    ],
-    layer: LayerName::Dotted,
-};
-
-impl Naming {
-    fn split(&self, key: &str) -> Option<((Component, LayerName), Part)> {
-        let (stem, part) = if let Some(stem) = key.strip_suffix(self.down) {
-            (stem, Part::Down)
-        } else if let Some(stem) = key.strip_suffix(self.up) {
-            (stem, Part::Up)
-        } else {
-            (key.strip_suffix(".alpha")?, Part::Alpha)
-        };
-        let (component, layer) = self
-            .prefixes
-            .iter()
-            .find_map(|(prefix, c)| stem.strip_prefix(prefix).map(|rest| (*c, rest)))?;
-        Some(((component, (self.layer)(layer.to_string())), part))
-    }
+fn split_key(key: &str) -> Option<((Component, LayerName), Part)> {
+    let (stem, part) = if let Some(stem) = DOWN.iter().find_map(|s| key.strip_suffix(s)) {
+        (stem, Part::Down)
+    } else if let Some(stem) = UP.iter().find_map(|s| key.strip_suffix(s)) {
+        (stem, Part::Up)
+    } else {
+        (key.strip_suffix(".alpha")?, Part::Alpha)
+    };
+    let (component, flattened, layer) = PREFIXES
+        .iter()
+        .find_map(|(prefix, c, flat)| stem.strip_prefix(prefix).map(|rest| (*c, *flat, rest)))?;
+    let layer = if flattened {
+        LayerName::Flattened(layer.to_string())
+    } else {
+        LayerName::Dotted(layer.to_string())
+    };
+    Some(((component, layer), part))
 }
 
 /// Which of the component's weights (`….weight` names in `table`) a layer

@@ -6,19 +6,111 @@
 //! LoRAs a hundred times leaves exactly the weights that were loaded (a
 //! subtraction would leave rounding behind, and the same seed would no
 //! longer give the same picture).
+//!
+//! A model says where a LoRA layer goes through [`LoraTarget`]: one layer
+//! may change row blocks of a fused weight (diffusers' `to_q` is the first
+//! third of FLUX's `qkv`), or one fused layer several weights. Quantized
+//! weights are not rewritten: their change runs beside them as a low-rank
+//! [`Branch`] (requantizing would lose the LoRA in the rounding and cost
+//! seconds per weight).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use cyberimage_kernels::in_place::{add_in_place, copy_in_place};
 
 use crate::error::EngineLoadError;
-use crate::weights::lora::{resolve, Component, LoraFile, ParameterNames};
+use crate::weights::lora::{resolve, Component, LoraFile, LowRank, ParameterNames};
 
 /// A component's weights by name, sharing storage with its layers.
 pub type ParameterTable = HashMap<String, Tensor>;
+
+/// Where (part of) a LoRA layer's change goes: rows `up_rows` of its up
+/// matrix change the rows of weight `weight` from `first_row` on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub weight: String,
+    pub up_rows: Range<usize>,
+    pub first_row: usize,
+}
+
+/// A low-rank change run beside a quantized weight: `x @ downᵀ @ upᵀ`
+/// added to rows `first_row..` of the layer's output (`up` carries the
+/// strength and alpha / rank).
+#[derive(Clone, Debug)]
+pub struct Branch {
+    pub weight: String,
+    pub first_row: usize,
+    pub down: Tensor,
+    pub up: Tensor,
+}
+
+/// One component's weights as LoRAs see them.
+pub trait LoraTarget {
+    /// Where `layer` goes; `None` when the model has no such layer. The
+    /// placements' `up_rows` must cover the layer's up matrix exactly.
+    fn place(&self, layer: &LowRank) -> Option<Vec<Placement>>;
+
+    /// The weight's shape (rows, then the input dimensions).
+    fn dims(&self, weight: &str) -> Option<Vec<usize>>;
+
+    /// The weight's float row blocks (first row, a tensor sharing the
+    /// layer's storage); empty when it is quantized.
+    fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)>;
+
+    /// Makes `branches` the ones run beside the quantized weights (none:
+    /// the weights alone).
+    fn set_branches(&self, branches: Vec<Branch>) -> Result<(), EngineLoadError> {
+        match branches.first() {
+            None => Ok(()),
+            Some(b) => Err(EngineLoadError::Lora(format!(
+                "{} is quantized, and this model cannot run a LoRA beside it",
+                b.weight
+            ))),
+        }
+    }
+}
+
+/// A plain parameter table: every layer name resolves to one whole weight.
+struct TableTarget<'a> {
+    table: &'a ParameterTable,
+    names: ParameterNames,
+}
+
+impl<'a> TableTarget<'a> {
+    fn new(table: &'a ParameterTable) -> Self {
+        Self {
+            table,
+            names: ParameterNames::new(table.keys()),
+        }
+    }
+}
+
+impl LoraTarget for TableTarget<'_> {
+    fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
+        let weight = resolve(&self.names, &layer.layer)?;
+        let rows = self.table[weight].dims().first().copied().unwrap_or(0);
+        Some(vec![Placement {
+            weight: weight.to_string(),
+            up_rows: 0..rows,
+            first_row: 0,
+        }])
+    }
+
+    fn dims(&self, weight: &str) -> Option<Vec<usize>> {
+        self.table.get(weight).map(|t| t.dims().to_vec())
+    }
+
+    fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
+        self.table
+            .get(weight)
+            .map(|t| vec![(0, t.clone())])
+            .unwrap_or_default()
+    }
+}
 
 /// One LoRA to apply: its name (for messages), its layers and its
 /// strength. Two uses are the same when they name the same parsed file at
@@ -38,10 +130,33 @@ impl PartialEq for LoraUse {
     }
 }
 
+/// Refuses a set with a LoRA for a component outside `reachable` (SDXL's
+/// second text encoder on SD 1.5: a LoRA for another family).
+pub fn check_components(reachable: &[Component], set: &[LoraUse]) -> Result<(), EngineLoadError> {
+    for lora in set {
+        if let Some(component) = lora
+            .file
+            .components()
+            .into_iter()
+            .find(|c| !reachable.contains(c))
+        {
+            return Err(EngineLoadError::Lora(format!(
+                "{} adapts a {component}, which this model does not have (or LoRAs cannot reach \
+                 yet): is it for another model family?",
+                lora.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A saved row block: component, weight, its first row.
+type SavedKey = (Component, String, usize);
+
 /// What is merged into one model now.
 #[derive(Default)]
 pub struct MergedLoras {
-    saved: HashMap<(Component, String), Tensor>,
+    saved: HashMap<SavedKey, Tensor>,
     applied: Vec<LoraUse>,
 }
 
@@ -58,12 +173,22 @@ impl MergedLoras {
         tables: &[(Component, &ParameterTable)],
         set: &[LoraUse],
     ) -> Result<(), EngineLoadError> {
+        let targets = table_targets(tables);
+        self.set_on(&as_dyn(&targets), set)
+    }
+
+    /// As [`set`](Self::set), on any targets.
+    pub fn set_on(
+        &mut self,
+        targets: &[(Component, &dyn LoraTarget)],
+        set: &[LoraUse],
+    ) -> Result<(), EngineLoadError> {
         if self.applied == set {
             return Ok(());
         }
-        self.unmerge(tables)?;
-        if let Err(e) = merge_into(tables, set, Some(&mut self.saved)) {
-            self.unmerge(tables)?;
+        self.unmerge_on(targets)?;
+        if let Err(e) = merge_into(targets, set, Some(&mut self.saved)) {
+            self.unmerge_on(targets)?;
             return Err(e);
         }
         self.applied = set.to_vec();
@@ -75,8 +200,17 @@ impl MergedLoras {
         &mut self,
         tables: &[(Component, &ParameterTable)],
     ) -> Result<(), EngineLoadError> {
-        for ((component, name), original) in self.saved.drain() {
-            let table = tables
+        let targets = table_targets(tables);
+        self.unmerge_on(&as_dyn(&targets))
+    }
+
+    /// As [`unmerge`](Self::unmerge), on any targets; their branches go too.
+    pub fn unmerge_on(
+        &mut self,
+        targets: &[(Component, &dyn LoraTarget)],
+    ) -> Result<(), EngineLoadError> {
+        for ((component, name, first_row), original) in self.saved.drain() {
+            let target = targets
                 .iter()
                 .find(|(c, _)| *c == component)
                 .map(|(_, t)| *t)
@@ -85,11 +219,36 @@ impl MergedLoras {
                         "{component} is gone before its LoRA weights were put back"
                     ))
                 })?;
-            copy_in_place(&table[&name], &original)?;
+            let block = target
+                .dense_rows(&name)
+                .into_iter()
+                .find(|(first, _)| *first == first_row)
+                .map(|(_, t)| t)
+                .ok_or_else(|| EngineLoadError::Lora(format!("{name} lost its rows")))?;
+            copy_in_place(&block, &original)?;
+        }
+        for (_, target) in targets {
+            target.set_branches(Vec::new())?;
         }
         self.applied.clear();
         Ok(())
     }
+}
+
+fn table_targets<'a>(
+    tables: &[(Component, &'a ParameterTable)],
+) -> Vec<(Component, TableTarget<'a>)> {
+    tables
+        .iter()
+        .map(|(c, t)| (*c, TableTarget::new(t)))
+        .collect()
+}
+
+fn as_dyn<'a>(targets: &'a [(Component, TableTarget<'a>)]) -> Vec<(Component, &'a dyn LoraTarget)> {
+    targets
+        .iter()
+        .map(|(c, t)| (*c, t as &dyn LoraTarget))
+        .collect()
 }
 
 /// Merges `set` into freshly loaded weights that will be dropped after use
@@ -98,16 +257,17 @@ pub fn merge_for_once(
     tables: &[(Component, &ParameterTable)],
     set: &[LoraUse],
 ) -> Result<(), EngineLoadError> {
-    merge_into(tables, set, None)
+    let targets = table_targets(tables);
+    merge_into(&as_dyn(&targets), set, None)
 }
 
 fn merge_into(
-    tables: &[(Component, &ParameterTable)],
+    targets: &[(Component, &dyn LoraTarget)],
     set: &[LoraUse],
-    mut saved: Option<&mut HashMap<(Component, String), Tensor>>,
+    mut saved: Option<&mut HashMap<SavedKey, Tensor>>,
 ) -> Result<(), EngineLoadError> {
-    for (component, table) in tables {
-        let names = ParameterNames::new(table.keys());
+    for (component, target) in targets {
+        let mut branches = Vec::new();
         for lora in set {
             for layer in lora
                 .file
@@ -115,22 +275,88 @@ fn merge_into(
                 .iter()
                 .filter(|l| l.component == *component)
             {
-                let name = resolve(&names, &layer.layer).ok_or_else(|| {
+                let placements = target.place(layer).ok_or_else(|| {
                     EngineLoadError::Lora(format!(
                         "{} adapts {component} layer {}, which this model does not have: is it for another model family?",
                         lora.id, layer.layer
                     ))
                 })?;
-                let weight = &table[name];
-                let delta = layer.delta(weight.dims(), lora.strength)?;
-                if let Some(saved) = saved.as_deref_mut() {
-                    if let Entry::Vacant(slot) = saved.entry((*component, name.to_string())) {
-                        slot.insert(weight.copy()?);
-                    }
+                let covered: usize = placements.iter().map(|p| p.up_rows.len()).sum();
+                if covered != layer.up.dim(0)? {
+                    return Err(EngineLoadError::Lora(format!(
+                        "{}: {} changes {} rows where the model's layer has {covered}: is the LoRA for another model?",
+                        lora.id,
+                        layer.layer,
+                        layer.up.dim(0)?
+                    )));
                 }
-                add_in_place(weight, &delta)?;
+                for placement in placements {
+                    let dims = target.dims(&placement.weight).ok_or_else(|| {
+                        EngineLoadError::Lora(format!("{}: no weight", placement.weight))
+                    })?;
+                    let rows = placement.up_rows.len();
+                    if placement.first_row + rows > dims[0] {
+                        return Err(EngineLoadError::Lora(format!(
+                            "{}: rows {}..{} of a {:?} weight",
+                            layer.layer,
+                            placement.first_row,
+                            placement.first_row + rows,
+                            dims
+                        )));
+                    }
+                    let mut shape = dims.clone();
+                    shape[0] = rows;
+                    let blocks = target.dense_rows(&placement.weight);
+                    if blocks.is_empty() {
+                        let (down, up) =
+                            layer.scaled_pair(placement.up_rows.clone(), &shape, lora.strength)?;
+                        branches.push(Branch {
+                            weight: placement.weight.clone(),
+                            first_row: placement.first_row,
+                            down,
+                            up,
+                        });
+                        continue;
+                    }
+                    let delta =
+                        layer.delta_rows(placement.up_rows.clone(), &shape, lora.strength)?;
+                    add_rows(&blocks, &delta, placement.first_row, |first, block| {
+                        if let Some(saved) = saved.as_deref_mut() {
+                            let key = (*component, placement.weight.clone(), first);
+                            if let Entry::Vacant(slot) = saved.entry(key) {
+                                slot.insert(block.copy()?);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
             }
         }
+        target.set_branches(branches)?;
+    }
+    Ok(())
+}
+
+/// Adds `delta` (rows from `first_row` on) into the row blocks it
+/// overlaps, calling `before` with each block about to change.
+fn add_rows(
+    blocks: &[(usize, Tensor)],
+    delta: &Tensor,
+    first_row: usize,
+    mut before: impl FnMut(usize, &Tensor) -> Result<(), EngineLoadError>,
+) -> Result<(), EngineLoadError> {
+    let end = first_row + delta.dim(0)?;
+    for (start, block) in blocks {
+        let block_end = start + block.dim(0)?;
+        let (from, to) = (first_row.max(*start), end.min(block_end));
+        if from >= to {
+            continue;
+        }
+        before(*start, block)?;
+        add_in_place(
+            &block.narrow(0, from - start, to - from)?,
+            &delta.narrow(0, from - first_row, to - from)?,
+        )?;
     }
     Ok(())
 }

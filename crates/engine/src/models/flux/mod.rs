@@ -8,6 +8,8 @@
 //!
 //! Weights come from `FluxWeights` in the BFL layout, dense or quantized.
 
+pub mod lora;
+pub mod names;
 pub mod weights;
 
 use candle_core::{Device, Module, Tensor};
@@ -313,6 +315,7 @@ pub struct FluxTransformer {
     single: Vec<SingleBlock>,
     final_modulation: QLinear,
     final_linear: QLinear,
+    lora: lora::FluxLoraTarget,
     pub config: FluxConfig,
 }
 
@@ -364,8 +367,14 @@ impl FluxTransformer {
             single,
             final_modulation: w.linear("final_layer.adaLN_modulation.1", h, 2 * h)?,
             final_linear: w.linear("final_layer.linear", h, out)?,
+            lora: w.lora_target(&config),
             config,
         })
+    }
+
+    /// Its linears as LoRAs reach them.
+    pub fn lora_target(&self) -> &lora::FluxLoraTarget {
+        &self.lora
     }
 
     /// Positions: text tokens all at (0, 0, 0), image token (row, col) at

@@ -12,11 +12,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::lora::{AdapterSlot, FluxLoraTarget, LoraSlot};
+use super::names::{
+    DOUBLE_FUSED, DOUBLE_LINEARS, DOUBLE_NORMS, FINAL_MODULATION, GLOBAL_LINEARS, GUIDANCE_LINEARS,
+    SINGLE_FUSED, SINGLE_LINEARS, SINGLE_NORMS,
+};
 use crate::error::EngineLoadError;
 
 pub enum Weight {
@@ -53,6 +58,8 @@ impl Weight {
 pub struct QLinear {
     blocks: Vec<Block>,
     bias: Option<Tensor>,
+    /// LoRAs run beside a quantized weight (dense ones are merged in).
+    adapter: AdapterSlot,
 }
 
 /// One row block: dense matrices go through the kernels' `Linear` (candle's
@@ -89,8 +96,12 @@ impl Module for QLinear {
                 Tensor::cat(&outputs, candle_core::D::Minus1)?
             }
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &*self.adapter.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(adapter) => y + adapter.forward(&x)?,
             None => Ok(y),
         }
     }
@@ -101,18 +112,20 @@ pub struct FluxWeights {
     device: Device,
     /// What the weights were read from, for metadata and messages.
     pub format: &'static str,
+    /// Each linear made, as LoRAs reach it (taken by [`Self::lora_target`]).
+    lora_slots: Mutex<HashMap<String, LoraSlot>>,
 }
 
 impl FluxWeights {
     pub fn from_bfl(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
-        Self {
-            tensors: tensors
+        Self::from_weights(
+            tensors
                 .into_iter()
                 .map(|(k, v)| (k, Weight::Dense(v)))
                 .collect(),
-            device: device.clone(),
-            format: "safetensors (BFL layout)",
-        }
+            device,
+            "safetensors (BFL layout)",
+        )
     }
 
     /// Renames a diffusers `FluxTransformer2DModel` state dict into the BFL
@@ -160,42 +173,17 @@ impl FluxWeights {
             }
             Ok(())
         };
-        for (from, to) in [
-            ("x_embedder", "img_in"),
-            ("context_embedder", "txt_in"),
-            (
-                "time_text_embed.timestep_embedder.linear_1",
-                "time_in.in_layer",
-            ),
-            (
-                "time_text_embed.timestep_embedder.linear_2",
-                "time_in.out_layer",
-            ),
-            (
-                "time_text_embed.text_embedder.linear_1",
-                "vector_in.in_layer",
-            ),
-            (
-                "time_text_embed.text_embedder.linear_2",
-                "vector_in.out_layer",
-            ),
-            ("proj_out", "final_layer.linear"),
-        ] {
+        for (from, to) in GLOBAL_LINEARS {
             rename_linear(&mut d, &mut out, from, to)?;
         }
         if d.contains_key("time_text_embed.guidance_embedder.linear_1.weight") {
-            for (from, to) in [("linear_1", "in_layer"), ("linear_2", "out_layer")] {
-                rename_linear(
-                    &mut d,
-                    &mut out,
-                    &format!("time_text_embed.guidance_embedder.{from}"),
-                    &format!("guidance_in.{to}"),
-                )?;
+            for (from, to) in GUIDANCE_LINEARS {
+                rename_linear(&mut d, &mut out, from, to)?;
             }
         }
         // diffusers: (scale, shift); BFL: (shift, scale).
         for suffix in ["weight", "bias"] {
-            let t = take(&mut d, &format!("norm_out.linear.{suffix}"))?;
+            let t = take(&mut d, &format!("{}.{suffix}", FINAL_MODULATION.0))?;
             let half = t.dim(0)? / 2;
             let halves = vec![t.narrow(0, half, half)?, t.narrow(0, 0, half)?];
             let swapped = if suffix == "bias" {
@@ -203,7 +191,7 @@ impl FluxWeights {
             } else {
                 Weight::Parts(halves)
             };
-            out.insert(format!("final_layer.adaLN_modulation.1.{suffix}"), swapped);
+            out.insert(format!("{}.{suffix}", FINAL_MODULATION.1), swapped);
         }
         let count = |prefix: &str, d: &HashMap<String, Tensor>| {
             (0..)
@@ -213,29 +201,11 @@ impl FluxWeights {
         for i in 0..count("transformer_blocks", &d) {
             let f = format!("transformer_blocks.{i}");
             let t = format!("double_blocks.{i}");
-            let qkv = |names: [&str; 3]| names.map(|n| format!("{f}.attn.{n}")).to_vec();
-            fuse(
-                &mut d,
-                &mut out,
-                &qkv(["to_q", "to_k", "to_v"]),
-                &format!("{t}.img_attn.qkv"),
-            )?;
-            fuse(
-                &mut d,
-                &mut out,
-                &qkv(["add_q_proj", "add_k_proj", "add_v_proj"]),
-                &format!("{t}.txt_attn.qkv"),
-            )?;
-            for (from, to) in [
-                ("norm1.linear", "img_mod.lin"),
-                ("norm1_context.linear", "txt_mod.lin"),
-                ("attn.to_out.0", "img_attn.proj"),
-                ("attn.to_add_out", "txt_attn.proj"),
-                ("ff.net.0.proj", "img_mlp.0"),
-                ("ff.net.2", "img_mlp.2"),
-                ("ff_context.net.0.proj", "txt_mlp.0"),
-                ("ff_context.net.2", "txt_mlp.2"),
-            ] {
+            for (parts, fused) in DOUBLE_FUSED {
+                let parts = parts.map(|n| format!("{f}.{n}")).to_vec();
+                fuse(&mut d, &mut out, &parts, &format!("{t}.{fused}"))?;
+            }
+            for (from, to) in DOUBLE_LINEARS {
                 rename_linear(
                     &mut d,
                     &mut out,
@@ -243,12 +213,7 @@ impl FluxWeights {
                     &format!("{t}.{to}"),
                 )?;
             }
-            for (from, to) in [
-                ("norm_q", "img_attn.norm.query_norm"),
-                ("norm_k", "img_attn.norm.key_norm"),
-                ("norm_added_q", "txt_attn.norm.query_norm"),
-                ("norm_added_k", "txt_attn.norm.key_norm"),
-            ] {
+            for (from, to) in DOUBLE_NORMS {
                 let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
                 out.insert(format!("{t}.{to}.scale"), Weight::Dense(w));
             }
@@ -256,23 +221,17 @@ impl FluxWeights {
         for i in 0..count("single_transformer_blocks", &d) {
             let f = format!("single_transformer_blocks.{i}");
             let t = format!("single_blocks.{i}");
-            let parts = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
-                .map(|n| format!("{f}.{n}"))
-                .to_vec();
+            let parts = SINGLE_FUSED.map(|n| format!("{f}.{n}")).to_vec();
             fuse(&mut d, &mut out, &parts, &format!("{t}.linear1"))?;
-            rename_linear(
-                &mut d,
-                &mut out,
-                &format!("{f}.proj_out"),
-                &format!("{t}.linear2"),
-            )?;
-            rename_linear(
-                &mut d,
-                &mut out,
-                &format!("{f}.norm.linear"),
-                &format!("{t}.modulation.lin"),
-            )?;
-            for (from, to) in [("norm_q", "query_norm"), ("norm_k", "key_norm")] {
+            for (from, to) in SINGLE_LINEARS {
+                rename_linear(
+                    &mut d,
+                    &mut out,
+                    &format!("{f}.{from}"),
+                    &format!("{t}.{to}"),
+                )?;
+            }
+            for (from, to) in SINGLE_NORMS {
                 let w = take(&mut d, &format!("{f}.attn.{from}.weight"))?;
                 out.insert(format!("{t}.norm.{to}.scale"), Weight::Dense(w));
             }
@@ -283,11 +242,11 @@ impl FluxWeights {
                 d.len()
             )));
         }
-        Ok(Self {
-            tensors: out,
-            device: device.clone(),
-            format: "safetensors (diffusers layout)",
-        })
+        Ok(Self::from_weights(
+            out,
+            device,
+            "safetensors (diffusers layout)",
+        ))
     }
 
     /// Reads a GGUF file in the BFL layout (as the community's FLUX GGUF
@@ -316,11 +275,7 @@ impl FluxWeights {
                 .to_owned();
             tensors.insert(name, weight);
         }
-        Ok(Self {
-            tensors,
-            device: device.clone(),
-            format: "GGUF",
-        })
+        Ok(Self::from_weights(tensors, device, "GGUF"))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -362,19 +317,55 @@ impl FluxWeights {
                 weight.dims()
             );
         }
+        // The tensors the layer runs are the ones LoRAs are merged into.
+        let mut dense = Vec::new();
         let blocks = match weight {
-            Weight::Dense(t) => vec![Block::dense(t.to_dtype(DType::F32)?)],
+            Weight::Dense(t) => {
+                let t = t.to_dtype(DType::F32)?;
+                dense.push((0, t.clone()));
+                vec![Block::dense(t)]
+            }
             Weight::Quantized(q) => vec![Block::Quantized(QMatMul::from_arc(q.clone())?)],
-            Weight::Parts(parts) => parts
-                .iter()
-                .map(|p| Ok(Block::dense(p.to_dtype(DType::F32)?)))
-                .collect::<candle_core::Result<Vec<_>>>()?,
+            Weight::Parts(parts) => {
+                let mut first = 0;
+                let mut blocks = Vec::new();
+                for p in parts {
+                    let p = p.to_dtype(DType::F32)?;
+                    dense.push((first, p.clone()));
+                    first += p.dim(0)?;
+                    blocks.push(Block::dense(p));
+                }
+                blocks
+            }
         };
         let bias = match self.tensors.get(&format!("{prefix}.bias")) {
             Some(b) => Some(b.dense(&self.device)?),
             None => None,
         };
-        Ok(QLinear { blocks, bias })
+        let adapter = AdapterSlot::default();
+        self.lora_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name,
+                LoraSlot {
+                    dims: vec![output, input],
+                    adapter: dense.is_empty().then(|| adapter.clone()),
+                    dense,
+                },
+            );
+        Ok(QLinear {
+            blocks,
+            bias,
+            adapter,
+        })
+    }
+
+    /// What LoRAs can reach of the linears made so far (all of them, once
+    /// the transformer is built).
+    pub fn lora_target(&self, config: &super::FluxConfig) -> FluxLoraTarget {
+        let slots = std::mem::take(&mut *self.lora_slots.lock().unwrap_or_else(|e| e.into_inner()));
+        FluxLoraTarget::new(slots, config)
     }
 
     /// Every matrix quantized by `quantize_tensor`. For tests and
@@ -397,6 +388,7 @@ impl FluxWeights {
             tensors,
             device: device.clone(),
             format,
+            lora_slots: Mutex::default(),
         }
     }
 
