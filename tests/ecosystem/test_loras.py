@@ -4,7 +4,8 @@ the data dir's `loras/`, listed by REST and by AUTOMATIC1111's API (read
 with `webuiapi`), used through REST (`loras` at the top level and in
 `settings`, and `<lora:NAME:WEIGHT>` in the prompt), through A1111's
 txt2img and the seed's JSON-RPC `generate`; the picture's PNG records the
-tags and A1111's `Lora hashes`; a ComfyUI models folder in [model_scan]
+tags and A1111's `Lora hashes`; the tiny FLUX and SD 3.5 models take
+their own reference LoRAs (fixtures/transformer_lora_references.py); a ComfyUI models folder in [model_scan]
 lends its loras/ and upscale_models/; a LoRA switched off gives back the
 picture without it bit for bit; bad names, weights and families are 400s
 that queue nothing; a file replaced after queueing fails its job, and the
@@ -185,7 +186,43 @@ def scanned(base):
           and status["images"][0]["metadata"]["settings"]["width"] == 4 * done["settings"]["width"], status)
 
 
+def transformer_families(base):
+    """FLUX and SD 3 take LoRAs too: kohya and PEFT files on the tiny FLUX
+    model, a PEFT one on the tiny SD 3.5 model, an SD 1.5 one refused."""
+    for model, loras in (("tiny-flux-random", ["tiny-flux-kohya", "tiny-flux-peft"]),
+                         ("tiny-sd3-random", ["tiny-sd3-peft"])):
+        body = {"prompt": "a red fox in the snow", "model": model,
+                "settings": {"seed": 5, "num_inference_steps": 2, "width": 64, "height": 64}}
+        _, plain = generate(base, body)
+        check(f"{model} without a LoRA completes", plain and plain["status"] == "completed", plain)
+        plain_pixels = picture(base, plain).tobytes()
+        for name in loras:
+            _, done = generate(base, {**body, "loras": [{"name": name, "weight": 0.8}]})
+            check(f"{model} with {name} completes", done and done["status"] == "completed", done)
+            image = picture(base, done)
+            check(f"{name} changes {model}'s picture", image.tobytes() != plain_pixels)
+            check(f"{name} is in the PNG's Lora hashes", f'"{name}: ' in image.text.get("parameters", ""),
+                  image.text.get("parameters"))
+        _, again = generate(base, body)
+        check(f"{model} without the LoRA again: bit for bit", picture(base, again).tobytes() == plain_pixels)
+        response, _ = generate(base, {**body, "loras": ["tiny-kohya"]})
+        check(f"an SD 1.5 LoRA on {model} is a 400", response.status_code == 400
+              and "is for SD 1.x/2.x models" in response.text, response.text)
+
+
 def main():
+    with tempfile.TemporaryDirectory() as data:
+        (Path(data) / "loras").mkdir()
+        shutil.copy(LORAS / "tiny-kohya.safetensors", Path(data) / "loras")
+        for model in ("tiny-flux", "tiny-sd3"):
+            for file in (ROOT / "fixtures" / "tiny" / model / "loras").glob("*.safetensors"):
+                shutil.copy(file, Path(data) / "loras")
+        proc, base = start_server(BINARY, data)
+        try:
+            transformer_families(base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     with tempfile.TemporaryDirectory() as data:
         models = Path(data) / "ComfyUI" / "models"
         (models / "loras").mkdir(parents=True)

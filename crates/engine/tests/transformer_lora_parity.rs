@@ -24,6 +24,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use cyberimage_engine::models::flux::FluxTransformer;
 use cyberimage_engine::pipelines::flux::{load_transformer, pack, Flux};
+use cyberimage_engine::pipelines::sd3::Sd3;
 use cyberimage_engine::weights::lora::{Component, LoraFile};
 use cyberimage_engine::weights::lora_merge::{LoraTarget, LoraUse, MergedLoras};
 use support::{assert_close, assert_images_close, fixture_dir, references_of, settings_of};
@@ -346,4 +347,206 @@ fn flux_refuses_loras_it_cannot_reach_and_keeps_nothing_merged() {
     let err = flux.set_loras(&set).unwrap_err().to_string();
     assert!(err.contains("tiny-kohya"), "{err}");
     assert!(same_bits(&flux_picture(&flux), &base));
+}
+
+fn sd3_picture(sd3: &Sd3) -> Tensor {
+    let refs = references_of("tiny-sd3");
+    let settings = settings_of("tiny-sd3");
+    let text = |key: &str| settings[key].as_str().unwrap().to_string();
+    let cond = sd3
+        .encode_prompts(&text("prompt"), Some(&text("negative_prompt")))
+        .unwrap();
+    let latents = sd3
+        .denoise(
+            &cond,
+            refs["initial_latents"].clone(),
+            settings["steps"].as_u64().unwrap() as usize,
+            settings["guidance_scale"].as_f64().unwrap(),
+            &mut |_, _| true,
+        )
+        .unwrap()
+        .unwrap();
+    sd3.decode_unit(&latents).unwrap()
+}
+
+#[test]
+fn sd3_loras_match_diffusers() {
+    let (refs, meta) = lora_references("tiny-sd3");
+    let mut sd3 = Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu).unwrap();
+    let base = sd3_picture(&sd3);
+    assert_images_close(&base, &refs["base.image"]);
+    sd3.set_loras(&lora_set("tiny-sd3", &meta, "peft")).unwrap();
+    for (component, names) in meta["probes"].as_object().unwrap() {
+        for name in names.as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let ours = sd3
+                .parameter(component_of(component), &format!("{name}.weight"))
+                .unwrap_or_else(|| panic!("no {component} weight {name}"));
+            assert_close(
+                &format!("SD3 peft {component} {name}"),
+                &ours,
+                &refs[&format!("peft.{component}.{name}")],
+                1e-5,
+            );
+        }
+    }
+    let image = sd3_picture(&sd3);
+    assert!(!same_bits(&image, &base));
+    assert_images_close(&image, &refs["peft.image"]);
+    sd3.set_loras(&[]).unwrap();
+    assert!(same_bits(&sd3_picture(&sd3), &base));
+}
+
+/// The PEFT LoRA's transformer layers rewritten in Stability's names as
+/// kohya saves them: q, k and v fused (downs stacked, ups block-diagonal,
+/// which is the same change), plus a final-modulation layer given both
+/// ways (Stability orders its halves shift, scale; diffusers scale, shift).
+fn stability_named(peft: &LoraFile) -> (LoraFile, LoraFile) {
+    let dev = Device::Cpu;
+    let mut diffusers = HashMap::new();
+    let mut stability = HashMap::new();
+    let by_name: HashMap<String, &cyberimage_engine::weights::lora::LowRank> = peft
+        .layers
+        .iter()
+        .filter(|l| l.component == Component::Denoiser)
+        .map(|l| (l.layer.to_string(), l))
+        .collect();
+    let put = |map: &mut HashMap<String, Tensor>, key: String, down: Tensor, up: Tensor| {
+        map.insert(format!("{key}.lora_down.weight"), down);
+        map.insert(format!("{key}.lora_up.weight"), up);
+    };
+    let blocks = (0..)
+        .take_while(|i| by_name.contains_key(&format!("transformer_blocks.{i}.attn.to_q")))
+        .count();
+    assert!(blocks >= 2, "the PEFT LoRA covers the blocks");
+    for i in 0..blocks {
+        let b = format!("transformer_blocks.{i}");
+        let joint = format!("lora_unet_joint_blocks_{i}");
+        for (parts, fused) in [
+            (["attn.to_q", "attn.to_k", "attn.to_v"], "x_block_attn_qkv"),
+            (
+                ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+                "context_block_attn_qkv",
+            ),
+        ] {
+            let layers: Vec<_> = parts
+                .iter()
+                .filter_map(|p| by_name.get(&format!("{b}.{p}")))
+                .collect();
+            if layers.len() < 3 {
+                continue;
+            }
+            let downs: Vec<Tensor> = layers.iter().map(|l| l.down.clone()).collect();
+            let (rank, rows) = (layers[0].rank(), layers[0].up.dim(0).unwrap());
+            let ups: Vec<Tensor> = layers
+                .iter()
+                .enumerate()
+                .map(|(k, l)| l.up.pad_with_zeros(1, k * rank, (2 - k) * rank).unwrap())
+                .collect();
+            assert_eq!(ups[0].dims(), [rows, 3 * rank]);
+            put(
+                &mut stability,
+                format!("{joint}_{fused}"),
+                Tensor::cat(&downs, 0).unwrap(),
+                Tensor::cat(&ups, 0).unwrap(),
+            );
+        }
+        for (part, name) in [
+            ("attn.to_out.0", "x_block_attn_proj"),
+            ("attn.to_add_out", "context_block_attn_proj"),
+            ("ff.net.0.proj", "x_block_mlp_fc1"),
+            ("ff.net.2", "x_block_mlp_fc2"),
+            ("ff_context.net.0.proj", "context_block_mlp_fc1"),
+            ("ff_context.net.2", "context_block_mlp_fc2"),
+        ] {
+            if let Some(l) = by_name.get(&format!("{b}.{part}")) {
+                put(
+                    &mut stability,
+                    format!("{joint}_{name}"),
+                    l.down.clone(),
+                    l.up.clone(),
+                );
+            }
+        }
+    }
+    for (key, l) in &by_name {
+        let key = format!("lora_transformer_{}", key.replace('.', "_"));
+        put(&mut diffusers, key, l.down.clone(), l.up.clone());
+    }
+    // norm_out: 2 · hidden rows.
+    let sd3 = Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu).unwrap();
+    let norm_out = sd3
+        .parameter(Component::Denoiser, "norm_out.linear.weight")
+        .unwrap();
+    let (rows, inputs) = norm_out.dims2().unwrap();
+    let down = Tensor::randn(0f32, 0.3, (4, inputs), &dev).unwrap();
+    let up = Tensor::randn(0f32, 0.3, (rows, 4), &dev).unwrap();
+    let half = rows / 2;
+    let swapped = Tensor::cat(
+        &[
+            up.narrow(0, half, half).unwrap(),
+            up.narrow(0, 0, half).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    put(
+        &mut stability,
+        "lora_unet_final_layer_adaLN_modulation_1".into(),
+        down.clone(),
+        up,
+    );
+    put(
+        &mut diffusers,
+        "lora_transformer_norm_out_linear".into(),
+        down,
+        swapped,
+    );
+    (
+        LoraFile::from_tensors(diffusers).unwrap(),
+        LoraFile::from_tensors(stability).unwrap(),
+    )
+}
+
+#[test]
+fn sd3_loras_in_stabilitys_names_equal_their_diffusers_twins() {
+    let peft =
+        LoraFile::read(&fixture_dir("tiny-sd3").join("loras/tiny-sd3-peft.safetensors")).unwrap();
+    let (diffusers, stability) = stability_named(&peft);
+    let use_of = |id: &str, file: LoraFile| LoraUse {
+        id: id.into(),
+        file: Arc::new(file),
+        strength: 0.8,
+    };
+    let mut a = Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu).unwrap();
+    let mut b = Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu).unwrap();
+    let base = sd3_picture(&a);
+    a.set_loras(&[use_of("diffusers-named", diffusers)])
+        .unwrap();
+    b.set_loras(&[use_of("stability-named", stability)])
+        .unwrap();
+    for name in [
+        "transformer_blocks.0.attn.to_k.weight",
+        "transformer_blocks.1.attn.add_v_proj.weight",
+        "transformer_blocks.0.attn.to_add_out.weight",
+        "transformer_blocks.1.ff.net.2.weight",
+        "norm_out.linear.weight",
+    ] {
+        let (x, y) = (
+            a.parameter(Component::Denoiser, name).unwrap(),
+            b.parameter(Component::Denoiser, name).unwrap(),
+        );
+        assert!(!same_bits(&x, &b_base(name)), "{name} is adapted");
+        assert_close(name, &y, &x, 1e-6);
+    }
+    let (pa, pb) = (sd3_picture(&a), sd3_picture(&b));
+    assert!(!same_bits(&pa, &base));
+    assert_close("pictures", &pb, &pa, 1e-5);
+}
+
+fn b_base(name: &str) -> Tensor {
+    Sd3::load(&fixture_dir("tiny-sd3"), &Device::Cpu)
+        .unwrap()
+        .parameter(Component::Denoiser, name)
+        .unwrap()
 }

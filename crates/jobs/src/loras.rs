@@ -51,10 +51,21 @@ pub fn family_of(names: &BTreeSet<String>) -> Option<LoraFamily> {
         "double_blocks",
         "single_blocks",
         "single_transformer_blocks",
+        "img_attn",
+        "txt_attn",
     ]) {
         Some(LoraFamily::Flux)
-    } else if any(&["joint_blocks", "context_block", "add_q_proj"]) {
+    } else if any(&[
+        "joint_blocks",
+        "context_block",
+        "lora_te3_",
+        "text_encoder_3.",
+    ]) {
         Some(LoraFamily::Sd3)
+    } else if any(&["transformer.transformer_blocks.", "lora_transformer_"]) {
+        // diffusers' names of a joint-attention transformer: FLUX's double
+        // blocks and SD 3's blocks share them.
+        None
     } else if any(&[
         "lora_te2_",
         "text_encoder_2.",
@@ -194,9 +205,18 @@ mod tests {
         );
         assert_eq!(
             family_of(&names(&[
-                "transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight"
+                "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight"
             ])),
             Some(LoraFamily::Sd3)
+        );
+        // FLUX's double blocks and SD 3's blocks have the same diffusers
+        // names: not told apart, even beside a second text encoder.
+        assert_eq!(
+            family_of(&names(&[
+                "transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight",
+                "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight"
+            ])),
+            None
         );
         assert_eq!(
             family_of(&names(&[

@@ -52,20 +52,7 @@ pub(super) trait LoadedPipeline: Send {
     fn run(&self, run: &Run, encoded: &Encoded) -> Result<(Images, Metadata), EngineError>;
 
     /// Makes `loras` the merged LoRAs (none: the weights as loaded).
-    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
-        no_loras_yet(loras)
-    }
-}
-
-/// The families whose LoRA names are not mapped yet refuse them.
-fn no_loras_yet(loras: &[LoraUse]) -> Result<(), EngineLoadError> {
-    match loras.first() {
-        None => Ok(()),
-        Some(lora) => Err(EngineLoadError::Lora(format!(
-            "{}: LoRAs run on SD 1.x, 2.x and SDXL models so far, not yet on SD 3 or FLUX",
-            lora.id
-        ))),
-    }
+    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError>;
 }
 
 /// The family that runs `family`: the registration of every family.
@@ -187,13 +174,16 @@ impl Family for Sd3Family {
         spec: &GenerationSpec,
         loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError> {
-        no_loras_yet(loras)?;
         let negative = spec.negative_prompt.as_deref();
-        Sd3::encode_alone(dir, device, &spec.prompt, negative).map(boxed)
+        Sd3::encode_alone(dir, device, &spec.prompt, negative, loras).map(boxed)
     }
 }
 
 impl LoadedPipeline for Sd3 {
+    fn set_loras(&mut self, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        Sd3::set_loras(self, loras)
+    }
+
     fn encode(&self, spec: &GenerationSpec) -> Result<Encoded, EngineLoadError> {
         self.encode_prompts(&spec.prompt, spec.negative_prompt.as_deref())
             .map(boxed)

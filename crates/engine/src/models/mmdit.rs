@@ -17,7 +17,8 @@ use serde::Deserialize;
 use crate::error::EngineLoadError;
 use crate::layers::blocks::{attention, sinusoidal_embedding};
 use crate::layers::modulation::{chunks, modulate, rms_norm};
-use crate::weights::{read_config, var_builder};
+use crate::weights::lora_merge::ParameterTable;
+use crate::weights::{read_config, var_builder_and_table};
 use cyberimage_kernels::activations::gelu_tanh;
 
 const TIME_CHANNELS: usize = 256;
@@ -287,8 +288,18 @@ pub struct Mmdit {
 
 impl Mmdit {
     pub fn load(folder: &Path, dtype: DType, device: &Device) -> Result<Self, EngineLoadError> {
+        Ok(Self::load_with_table(folder, dtype, device)?.0)
+    }
+
+    /// As `load`, with the weights by name (for merging LoRAs into them).
+    pub fn load_with_table(
+        folder: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, ParameterTable), EngineLoadError> {
         let cfg: MmditConfig = read_config(&folder.join("config.json"))?;
-        Self::new(var_builder(folder, dtype, device)?, cfg)
+        let (vb, table) = var_builder_and_table(folder, dtype, device)?;
+        Ok((Self::new(vb, cfg)?, table))
     }
 
     pub fn new(vb: VarBuilder, cfg: MmditConfig) -> Result<Self, EngineLoadError> {

@@ -7,6 +7,7 @@
 pub mod clip;
 pub mod flux;
 pub mod mmdit;
+pub mod mmdit_lora;
 pub mod t5;
 pub mod taesd;
 pub mod tokenizer;

@@ -12,15 +12,27 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::EngineLoadError;
 use crate::models::clip::ClipTextEncoder;
 use crate::models::mmdit::Mmdit;
+use crate::models::mmdit_lora::MmditLoraTarget;
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
 use crate::pipelines::img2img::{start_step, Keep, LazyEncoder};
 use crate::pipelines::preview::{self, PreviewPixels};
-use crate::pipelines::text_encoders::{without_tables, TextEncoders};
+use crate::pipelines::text_encoders::TextEncoders;
 use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
+use crate::weights::lora::Component;
+use crate::weights::lora_merge::{
+    check_components, merge_for_once, LoraTarget, LoraUse, MergedLoras, ParameterTable,
+};
 use crate::weights::read_config;
+
+/// What SD 3 LoRAs may adapt: the MMDiT and both CLIP encoders.
+const REACHABLE: [Component; 3] = [
+    Component::Denoiser,
+    Component::TextEncoder(0),
+    Component::TextEncoder(1),
+];
 
 /// SD3's default (and usual) T5 prompt length.
 const T5_TOKENS: usize = 256;
@@ -28,6 +40,8 @@ const T5_TOKENS: usize = 256;
 pub struct Sd3 {
     encoders: TextEncoders<Sd3Encoders>,
     transformer: Mmdit,
+    transformer_lora: MmditLoraTarget,
+    transformer_loras: MergedLoras,
     vae: VaeDecoder,
     image_encoder: LazyEncoder,
     scheduler: FlowMatchConfig,
@@ -45,6 +59,10 @@ pub struct Sd3Conditioning {
 struct Sd3Encoders {
     clip_l: (PromptTokenizer, ClipTextEncoder),
     clip_g: (PromptTokenizer, ClipTextEncoder),
+    /// CLIP-L's and CLIP-G's weights, which LoRAs' `text_encoder` /
+    /// `text_encoder_2` (`lora_te1_` / `lora_te2_`) layers adapt (T5's are
+    /// not reached yet).
+    clip_tables: [ParameterTable; 2],
     /// Absent when a checkpoint ships without T5: zeros stand in, as in
     /// diffusers.
     t5: Option<(PromptTokenizer, T5Encoder)>,
@@ -54,9 +72,11 @@ struct Sd3Encoders {
 impl Sd3Encoders {
     fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
         let clip = |tokenizer: &str, encoder: &str| -> Result<_, EngineLoadError> {
+            let (model, table) =
+                ClipTextEncoder::load_with_table(&dir.join(encoder), DType::F32, device)?;
             Ok((
-                PromptTokenizer::load(&dir.join(tokenizer), 77)?,
-                ClipTextEncoder::load(&dir.join(encoder), DType::F32, device)?,
+                (PromptTokenizer::load(&dir.join(tokenizer), 77)?, model),
+                table,
             ))
         };
         let t5_folder = dir.join("tokenizer_3");
@@ -71,12 +91,22 @@ impl Sd3Encoders {
         } else {
             None
         };
+        let (clip_l, l_table) = clip("tokenizer", "text_encoder")?;
+        let (clip_g, g_table) = clip("tokenizer_2", "text_encoder_2")?;
         Ok(Self {
-            clip_l: clip("tokenizer", "text_encoder")?,
-            clip_g: clip("tokenizer_2", "text_encoder_2")?,
+            clip_l,
+            clip_g,
+            clip_tables: [l_table, g_table],
             t5,
             t5_tokens,
         })
+    }
+
+    fn tables(&self) -> Vec<(Component, &ParameterTable)> {
+        vec![
+            (Component::TextEncoder(0), &self.clip_tables[0]),
+            (Component::TextEncoder(1), &self.clip_tables[1]),
+        ]
     }
     fn encode(
         &self,
@@ -130,15 +160,19 @@ impl Sd3 {
         device: &Device,
         keep_text_encoders: bool,
     ) -> Result<Self, EngineLoadError> {
+        let (transformer, table) =
+            Mmdit::load_with_table(&dir.join("transformer"), DType::F32, device)?;
         Ok(Self {
             encoders: TextEncoders::new(
                 dir,
                 device,
                 keep_text_encoders,
                 Sd3Encoders::load,
-                without_tables::<Sd3Encoders>,
+                Sd3Encoders::tables,
             )?,
-            transformer: Mmdit::load(&dir.join("transformer"), DType::F32, device)?,
+            transformer,
+            transformer_lora: MmditLoraTarget::new(table),
+            transformer_loras: MergedLoras::default(),
             vae: VaeDecoder::load(&dir.join("vae"), DType::F32, device)?,
             image_encoder: LazyEncoder::new(dir.join("vae"), device),
             scheduler: read_config(&dir.join("scheduler/scheduler_config.json"))?,
@@ -171,10 +205,44 @@ impl Sd3 {
         device: &Device,
         prompt: &str,
         negative: Option<&str>,
+        loras: &[LoraUse],
     ) -> Result<Sd3Conditioning, EngineLoadError> {
+        check_components(&REACHABLE, loras)?;
         let config: crate::models::mmdit::MmditConfig =
             read_config(&dir.join("transformer/config.json"))?;
-        Sd3Encoders::load(dir, device)?.encode(config.joint_attention_dim, device, prompt, negative)
+        let encoders = Sd3Encoders::load(dir, device)?;
+        merge_for_once(&encoders.tables(), loras)?;
+        encoders.encode(config.joint_attention_dim, device, prompt, negative)
+    }
+
+    /// Merges `set` into the MMDiT and both CLIP encoders, in place of the
+    /// LoRAs before; on an error none stays merged.
+    pub fn set_loras(&mut self, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        check_components(&REACHABLE, set)?;
+        let target = [(
+            Component::Denoiser,
+            &self.transformer_lora as &dyn LoraTarget,
+        )];
+        self.transformer_loras.set_on(&target, set)?;
+        if let Err(e) = self.encoders.set_loras(set) {
+            self.transformer_loras.unmerge_on(&target)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A weight as the model runs it now (LoRAs merged), by component and
+    /// diffusers name: for tests and diagnostics.
+    pub fn parameter(&self, component: Component, name: &str) -> Option<Tensor> {
+        match component {
+            Component::Denoiser => self.transformer_lora.table().get(name).cloned(),
+            Component::TextEncoder(i) if i < 2 => self
+                .encoders
+                .with(|e| Ok(e.clip_tables[i].get(name).cloned()))
+                .ok()
+                .flatten(),
+            Component::TextEncoder(_) => None,
+        }
     }
 
     pub fn schedule(&self, steps: usize) -> Result<FlowSchedule, EngineLoadError> {

@@ -15,11 +15,6 @@ pub(crate) type Loader<T> = fn(&Path, &Device) -> Result<T, EngineLoadError>;
 /// The encoders' weight tables, by component.
 pub(crate) type Tables<T> = for<'a> fn(&'a T) -> Vec<(Component, &'a ParameterTable)>;
 
-/// For pipelines whose encoders take no LoRA yet.
-pub(crate) fn without_tables<T>(_: &T) -> Vec<(Component, &ParameterTable)> {
-    Vec::new()
-}
-
 pub(crate) struct TextEncoders<T> {
     kept: Option<T>,
     dir: PathBuf,

@@ -18,7 +18,6 @@ use std::sync::{Arc, RwLock};
 use candle_core::{Tensor, D};
 
 use super::names::{diffusers_linears, RowsIn};
-use super::FluxConfig;
 use crate::error::EngineLoadError;
 use crate::weights::lora::{LayerName, LowRank};
 use crate::weights::lora_merge::{Branch, LoraTarget, Placement};
@@ -61,7 +60,15 @@ pub struct FluxLoraTarget {
 }
 
 impl FluxLoraTarget {
-    pub(super) fn new(slots: HashMap<String, LoraSlot>, config: &FluxConfig) -> Self {
+    /// Over the linears of a model with `double` and `single` blocks of
+    /// width `hidden`.
+    pub(super) fn new(
+        slots: HashMap<String, LoraSlot>,
+        hidden: usize,
+        double: usize,
+        single: usize,
+        guidance: bool,
+    ) -> Self {
         let mut modules: HashMap<String, Vec<RowsIn>> = slots
             .keys()
             .filter_map(|name| name.strip_suffix(".weight"))
@@ -74,12 +81,7 @@ impl FluxLoraTarget {
                 (module.to_string(), vec![whole])
             })
             .collect();
-        modules.extend(diffusers_linears(
-            config.hidden(),
-            config.num_layers,
-            config.num_single_layers,
-            config.guidance_embeds,
-        ));
+        modules.extend(diffusers_linears(hidden, double, single, guidance));
         let flattened = modules
             .keys()
             .map(|name| (name.replace('.', "_"), name.clone()))

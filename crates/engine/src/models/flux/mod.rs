@@ -367,7 +367,13 @@ impl FluxTransformer {
             single,
             final_modulation: w.linear("final_layer.adaLN_modulation.1", h, 2 * h)?,
             final_linear: w.linear("final_layer.linear", h, out)?,
-            lora: w.lora_target(&config),
+            lora: lora::FluxLoraTarget::new(
+                w.take_lora_slots(),
+                h,
+                config.num_layers,
+                config.num_single_layers,
+                config.guidance_embeds,
+            ),
             config,
         })
     }

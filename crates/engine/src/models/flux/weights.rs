@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::lora::{AdapterSlot, FluxLoraTarget, LoraSlot};
+use super::lora::{AdapterSlot, LoraSlot};
 use super::names::{
     DOUBLE_FUSED, DOUBLE_LINEARS, DOUBLE_NORMS, FINAL_MODULATION, GLOBAL_LINEARS, GUIDANCE_LINEARS,
     SINGLE_FUSED, SINGLE_LINEARS, SINGLE_NORMS,
@@ -361,11 +361,10 @@ impl FluxWeights {
         })
     }
 
-    /// What LoRAs can reach of the linears made so far (all of them, once
-    /// the transformer is built).
-    pub fn lora_target(&self, config: &super::FluxConfig) -> FluxLoraTarget {
-        let slots = std::mem::take(&mut *self.lora_slots.lock().unwrap_or_else(|e| e.into_inner()));
-        FluxLoraTarget::new(slots, config)
+    /// The linears made so far as LoRAs reach them (all of them, once the
+    /// transformer is built), taken from the weights.
+    pub(super) fn take_lora_slots(&self) -> HashMap<String, LoraSlot> {
+        std::mem::take(&mut *self.lora_slots.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every matrix quantized by `quantize_tensor`. For tests and

@@ -18,6 +18,7 @@ pub mod assemble;
 pub mod detect;
 pub(crate) mod ldm;
 mod sd3;
+pub use sd3::{stability_linears, StabilityPlace};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

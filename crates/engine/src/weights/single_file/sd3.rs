@@ -150,6 +150,83 @@ pub(super) fn finish_mmdit(tensors: &mut HashMap<String, Tensor>) -> Result<(), 
     Ok(())
 }
 
+/// Where rows of a weight in Stability's MMDiT layout lie in diffusers'
+/// weights (for LoRAs named after that layout, kohya's
+/// `lora_unet_joint_blocks_…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StabilityPlace {
+    /// The diffusers weight.
+    pub weight: String,
+    /// The Stability weight's rows: all (`None`), or the k-th of `of`
+    /// equal row blocks (`Some((k, of))`) …
+    pub block: Option<(usize, usize)>,
+    /// … placed as this equal row block of `weight` (0 when whole).
+    pub at_block: usize,
+}
+
+/// Every Stability linear of a model whose last joint block is `last`,
+/// and where its rows go.
+pub fn stability_linears(last: usize) -> Vec<(String, Vec<StabilityPlace>)> {
+    let mut modules: Vec<String> = [
+        "context_embedder",
+        "t_embedder.mlp.0",
+        "t_embedder.mlp.2",
+        "y_embedder.mlp.0",
+        "y_embedder.mlp.2",
+        "final_layer.linear",
+        "final_layer.adaLN_modulation.1",
+    ]
+    .map(String::from)
+    .to_vec();
+    for block in 0..=last {
+        for (from, _) in BLOCK_PARTS.iter().chain(CONTEXT_MLP.iter()) {
+            if !from.contains(".ln_") {
+                modules.push(format!(
+                    "joint_blocks.{block}.{}",
+                    from.trim_end_matches('.')
+                ));
+            }
+        }
+    }
+    let last_context = format!("transformer_blocks.{last}.norm1_context.linear.weight");
+    modules
+        .into_iter()
+        .filter_map(|module| {
+            let diffusers = mmdit_name(&format!("{module}.weight"))?;
+            let places = match FUSED
+                .iter()
+                .find(|(f, _)| diffusers.contains(&format!(".{f}.")))
+            {
+                Some((fused, parts)) => parts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, part)| StabilityPlace {
+                        weight: diffusers.replace(fused, part),
+                        block: Some((k, 3)),
+                        at_block: 0,
+                    })
+                    .collect(),
+                // Shift, scale in Stability's order: each half goes to the
+                // other half of diffusers' weight.
+                None if diffusers == "norm_out.linear.weight" || diffusers == last_context => (0
+                    ..2)
+                    .map(|k| StabilityPlace {
+                        weight: diffusers.clone(),
+                        block: Some((k, 2)),
+                        at_block: 1 - k,
+                    })
+                    .collect(),
+                None => vec![StabilityPlace {
+                    weight: diffusers,
+                    block: None,
+                    at_block: 0,
+                }],
+            };
+            Some((module, places))
+        })
+        .collect()
+}
+
 /// SD 3's CLIP-L: its pooled output is used as is, so its projection is
 /// the identity (what diffusers' single-file loader sets, whatever the
 /// file holds).
