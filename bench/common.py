@@ -19,6 +19,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# FLUX.1-dev's full width (24 heads of 128, T5 width 4096) with 1 double +
+# 1 single block: the transformer flux_vs_diffusers.py and lora_cost.py time.
+FLUX_BLOCKS_CONFIG = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+                          num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                          guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+
 
 def median(xs):
     return statistics.median(xs)

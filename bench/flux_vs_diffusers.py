@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, build, flops, git_rev, machine, matmul_anchor, peak_rss_mib, run_json_lines, timed
+from common import (FLUX_BLOCKS_CONFIG, ROOT, build, flops, git_rev, machine, matmul_anchor, peak_rss_mib,
+                    run_json_lines, timed)
 from diffusers import FluxTransformer2DModel
 
 ap = argparse.ArgumentParser()
@@ -37,9 +38,7 @@ args = ap.parse_args()
 torch.set_num_threads(os.cpu_count() or 2)
 torch.manual_seed(0)
 BLOCKS = Path(args.blocks_dir)
-CONFIG = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
-              num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-              axes_dims_rope=(16, 56, 56))
+CONFIG = FLUX_BLOCKS_CONFIG
 
 
 EXE = build("cyberimage-engine", "bench_flux")

@@ -6,6 +6,12 @@
 //!   FLUX folder — full width, few blocks — in f32, GGUF Q8_0 and GGUF Q4_K
 //!   (quantized in-process from the same weights).
 //!
+//! cargo run --release -p cyberimage-engine --example bench_flux -- lora TRANSFORMER_DIR LORA_FILE SIZE REPEATS
+//!   The cost of a LoRA (for bench/lora_cost.py): the same forward without
+//!   and with the LoRA, on f32 weights (merged in) and on GGUF Q8_0 / Q4_K
+//!   (run as a branch beside the quantized product), and the time to merge
+//!   it in and take it out again.
+//!
 //! cargo run --release -p cyberimage-engine --example bench_flux -- make-e2e OUT_DIR TINY_FLUX_DIR CONFIGS_DIR
 //!   Writes a full-size FLUX.1-dev folder with random weights: the
 //!   transformer as GGUF Q4_K, T5-XXL as bf16 safetensors, CLIP-L and the
@@ -19,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
@@ -26,6 +33,8 @@ use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::models::flux::weights::{quantize_tensor, FluxWeights};
 use cyberimage_engine::models::flux::FluxTransformer;
 use cyberimage_engine::pipelines::flux::{load_transformer, Flux};
+use cyberimage_engine::weights::lora::{Component, LoraFile};
+use cyberimage_engine::weights::lora_merge::{LoraTarget, LoraUse, MergedLoras};
 
 /// As the binary runs: mimalloc, freed memory kept for reuse (see
 /// cyberimage_kernels::alloc).
@@ -95,6 +104,49 @@ fn blocks(dir: &Path, size: usize, repeats: usize) -> Result<()> {
             });
             report(&format!("flux_blocks_{size}_bf16"), seconds);
         }
+    }
+    Ok(())
+}
+
+fn lora(dir: &Path, file: &Path, size: usize, repeats: usize) -> Result<()> {
+    let device = Device::Cpu;
+    let (weights, config) = load_transformer(dir, &device)?;
+    let tokens = (size / 16) * (size / 16);
+    let img = Tensor::randn(0f32, 1f32, (1, tokens, config.in_channels), &device)?;
+    let txt = Tensor::randn(0f32, 1f32, (1, 512, config.joint_attention_dim), &device)?;
+    let pooled = Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), &device)?;
+    let set = [LoraUse {
+        id: "bench".into(),
+        file: Arc::new(LoraFile::read(file)?),
+        strength: 0.8,
+    }];
+    for (name, dtype) in [
+        ("f32", None),
+        ("gguf_q8_0", Some(GgmlDType::Q8_0)),
+        ("gguf_q4_k", Some(GgmlDType::Q4K)),
+    ] {
+        let quantized;
+        let w = match dtype {
+            None => &weights,
+            Some(dtype) => {
+                quantized = weights.quantized(dtype)?;
+                &quantized
+            }
+        };
+        let model = FluxTransformer::new(w, config.clone())?;
+        let rope = model.rope(512, size / 16, size / 16, &device)?;
+        let mut forward = || model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope);
+        report(&format!("lora_{size}_{name}_without"), timed(repeats + 1, &mut forward));
+        let target = [(Component::Denoiser, model.lora_target() as &dyn LoraTarget)];
+        let mut merged = MergedLoras::default();
+        let start = Instant::now();
+        merged.set_on(&target, &set)?;
+        report(&format!("lora_{name}_apply"), vec![start.elapsed().as_secs_f64()]);
+        let mut forward = || model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope);
+        report(&format!("lora_{size}_{name}_with"), timed(repeats + 1, &mut forward));
+        let start = Instant::now();
+        merged.unmerge_on(&target)?;
+        report(&format!("lora_{name}_remove"), vec![start.elapsed().as_secs_f64()]);
     }
     Ok(())
 }
@@ -211,6 +263,12 @@ fn main() -> Result<()> {
             &PathBuf::from(arg(4)),
         ),
         "e2e" => e2e(Path::new(&arg(2)), arg(3).parse()?),
-        other => Err(format!("unknown mode {other:?}: blocks | make-e2e | e2e").into()),
+        "lora" => lora(
+            Path::new(&arg(2)),
+            Path::new(&arg(3)),
+            arg(4).parse()?,
+            arg(5).parse()?,
+        ),
+        other => Err(format!("unknown mode {other:?}: blocks | lora | make-e2e | e2e").into()),
     }
 }
