@@ -136,17 +136,29 @@ fn lora(dir: &Path, file: &Path, size: usize, repeats: usize) -> Result<()> {
         let model = FluxTransformer::new(w, config.clone())?;
         let rope = model.rope(512, size / 16, size / 16, &device)?;
         let mut forward = || model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope);
-        report(&format!("lora_{size}_{name}_without"), timed(repeats + 1, &mut forward));
+        report(
+            &format!("lora_{size}_{name}_without"),
+            timed(repeats + 1, &mut forward),
+        );
         let target = [(Component::Denoiser, model.lora_target() as &dyn LoraTarget)];
         let mut merged = MergedLoras::default();
         let start = Instant::now();
         merged.set_on(&target, &set)?;
-        report(&format!("lora_{name}_apply"), vec![start.elapsed().as_secs_f64()]);
+        report(
+            &format!("lora_{name}_apply"),
+            vec![start.elapsed().as_secs_f64()],
+        );
         let mut forward = || model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope);
-        report(&format!("lora_{size}_{name}_with"), timed(repeats + 1, &mut forward));
+        report(
+            &format!("lora_{size}_{name}_with"),
+            timed(repeats + 1, &mut forward),
+        );
         let start = Instant::now();
         merged.unmerge_on(&target)?;
-        report(&format!("lora_{name}_remove"), vec![start.elapsed().as_secs_f64()]);
+        report(
+            &format!("lora_{name}_remove"),
+            vec![start.elapsed().as_secs_f64()],
+        );
     }
     Ok(())
 }

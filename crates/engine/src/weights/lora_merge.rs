@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use cyberimage_kernels::in_place::{add_in_place, copy_in_place};
+use cyberimage_kernels::in_place::{add_product_in_place, copy_in_place};
 
 use crate::error::EngineLoadError;
 use crate::weights::lora::{resolve, Component, LoraFile, LowRank, ParameterNames};
@@ -318,9 +318,9 @@ fn merge_into(
                         });
                         continue;
                     }
-                    let delta =
-                        layer.delta_rows(placement.up_rows.clone(), &shape, lora.strength)?;
-                    add_rows(&blocks, &delta, placement.first_row, |first, block| {
+                    let (down, up) =
+                        layer.scaled_pair(placement.up_rows.clone(), &shape, lora.strength)?;
+                    add_rows(&blocks, &up, &down, placement.first_row, |first, block| {
                         if let Some(saved) = saved.as_deref_mut() {
                             let key = (*component, placement.weight.clone(), first);
                             if let Entry::Vacant(slot) = saved.entry(key) {
@@ -337,15 +337,16 @@ fn merge_into(
     Ok(())
 }
 
-/// Adds `delta` (rows from `first_row` on) into the row blocks it
+/// Adds `up · down` (rows from `first_row` on) into the row blocks it
 /// overlaps, calling `before` with each block about to change.
 fn add_rows(
     blocks: &[(usize, Tensor)],
-    delta: &Tensor,
+    up: &Tensor,
+    down: &Tensor,
     first_row: usize,
     mut before: impl FnMut(usize, &Tensor) -> Result<(), EngineLoadError>,
 ) -> Result<(), EngineLoadError> {
-    let end = first_row + delta.dim(0)?;
+    let end = first_row + up.dim(0)?;
     for (start, block) in blocks {
         let block_end = start + block.dim(0)?;
         let (from, to) = (first_row.max(*start), end.min(block_end));
@@ -353,9 +354,10 @@ fn add_rows(
             continue;
         }
         before(*start, block)?;
-        add_in_place(
+        add_product_in_place(
             &block.narrow(0, from - start, to - from)?,
-            &delta.narrow(0, from - first_row, to - from)?,
+            &up.narrow(0, from - first_row, to - from)?,
+            down,
         )?;
     }
     Ok(())
