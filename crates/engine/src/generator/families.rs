@@ -130,6 +130,16 @@ impl LoadedPipeline for StableDiffusion {
                 let count = shape.1 * shape.2 * shape.3;
                 let mut step_noise =
                     |step| Tensor::from_vec(step_gaussian(seed, step, count), shape, run.device);
+                if self.conditioning_channels() > 0 {
+                    return self.denoise_inpainting_unet(
+                        run,
+                        cond,
+                        seed,
+                        &latents,
+                        &mut step_noise,
+                        on_step,
+                    );
+                }
                 match run.init {
                     None => self.denoise(cond, latents, steps, guidance, &mut step_noise, on_step),
                     Some(init) => {
@@ -152,6 +162,49 @@ impl LoadedPipeline for StableDiffusion {
             &|latents| self.preview(latents, run.preview_decoder),
         )?;
         Ok((images, vec![("sampler".into(), sampler.into())]))
+    }
+}
+
+impl StableDiffusion {
+    /// A job on an inpainting UNet (9 input channels): with or without an
+    /// input image and mask.
+    fn denoise_inpainting_unet(
+        &self,
+        run: &Run,
+        cond: &Conditioning,
+        seed: u64,
+        noise: &Tensor,
+        step_noise: &mut crate::pipelines::sd::StepNoise,
+        on_step: &mut crate::pipelines::StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        if self.conditioning_channels() != 5 {
+            return Err(EngineLoadError::Unsupported(format!(
+                "a UNet with {} input channels: inpainting UNets have {} (instruct-pix2pix-style \
+                 image conditioning is not supported)",
+                self.conditioning_channels() + self.latent_channels(),
+                self.latent_channels() + 5
+            )));
+        }
+        let encoder = self.image_encoder();
+        let conditioning = run.inpaint_conditioning(encoder, seed, noise, self.latent_factor())?;
+        let (clean, strength) = match run.init {
+            Some(init) => (
+                Some(init.clean_latents(encoder, seed, noise)?),
+                init.strength,
+            ),
+            None => (None, 1.0),
+        };
+        self.denoise_conditioned(
+            cond,
+            clean.as_ref(),
+            noise,
+            &conditioning,
+            run.steps(),
+            strength,
+            run.guidance(),
+            step_noise,
+            on_step,
+        )
     }
 }
 

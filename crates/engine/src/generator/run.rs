@@ -41,6 +41,9 @@ pub(super) struct InitInput {
     pub strength: f64,
     /// Inpainting: (1, 1, h/f, w/f), 1 where the model repaints.
     pub mask: Option<Tensor>,
+    /// The same mask at the image's size (an inpainting UNet is given the
+    /// image with this part blanked).
+    pixel_mask: Option<Tensor>,
     /// Inpainting with `keep_unmasked`: the input's RGB and the mask's
     /// luma at the job's size, laid over each decoded image.
     overlay: Option<(Vec<u8>, Vec<u8>)>,
@@ -95,6 +98,13 @@ impl InitInput {
                 .map_err(failed)?,
             ),
         };
+        let pixel_mask = match (&mask, &input.mask) {
+            (Some(_), Some(luma)) => Some(
+                latent_mask(luma, input.width as usize, input.height as usize, 1, device)
+                    .map_err(failed)?,
+            ),
+            _ => None,
+        };
         let overlay = match (&input.mask, init.keep_unmasked) {
             (Some(luma), true) => Some((input.rgb.clone(), luma.clone())),
             _ => None,
@@ -103,6 +113,7 @@ impl InitInput {
             image,
             strength: init.strength,
             mask,
+            pixel_mask,
             overlay,
             posterior: OnceLock::new(),
         }))
@@ -131,6 +142,56 @@ impl InitInput {
         encoder.sample(posterior, &eps)
     }
 }
+
+impl Run<'_> {
+    /// What an inpainting UNet takes beside image `seed`'s latents (shaped
+    /// like `like`): the latent-size mask and the latents of the input
+    /// with the masked part blanked (grey), as (1, 1 + c, h, w). Without a
+    /// mask the whole picture is repainted; without an input image (text
+    /// to image on an inpainting model) the masked image is all grey, as
+    /// AUTOMATIC1111 conditions such models.
+    pub fn inpaint_conditioning(
+        &self,
+        encoder: &LazyEncoder,
+        seed: u64,
+        like: &Tensor,
+        factor: usize,
+    ) -> Result<Tensor, EngineLoadError> {
+        let (_, _, h, w) = like.dims4()?;
+        let device = like.device();
+        let (image, pixel_mask, mask) = match self.init {
+            Some(init) => (
+                init.image.clone(),
+                init.pixel_mask.clone(),
+                init.mask.clone(),
+            ),
+            None => (
+                Tensor::zeros((1, 3, h * factor, w * factor), like.dtype(), device)?,
+                None,
+                None,
+            ),
+        };
+        let masked = match pixel_mask {
+            Some(m) => image.broadcast_mul(&(1.0 - m)?)?,
+            None => image.zeros_like()?,
+        };
+        let mask = match mask {
+            Some(m) => m,
+            None => Tensor::ones((1, 1, h, w), like.dtype(), device)?,
+        };
+        let eps = Tensor::from_vec(
+            step_gaussian(seed, MASKED_IMAGE_DRAW, like.elem_count()),
+            like.shape(),
+            device,
+        )?;
+        let masked_latents = encoder.latents(&masked, &eps)?;
+        Ok(Tensor::cat(&[&mask, &masked_latents], 1)?)
+    }
+}
+
+/// The draw that samples the masked image's posterior for an inpainting
+/// UNet: beside the input's own.
+const MASKED_IMAGE_DRAW: usize = POSTERIOR_DRAW + 1;
 
 /// A family's preview of its step latents.
 pub(super) type Preview<'a> =

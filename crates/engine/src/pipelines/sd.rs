@@ -182,6 +182,15 @@ struct ModelIndex {
     force_zeros_for_empty_prompt: bool,
 }
 
+/// What inpainting adds to the denoising loop.
+enum Inpainting<'a> {
+    None,
+    /// A 4-channel UNet: the kept part blended back after each step.
+    Blend(Keep<'a>),
+    /// An inpainting UNet: mask and masked-image latents as extra input.
+    Condition(&'a Tensor),
+}
+
 impl StableDiffusion {
     /// Loads a diffusers folder (`model_index.json` beside the components).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EngineLoadError> {
@@ -248,7 +257,7 @@ impl StableDiffusion {
     }
 
     pub fn latent_channels(&self) -> usize {
-        self.unet.config.in_channels
+        self.vae.config.latent_channels
     }
 
     fn is_sdxl(&self) -> bool {
@@ -387,7 +396,16 @@ impl StableDiffusion {
     ) -> Result<Option<Tensor>, EngineLoadError> {
         let scheduler = self.scheduler(steps)?;
         let latents = (latents * scheduler.init_noise_sigma())?;
-        self.denoise_from(&scheduler, cond, latents, 0, None, guidance, noise, on_step)
+        self.denoise_from(
+            &scheduler,
+            cond,
+            latents,
+            0,
+            Inpainting::None,
+            guidance,
+            noise,
+            on_step,
+        )
     }
 
     /// Image-to-image: `clean` latents of the input image, noised with
@@ -416,17 +434,63 @@ impl StableDiffusion {
         } else {
             scheduler.add_noise(clean, start_noise, start)?
         };
-        let keep = mask.map(|mask| Keep {
-            clean,
-            noise: start_noise,
-            mask,
-        });
+        let inpainting = match mask {
+            Some(mask) => Inpainting::Blend(Keep {
+                clean,
+                noise: start_noise,
+                mask,
+            }),
+            None => Inpainting::None,
+        };
+        self.denoise_from(
+            &scheduler, cond, latents, start, inpainting, guidance, noise, on_step,
+        )
+    }
+
+    /// The latent channels the UNet takes beside the latents: 5 for an
+    /// inpainting UNet (the mask, then the masked image's latents, as SD
+    /// 1.5 / SDXL inpainting checkpoints have them), 0 otherwise.
+    pub fn conditioning_channels(&self) -> usize {
+        self.unet.config.in_channels - self.latent_channels()
+    }
+
+    /// Inpainting with an inpainting UNet (diffusers'
+    /// `StableDiffusionInpaintPipeline` when the UNet has 9 input
+    /// channels): `conditioning` (1, 5, h, w) — the latent-size mask and
+    /// the masked image's latents — goes in beside the latents at every
+    /// step, and nothing is blended back. Starts from `clean` noised to
+    /// the step `strength` keeps, or from pure noise at strength 1 (or
+    /// with no input image: text-to-image on an inpainting model).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_conditioned(
+        &self,
+        cond: &Conditioning,
+        clean: Option<&Tensor>,
+        start_noise: &Tensor,
+        conditioning: &Tensor,
+        steps: usize,
+        strength: f64,
+        guidance: f64,
+        noise: &mut StepNoise,
+        on_step: &mut StepCallback,
+    ) -> Result<Option<Tensor>, EngineLoadError> {
+        let scheduler = self.scheduler(steps)?;
+        let (start, latents) = match clean {
+            Some(clean) if strength < 1.0 => {
+                let start = start_step(steps, strength)?;
+                (start, scheduler.add_noise(clean, start_noise, start)?)
+            }
+            _ => (
+                start_step(steps, strength.min(1.0))?,
+                (start_noise * scheduler.init_noise_sigma())?,
+            ),
+        };
         self.denoise_from(
             &scheduler,
             cond,
             latents,
             start,
-            keep.as_ref(),
+            Inpainting::Condition(conditioning),
             guidance,
             noise,
             on_step,
@@ -448,7 +512,7 @@ impl StableDiffusion {
         cond: &Conditioning,
         latents: Tensor,
         start: usize,
-        keep: Option<&Keep>,
+        inpainting: Inpainting,
         guidance: f64,
         noise: &mut StepNoise,
         on_step: &mut StepCallback,
@@ -459,7 +523,12 @@ impl StableDiffusion {
         let added = self.added_conditioning(cond, first_row, rows, &latents)?;
         let mut latents = latents;
         for (i, &t) in scheduler.timesteps().iter().enumerate().skip(start) {
-            let scaled = scheduler.scale_model_input(&latents, i)?;
+            let scaled = match &inpainting {
+                Inpainting::Condition(extra) => {
+                    Tensor::cat(&[&scheduler.scale_model_input(&latents, i)?, *extra], 1)?
+                }
+                _ => scheduler.scale_model_input(&latents, i)?,
+            };
             let guided = if cfg {
                 let input = Tensor::cat(&[&scaled, &scaled], 0)?;
                 let eps = self.unet.forward(&input, t, &context, added.as_ref())?;
@@ -475,7 +544,7 @@ impl StableDiffusion {
                 None
             };
             latents = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
-            if let Some(keep) = keep {
+            if let Inpainting::Blend(keep) = &inpainting {
                 latents =
                     keep.after_step(&latents, i + 1, scheduler.timesteps().len(), |x, n, j| {
                         scheduler.add_noise(x, n, j)

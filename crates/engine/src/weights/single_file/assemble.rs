@@ -327,12 +327,19 @@ pub fn write(plan: &Plan, config_dir: &Path, out: &Path) -> Result<(), EngineLoa
     }
     for file in copies {
         let relative = file.strip_prefix(config_dir).expect("listed under it");
-        let bytes = std::fs::read(&file).map_err(io(&file))?;
+        let mut bytes = std::fs::read(&file).map_err(io(&file))?;
+        let unet = plan.components.iter().find(|(folder, c)| {
+            c.layout == Layout::LdmUnet && relative == Path::new(folder).join("config.json")
+        });
+        if let Some((_, unet)) = unet {
+            bytes = with_input_channels(bytes, unet)?;
+        }
         write_if_changed(&out.join(relative), &bytes)?;
     }
     for (folder, component) in &plan.components {
         let text = serde_json::to_vec_pretty(component).expect("serialisable");
         write_if_changed(&out.join(folder).join(POINTER_FILE), &text)?;
+
         if !out.join(folder).join("config.json").exists() && *folder != "transformer" {
             return Err(unsupported(format!(
                 "{} has no {folder}/config.json for this model's {folder}",
@@ -341,6 +348,29 @@ pub fn write(plan: &Plan, config_dir: &Path, out: &Path) -> Result<(), EngineLoa
         }
     }
     Ok(())
+}
+
+/// An inpainting checkpoint (`sd-v1-5-inpainting`, SDXL inpainting) is
+/// its base model's UNet with 9 input channels (latents, mask, masked
+/// image): the borrowed `config` says 4, the file's first convolution says
+/// how many it has, and that is what the config is given.
+fn with_input_channels(config: Vec<u8>, unet: &ComponentFile) -> Result<Vec<u8>, EngineLoadError> {
+    let Ok(header) = crate::weights::safetensors::read_header(&unet.file) else {
+        return Ok(config); // not a safetensors file: read as configured
+    };
+    let channels = header
+        .get(&format!("{}input_blocks.0.0.weight", unet.prefix))
+        .and_then(|conv_in| conv_in.shape.get(1).copied());
+    let Some(channels) = channels else {
+        return Ok(config);
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&config)
+        .map_err(|e| unsupported(format!("the UNet config: {e}")))?;
+    if json.get("in_channels").and_then(|v| v.as_u64()) == Some(channels as u64) {
+        return Ok(config);
+    }
+    json["in_channels"] = channels.into();
+    Ok(serde_json::to_vec_pretty(&json).expect("serialisable"))
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), EngineLoadError> {
