@@ -372,3 +372,54 @@ fn a_stability_sd35_file_matches_diffusers_from_single_file() {
         .unwrap();
     support::assert_images_close(&sd3.decode_unit(&latents).unwrap(), &refs["final_image"]);
 }
+
+/// An inpainting checkpoint is its base model with a 9-channel first
+/// convolution: the config borrowed from the base model's folder says 4,
+/// and the loader takes the file's word for it.
+#[test]
+fn an_inpainting_single_file_gets_its_nine_input_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(single_file("tiny-sd15-ldm.safetensors"), &Device::Cpu)
+            .unwrap();
+    let name = "model.diffusion_model.input_blocks.0.0.weight";
+    let conv_in = &tensors[name];
+    let (out, inputs, kh, kw) = conv_in.dims4().unwrap();
+    assert_eq!(inputs, 4);
+    let extra = Tensor::randn(0f32, 0.2, (out, 5, kh, kw), &Device::Cpu)
+        .unwrap()
+        .to_dtype(conv_in.dtype())
+        .unwrap();
+    let wider = Tensor::cat(&[conv_in, &extra], 1).unwrap();
+    tensors.insert(name.into(), wider);
+    let file = dir.path().join("tiny-sd15-inpainting.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let model = ModelEntry {
+        key: "tiny-sd15-inpainting-file".into(),
+        source: file.display().to_string(),
+        config: Some(fixture_dir("tiny-sd15").display().to_string()),
+        ..builtin("tiny-sd15-random")
+    };
+    let models = tempfile::tempdir().unwrap();
+    let generator =
+        CandleGenerator::new(models.path().to_path_buf(), EngineOptions::default()).unwrap();
+    let spec = GenerationSpec {
+        prompt: "a lighthouse at dusk".into(),
+        negative_prompt: None,
+        model: model.key.clone(),
+        width: 64,
+        height: 64,
+        steps: 2,
+        guidance_scale: 7.5,
+        num_images: 1,
+        seed: 3,
+        init_image: None,
+        loras: Vec::new(),
+        upscale: None,
+    };
+    let image = generator
+        .generate(&model, &spec, &NoProgress, &CancelToken::new())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert_eq!(image.rgb.len(), 64 * 64 * 3);
+}
