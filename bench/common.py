@@ -19,6 +19,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def write_sd15_weights(model):
+    """Random weights in the real SD 1.5 component configs
+    (runwayml/stable-diffusion-v1-5) under `model`, once: the files the SD
+    1.5 benchmarks load in both engines."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if (model / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        return
+    print("writing random full-size SD 1.5 weights to", model, flush=True)
+    UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32,
+    ).save_pretrained(model / "unet", safe_serialization=True)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215,
+    ).save_pretrained(model / "vae", safe_serialization=True)
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    )).save_pretrained(model / "text_encoder", safe_serialization=True)
+
+
 # FLUX.1-dev's full width (24 heads of 128, T5 width 4096) with 1 double +
 # 1 single block: the transformer flux_vs_diffusers.py and lora_cost.py time.
 FLUX_BLOCKS_CONFIG = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,

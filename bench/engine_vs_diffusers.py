@@ -24,9 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import ROOT, bf16_anchor, build, flops, git_rev, has_amx, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from common import ROOT, bf16_anchor, build, write_sd15_weights, flops, git_rev, has_amx, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=512)
@@ -43,27 +41,10 @@ torch.set_num_threads(os.cpu_count() or 2)
 torch.manual_seed(0)
 MODEL = Path(args.model_dir)
 
-# The real SD 1.5 component configs (runwayml/stable-diffusion-v1-5).
-UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
-VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-           block_out_channels=(128, 256, 512, 512), sample_size=512,
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-           scaling_factor=0.18215)
-CLIP = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                      projection_dim=768)
 
 
 def build_weights():
-    if (MODEL / "unet" / "diffusion_pytorch_model.safetensors").exists():
-        return
-    print("writing random full-size SD 1.5 weights to", MODEL, flush=True)
-    UNet2DConditionModel(**UNET).save_pretrained(MODEL / "unet", safe_serialization=True)
-    AutoencoderKL(**VAE).save_pretrained(MODEL / "vae", safe_serialization=True)
-    CLIPTextModel(CLIP).save_pretrained(MODEL / "text_encoder", safe_serialization=True)
+    write_sd15_weights(MODEL)
 
 
 def diffusers_side():
