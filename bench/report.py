@@ -2,7 +2,7 @@
 bench/results/ (engine.json from engine_vs_diffusers.py, sdxl.json from
 sdxl_vs_diffusers.py, img2img.json from img2img_vs_diffusers.py, e2e.json from e2e_turbo.py, flux.json from
 flux_vs_diffusers.py, load.json from load_status.py, upscale.json from upscale_vs_spandrel.py, lora.json
-from lora_cost.py). Targets come from the benchmark issue; each is marked met or
+from lora_cost.py, img2img_job.json from img2img_job.py). Targets come from the benchmark issue; each is marked met or
 not met by the numbers, never by hand.
 
 usage: python bench/report.py
@@ -268,8 +268,8 @@ def img2img_section(x):
            "The full-size SD 1.5 VAE (random weights, the files engine_vs_diffusers.py writes) encodes a picture "
            "to its latent posterior; median of "
            f"{x['repeats']} runs after a warm-up. An image-to-image job is this stage plus the text-to-image "
-           "stages above (strength × steps UNet steps and one decode), so its time is their sum; no job-level "
-           f"comparison was run. FLOP floor = FLOPs / {anchor_text(x)}.", "",
+           "stages above (strength × steps UNet steps and one decode); the next section times whole jobs. "
+           f"FLOP floor = FLOPs / {anchor_text(x)}.", "",
            "| Stage | CyberImage (s) | diffusers (s) | ours / diffusers | ours bf16 (s) | diffusers bf16 (s) | "
            "ours bf16 / diffusers bf16 | ours / floor |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -278,6 +278,27 @@ def img2img_section(x):
                    f"{r['ratio_ours_over_diffusers']:.2f}× | {r['ours_bf16_s']:.2f} | {r['diffusers_bf16_s']:.2f} | "
                    f"{r['ours_bf16_s'] / r['diffusers_bf16_s']:.2f}× | {r['ours_s'] / r['floor_s']:.1f}× |")
     out += ["", f"Peak RSS: CyberImage {x['ours_peak_rss_mib']:.0f} MiB, diffusers {x['diffusers_peak_rss_mib']:.0f} MiB.", ""]
+    return out
+
+
+def img2img_job_section(x):
+    med = statistics.median
+    out = ["## Image-to-image: a whole job vs diffusers' pipeline (identical weights)", "",
+           f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, {x['threads']} threads). The full-size "
+           "SD 1.5 architecture (random weights, engine_vs_diffusers.py's files, with tiny-sd15's tokenizer and "
+           f"DDIM config), one {x['size']}² picture in, {x['steps']} steps at strength {x['strength']} "
+           f"({x['unet_steps']} UNet steps of batch 2, guidance 7.5), one picture out: text encoding, the VAE "
+           "encoder, the steps and the decode. Ours: the generator's job as a worker runs it (without the PNG); "
+           "diffusers: `StableDiffusionImg2ImgPipeline` under `torch.inference_mode`, UNet and VAE in "
+           f"channels_last. Median of {x['repeats']} jobs after a first one (ours: the first loads the model).", "",
+           "| precision | ours (s) | diffusers (s) | ours / diffusers | ours, first job (s) |",
+           "|---|---:|---:|---:|---:|"]
+    for p in ("f32", "bf16"):
+        o, d = med(x["ours"][p]["seconds"]), med(x["diffusers"][p])
+        out.append(f"| {p} | {o:.2f} | {d:.2f} | {o / d:.2f}× | {x['ours'][p]['first_s']:.2f} |")
+    out += ["", f"Peak RSS: ours {x['ours']['f32']['peak_rss_mib']:.0f} MiB (f32), "
+            f"{x['ours']['bf16']['peak_rss_mib']:.0f} MiB (bf16); diffusers {x['diffusers']['peak_rss_mib']:.0f} "
+            "MiB (both pipelines in one process).", ""]
     return out
 
 
@@ -428,6 +449,10 @@ def main():
     img2img = json.loads((RESULTS / "img2img.json").read_text()) if (RESULTS / "img2img.json").exists() else None
     if img2img:
         out += img2img_section(img2img)
+    img2img_job = (json.loads((RESULTS / "img2img_job.json").read_text())
+                   if (RESULTS / "img2img_job.json").exists() else None)
+    if img2img_job:
+        out += img2img_job_section(img2img_job)
     if sdxl:
         out += sdxl_section(sdxl)
     if e2e:
@@ -519,8 +544,8 @@ def main():
     out += ["", "## Not measured yet", "",
             "SD 3.5 Large stages on real-size weights: the pipeline exists and its full-size config builds "
             "(engine tests), but it is not in the harness yet.", "",
-            "A whole image-to-image or inpainting job against diffusers' pipeline (only its extra stage, the VAE "
-            "encoder, is timed above). LoRA merge time on the UNet families (the FLUX table above has the "
+            "An inpainting job against diffusers' inpaint pipeline (the image-to-image job above is the same "
+            "work plus one blend per step). LoRA merge time on the UNet families (the FLUX table above has the "
             "merge and the branch).", ""]
     history = RESULTS / "history.md"
     if history.exists():
