@@ -85,7 +85,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| {
             let start = Instant::now();
             generator
-                .generate_from(&model, &spec, Some(&input), &NoProgress, &CancelToken::new())
+                .generate_from(
+                    &model,
+                    &spec,
+                    Some(&input),
+                    &NoProgress,
+                    &CancelToken::new(),
+                )
                 .map(|images| std::hint::black_box(images.len()))?;
             Ok(start.elapsed().as_secs_f64())
         })

@@ -1,7 +1,8 @@
 //! Inpainting UNets (9 input channels: latents, mask, masked image) against
-//! diffusers' `StableDiffusionInpaintPipeline` on a tiny random one
-//! (`fixtures/inpaint_unet_references.py`, beside tiny-sd15's text
-//! encoder, VAE and scheduler): partial strength and strength 1, with the
+//! diffusers' `StableDiffusionInpaintPipeline` and
+//! `StableDiffusionXLInpaintPipeline` on tiny random ones
+//! (`fixtures/inpaint_unet_references.py`, beside tiny-sd15's / tiny-sdxl's
+//! text encoders, VAE and scheduler): partial strength and strength 1, with the
 //! pipeline's own draws; and generator jobs on the same folder, which
 //! find the UNet's kind in its config: inpainting conditioned on the kept
 //! part of the input, and text to image on the inpainting model.
@@ -16,15 +17,15 @@ use cyberimage_engine::pipelines::img2img::{image_tensor, latent_mask};
 use cyberimage_engine::pipelines::sd::StableDiffusion;
 use support::{assert_close, assert_images_close, fixture_dir};
 
-/// tiny-sd15 with the inpainting UNet in place of its own.
-fn inpainting_model() -> tempfile::TempDir {
+/// The tiny base model with its inpainting UNet in place of its own.
+fn inpainting_model(base: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    copy(&fixture_dir("tiny-sd15"), dir.path(), &|p: &Path| {
+    copy(&fixture_dir(base), dir.path(), &|p: &Path| {
         let name = p.file_name().unwrap().to_string_lossy();
         !name.contains("references") && name != "loras" && name != "unet"
     });
     copy(
-        &fixture_dir("tiny-sd15-inpaint").join("unet"),
+        &fixture_dir(&format!("{base}-inpaint")).join("unet"),
         &dir.path().join("unet"),
         &|_| true,
     );
@@ -47,8 +48,8 @@ fn copy(from: &Path, to: &Path, keep: &dyn Fn(&Path) -> bool) {
     }
 }
 
-fn references() -> (HashMap<String, Tensor>, serde_json::Value) {
-    let dir = fixture_dir("tiny-sd15-inpaint");
+fn references(base: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
+    let dir = fixture_dir(&format!("{base}-inpaint"));
     (
         candle_core::safetensors::load(
             dir.join("inpaint_unet_references.safetensors"),
@@ -67,13 +68,22 @@ fn bytes(t: &Tensor) -> Vec<u8> {
 }
 
 #[test]
-fn a_nine_channel_unet_inpaints_as_diffusers_does() {
-    let (refs, meta) = references();
-    let model = inpainting_model();
+fn nine_channel_unets_inpaint_as_diffusers_does() {
+    for base in ["tiny-sd15", "tiny-sdxl"] {
+        nine_channel_unet_inpaints(base);
+    }
+}
+
+fn nine_channel_unet_inpaints(base: &str) {
+    let (refs, meta) = references(base);
+    let model = inpainting_model(base);
     let sd = StableDiffusion::load(model.path(), &Device::Cpu).unwrap();
     assert_eq!(sd.latent_channels(), 4);
     assert_eq!(sd.conditioning_channels(), 5);
-    let (w, h) = (64, 64);
+    let (w, h) = (
+        meta["width"].as_u64().unwrap() as usize,
+        meta["height"].as_u64().unwrap() as usize,
+    );
     let image = image_tensor(&bytes(&refs["init_image_u8"]), w, h, &Device::Cpu).unwrap();
     let luma = bytes(&refs["mask_u8"]);
     let mask = latent_mask(&luma, w, h, 8, &Device::Cpu).unwrap();
@@ -117,9 +127,9 @@ fn a_nine_channel_unet_inpaints_as_diffusers_does() {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(counted, expected_steps, "{run}: steps run");
+        assert_eq!(counted, expected_steps, "{base} {run}: steps run");
         assert_close(
-            &format!("{run} final latents"),
+            &format!("{base} {run} final latents"),
             &latents,
             &refs[&format!("{run}.final_latents")],
             1e-4,
@@ -142,7 +152,7 @@ fn jobs_on_an_inpainting_model_are_conditioned_on_the_kept_part() {
     use cyberimage_core::{
         CancelToken, Catalogue, GenerationSpec, Generator, InitImage, InputImage,
     };
-    let model_dir = inpainting_model();
+    let model_dir = inpainting_model("tiny-sd15");
     let model = cyberimage_core::ModelEntry {
         key: "tiny-sd15-inpainting".into(),
         source: model_dir.path().display().to_string(),
