@@ -44,23 +44,7 @@ fn lora_set(meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
 }
 
 fn lora_set_in(model: &str, meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
-    meta["cases"][case]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, weight)| LoraUse {
-            id: name.clone(),
-            file: Arc::new(
-                LoraFile::read(
-                    &fixture_dir(model)
-                        .join("loras")
-                        .join(format!("{name}.safetensors")),
-                )
-                .unwrap(),
-            ),
-            strength: weight.as_f64().unwrap(),
-        })
-        .collect()
+    support::lora_case(model, meta, case)
 }
 
 fn picture(sd: &StableDiffusion, meta: &serde_json::Value) -> Tensor {

@@ -45,23 +45,7 @@ fn lora_references(model: &str) -> (HashMap<String, Tensor>, serde_json::Value) 
 }
 
 fn lora_set(model: &str, meta: &serde_json::Value, case: &str) -> Vec<LoraUse> {
-    meta["cases"][case]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, weight)| LoraUse {
-            id: name.clone(),
-            file: Arc::new(
-                LoraFile::read(
-                    &fixture_dir(model)
-                        .join("loras")
-                        .join(format!("{name}.safetensors")),
-                )
-                .unwrap(),
-            ),
-            strength: weight.as_f64().unwrap(),
-        })
-        .collect()
+    support::lora_case(model, meta, case)
 }
 
 fn component_of(name: &str) -> Component {

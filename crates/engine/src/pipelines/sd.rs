@@ -345,13 +345,13 @@ impl StableDiffusion {
     /// LoRAs merged before; none when empty). On an error none is merged.
     pub fn set_loras(&mut self, set: &[LoraUse]) -> Result<(), EngineLoadError> {
         check_components(if self.is_sdxl() { 2 } else { 1 }, set)?;
-        let unet = [(Component::Denoiser, &self.unet_table)];
-        self.unet_loras.set(&unet, set)?;
-        if let Err(e) = self.encoders.set_loras(set) {
-            self.unet_loras.unmerge(&unet)?;
-            return Err(e);
-        }
-        Ok(())
+        let unet = lora_merge::table_target(&self.unet_table);
+        let encoders = &mut self.encoders;
+        self.unet_loras.set_then(
+            &[(Component::Denoiser, &unet as &dyn lora_merge::LoraTarget)],
+            set,
+            || encoders.set_loras(set),
+        )
     }
 
     /// The scheduler this model runs `steps` steps with.

@@ -223,12 +223,9 @@ impl Sd3 {
             Component::Denoiser,
             &self.transformer_lora as &dyn LoraTarget,
         )];
-        self.transformer_loras.set_on(&target, set)?;
-        if let Err(e) = self.encoders.set_loras(set) {
-            self.transformer_loras.unmerge_on(&target)?;
-            return Err(e);
-        }
-        Ok(())
+        let encoders = &mut self.encoders;
+        self.transformer_loras
+            .set_then(&target, set, || encoders.set_loras(set))
     }
 
     /// A weight as the model runs it now (LoRAs merged), by component and

@@ -195,6 +195,23 @@ impl MergedLoras {
         Ok(())
     }
 
+    /// Makes `set` the merged LoRAs of `targets` (a denoiser), then runs
+    /// `also` (the text encoders' turn); when that fails the merge is
+    /// taken out again, so on any error nothing stays merged.
+    pub fn set_then(
+        &mut self,
+        targets: &[(Component, &dyn LoraTarget)],
+        set: &[LoraUse],
+        also: impl FnOnce() -> Result<(), EngineLoadError>,
+    ) -> Result<(), EngineLoadError> {
+        self.set_on(targets, set)?;
+        if let Err(e) = also() {
+            self.unmerge_on(targets)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Puts back every weight a LoRA changed.
     pub fn unmerge(
         &mut self,
@@ -233,6 +250,12 @@ impl MergedLoras {
         self.applied.clear();
         Ok(())
     }
+}
+
+/// A plain parameter table as a target: every layer name resolves to one
+/// whole weight.
+pub fn table_target(table: &ParameterTable) -> impl LoraTarget + '_ {
+    TableTarget::new(table)
 }
 
 fn table_targets<'a>(

@@ -113,3 +113,32 @@ pub fn assert_token_ids(
         .unwrap();
     assert_eq!(ours, expected, "{label}");
 }
+
+/// The LoRAs of a reference case (`meta["cases"][case]`: name → weight),
+/// read from the tiny model's `loras/` folder.
+pub fn lora_case(
+    model: &str,
+    meta: &serde_json::Value,
+    case: &str,
+) -> Vec<cyberimage_engine::weights::lora_merge::LoraUse> {
+    use cyberimage_engine::weights::lora::LoraFile;
+    meta["cases"][case]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(
+            |(name, weight)| cyberimage_engine::weights::lora_merge::LoraUse {
+                id: name.clone(),
+                file: std::sync::Arc::new(
+                    LoraFile::read(
+                        &fixture_dir(model)
+                            .join("loras")
+                            .join(format!("{name}.safetensors")),
+                    )
+                    .unwrap(),
+                ),
+                strength: weight.as_f64().unwrap(),
+            },
+        )
+        .collect()
+}
