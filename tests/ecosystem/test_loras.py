@@ -189,6 +189,10 @@ def scanned(base):
 def transformer_families(base):
     """FLUX and SD 3 take LoRAs too: kohya and PEFT files on the tiny FLUX
     model, a PEFT one on the tiny SD 3.5 model, an SD 1.5 one refused."""
+    families = {l["name"]: l["family"] for l in requests.get(f"{base}/api/loras").json()["loras"]}
+    check("GET /api/loras gives each file's family as its names tell it (null when they do not)",
+          families == {"tiny-kohya": "SD 1.x/2.x", "tiny-flux-kohya": "FLUX", "tiny-flux-peft": "FLUX",
+                       "tiny-sd3-peft": None}, families)
     for model, loras in (("tiny-flux-random", ["tiny-flux-kohya", "tiny-flux-peft"]),
                          ("tiny-sd3-random", ["tiny-sd3-peft"])):
         body = {"prompt": "a red fox in the snow", "model": model,

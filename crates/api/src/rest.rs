@@ -336,14 +336,17 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 /// The LoRA files in the data dir's `loras/` folder, which jobs name in
 /// `loras` or `<lora:NAME:WEIGHT>`.
 async fn loras(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let loras = state.service.loras().await?;
+    let loras = state.service.loras_with_family().await?;
     Ok(Json(json!({
-        "loras": loras.iter().map(|l| json!({
+        "loras": loras.iter().map(|(l, family)| json!({
             "name": l.name,
             "bytes": l.bytes,
             "sha256": l.sha256,
             // What A1111 writes in a picture's `Lora hashes`.
             "short_hash": l.sha256.get(..12),
+            // The model family its layer names give away; null when
+            // they do not tell.
+            "family": family.map(|f| f.as_str()),
         })).collect::<Vec<_>>(),
     })))
 }

@@ -91,6 +91,30 @@ impl JobService {
         Ok(file_work(move || store.loras().list()).await?)
     }
 
+    /// The LoRA files with the family their layer names give away (`None`:
+    /// not told, e.g. diffusers names FLUX and SD 3 share, or a file whose
+    /// header cannot be read).
+    pub async fn loras_with_family(
+        &self,
+    ) -> Result<Vec<(LoraInfo, Option<LoraFamily>)>, JobsError> {
+        let store = self.store.clone();
+        Ok(file_work(move || {
+            let library = store.loras();
+            Ok(library
+                .list()?
+                .into_iter()
+                .map(|info| {
+                    let family = library
+                        .path_of(&info.name)
+                        .and_then(|path| tensor_names(&path).ok())
+                        .and_then(|names| family_of(&names));
+                    (info, family)
+                })
+                .collect())
+        })
+        .await?)
+    }
+
     /// Fills in the digest of each of `spec`'s LoRAs; refuses one that is
     /// not in `loras/`, is not a LoRA, or was made for another family.
     pub(crate) async fn check_loras(&self, spec: &mut GenerationSpec) -> Result<(), JobsError> {

@@ -29,7 +29,7 @@ fn generation_properties(server: &McpServer) -> Map<String, Value> {
                             "properties": {"name": {"type": "string"},
                                            "weight": {"type": "number", "minimum": -cyberimage_core::lora::MAX_LORA_WEIGHT,
                                                       "maximum": cyberimage_core::lora::MAX_LORA_WEIGHT, "default": 1}}},
-                  "description": "LoRAs from the server's loras/ folder (GET /api/loras lists them), for SD 1.x/2.x and SDXL models. `<lora:NAME:WEIGHT>` in the prompt works too."},
+                  "description": "LoRAs from the server's loras/ folder (GET /api/loras lists them), for SD 1.x/2.x, SDXL, SD 3 and FLUX models. `<lora:NAME:WEIGHT>` in the prompt works too."},
     });
     match props {
         Value::Object(m) => m,

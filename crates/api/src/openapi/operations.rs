@@ -151,7 +151,7 @@ pub(super) fn operations() -> Vec<(&'static str, &'static str, &'static str, Val
         (
             "get",
             "/api/loras",
-            "The LoRA files in the data dir's loras/ folder (name, bytes, sha256 of the tensor data, short_hash as A1111 writes it); jobs name them in loras or <lora:NAME:WEIGHT>",
+            "The LoRA files in the data dir's loras/ folder (name, bytes, sha256 of the tensor data, short_hash as A1111 writes it, family: the model family its layer names give away — \"SD 1.x/2.x\", \"SDXL\", \"SD 3\", \"FLUX\" — or null when they do not tell); jobs name them in loras or <lora:NAME:WEIGHT>",
             ok_json("LoRAs"),
         ),
         (
