@@ -385,6 +385,8 @@ async function main() {
     await page.check('#keep-prompt');
     // The LoRA picker: the file in loras/, added with a weight, in the job.
     await page.waitForSelector('#lora-panel:not([hidden])');
+    const optionText = await page.locator('#lora-add option[value="tiny-kohya"]').textContent();
+    check('the LoRA picker names the family the LoRA is for', optionText === 'tiny-kohya (SD 1.x/2.x)', optionText);
     await page.selectOption('#lora-add', 'tiny-kohya');
     await page.fill('#lora-list [data-lora="tiny-kohya"] input', '0.8');
     await page.fill('#prompt', 'a fox with a lora');

@@ -20,7 +20,9 @@ export async function initLoras() {
   for (const l of listed) {
     const opt = document.createElement('option');
     opt.value = l.name;
-    opt.textContent = l.name;
+    // The family its layer names give away, so a LoRA for another kind
+    // of model is told apart before the server refuses it.
+    opt.textContent = l.family ? `${l.name} (${l.family})` : l.name;
     opt.title = `sha256 ${l.short_hash || ''}`;
     select.append(opt);
   }
