@@ -411,6 +411,7 @@ impl CandleGenerator {
             device: &self.device,
             init: init.as_ref(),
             preview_decoder: preview_decoder.as_deref(),
+            masked_posterior: Default::default(),
         };
         let bf16 = self.options.precision == Precision::Bf16;
         let (images, mut metadata) = cyberimage_kernels::bf16_gemm::scoped(bf16, || {

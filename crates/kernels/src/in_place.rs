@@ -98,10 +98,8 @@ impl InplaceOp2 for Edit {
     }
 }
 
-fn edit(target: &Tensor, source: &Tensor, op: Edit) -> Result<()> {
-    if target.dims() != source.dims() {
-        candle_core::bail!("{}: {:?} vs {:?}", op.name(), target.dims(), source.dims())
-    }
+/// Only float32 weights on the CPU are edited in place.
+fn check_editable(target: &Tensor) -> Result<()> {
     if !target.device().is_cpu() || target.dtype() != DType::F32 {
         candle_core::bail!(
             "editing weights in place is implemented for float32 on the CPU only ({:?} on {:?})",
@@ -109,6 +107,14 @@ fn edit(target: &Tensor, source: &Tensor, op: Edit) -> Result<()> {
             target.device().location()
         )
     }
+    Ok(())
+}
+
+fn edit(target: &Tensor, source: &Tensor, op: Edit) -> Result<()> {
+    if target.dims() != source.dims() {
+        candle_core::bail!("{}: {:?} vs {:?}", op.name(), target.dims(), source.dims())
+    }
+    check_editable(target)?;
     let source = source.to_dtype(DType::F32)?.contiguous()?;
     target.inplace_op2(&source, &op)?;
     weights_changed();
@@ -181,13 +187,7 @@ pub fn add_product_in_place(target: &Tensor, up: &Tensor, down: &Tensor) -> Resu
             down.dims()
         )
     }
-    if !target.device().is_cpu() || target.dtype() != DType::F32 {
-        candle_core::bail!(
-            "editing weights in place is implemented for float32 on the CPU only ({:?} on {:?})",
-            target.dtype(),
-            target.device().location()
-        )
-    }
+    check_editable(target)?;
     let up = up.to_dtype(DType::F32)?.contiguous()?;
     let down = down.to_dtype(DType::F32)?.contiguous()?;
     target.inplace_op3(&up, &down, &AddProduct { rows, cols, rank })?;

@@ -32,6 +32,9 @@ pub(super) struct Run<'a> {
     pub init: Option<&'a InitInput>,
     /// A tiny autoencoder for previews, when its weights are present.
     pub preview_decoder: Option<&'a crate::pipelines::preview::PreviewDecoder>,
+    /// An inpainting UNet's masked picture, encoded for the job's first
+    /// image and sampled for every image (`inpaint_conditioning`).
+    pub masked_posterior: OnceLock<Posterior>,
 }
 
 /// An image-to-image job's input, as the VAE encoder takes it.
@@ -171,9 +174,16 @@ impl Run<'_> {
                 None,
             ),
         };
-        let masked = match pixel_mask {
-            Some(m) => image.broadcast_mul(&(1.0 - m)?)?,
-            None => image.zeros_like()?,
+        let posterior = match self.masked_posterior.get() {
+            Some(posterior) => posterior,
+            None => {
+                let masked = match pixel_mask {
+                    Some(m) => image.broadcast_mul(&(1.0 - m)?)?,
+                    None => image.zeros_like()?,
+                };
+                let encoded = encoder.posterior(&masked)?;
+                self.masked_posterior.get_or_init(|| encoded)
+            }
         };
         let mask = match mask {
             Some(m) => m,
@@ -184,7 +194,7 @@ impl Run<'_> {
             like.shape(),
             device,
         )?;
-        let masked_latents = encoder.latents(&masked, &eps)?;
+        let masked_latents = encoder.sample(posterior, &eps)?;
         Ok(Tensor::cat(&[&mask, &masked_latents], 1)?)
     }
 }

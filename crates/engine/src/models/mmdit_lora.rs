@@ -10,13 +10,13 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use crate::weights::lora::{resolve, LayerName, LowRank, ParameterNames};
-use crate::weights::lora_merge::{LoraTarget, ParameterTable, Placement};
+use crate::weights::lora::{LayerName, LowRank};
+use crate::weights::lora_merge::{LoraTarget, ParameterTable, Placement, TableTarget};
 use crate::weights::single_file::{stability_linears, StabilityPlace};
 
 pub struct MmditLoraTarget {
-    table: ParameterTable,
-    names: ParameterNames,
+    /// diffusers' names, each a whole weight.
+    diffusers: TableTarget<ParameterTable>,
     /// Stability module names, dotted, and where their rows go.
     stability: HashMap<String, Vec<StabilityPlace>>,
     /// The same names flattened.
@@ -41,27 +41,21 @@ impl MmditLoraTarget {
             .map(|k| (k.replace('.', "_"), k.clone()))
             .collect();
         Self {
-            names: ParameterNames::new(table.keys()),
-            table,
+            diffusers: TableTarget::new(table),
             stability,
             flattened,
         }
     }
 
     pub fn table(&self) -> &ParameterTable {
-        &self.table
+        self.diffusers.table()
     }
 }
 
 impl LoraTarget for MmditLoraTarget {
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
-        if let Some(weight) = resolve(&self.names, &layer.layer) {
-            let rows = self.table[weight].dim(0).ok()?;
-            return Some(vec![Placement {
-                weight: weight.to_string(),
-                up_rows: 0..rows,
-                first_row: 0,
-            }]);
+        if let Some(whole) = self.diffusers.place(layer) {
+            return Some(whole);
         }
         let module = match &layer.layer {
             LayerName::Dotted(name) => name.as_str(),
@@ -92,13 +86,10 @@ impl LoraTarget for MmditLoraTarget {
     }
 
     fn dims(&self, weight: &str) -> Option<Vec<usize>> {
-        self.table.get(weight).map(|t| t.dims().to_vec())
+        self.diffusers.dims(weight)
     }
 
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
-        self.table
-            .get(weight)
-            .map(|t| vec![(0, t.clone())])
-            .unwrap_or_default()
+        self.diffusers.dense_rows(weight)
     }
 }

@@ -345,7 +345,7 @@ impl StableDiffusion {
     /// LoRAs merged before; none when empty). On an error none is merged.
     pub fn set_loras(&mut self, set: &[LoraUse]) -> Result<(), EngineLoadError> {
         check_components(if self.is_sdxl() { 2 } else { 1 }, set)?;
-        let unet = lora_merge::table_target(&self.unet_table);
+        let unet = lora_merge::TableTarget::new(&self.unet_table);
         let encoders = &mut self.encoders;
         self.unet_loras.set_then(
             &[(Component::Denoiser, &unet as &dyn lora_merge::LoraTarget)],

@@ -85,25 +85,13 @@ impl LowRank {
         if self.up.dim(0)? != rows {
             return Err(self.wrong_shape(weight_dims));
         }
-        self.delta_rows(0..rows, weight_dims, strength)
-    }
-
-    /// The change of rows `up_rows` of the up matrix: `strength · alpha /
-    /// rank · up[up_rows] @ down`, shaped as `shape` (those rows of the
-    /// weight).
-    pub fn delta_rows(
-        &self,
-        up_rows: Range<usize>,
-        shape: &[usize],
-        strength: f64,
-    ) -> Result<Tensor, EngineLoadError> {
-        let (down, up) = self.scaled_pair(up_rows, shape, strength)?;
-        Ok(up.matmul(&down)?.reshape(shape)?)
+        let (down, up) = self.scaled_pair(0..rows, weight_dims, strength)?;
+        Ok(up.matmul(&down)?.reshape(weight_dims)?)
     }
 
     /// `down` (rank × inputs) and the scaled `up[up_rows]` (rows × rank)
-    /// whose product is [`delta_rows`](Self::delta_rows): what runs beside
-    /// a quantized weight.
+    /// whose product is the change of those rows, shaped as `shape`: what
+    /// is added into a weight, or runs beside a quantized one.
     pub fn scaled_pair(
         &self,
         up_rows: Range<usize>,

@@ -14,6 +14,7 @@
 //! [`Branch`] (requantizing would lose the LoRA in the rounding and cost
 //! seconds per weight).
 
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -74,25 +75,28 @@ pub trait LoraTarget {
     }
 }
 
-/// A plain parameter table: every layer name resolves to one whole weight.
-struct TableTarget<'a> {
-    table: &'a ParameterTable,
+/// A plain parameter table (borrowed or owned): every layer name resolves
+/// to one whole weight.
+pub struct TableTarget<T> {
+    table: T,
     names: ParameterNames,
 }
 
-impl<'a> TableTarget<'a> {
-    fn new(table: &'a ParameterTable) -> Self {
-        Self {
-            table,
-            names: ParameterNames::new(table.keys()),
-        }
+impl<T: Borrow<ParameterTable>> TableTarget<T> {
+    pub fn new(table: T) -> Self {
+        let names = ParameterNames::new(table.borrow().keys());
+        Self { table, names }
+    }
+
+    pub fn table(&self) -> &ParameterTable {
+        self.table.borrow()
     }
 }
 
-impl LoraTarget for TableTarget<'_> {
+impl<T: Borrow<ParameterTable>> LoraTarget for TableTarget<T> {
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
         let weight = resolve(&self.names, &layer.layer)?;
-        let rows = self.table[weight].dims().first().copied().unwrap_or(0);
+        let rows = self.table()[weight].dims().first().copied().unwrap_or(0);
         Some(vec![Placement {
             weight: weight.to_string(),
             up_rows: 0..rows,
@@ -101,11 +105,11 @@ impl LoraTarget for TableTarget<'_> {
     }
 
     fn dims(&self, weight: &str) -> Option<Vec<usize>> {
-        self.table.get(weight).map(|t| t.dims().to_vec())
+        self.table().get(weight).map(|t| t.dims().to_vec())
     }
 
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
-        self.table
+        self.table()
             .get(weight)
             .map(|t| vec![(0, t.clone())])
             .unwrap_or_default()
@@ -252,22 +256,18 @@ impl MergedLoras {
     }
 }
 
-/// A plain parameter table as a target: every layer name resolves to one
-/// whole weight.
-pub fn table_target(table: &ParameterTable) -> impl LoraTarget + '_ {
-    TableTarget::new(table)
-}
-
 fn table_targets<'a>(
     tables: &[(Component, &'a ParameterTable)],
-) -> Vec<(Component, TableTarget<'a>)> {
+) -> Vec<(Component, TableTarget<&'a ParameterTable>)> {
     tables
         .iter()
-        .map(|(c, t)| (*c, TableTarget::new(t)))
+        .map(|(c, t)| (*c, TableTarget::new(*t)))
         .collect()
 }
 
-fn as_dyn<'a>(targets: &'a [(Component, TableTarget<'a>)]) -> Vec<(Component, &'a dyn LoraTarget)> {
+fn as_dyn<'a>(
+    targets: &'a [(Component, TableTarget<&'a ParameterTable>)],
+) -> Vec<(Component, &'a dyn LoraTarget)> {
     targets
         .iter()
         .map(|(c, t)| (*c, t as &dyn LoraTarget))
