@@ -31,7 +31,7 @@ use std::time::Instant;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use cyberimage_engine::models::flux::weights::{quantize_tensor, FluxWeights};
-use cyberimage_engine::models::flux::FluxTransformer;
+use cyberimage_engine::models::flux::{FluxConfig, FluxTransformer};
 use cyberimage_engine::pipelines::flux::{load_transformer, Flux};
 use cyberimage_engine::weights::lora::{Component, LoraFile};
 use cyberimage_engine::weights::lora_merge::{LoraTarget, LoraUse, MergedLoras};
@@ -66,28 +66,42 @@ fn timed<T>(repeats: usize, mut f: impl FnMut() -> T) -> Vec<f64> {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// The weights timed: as read (f32), and quantized in-process from them.
+const VARIANTS: [(&str, Option<GgmlDType>); 3] = [
+    ("f32", None),
+    ("gguf_q8_0", Some(GgmlDType::Q8_0)),
+    ("gguf_q4_k", Some(GgmlDType::Q4K)),
+];
+
+/// One forward's inputs: packed latents of a SIZE² image, 512 T5 tokens,
+/// pooled CLIP text.
+fn forward_inputs(config: &FluxConfig, size: usize, device: &Device) -> Result<[Tensor; 3]> {
+    let tokens = (size / 16) * (size / 16);
+    Ok([
+        Tensor::randn(0f32, 1f32, (1, tokens, config.in_channels), device)?,
+        Tensor::randn(0f32, 1f32, (1, 512, config.joint_attention_dim), device)?,
+        Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), device)?,
+    ])
+}
+
+/// The transformer over `weights`, quantized to `dtype` first when given.
+fn transformer_as(
+    weights: &FluxWeights,
+    config: &FluxConfig,
+    dtype: Option<GgmlDType>,
+) -> Result<FluxTransformer> {
+    Ok(match dtype {
+        None => FluxTransformer::new(weights, config.clone())?,
+        Some(dtype) => FluxTransformer::new(&weights.quantized(dtype)?, config.clone())?,
+    })
+}
+
 fn blocks(dir: &Path, size: usize, repeats: usize) -> Result<()> {
     let device = Device::Cpu;
     let (weights, config) = load_transformer(dir, &device)?;
-    let tokens = (size / 16) * (size / 16);
-    let img = Tensor::randn(0f32, 1f32, (1, tokens, config.in_channels), &device)?;
-    let txt = Tensor::randn(0f32, 1f32, (1, 512, config.joint_attention_dim), &device)?;
-    let pooled = Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), &device)?;
-    let variants: Vec<(&str, Option<GgmlDType>)> = vec![
-        ("f32", None),
-        ("gguf_q8_0", Some(GgmlDType::Q8_0)),
-        ("gguf_q4_k", Some(GgmlDType::Q4K)),
-    ];
-    for (name, dtype) in variants {
-        let quantized;
-        let w = match dtype {
-            None => &weights,
-            Some(dtype) => {
-                quantized = weights.quantized(dtype)?;
-                &quantized
-            }
-        };
-        let model = FluxTransformer::new(w, config.clone())?;
+    let [img, txt, pooled] = forward_inputs(&config, size, &device)?;
+    for (name, dtype) in VARIANTS {
+        let model = transformer_as(&weights, &config, dtype)?;
         let rope = model.rope(512, size / 16, size / 16, &device)?;
         // The first run warms up and is dropped by the caller.
         let seconds = timed(repeats + 1, || {
@@ -111,29 +125,14 @@ fn blocks(dir: &Path, size: usize, repeats: usize) -> Result<()> {
 fn lora(dir: &Path, file: &Path, size: usize, repeats: usize) -> Result<()> {
     let device = Device::Cpu;
     let (weights, config) = load_transformer(dir, &device)?;
-    let tokens = (size / 16) * (size / 16);
-    let img = Tensor::randn(0f32, 1f32, (1, tokens, config.in_channels), &device)?;
-    let txt = Tensor::randn(0f32, 1f32, (1, 512, config.joint_attention_dim), &device)?;
-    let pooled = Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), &device)?;
+    let [img, txt, pooled] = forward_inputs(&config, size, &device)?;
     let set = [LoraUse {
         id: "bench".into(),
         file: Arc::new(LoraFile::read(file)?),
         strength: 0.8,
     }];
-    for (name, dtype) in [
-        ("f32", None),
-        ("gguf_q8_0", Some(GgmlDType::Q8_0)),
-        ("gguf_q4_k", Some(GgmlDType::Q4K)),
-    ] {
-        let quantized;
-        let w = match dtype {
-            None => &weights,
-            Some(dtype) => {
-                quantized = weights.quantized(dtype)?;
-                &quantized
-            }
-        };
-        let model = FluxTransformer::new(w, config.clone())?;
+    for (name, dtype) in VARIANTS {
+        let model = transformer_as(&weights, &config, dtype)?;
         let rope = model.rope(512, size / 16, size / 16, &device)?;
         let mut forward = || model.forward(&img, &txt, &pooled, 0.75, 3.5, &rope);
         report(
