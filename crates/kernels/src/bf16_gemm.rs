@@ -28,13 +28,16 @@ use crate::buffers::{LineBuffer, OutBlock};
 
 mod amx;
 mod avx512;
+pub(crate) mod implicit;
 mod pack;
 
 #[cfg(test)]
 use pack::pack_pair_rows;
+pub(crate) use pack::transpose_16x16;
 use pack::{pack_b, pack_b_by_rows, pack_consecutive};
 
 pub use amx::peak_multiply_adds as amx_peak_multiply_adds;
+pub use implicit::ConvTaps;
 
 /// Rows of C per AVX-512 microkernel tile.
 const MR: usize = 12;

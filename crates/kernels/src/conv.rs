@@ -15,6 +15,7 @@
 //! Devices other than the CPU, and dtypes other than f32, use candle's.
 
 mod geometry;
+mod tap_tiles;
 mod winograd;
 
 use std::cell::RefCell;
@@ -27,7 +28,7 @@ use crate::in_place::DerivedCache;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::bf16_gemm::{self, Kernel, PackedA};
+use crate::bf16_gemm::{self, ConvTaps, Kernel, PackedA};
 use crate::buffers::{contiguous_f32, with_f32, SharedOut};
 use crate::f32_gemm::{self, Matrix};
 use geometry::Geometry;
@@ -45,14 +46,26 @@ pub fn set_winograd(enabled: bool) {
     WINOGRAD.store(enabled, Ordering::Relaxed);
 }
 
+static TAP_TILES: AtomicBool = AtomicBool::new(true);
+
+/// Turns the AMX tap tiles off (or back on) for every bf16 convolution in
+/// the process, so benchmarks can time the im2col kernel on the same
+/// layers.
+pub fn set_tap_tiles(enabled: bool) {
+    TAP_TILES.store(enabled, Ordering::Relaxed);
+}
+
 /// A convolution layer: weights `[c_out, c_in, kh, kw]`, optional bias.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
-    /// The weights packed for the bf16 kernel, made on first bf16 use.
+    /// The weights packed for the bf16 im2col kernel, made on first use.
     packed_bf16: Arc<DerivedCache<PackedA>>,
+    /// The weights packed for AMX tap tiles (`tap_tiles`), made at load
+    /// where AMX is the bf16 kernel.
+    taps_bf16: Arc<DerivedCache<ConvTaps>>,
 }
 
 /// Loads a square convolution as candle-nn's `conv2d` would (same names,
@@ -79,15 +92,17 @@ impl Conv2d {
             bias,
             config,
             packed_bf16: Arc::default(),
+            taps_bf16: Arc::default(),
         };
         if bf16_gemm::packs_at_load() && layer.uses_own_kernel(&layer.weight) {
             // A failure here is met again, and reported, by the first
-            // bf16 forward, which packs when the cache is empty.
-            let _ = layer.packed_bf16.get_or_make(|| {
+            // bf16 forward, which packs when the cache is empty. Layers
+            // run on rows under 16 pixels wide (SD's 8×8 level at 512²)
+            // pack for im2col on first use instead.
+            let _ = layer.taps_bf16.get_or_make(|| {
                 let (c_out, c_in, kh, kw) = layer.weight.dims4()?;
-                let depth = c_in * kh * kw;
                 with_f32(&layer.weight, "conv2d weights", |flat| {
-                    PackedA::new(flat, c_out, depth, depth)
+                    ConvTaps::new(flat, c_out, c_in, kh, kw)
                 })
             });
         }
@@ -116,6 +131,8 @@ impl Module for Conv2d {
             stride: self.config.stride,
             // Packed only if the direct kernel takes the layer (see `run`).
             packed_bf16: bf16_gemm::in_use().then_some(&*self.packed_bf16),
+            taps_bf16: (bf16_gemm::in_use() && Kernel::chosen() == Kernel::Amx)
+                .then_some(&*self.taps_bf16),
         };
         match &self.bias {
             Some(bias) => x.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
@@ -130,6 +147,8 @@ struct ConvOp<'a> {
     /// Set when computing in bf16: the layer's bf16-packed weights, made
     /// on the first call the bf16 kernel runs.
     packed_bf16: Option<&'a DerivedCache<PackedA>>,
+    /// Set when computing in bf16 on AMX: the weights packed as taps.
+    taps_bf16: Option<&'a DerivedCache<ConvTaps>>,
 }
 
 impl ConvOp<'_> {
@@ -156,7 +175,13 @@ impl ConvOp<'_> {
         // lose no precision, and need no bf16 copy of the weights.
         let winograd = WINOGRAD.load(Ordering::Relaxed)
             && winograd::suits(&geometry, b, self.packed_bf16.map(|_| Kernel::chosen()));
-        let out = if winograd {
+        let taps = self
+            .taps_bf16
+            .filter(|_| TAP_TILES.load(Ordering::Relaxed) && tap_tiles::suits(&geometry));
+        let out = if let Some(cache) = taps {
+            let packed = cache.get_or_make(|| Ok(ConvTaps::new(weights, c_out, c_in, kh, kw)))?;
+            tap_tiles::convolve(input, b, &packed, bias, &geometry)
+        } else if winograd {
             winograd::convolve(input, b, weights, bias, &geometry, winograd::STRIP_FLOATS)
         } else {
             let depth = geometry.depth();
@@ -399,19 +424,19 @@ mod tests {
         );
         assert_eq!(flat(&ours), winograd_out);
         if bf16_gemm::available() && Kernel::chosen() == Kernel::Amx {
-            // Against AMX tiles, never Winograd: 8 images go to the bf16
-            // kernel, which packs the weights.
+            // Against AMX tiles, never Winograd: 8 images go to the tap
+            // tiles, which pack the weights.
             let _no_edits = crate::in_place::tests::EDITS.lock();
             let layer = Conv2d::new(weight.clone(), Some(bias.clone()), config);
             let x8 = Tensor::randn(0f32, 1., (8, 16, 16, 16), &dev).unwrap();
             let under_bf16 = bf16_gemm::scoped(true, || layer.forward(&x8)).unwrap();
-            assert!(layer.packed_bf16.is_current());
+            assert!(layer.taps_bf16.is_current());
             assert_ne!(flat(&under_bf16), flat(&layer.forward(&x8).unwrap()));
             // Made at load, a layer packs at once.
             let at_load = bf16_gemm::packing_at_load(true, || {
                 Conv2d::new(weight.clone(), Some(bias.clone()), config)
             });
-            assert!(at_load.packed_bf16.is_current());
+            assert!(at_load.taps_bf16.is_current());
             let from_load = bf16_gemm::scoped(true, || at_load.forward(&x8)).unwrap();
             assert_eq!(flat(&from_load), flat(&under_bf16));
             cyberimage_testkit::skipped("Winograd under AVX-512 bf16: this CPU takes AMX");
@@ -436,6 +461,76 @@ mod tests {
             .unwrap();
         let err = crate::relative_error(&ours, &theirs).unwrap();
         assert!(err < 1e-5, "{err}");
+    }
+
+    /// AMX tap tiles against candle's f32 convolution (bf16 operands) and
+    /// against the im2col AMX kernel, which rounds the same operands and
+    /// only sums in another order: widths that are and are not multiples
+    /// of 16, strides, 1×1 and 3×3, channels off the tile sizes.
+    #[test]
+    fn tap_tiles_match_im2col_and_candle() {
+        if !(bf16_gemm::available() && Kernel::Amx.usable()) {
+            return cyberimage_testkit::skipped("AMX tap tiles: this CPU has no AMX-BF16");
+        }
+        let dev = Device::Cpu;
+        let cases = [
+            // (batch, c_in, h, w, c_out, k, stride, padding)
+            (2, 64, 16, 32, 64, 3, 1, 1),
+            (1, 40, 9, 20, 40, 3, 1, 1),
+            (2, 32, 34, 34, 48, 3, 2, 1),
+            (1, 96, 16, 16, 32, 1, 1, 0),
+            (1, 3, 18, 18, 16, 3, 1, 0),
+            (3, 33, 5, 17, 70, 3, 1, 1),
+            (1, 35, 6, 50, 20, 3, 1, 1),
+        ];
+        for (b, c_in, h, w, c_out, k, stride, padding) in cases {
+            let case = (b, c_in, h, w, c_out, k, stride);
+            let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
+            let config = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let g = Geometry::new((c_in, h, w), (k, k), stride, padding, c_out).unwrap();
+            assert!(tap_tiles::suits(&g), "case {case:?}");
+            let (xs, ws, bs) = (flat(&x), flat(&weight), flat(&bias));
+            let taps = ConvTaps::new(&ws, c_out, c_in, k, k);
+            let ours = tap_tiles::convolve(&xs, b, &taps, Some(&bs), &g);
+            let depth = g.depth();
+            let packed = PackedA::new_for(Kernel::Amx, &ws, c_out, depth, depth);
+            let weights = Weights {
+                f32: &ws,
+                bf16: Some(&packed),
+            };
+            let im2col = convolve(&xs, b, weights, Some(&bs), &g, TILE_FLOATS);
+            let shape = (b, c_out, g.out_h, g.out_w);
+            let ours = Tensor::from_vec(ours, shape, &dev).unwrap();
+            let im2col = Tensor::from_vec(im2col, shape, &dev).unwrap();
+            let err = crate::relative_error(&ours, &im2col).unwrap();
+            assert!(err < 1e-5, "case {case:?} vs im2col: {err}");
+            let theirs = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config)
+                .forward(&x)
+                .unwrap();
+            let err = crate::relative_error(&ours, &theirs).unwrap();
+            assert!(err < 2e-2 && err > 1e-6, "case {case:?} vs f32: {err}");
+            // The layer takes the tiles under bf16, and packs them at load.
+            let _no_edits = crate::in_place::tests::EDITS.lock();
+            let layer = bf16_gemm::packing_at_load(true, || {
+                Conv2d::new(weight.clone(), Some(bias.clone()), config)
+            });
+            assert!(
+                layer.taps_bf16.is_current(),
+                "case {case:?}: packed at load"
+            );
+            let _ = bf16_gemm::scoped(true, || layer.forward(&x)).unwrap();
+            assert!(
+                !layer.packed_bf16.is_current(),
+                "case {case:?} went to im2col"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the large size.
     let encode_only = all.iter().any(|a| a == "--encode-only");
     // The bf16 kernel (`--bf16-kernel=avx512` or `=amx`; the engine's own
-    // choice otherwise) and Winograd off (`--no-winograd`), to compare
+    // choice otherwise), Winograd off (`--no-winograd`) and AMX tap tiles
+    // off (`--no-tap-tiles`: the im2col kernel), to compare
     // kernels on one CPU.
     use cyberimage_kernels::bf16_gemm::{self, Preference};
     for flag in &all {
@@ -39,6 +40,7 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--bf16-kernel=avx512" => bf16_gemm::prefer(Preference::Avx512)?,
             "--bf16-kernel=amx" => bf16_gemm::prefer(Preference::Amx)?,
             "--no-winograd" => cyberimage_kernels::conv::set_winograd(false),
+            "--no-tap-tiles" => cyberimage_kernels::conv::set_tap_tiles(false),
             _ => {}
         }
     }

@@ -282,6 +282,124 @@ unsafe fn c_block(
     }
 }
 
+/// The tile registers configured on this thread as
+/// [`TileConfig::full_tiles`] while it lives, released when it drops. Not
+/// `Send`: the configuration belongs to the thread that loaded it.
+pub(super) struct Tiles {
+    _on_this_thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Tiles {
+    /// `None` where AMX is not usable.
+    pub(super) fn configure() -> Option<Self> {
+        if !usable() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let config = TileConfig::full_tiles();
+            // SAFETY: the process holds the tile state (usable()); the
+            // configuration is 64 valid bytes.
+            unsafe {
+                std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly))
+            };
+            Some(Self {
+                _on_this_thread: std::marker::PhantomData,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    /// One 32×32 block of a convolution's output over all its taps (see
+    /// `implicit`): `out[r][j]` (row r of 32, 32 floats each) = the sum
+    /// over taps t and k-pairs p of A(r, t, p) · B(t, p, j), where A's row
+    /// r < 16 starts at `a[starts[0] + taps[t] + r·row_stride]` and row
+    /// 16 + r at `a[starts[1] + taps[t] + r·row_stride]` (`pairs` pairs
+    /// each), and B is `b` laid `[tap][pair][NR columns]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn taps_block(
+        &self,
+        a: &[u32],
+        starts: [usize; 2],
+        taps: &[usize],
+        row_stride: usize,
+        pairs: usize,
+        b: &[u32],
+        out: &mut [f32; ROWS * NR],
+    ) {
+        assert!(pairs.is_multiple_of(PAIRS_PER_TILE) && pairs > 0);
+        assert!(b.len() >= taps.len() * pairs * NR, "tap tiles: B too short");
+        let reach = 15 * row_stride + pairs;
+        for &tap in taps {
+            for start in starts {
+                assert!(
+                    start + tap + reach <= a.len(),
+                    "tap tiles: A rows outside the input"
+                );
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the tiles are configured on this thread (self lives, and
+        // is not Send); every A tile row read lies inside `a` and every B
+        // row inside `b` (asserted above: rows start + tap + r·row_stride,
+        // r < 16, pairs wide; B taps·pairs rows of NR); the 32 rows of 32
+        // floats stored lie inside `out`.
+        unsafe {
+            use std::arch::asm;
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let (sa, sb) = (row_stride * 4, NR * 4);
+            for (t, &tap) in taps.iter().enumerate() {
+                let a0 = a.as_ptr().add(starts[0] + tap);
+                let a1 = a.as_ptr().add(starts[1] + tap);
+                let bt = b.as_ptr().add(t * pairs * NR);
+                for step in (0..pairs).step_by(PAIRS_PER_TILE) {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(step), a1 = in(reg) a1.add(step),
+                        b0 = in(reg) bt.add(step * NR),
+                        sa = in(reg) sa, sb = in(reg) sb,
+                        options(nostack, readonly),
+                    );
+                }
+            }
+            let c0 = out.as_mut_ptr();
+            let c1 = c0.add(16 * NR);
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c0} + {s}*1 + 64], tmm1",
+                "tilestored [{c1} + {s}*1], tmm2",
+                "tilestored [{c1} + {s}*1 + 64], tmm3",
+                c0 = in(reg) c0, c1 = in(reg) c1, s = in(reg) NR * 4,
+                options(nostack),
+            );
+        }
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: releasing the tiles is always allowed.
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem))
+        };
+    }
+}
+
 /// A bare tile product for the benchmarks: `repeats` passes of
 /// `tdpbf16ps` over resident tiles (no memory traffic), the peak the
 /// kernel is measured against. Returns the multiply-adds done, or `None`

@@ -171,3 +171,74 @@ pub(super) fn pack_b_by_rows(
         pack_pair_into_panels(out, pairs, p, lo, has_hi.then_some(&*hi));
     }
 }
+
+/// 32-bit values a block can be transposed as.
+pub(crate) trait Bits32: Copy + Default {}
+impl Bits32 for f32 {}
+impl Bits32 for u32 {}
+
+/// `out[j][i] = src[i·stride + j]` for i, j < 16: a 16×16 block of 32-bit
+/// values transposed, in registers where the CPU has AVX-512 (16 loads,
+/// 64 shuffles, 16 stores instead of 256 scattered moves).
+pub(crate) fn transpose_16x16<T: Bits32>(src: &[T], stride: usize, out: &mut [[T; 16]; 16]) {
+    assert!(src.len() >= 15 * stride + 16, "transpose: source too short");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked); 16 rows of 16 values lie
+        // in `src` (asserted) and `out` is 256 values; T is 32 bits wide.
+        unsafe { transpose_16x16_avx512(src.as_ptr().cast(), stride, out.as_mut_ptr().cast()) };
+        return;
+    }
+    for (j, row) in out.iter_mut().enumerate() {
+        for (i, value) in row.iter_mut().enumerate() {
+            *value = src[i * stride + j];
+        }
+    }
+}
+
+/// # Safety
+/// `src` is valid for reads of 16 rows of 16 u32s `stride` apart, `out`
+/// for writes of 256 u32s; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16_avx512(src: *const u32, stride: usize, out: *mut u32) {
+    use std::arch::x86_64::*;
+    // SAFETY: reads and writes inside the extents the caller guarantees.
+    unsafe {
+        let r: [__m512i; 16] =
+            std::array::from_fn(|i| _mm512_loadu_si512(src.add(i * stride).cast()));
+        // Pairs of rows interleaved by 32 bits, then by 64: t[4g + c] holds,
+        // in 128-bit lane k, column 4k + c of rows 4g..4g + 4.
+        let mut s = [_mm512_setzero_si512(); 16];
+        for p in 0..8 {
+            s[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+            s[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+        }
+        let mut t = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (lo, hi) = (s[4 * g], s[4 * g + 1]);
+            let (lo2, hi2) = (s[4 * g + 2], s[4 * g + 3]);
+            t[4 * g] = _mm512_unpacklo_epi64(lo, lo2);
+            t[4 * g + 1] = _mm512_unpackhi_epi64(lo, lo2);
+            t[4 * g + 2] = _mm512_unpacklo_epi64(hi, hi2);
+            t[4 * g + 3] = _mm512_unpackhi_epi64(hi, hi2);
+        }
+        // Lane k of the four row groups side by side: column 4k + c.
+        for c in 0..4 {
+            let (a, b, cc, d) = (t[c], t[4 + c], t[8 + c], t[12 + c]);
+            let ab_lo = _mm512_shuffle_i32x4::<0x44>(a, b);
+            let ab_hi = _mm512_shuffle_i32x4::<0xEE>(a, b);
+            let cd_lo = _mm512_shuffle_i32x4::<0x44>(cc, d);
+            let cd_hi = _mm512_shuffle_i32x4::<0xEE>(cc, d);
+            let columns = [
+                _mm512_shuffle_i32x4::<0x88>(ab_lo, cd_lo),
+                _mm512_shuffle_i32x4::<0xDD>(ab_lo, cd_lo),
+                _mm512_shuffle_i32x4::<0x88>(ab_hi, cd_hi),
+                _mm512_shuffle_i32x4::<0xDD>(ab_hi, cd_hi),
+            ];
+            for (k, column) in columns.into_iter().enumerate() {
+                _mm512_storeu_si512(out.add((4 * k + c) * 16).cast(), column);
+            }
+        }
+    }
+}

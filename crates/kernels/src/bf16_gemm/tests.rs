@@ -224,3 +224,24 @@ fn the_bare_tile_product_counts_its_multiply_adds() {
         None => cyberimage_testkit::skipped("this CPU has no AMX-BF16"),
     }
 }
+
+#[test]
+fn transposes_16_by_16_blocks() {
+    // A block inside a wider matrix (stride 20), as f32 and as u32.
+    let src: Vec<f32> = (0..16 * 20).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let mut out = [[0f32; 16]; 16];
+    transpose_16x16(&src, 20, &mut out);
+    for (j, row) in out.iter().enumerate() {
+        for (i, &value) in row.iter().enumerate() {
+            assert_eq!(value, src[i * 20 + j], "({i}, {j})");
+        }
+    }
+    let bits: Vec<u32> = src.iter().map(|v| v.to_bits()).collect();
+    let mut out_bits = [[0u32; 16]; 16];
+    transpose_16x16(&bits[3..], 20, &mut out_bits);
+    for (j, row) in out_bits.iter().enumerate() {
+        for (i, &value) in row.iter().enumerate() {
+            assert_eq!(value, bits[3 + i * 20 + j], "({i}, {j})");
+        }
+    }
+}
