@@ -120,6 +120,9 @@ def main():
     # On an AMX CPU, our bf16 again on the AVX-512 BF16 kernel: the two
     # kernels on one CPU, and the no-regression check for CPUs without AMX.
     ours16_avx = ours_side(exe, ["--bf16", "--bf16-kernel=avx512"]) if args.bf16 and has_amx() else {}
+    # And on AMX with the convolutions on the im2col kernel instead of the
+    # tap tiles: what the tap tiles gain on one CPU.
+    ours16_im2col = ours_side(exe, ["--bf16", "--no-tap-tiles"]) if args.bf16 and has_amx() else {}
     anchor16 = bf16_anchor() if args.bf16 else None
     stages = {}
     for stage in ("text_encode_b2", "unet_step_b2", "vae_decode_b1", "vae_decode_large_b1"):
@@ -139,6 +142,8 @@ def main():
             })
         if stage in ours16_avx:
             stages[stage]["ours_bf16_avx512_s"] = median(ours16_avx[stage]["seconds"])
+        if stage in ours16_im2col:
+            stages[stage]["ours_bf16_amx_im2col_s"] = median(ours16_im2col[stage]["seconds"])
         if stage in ours16:
             stages[stage]["ours_bf16_first_s"] = ours16[stage]["first_seconds"]
     result = {
