@@ -86,28 +86,32 @@ struct GroupNormOp {
     silu: bool,
 }
 
-/// Mean and variance (population, as torch's group norm uses) of `values`,
-/// summed in f64 across eight lanes so the loop vectorises.
-fn moments(values: &[f32]) -> (f64, f64) {
-    let (mut sum, mut squares) = ([0f64; 8], [0f64; 8]);
-    let chunks = values.chunks_exact(8);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for lane in 0..8 {
-            let v = chunk[lane] as f64;
-            sum[lane] += v;
-            squares[lane] += v * v;
+vectorised_fn! {
+    /// Mean and variance (population, as torch's group norm uses) of
+    /// `values`, summed in f64 across eight lanes: compiled for AVX-512
+    /// the lanes are one register (the plain x86-64 copy converted and
+    /// added one value at a time, 14 % of a VAE decode).
+    fn moments(values: &[f32]) -> (f64, f64) {
+        let (mut sum, mut squares) = ([0f64; 8], [0f64; 8]);
+        let chunks = values.chunks_exact(8);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for lane in 0..8 {
+                let v = chunk[lane] as f64;
+                sum[lane] += v;
+                squares[lane] += v * v;
+            }
         }
+        let mut total: f64 = sum.iter().sum();
+        let mut total_sq: f64 = squares.iter().sum();
+        for &v in rest {
+            total += v as f64;
+            total_sq += v as f64 * v as f64;
+        }
+        let n = values.len().max(1) as f64;
+        let mean = total / n;
+        (mean, (total_sq / n - mean * mean).max(0.0))
     }
-    let mut total: f64 = sum.iter().sum();
-    let mut total_sq: f64 = squares.iter().sum();
-    for &v in rest {
-        total += v as f64;
-        total_sq += v as f64 * v as f64;
-    }
-    let n = values.len().max(1) as f64;
-    let mean = total / n;
-    (mean, (total_sq / n - mean * mean).max(0.0))
 }
 
 impl CustomOp1 for GroupNormOp {
@@ -128,8 +132,10 @@ impl CustomOp1 for GroupNormOp {
         let input = crate::buffers::contiguous_f32(storage, layout, "group norm")?;
         let per_channel: usize = dims[2..].iter().product();
         let per_group = per_channel * channels / self.groups;
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(per_group)
+        // Not zeroed: every element is written once below.
+        let mut out = Vec::with_capacity(input.len());
+        out.spare_capacity_mut()[..input.len()]
+            .par_chunks_mut(per_group)
             .zip(input.par_chunks(per_group))
             .enumerate()
             .for_each(|(index, (dst, src))| {
@@ -147,21 +153,32 @@ impl CustomOp1 for GroupNormOp {
                     scale_shift(src, dst, scale, shift, self.silu);
                 }
             });
+        // SAFETY: the groups together cover the output, and scale_shift
+        // wrote each of their elements.
+        unsafe { out.set_len(input.len()) };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
 vectorised_fn! {
-    /// `src·scale + shift` into `dst`, through SiLU when `silu`.
-    fn scale_shift(src: &[f32], dst: &mut [f32], scale: f32, shift: f32, silu: bool) {
+    /// `src·scale + shift` into `dst`, through SiLU when `silu`; every
+    /// element of `dst` (as long as `src`) is written.
+    fn scale_shift(
+        src: &[f32],
+        dst: &mut [std::mem::MaybeUninit<f32>],
+        scale: f32,
+        shift: f32,
+        silu: bool,
+    ) {
+        assert_eq!(src.len(), dst.len(), "scale_shift: lengths differ");
         if silu {
             for (d, &s) in dst.iter_mut().zip(src) {
                 let y = s * scale + shift;
-                *d = y * sigmoid(y);
+                d.write(y * sigmoid(y));
             }
         } else {
             for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s * scale + shift;
+                d.write(s * scale + shift);
             }
         }
     }

@@ -2,8 +2,9 @@
 //! workspace.
 //!
 //! Kernels of our own where candle's were the bottleneck (convolution and
-//! Winograd's form, bf16 products, attention, softmax, group norm, GEGLU
-//! and the tanh GELU, the upscalers' element-wise steps), each a candle
+//! Winograd's form, bf16 products and AMX tap-tile convolutions,
+//! attention, softmax, group norm, GEGLU and the tanh GELU, the upscalers'
+//! element-wise steps, strided copies), each a candle
 //! custom op with candle's implementation
 //! as the fallback for other devices and dtypes, and each tested against
 //! it. Beside them: the primitive layers that dispatch to them (`Conv2d`,
@@ -24,6 +25,7 @@ pub mod conv;
 mod f32_gemm;
 pub mod group_norm;
 pub mod in_place;
+pub mod layout;
 pub mod linear;
 pub mod pointwise;
 pub mod priority;

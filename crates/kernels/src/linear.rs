@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, Kernel, PackedB};
-use crate::buffers::{with_f32, OutBlock};
+use crate::buffers::{with_f32, write_all, SharedOut};
 use crate::in_place::DerivedCache;
 
 /// Input rows per task for the AVX-512 kernel: a multiple of its 12-row
@@ -81,33 +81,45 @@ impl Linear {
         let (n, k) = (packed.columns(), packed.depth());
         let dims = x.dims().to_vec();
         let m = x.elem_count() / k;
-        let mut out = vec![0f32; m * n];
         let bias = match self.inner.bias() {
             Some(b) => Some(b.to_vec1::<f32>()?),
             None => None,
         };
-        if let Some(bias) = &bias {
-            out.par_chunks_mut(n)
-                .for_each(|row| row.copy_from_slice(bias));
-        }
+        // Not zeroed: each task fills its rows with the bias (or has the
+        // product overwrite them) just before its product, so they are
+        // written once and still in cache when the product adds to them.
+        let mut out = Vec::new();
+        let out_buf = SharedOut::spare(&mut out, m * n);
         let rows_per_task = rows_per_task(packed.kernel(), m);
         with_f32(x, "linear input", |input| {
-            // Each task's rows of the output are a slice of their own.
-            out.par_chunks_mut(rows_per_task * n)
-                .enumerate()
-                .for_each(|(task, out_rows)| {
+            (0..m.div_ceil(rows_per_task))
+                .into_par_iter()
+                .for_each(|task| {
                     let start = task * rows_per_task;
-                    let rows = out_rows.len() / n;
+                    let rows = rows_per_task.min(m - start);
+                    if let Some(bias) = &bias {
+                        // SAFETY: rows start..start + rows are this task's
+                        // alone.
+                        let part = unsafe { out_buf.part(start * n, rows * n) };
+                        for row in part.chunks_exact_mut(n) {
+                            write_all(row, bias);
+                        }
+                    }
+                    // SAFETY: as above; with a bias the rows were just
+                    // initialised, without one the product overwrites them.
+                    let block = unsafe { out_buf.block(start * n, rows, n, n) };
                     bf16_gemm::gemm_packed_b(
                         &input[start * k..(start + rows) * k],
                         rows,
                         k,
                         &packed,
-                        OutBlock::of_slice(out_rows, rows, n, n),
+                        block,
                         bias.is_some(),
                     );
                 });
         })?;
+        // SAFETY: the tasks together wrote every row.
+        unsafe { out.set_len(m * n) };
         let mut shape = dims;
         *shape.last_mut().expect("a linear input has dimensions") = n;
         Tensor::from_vec(out, shape, x.device())

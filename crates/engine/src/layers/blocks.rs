@@ -4,6 +4,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use cyberimage_kernels::conv::{conv2d, Conv2d};
 use cyberimage_kernels::group_norm::{group_norm, GroupNorm};
+use cyberimage_kernels::layout::contiguous;
 use cyberimage_kernels::linear::{linear, Linear};
 use cyberimage_kernels::softmax::softmax_last_dim_in_place;
 
@@ -96,8 +97,8 @@ pub fn attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let kt = k.t()?.contiguous()?;
-    let v = v.contiguous()?;
+    let kt = contiguous(&k.t()?)?;
+    let v = contiguous(v)?;
     if mask.is_none() && q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
         let bf16 = cyberimage_kernels::bf16_gemm::in_use();
         return cyberimage_kernels::attention::attention(q, &kt, &v, scale, bf16);
@@ -151,16 +152,28 @@ pub fn multi_head_attention(
     let head_dim = dim / heads;
     let split = |t: &Tensor| -> candle_core::Result<Tensor> {
         let tokens = t.dim(1)?;
-        t.reshape((b, tokens, heads, head_dim))?
-            .transpose(1, 2)?
-            .reshape((b * heads, tokens, head_dim))?
-            .contiguous()
+        contiguous(&t.reshape((b, tokens, heads, head_dim))?.transpose(1, 2)?)?.reshape((
+            b * heads,
+            tokens,
+            head_dim,
+        ))
     };
     let scale = (head_dim as f64).powf(-0.5);
-    attention(&split(q)?, &split(k)?, &split(v)?, scale, mask)?
-        .reshape((b, heads, n, head_dim))?
-        .transpose(1, 2)?
-        .reshape((b, n, dim))
+    let attended = attention(&split(q)?, &split(k)?, &split(v)?, scale, mask)?;
+    merge_heads(&attended, (b, heads, n, head_dim))
+}
+
+/// (batch·heads, tokens, head_dim) attention output → (batch, tokens,
+/// heads·head_dim), copied on every thread.
+pub fn merge_heads(
+    x: &Tensor,
+    (b, heads, n, head_dim): (usize, usize, usize, usize),
+) -> candle_core::Result<Tensor> {
+    contiguous(&x.reshape((b, heads, n, head_dim))?.transpose(1, 2)?)?.reshape((
+        b,
+        n,
+        heads * head_dim,
+    ))
 }
 
 /// diffusers' `get_timestep_embedding` for each of `values`, concatenated:

@@ -7,6 +7,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{layer_norm, Conv2dConfig, LayerNorm, VarBuilder};
 use cyberimage_kernels::conv::{conv2d, Conv2d};
 use cyberimage_kernels::group_norm::{group_norm, GroupNorm};
+use cyberimage_kernels::layout::contiguous;
 use cyberimage_kernels::linear::{linear, linear_no_bias, Linear};
 
 use crate::layers::blocks::multi_head_attention;
@@ -148,8 +149,8 @@ impl SpatialTransformer {
 
     pub(crate) fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let to_tokens = |t: Tensor| t.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous();
-        let to_image = |t: Tensor| t.transpose(1, 2)?.reshape((b, c, h, w));
+        let to_tokens = |t: Tensor| contiguous(&t.reshape((b, c, h * w))?.transpose(1, 2)?);
+        let to_image = |t: Tensor| contiguous(&t.transpose(1, 2)?)?.reshape((b, c, h, w));
         let normed = self.norm.forward(x)?;
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,

@@ -12,10 +12,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use cyberimage_kernels::conv::{conv2d, Conv2d};
+use cyberimage_kernels::layout::contiguous;
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::{attention, sinusoidal_embedding};
+use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding};
 use crate::layers::modulation::{chunks, modulate, rms_norm};
 use crate::weights::lora_merge::ParameterTable;
 use crate::weights::{read_config, var_builder_and_table};
@@ -77,9 +78,7 @@ impl Projections {
     fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<[Tensor; 3]> {
         let (b, n, dim) = x.dims3()?;
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, n, heads, dim / heads))?
-                .transpose(1, 2)?
-                .contiguous()
+            contiguous(&t.reshape((b, n, heads, dim / heads))?.transpose(1, 2)?)
         };
         let mut q = split(self.q.forward(x)?)?;
         let mut k = split(self.k.forward(x)?)?;
@@ -101,10 +100,10 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     let q = q.reshape((b * h, n, d))?;
     let k = k.reshape((b * h, nk, d))?;
     let v = v.reshape((b * h, nk, d))?;
-    attention(&q, &k, &v, (d as f64).powf(-0.5), None)?
-        .reshape((b, h, n, d))?
-        .transpose(1, 2)?
-        .reshape((b, n, h * d))
+    merge_heads(
+        &attention(&q, &k, &v, (d as f64).powf(-0.5), None)?,
+        (b, h, n, d),
+    )
 }
 
 struct FeedForward {

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use cyberimage_kernels::conv::{conv2d, Conv2d};
 use cyberimage_kernels::group_norm::{group_norm, GroupNorm};
+use cyberimage_kernels::layout::contiguous;
 use cyberimage_kernels::linear::{linear, Linear};
 
 use crate::layers::blocks::{attention, conv3x3, ResnetBlock};
@@ -69,19 +70,20 @@ impl SpatialAttention {
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let tokens = self
-            .norm
-            .forward(x)?
-            .reshape((b, c, h * w))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let tokens = contiguous(
+            &self
+                .norm
+                .forward(x)?
+                .reshape((b, c, h * w))?
+                .transpose(1, 2)?,
+        )?;
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
         let attended = self
             .out
             .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5), None)?)?;
-        let attended = attended.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let attended = contiguous(&attended.transpose(1, 2)?)?.reshape((b, c, h, w))?;
         x + attended
     }
 }

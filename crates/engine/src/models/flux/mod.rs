@@ -16,10 +16,11 @@ use candle_core::{Device, Module, Tensor};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::{attention, sinusoidal_embedding};
+use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding};
 use crate::layers::modulation::{chunks, modulate, rms_norm};
 use crate::models::flux::weights::{FluxWeights, QLinear};
 use cyberimage_kernels::activations::gelu_tanh;
+use cyberimage_kernels::layout::contiguous;
 
 /// Sinusoid width of the timestep and guidance embeddings.
 const TIME_CHANNELS: usize = 256;
@@ -150,9 +151,9 @@ fn split_qkv(
     let qkv = qkv
         .reshape((b, n, 3, heads, head_dim))?
         .permute((2, 0, 3, 1, 4))?;
-    let q = rms_norm(&qkv.get(0)?.contiguous()?, &norm.query)?;
-    let k = rms_norm(&qkv.get(1)?.contiguous()?, &norm.key)?;
-    Ok((q, k, qkv.get(2)?.contiguous()?))
+    let q = rms_norm(&contiguous(&qkv.get(0)?)?, &norm.query)?;
+    let k = rms_norm(&contiguous(&qkv.get(1)?)?, &norm.key)?;
+    Ok((q, k, contiguous(&qkv.get(2)?)?))
 }
 
 /// Rotary position embedding: cos and sin per (token, head_dim), each
@@ -206,10 +207,10 @@ fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> candle_cor
     let q = flat(rope.apply(q)?)?;
     let k = flat(rope.apply(k)?)?;
     let v = flat(v.clone())?;
-    attention(&q, &k, &v, (d as f64).powf(-0.5), None)?
-        .reshape((b, h, n, d))?
-        .transpose(1, 2)?
-        .reshape((b, n, h * d))
+    merge_heads(
+        &attention(&q, &k, &v, (d as f64).powf(-0.5), None)?,
+        (b, h, n, d),
+    )
 }
 
 struct StreamWeights {
