@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
 from common import ROOT, bf16_anchor, build, write_sd15_weights, flops, git_rev, has_amx, machine, matmul_anchor, median, peak_rss_mib, run_json_lines, timed
 
 ap = argparse.ArgumentParser()
