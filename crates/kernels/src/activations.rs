@@ -1,5 +1,6 @@
 //! Feed-forward activations: GEGLU (the UNet transformers' gate) in one
-//! pass, and the tanh-form GELU, both across the rayon pool.
+//! pass, the tanh-form GELU and CLIP's quick GELU, all across the rayon
+//! pool.
 //!
 //! candle computes `value * gelu_erf(gate)` as two single-threaded maps, the
 //! first over a strided half of the projection, with a scalar `erf` per
@@ -86,16 +87,33 @@ pub fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
         // A strided input (FLUX's single blocks gate a slice of a wider
         // projection) is copied first: one memory pass, cheaper than
         // candle's scalar tanh per element.
-        return x.contiguous()?.apply_op1_no_bwd(&GeluTanh);
+        return x.contiguous()?.apply_op1_no_bwd(&Pointwise::GeluTanh);
     }
     x.gelu()
 }
 
-struct GeluTanh;
+/// `x·σ(1.702·x)`, CLIP's `quick_gelu` (SD 1.x's text encoder), in one
+/// pass across the rayon pool (candle: three passes, one thread each).
+pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1_no_bwd(&Pointwise::QuickGelu);
+    }
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
 
-impl CustomOp1 for GeluTanh {
+/// The element-wise activations computed here.
+#[derive(Clone, Copy)]
+enum Pointwise {
+    GeluTanh,
+    QuickGelu,
+}
+
+impl CustomOp1 for Pointwise {
     fn name(&self) -> &'static str {
-        "cyberimage-gelu-tanh"
+        match self {
+            Pointwise::GeluTanh => "cyberimage-gelu-tanh",
+            Pointwise::QuickGelu => "cyberimage-quick-gelu",
+        }
     }
 
     fn cpu_fwd(
@@ -105,12 +123,16 @@ impl CustomOp1 for GeluTanh {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (Some((start, end)), CpuStorage::F32(data)) = (layout.contiguous_offsets(), storage)
         else {
-            candle_core::bail!("gelu kernel: the input must be contiguous f32");
+            candle_core::bail!("{}: the input must be contiguous f32", self.name());
         };
         let mut out = vec![0f32; end - start];
+        let kind = *self;
         out.par_chunks_mut(16_384)
             .zip(data[start..end].par_chunks(16_384))
-            .for_each(|(dst, src)| gelu_tanh_slice(src, dst));
+            .for_each(|(dst, src)| match kind {
+                Pointwise::GeluTanh => gelu_tanh_slice(src, dst),
+                Pointwise::QuickGelu => quick_gelu_slice(src, dst),
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -121,6 +143,14 @@ vectorised_fn! {
         for (d, &v) in dst.iter_mut().zip(src) {
             let u = SQRT_2_OVER_PI * v * (0.044_715 * v).mul_add(v, 1.0);
             *d = v * sigmoid(2.0 * u);
+        }
+    }
+}
+
+vectorised_fn! {
+    fn quick_gelu_slice(src: &[f32], dst: &mut [f32]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v * sigmoid(1.702 * v);
         }
     }
 }
@@ -185,5 +215,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn quick_gelu_matches_candle() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1., (2, 77, 3072), &dev).unwrap() * 4.0).unwrap();
+        let ours = quick_gelu(&x).unwrap();
+        let theirs = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        let err = crate::relative_error(&ours, &theirs).unwrap();
+        assert!(err < 1e-6, "{err}");
     }
 }

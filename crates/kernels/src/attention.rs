@@ -42,16 +42,22 @@ enum Operands<'a> {
 
 /// softmax(q·kᵀ·scale)·v for (batch·heads, tokens, head_dim) f32 operands
 /// on the CPU; `kt` is k transposed, (batch·heads, head_dim, keys). The
-/// products run in bf16 when `bf16` (the kernel must be available).
+/// products run in bf16 when `bf16` (the kernel must be available). With
+/// `causal`, query i attends to keys 0..=i only (CLIP's text encoder; as
+/// many queries as keys).
 pub fn attention(
     q: &Tensor,
     kt: &Tensor,
     v: &Tensor,
     scale: f64,
     bf16: bool,
+    causal: bool,
 ) -> candle_core::Result<Tensor> {
     let (heads, nq, d) = q.dims3()?;
     let nk = v.dim(1)?;
+    if causal && nq != nk {
+        candle_core::bail!("causal attention: {nq} queries against {nk} keys");
+    }
     with_f32(kt, "attention keys", |kt| {
         with_f32(v, "attention values", |v| {
             let operands = if bf16 {
@@ -69,19 +75,25 @@ pub fn attention(
                 Operands::F32 { kt, v }
             };
             with_f32(&(q * scale)?, "attention queries", |q| {
-                attend(q, &operands, heads, nq, nk, d)
+                attend(q, &operands, (heads, nq, nk, d), causal)
             })?
         })?
     })?
 }
 
+/// Masks the keys after each query: −∞ scores, so their exponentials are
+/// 0. `first` is the block's first query.
+fn mask_after_queries(scores: &mut [f32], nk: usize, first: usize) {
+    for (i, row) in scores.chunks_mut(nk).enumerate() {
+        row[(first + i + 1).min(nk)..].fill(f32::NEG_INFINITY);
+    }
+}
+
 fn attend(
     q: &[f32],
     operands: &Operands,
-    heads: usize,
-    nq: usize,
-    nk: usize,
-    d: usize,
+    (heads, nq, nk, d): (usize, usize, usize, usize),
+    causal: bool,
 ) -> candle_core::Result<Tensor> {
     let mut out = vec![0f32; heads * nq * d];
     // Task (head, block of ROWS queries) owns those queries' output rows:
@@ -116,6 +128,9 @@ fn attend(
                         false,
                         gemm::Parallelism::None,
                     );
+                    if causal {
+                        mask_after_queries(scores, nk, start);
+                    }
                     exp_rows(scores, nk, &mut sums);
                     // rows (len × d) = exp(scores) (len × nk) · V_h (nk × d).
                     f32_gemm::gemm(
@@ -129,6 +144,9 @@ fn attend(
                 Operands::Bf16 { keys, values } => {
                     let scores_out = OutBlock::of_slice(scores, len, nk, nk);
                     gemm_packed_b(queries, len, d, &keys[h], scores_out, false);
+                    if causal {
+                        mask_after_queries(scores, nk, start);
+                    }
                     let maxes: Vec<f32> = scores.chunks(nk).map(max_of).collect();
                     // The exponentials are made as they are packed for the
                     // value product: never written back as f32 scores.
@@ -174,16 +192,55 @@ mod tests {
             let kt = k.t().unwrap().contiguous().unwrap();
             let scale = 40f64.powf(-0.5);
             let expected = exact(&q, &kt, &v, scale);
-            let ours = attention(&q, &kt, &v, scale, false).unwrap();
+            let ours = attention(&q, &kt, &v, scale, false, false).unwrap();
             let err = crate::relative_error(&ours, &expected).unwrap();
             assert!(err < 1e-5, "f32 {nq}×{nk}: {err}");
             if crate::bf16_gemm::available() {
-                let ours = attention(&q, &kt, &v, scale, true).unwrap();
+                let ours = attention(&q, &kt, &v, scale, true, false).unwrap();
                 let err = crate::relative_error(&ours, &expected).unwrap();
                 assert!(err < 2e-2 && err > 1e-6, "bf16 {nq}×{nk}: {err}");
             } else {
                 cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");
             }
         }
+    }
+
+    /// Causal attention against candle with CLIP's additive −∞ triangle,
+    /// across query blocks (150 = 2·64 + 22 rows).
+    #[test]
+    fn causal_matches_the_masked_product() {
+        let dev = Device::Cpu;
+        let (n, d) = (150, 64);
+        let q = Tensor::randn(0f32, 1., (4, n, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (4, n, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (4, n, d), &dev).unwrap();
+        let kt = k.t().unwrap().contiguous().unwrap();
+        let triangle: Vec<f32> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(triangle, (n, n), &dev).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let scores = (q.matmul(&kt).unwrap() * scale)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let expected = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&v)
+            .unwrap();
+        let ours = attention(&q, &kt, &v, scale, false, true).unwrap();
+        let err = crate::relative_error(&ours, &expected).unwrap();
+        assert!(err < 1e-5, "f32: {err}");
+        // Not the unmasked answer.
+        let unmasked = attention(&q, &kt, &v, scale, false, false).unwrap();
+        assert!(crate::relative_error(&unmasked, &expected).unwrap() > 1e-2);
+        if crate::bf16_gemm::available() {
+            let ours = attention(&q, &kt, &v, scale, true, true).unwrap();
+            let err = crate::relative_error(&ours, &expected).unwrap();
+            assert!(err < 2e-2 && err > 1e-6, "bf16: {err}");
+        } else {
+            cyberimage_testkit::skipped("bf16 half: this CPU has no AVX-512 BF16");
+        }
+        assert!(attention(&q.narrow(1, 0, 10).unwrap(), &kt, &v, scale, false, true).is_err());
     }
 }

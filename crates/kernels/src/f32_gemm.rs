@@ -3,33 +3,62 @@
 
 use crate::buffers::OutBlock;
 
-/// A row-major operand: `rows` rows of `cols` floats, `stride` apart.
+/// An operand: `rows` rows of `cols` floats, element (i, j) at
+/// `data[i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Matrix<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
-    stride: usize,
+    row_stride: usize,
+    col_stride: usize,
 }
 
 impl<'a> Matrix<'a> {
-    /// Checks that `data` holds the rows described.
+    /// A row-major operand, rows `stride` apart; checks that `data` holds
+    /// the rows described.
     pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(
+            cols <= stride || rows <= 1,
+            "a {rows}×{cols} operand (stride {stride}) overlaps itself"
+        );
+        Self::checked(data, rows, cols, stride, 1)
+    }
+
+    /// The transpose of a row-major `cols × rows` matrix (rows `stride`
+    /// apart) read in place: a linear layer's `[out, in]` weights as the
+    /// `in × out` right operand.
+    pub(crate) fn transposed(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(
+            rows <= stride || cols <= 1,
+            "a transposed {rows}×{cols} operand (stride {stride}) overlaps itself"
+        );
+        Self::checked(data, rows, cols, 1, stride)
+    }
+
+    fn checked(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
         let extent = if rows == 0 || cols == 0 {
             0
         } else {
-            (rows - 1) * stride + cols
+            (rows - 1) * row_stride + (cols - 1) * col_stride + 1
         };
         assert!(
-            extent <= data.len() && (cols <= stride || rows <= 1),
-            "a {rows}×{cols} operand (stride {stride}) over {} floats",
+            extent <= data.len(),
+            "a {rows}×{cols} operand (strides {row_stride}, {col_stride}) over {} floats",
             data.len()
         );
         Self {
             data,
             rows,
             cols,
-            stride,
+            row_stride,
+            col_stride,
         }
     }
 }
@@ -62,11 +91,11 @@ pub(crate) fn gemm(
             dst.stride() as isize,
             accumulate,
             a.data.as_ptr(),
-            1,
-            a.stride as isize,
+            a.col_stride as isize,
+            a.row_stride as isize,
             b.data.as_ptr(),
-            1,
-            b.stride as isize,
+            b.col_stride as isize,
+            b.row_stride as isize,
             1.0,
             1.0,
             false,

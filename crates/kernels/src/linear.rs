@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, Kernel, PackedB};
 use crate::buffers::{with_f32, write_all, SharedOut};
+use crate::f32_gemm::{self, Matrix};
 use crate::in_place::DerivedCache;
 
 /// Input rows per task for the AVX-512 kernel: a multiple of its 12-row
@@ -126,16 +127,64 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The f32 product as one matrix product over every row of the input
+    /// (candle's runs one per batch entry, then adds the bias in another
+    /// pass over the output): the bias pre-filled, the weights read in
+    /// place as the transposed operand.
+    fn forward_f32(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = self.inner.weight();
+        let (n, k) = weight.dims2()?;
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("linear: input {dims:?} for weights [{n}, {k}]");
+        }
+        let m = x.elem_count() / k.max(1);
+        let bias = match self.inner.bias() {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        // Not zeroed: the bias fills the rows (in parallel), or the product
+        // overwrites them.
+        let mut out = Vec::new();
+        let out_buf = SharedOut::spare(&mut out, m * n);
+        if let Some(bias) = &bias {
+            (0..m).into_par_iter().with_min_len(64).for_each(|row| {
+                // SAFETY: row `row` is this task's alone.
+                write_all(unsafe { out_buf.part(row * n, n) }, bias);
+            });
+        }
+        with_f32(weight, "linear weights", |w| {
+            with_f32(x, "linear input", |input| {
+                // SAFETY: only this product reaches the buffer; with a
+                // bias every element was initialised just above.
+                let block = unsafe { out_buf.block(0, m, n, n) };
+                f32_gemm::gemm(
+                    block,
+                    Matrix::new(input, m, k, k),
+                    Matrix::transposed(w, k, n, k),
+                    bias.is_some(),
+                    gemm::Parallelism::Rayon(rayon::current_num_threads().max(1)),
+                )
+            })
+        })??;
+        // SAFETY: the product wrote every element.
+        unsafe { out.set_len(m * n) };
+        let mut shape = dims;
+        *shape.last_mut().expect("a linear input has dimensions") = n;
+        Tensor::from_vec(out, shape, x.device())
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let own = bf16_gemm::in_use()
-            && x.device().is_cpu()
+        let own = x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.inner.weight().dtype() == DType::F32;
-        if own {
-            self.forward_bf16(x)
-        } else {
-            self.inner.forward(x)
+        match (own, bf16_gemm::in_use()) {
+            (true, true) => self.forward_bf16(x),
+            (true, false) => self.forward_f32(x),
+            (false, _) => self.inner.forward(x),
         }
     }
 }
@@ -158,6 +207,24 @@ mod tests {
         } else {
             assert!(!at_load.packed_bf16.is_current());
             cyberimage_testkit::skipped("packing at load: this CPU's bf16 kernel is not AMX");
+        }
+    }
+
+    #[test]
+    fn f32_matches_candle_with_and_without_bias() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.1, (40, 64), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., 40, &dev).unwrap();
+        for shape in [vec![150, 64], vec![2, 77, 64], vec![2, 3, 5, 64]] {
+            let x = Tensor::randn(0f32, 1., shape.as_slice(), &dev).unwrap();
+            for bias in [None, Some(bias.clone())] {
+                let theirs = candle_nn::Linear::new(weight.clone(), bias);
+                let ours = Linear::from(theirs.clone());
+                let (a, e) = (ours.forward(&x).unwrap(), theirs.forward(&x).unwrap());
+                assert_eq!(a.dims(), e.dims());
+                let err = crate::relative_error(&a, &e).unwrap();
+                assert!(err < 1e-6, "{shape:?}: {err}");
+            }
         }
     }
 

@@ -83,9 +83,30 @@ const CHUNK_SCORES: usize = 1 << 21;
 /// Query rows a chunk should have at least, for efficient matrix products.
 const MIN_ROWS: usize = 256;
 
+/// What attention does to its scores before the softmax.
+#[derive(Clone, Copy)]
+pub enum Mask<'a> {
+    None,
+    /// Each query sees itself and the keys before it (CLIP's text
+    /// encoder). The tensor is the same mask as an additive (tokens,
+    /// tokens) −∞ triangle, for the paths the kernel does not take.
+    Causal(&'a Tensor),
+    /// An additive bias broadcast over the scores (T5's positions).
+    Additive(&'a Tensor),
+}
+
+impl<'a> Mask<'a> {
+    fn additive(self) -> Option<&'a Tensor> {
+        match self {
+            Mask::None => None,
+            Mask::Causal(t) | Mask::Additive(t) => Some(t),
+        }
+    }
+}
+
 /// Scaled dot-product attention over (batch·heads, tokens, head_dim)
-/// operands, with an optional additive mask broadcast over the scores.
-/// Unmasked f32 attention on the CPU is `attention_cpu`'s; elsewhere large
+/// operands, masked as `mask` says. Unmasked and causal f32 attention on
+/// the CPU is the kernels' (`cyberimage_kernels::attention`); elsewhere large
 /// unmasked attentions run in chunks (a few heads × at least 256 query
 /// rows), so the full score matrix is never materialised. Everything is made contiguous:
 /// candle 0.11's CPU batched matmul is wrong for a transposed left operand
@@ -95,16 +116,23 @@ pub fn attention(
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    mask: Option<&Tensor>,
+    mask: Mask,
 ) -> candle_core::Result<Tensor> {
     let kt = contiguous(&k.t()?)?;
     let v = contiguous(v)?;
-    if mask.is_none() && q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
-        let bf16 = cyberimage_kernels::bf16_gemm::in_use();
-        return cyberimage_kernels::attention::attention(q, &kt, &v, scale, bf16);
-    }
     let (bh, nq, _) = q.dims3()?;
     let nk = kt.dim(2)?;
+    let causal = matches!(mask, Mask::Causal(_));
+    let kernel = match mask {
+        Mask::None => true,
+        Mask::Causal(_) => nq == nk,
+        Mask::Additive(_) => false,
+    };
+    if kernel && q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
+        let bf16 = cyberimage_kernels::bf16_gemm::in_use();
+        return cyberimage_kernels::attention::attention(q, &kt, &v, scale, bf16, causal);
+    }
+    let mask = mask.additive();
     if mask.is_some() || bh * nq * nk <= CHUNK_SCORES {
         let mut scores = (q.contiguous()?.matmul(&kt)? * scale)?;
         if let Some(mask) = mask {
@@ -146,7 +174,7 @@ pub fn multi_head_attention(
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    mask: Option<&Tensor>,
+    mask: Mask,
 ) -> candle_core::Result<Tensor> {
     let (b, n, dim) = q.dims3()?;
     let head_dim = dim / heads;
@@ -216,7 +244,7 @@ mod tests {
         let k = Tensor::randn(0f32, 1., (2, 1100, 40), &dev).unwrap();
         let v = Tensor::randn(0f32, 1., (2, 1100, 40), &dev).unwrap();
         let scale = 40f64.powf(-0.5);
-        let chunked = attention(&q, &k, &v, scale, None).unwrap();
+        let chunked = attention(&q, &k, &v, scale, Mask::None).unwrap();
         let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
         let full = candle_nn::ops::softmax_last_dim(&scores)
             .unwrap()
@@ -235,7 +263,7 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
         let k = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
         let v = Tensor::randn(0f32, 1., (13, 2048, 16), &dev).unwrap();
-        let chunked = attention(&q, &k, &v, 0.25, None).unwrap();
+        let chunked = attention(&q, &k, &v, 0.25, Mask::None).unwrap();
         let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * 0.25).unwrap();
         let full = candle_nn::ops::softmax_last_dim(&scores)
             .unwrap()

@@ -10,7 +10,7 @@ use cyberimage_kernels::group_norm::{group_norm, GroupNorm};
 use cyberimage_kernels::layout::contiguous;
 use cyberimage_kernels::linear::{linear, linear_no_bias, Linear};
 
-use crate::layers::blocks::multi_head_attention;
+use crate::layers::blocks::{multi_head_attention, Mask};
 use cyberimage_kernels::activations::geglu;
 
 /// Multi-head attention as in diffusers' `Attention` (no q/k/v bias).
@@ -43,7 +43,7 @@ impl MultiHeadAttention {
         let k = self.k.forward(context)?;
         let v = self.v.forward(context)?;
         self.out
-            .forward(&multi_head_attention(&q, &k, &v, self.heads, None)?)
+            .forward(&multi_head_attention(&q, &k, &v, self.heads, Mask::None)?)
     }
 }
 

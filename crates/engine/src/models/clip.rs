@@ -12,13 +12,13 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{
-    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use cyberimage_kernels::activations::quick_gelu;
+use cyberimage_kernels::linear::{linear, linear_no_bias, Linear};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::multi_head_attention;
+use crate::layers::blocks::{multi_head_attention, Mask};
 use crate::weights::lora_merge::ParameterTable;
 use crate::weights::{read_config, var_builder_and_table};
 
@@ -65,7 +65,7 @@ impl Activation {
 
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::QuickGelu => quick_gelu(x),
             Self::Gelu => x.gelu_erf(),
         }
     }
@@ -95,7 +95,7 @@ impl Attention {
         let q = self.q.forward(x)?;
         let k = self.k.forward(x)?;
         let v = self.v.forward(x)?;
-        let context = multi_head_attention(&q, &k, &v, self.heads, Some(causal_mask))?;
+        let context = multi_head_attention(&q, &k, &v, self.heads, Mask::Causal(causal_mask))?;
         self.out.forward(&context)
     }
 }

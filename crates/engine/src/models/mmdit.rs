@@ -16,7 +16,7 @@ use cyberimage_kernels::layout::contiguous;
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding};
+use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding, Mask};
 use crate::layers::modulation::{chunks, modulate, rms_norm};
 use crate::weights::lora_merge::ParameterTable;
 use crate::weights::{read_config, var_builder_and_table};
@@ -101,7 +101,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     let k = k.reshape((b * h, nk, d))?;
     let v = v.reshape((b * h, nk, d))?;
     merge_heads(
-        &attention(&q, &k, &v, (d as f64).powf(-0.5), None)?,
+        &attention(&q, &k, &v, (d as f64).powf(-0.5), Mask::None)?,
         (b, h, n, d),
     )
 }

@@ -12,7 +12,7 @@ use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::attention;
+use crate::layers::blocks::{attention, Mask};
 use crate::weights::{read_config, var_builder};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -107,7 +107,7 @@ impl SelfAttention {
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
         // T5 folds the 1/sqrt(d) scale into its weights: scores are unscaled.
-        let out = attention(&q, &k, &v, 1.0, Some(bias))?
+        let out = attention(&q, &k, &v, 1.0, Mask::Additive(bias))?
             .reshape((b, self.heads, n, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, n, self.heads * self.head_dim))?;

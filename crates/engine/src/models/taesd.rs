@@ -33,7 +33,8 @@ struct Block {
 enum Layer {
     Conv(Conv2d),
     Relu,
-    Block(Block),
+    // Boxed: a block holds three convolutions, the other variants one or none.
+    Block(Box<Block>),
     Upsample,
 }
 
@@ -83,7 +84,7 @@ impl TinyDecoder {
                     true => Some(same_conv(&mut t, &format!("{at}.skip"))?),
                     false => None,
                 };
-                layers.push(Layer::Block(Block { convs, skip }));
+                layers.push(Layer::Block(Box::new(Block { convs, skip })));
             } else if t.contains_key(&format!("{at}.weight")) {
                 if !seen_conv {
                     latent_channels = t[&format!("{at}.weight")].dim(1)?;

@@ -11,7 +11,7 @@ use cyberimage_kernels::group_norm::{group_norm, GroupNorm};
 use cyberimage_kernels::layout::contiguous;
 use cyberimage_kernels::linear::{linear, Linear};
 
-use crate::layers::blocks::{attention, conv3x3, ResnetBlock};
+use crate::layers::blocks::{attention, conv3x3, Mask, ResnetBlock};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
@@ -80,9 +80,9 @@ impl SpatialAttention {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        let attended = self
-            .out
-            .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5), None)?)?;
+        let attended =
+            self.out
+                .forward(&attention(&q, &k, &v, (c as f64).powf(-0.5), Mask::None)?)?;
         let attended = contiguous(&attended.transpose(1, 2)?)?.reshape((b, c, h, w))?;
         x + attended
     }

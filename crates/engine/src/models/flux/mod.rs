@@ -16,7 +16,7 @@ use candle_core::{Device, Module, Tensor};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding};
+use crate::layers::blocks::{attention, merge_heads, sinusoidal_embedding, Mask};
 use crate::layers::modulation::{chunks, modulate, rms_norm};
 use crate::models::flux::weights::{FluxWeights, QLinear};
 use cyberimage_kernels::activations::gelu_tanh;
@@ -208,7 +208,7 @@ fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> candle_cor
     let k = flat(rope.apply(k)?)?;
     let v = flat(v.clone())?;
     merge_heads(
-        &attention(&q, &k, &v, (d as f64).powf(-0.5), None)?,
+        &attention(&q, &k, &v, (d as f64).powf(-0.5), Mask::None)?,
         (b, h, n, d),
     )
 }
