@@ -140,8 +140,8 @@ def flux_e2e_section(e2e):
             f"| {s['e2e_encode']:.1f} | {s['e2e_load']:.1f} | {s['e2e_step']:.1f} | {s['e2e_decode']:.1f} | {gib:.1f} |", ""]
 
 
-def sdxl_section(x):
-    return ["## SDXL UNet step vs diffusers (identical weights)", "",
+def sdxl_section(x, title="SDXL UNet step vs diffusers (identical weights)"):
+    return [f"## {title}", "",
             f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, {x['threads']} threads). The real SDXL base UNet "
             f"config, random weights ({x['weights_mib']:.0f} MiB of float32 safetensors) loaded by both; batch 2 "
             f"(CFG) at {x['size']}² with random text states, pooled text and size conditioning. Median of "
@@ -158,12 +158,12 @@ def sdxl_section(x):
              f"{x['ours_bf16_peak_rss_mib']:.0f} / |"] if "ours_bf16_s" in x else []) + [""]
 
 
-def e2e_section(x):
+def e2e_section(x, title="End to end: one SD-Turbo class job, prompt to PNG"):
     med = statistics.median
     rows = [("f32", x["ours"], x["diffusers"])]
     if x.get("ours_bf16"):
         rows.append(("bf16", x["ours_bf16"], x["diffusers_bf16"]))
-    out = ["## End to end: one SD-Turbo class job, prompt to PNG", "",
+    out = [f"## {title}", "",
            f"Command: `{x['command']}` ({provenance(x)}, torch {x['torch']}, {x['threads']} threads). The SD 2.1 / SD-Turbo "
            f"architecture with random weights ({x['weights_mib']:.0f} MiB of float32 safetensors), one 512² image, "
            "1 Euler step, guidance 0. Ours: a job through the release server on loopback, timed from "
@@ -358,7 +358,7 @@ def amx_section(x):
     return out
 
 
-def amx_targets(x, flux=None):
+def amx_targets(x, flux=None, sdxl=None, e2e=None):
     s = x["stages"]
     out = [f"- On an AMX CPU ({x['machine']}, {x['commit']}), like against like:"]
     for key, label in (("unet_step_b2", "SD 1.5 UNet step"), ("vae_decode_b1", "VAE decode")):
@@ -386,7 +386,20 @@ def amx_targets(x, flux=None):
                         "layers were candle's QMatMul, not our kernels)")
             out.append(f"  - FLUX blocks {size}² f32 ≤ 0.8× diffusers f32: {met(o32 / d32 <= 0.8)} ({o32 / d32:.2f}×); "
                        f"{bf16}; GGUF Q8_0 {q8 / d16:.2f}×, Q4_K {q4 / d16:.2f}× diffusers bf16 (two precisions).")
-    out.append("  - SDXL 1024² and the SD-Turbo job on AMX: not measured on this CPU kind yet.")
+    if sdxl and "ours_bf16_s" in sdxl:
+        ratio = sdxl["ours_bf16_s"] / sdxl["diffusers_bf16_s"]
+        out.append(f"  - SDXL UNet step {sdxl['size']}² bf16 ≤ 0.8× diffusers bf16: {met(ratio <= 0.8)} "
+                   f"({ratio:.2f}×; f32 {sdxl['ours_s'] / sdxl['diffusers_s']:.2f}×, {sdxl['commit']}).")
+    else:
+        out.append("  - SDXL 1024² on AMX: not measured on this CPU kind yet.")
+    if e2e and e2e.get("ours_bf16"):
+        med = statistics.median
+        ratio = med(e2e["ours_bf16"]["seconds"]) / med(e2e["diffusers_bf16"]["seconds"])
+        f32 = med(e2e["ours"]["seconds"]) / med(e2e["diffusers"]["seconds"])
+        out.append(f"  - The SD-Turbo job bf16 ≤ 0.8× diffusers bf16: {met(ratio <= 0.8)} ({ratio:.2f}×; "
+                   f"f32 {f32:.2f}×, {e2e['commit']}).")
+    else:
+        out.append("  - The SD-Turbo job on AMX: not measured on this CPU kind yet.")
     return out
 
 
@@ -399,6 +412,8 @@ def main():
     sdxl = json.loads((RESULTS / "sdxl.json").read_text()) if (RESULTS / "sdxl.json").exists() else None
     e2e = json.loads((RESULTS / "e2e.json").read_text()) if (RESULTS / "e2e.json").exists() else None
     amx = json.loads((RESULTS / "engine-amx.json").read_text()) if (RESULTS / "engine-amx.json").exists() else None
+    sdxl_amx = json.loads((RESULTS / "sdxl-amx.json").read_text()) if (RESULTS / "sdxl-amx.json").exists() else None
+    e2e_amx = json.loads((RESULTS / "e2e-amx.json").read_text()) if (RESULTS / "e2e-amx.json").exists() else None
     out = ["# Benchmarks", "",
            "Measured on this project's CI-class machines (2 cores, 24 GiB; the CPU model has changed between "
            "sessions, so each section names the CPU and the commit it measured). Report written at commit "
@@ -466,6 +481,10 @@ def main():
         out += sdxl_section(sdxl)
     if e2e:
         out += e2e_section(e2e)
+    if sdxl_amx:
+        out += sdxl_section(sdxl_amx, "Intel AMX: SDXL UNet step vs diffusers (identical weights)")
+    if e2e_amx:
+        out += e2e_section(e2e_amx, "Intel AMX: end to end, one SD-Turbo class job, prompt to PNG")
     if flux and flux.get("blocks"):
         out += flux_section(flux)
     flux_amx = json.loads((RESULTS / "flux-amx.json").read_text()) if (RESULTS / "flux-amx.json").exists() else None
@@ -545,7 +564,7 @@ def main():
                 f"({engine['ours_peak_rss_mib'] / engine['weights_mib']:.2f}×).",
                 flux_fit_target(flux)]
     if amx:
-        out += amx_targets(amx, flux_amx)
+        out += amx_targets(amx, flux_amx, sdxl_amx, e2e_amx)
     if load:
         out += load_targets(load)
     if load_idle:
