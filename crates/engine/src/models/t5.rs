@@ -8,7 +8,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+use cyberimage_kernels::activations::gelu_tanh;
+use cyberimage_kernels::linear::{linear_no_bias, Linear};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
@@ -58,7 +60,7 @@ impl Activation {
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Relu => x.relu(),
-            Self::GeluTanh => x.gelu(),
+            Self::GeluTanh => gelu_tanh(x),
             Self::Gelu => x.gelu_erf(),
         }
     }
