@@ -96,9 +96,9 @@ impl Conv2d {
         };
         if bf16_gemm::packs_at_load() && layer.uses_own_kernel(&layer.weight) {
             // A failure here is met again, and reported, by the first
-            // bf16 forward, which packs when the cache is empty. Layers
-            // run on rows under 16 pixels wide (SD's 8×8 level at 512²)
-            // pack for im2col on first use instead.
+            // bf16 forward, which packs when the cache is empty. Strided
+            // layers run on rows under 16 pixels wide (a downsampler to
+            // SD's 8×8 level at 512²) pack for im2col on first use instead.
             let _ = layer.taps_bf16.get_or_make(|| {
                 let (c_out, c_in, kh, kw) = layer.weight.dims4()?;
                 with_f32(&layer.weight, "conv2d weights", |flat| {
@@ -482,6 +482,11 @@ mod tests {
             (1, 3, 18, 18, 16, 3, 1, 0),
             (3, 33, 5, 17, 70, 3, 1, 1),
             (1, 35, 6, 50, 20, 3, 1, 1),
+            // Rows under 16 pixels: flat groups over the padded grid.
+            (2, 64, 8, 8, 64, 3, 1, 1),
+            (1, 40, 6, 5, 20, 3, 1, 1),
+            (2, 96, 8, 8, 32, 1, 1, 0),
+            (1, 32, 3, 3, 32, 3, 1, 0),
         ];
         for (b, c_in, h, w, c_out, k, stride, padding) in cases {
             let case = (b, c_in, h, w, c_out, k, stride);
@@ -516,6 +521,9 @@ mod tests {
                 .unwrap();
             let err = crate::relative_error(&ours, &theirs).unwrap();
             assert!(err < 2e-2 && err > 1e-6, "case {case:?} vs f32: {err}");
+            // A narrow strided layer stays with im2col.
+            let narrow = Geometry::new((c_in, 16, 16), (3, 3), 2, 1, c_out).unwrap();
+            assert!(!tap_tiles::suits(&narrow));
             // The layer takes the tiles under bf16, and packs them at load.
             let _no_edits = crate::in_place::tests::EDITS.lock();
             let layer = bf16_gemm::packing_at_load(true, || {

@@ -31,6 +31,11 @@ pub(crate) const GROUP_PIXELS: usize = ROWS / 2;
 /// Output channels per block.
 pub(crate) const BLOCK_CHANNELS: usize = NR;
 
+/// Zero pixels kept after the last image: a group of 16 output pixels
+/// read over the padded grid reaches at most 16 + kw − 1 pixels past the
+/// image's end (kernels up to 16 wide).
+pub(crate) const SLACK_PIXELS: usize = 32;
+
 /// Stored pairs per pixel for `channels` channels.
 fn stored_pairs(channels: usize) -> usize {
     channels.next_multiple_of(CHANNELS_PER_TILE) / 2
@@ -125,9 +130,12 @@ impl NhwcPairs {
         let pairs = stored_pairs(channels);
         let (rows, columns) = (h + 2 * padding, w + 2 * padding);
         let row_len = columns * pairs;
-        let mut data = LineBuffer::zeroed(batch * rows * row_len);
+        let images_len = batch * rows * row_len;
+        // Zero pixels after the last image: a flat group (see `tap_tiles`)
+        // near the end reads a few pixels past it.
+        let mut data = LineBuffer::zeroed(images_len + SLACK_PIXELS * pairs);
         let plane = h * w;
-        data.as_mut_slice()
+        data.as_mut_slice()[..images_len]
             .par_chunks_mut(row_len)
             .enumerate()
             .for_each(|(index, row)| {
@@ -144,6 +152,11 @@ impl NhwcPairs {
             columns,
             data,
         }
+    }
+
+    /// Pixels per padded row.
+    pub(crate) fn columns(&self) -> usize {
+        self.columns
     }
 
     /// Where pixel (`y`, `x`) of `image`, in padded coordinates, starts.

@@ -9,7 +9,11 @@
 //! Output rows are cut into groups of 16 pixels (one tile); a row whose
 //! width is not a multiple of 16 ends in a group that overlaps the one
 //! before it (those pixels are computed twice and written twice, equal).
-//! Rows narrower than 16 pixels stay with the im2col kernel.
+//! Rows narrower than 16 pixels (SD's 8×8 level at 512²) are read as one
+//! flat run over the padded grid instead, where a stride-1 kernel's
+//! consecutive output pixels stay one input pixel apart even across rows:
+//! groups of 16 consecutive grid pixels, the ones in the padding columns
+//! computed and dropped. Narrow strided layers stay with im2col.
 
 use rayon::prelude::*;
 
@@ -27,7 +31,8 @@ const TASK_PIXELS: usize = 512;
 
 /// Whether the tile kernel takes this layer.
 pub(super) fn suits(g: &Geometry) -> bool {
-    g.out_w >= GROUP_PIXELS && implicit::usable()
+    let flat = g.stride == 1 && g.kw <= GROUP_PIXELS;
+    (g.out_w >= GROUP_PIXELS || flat) && implicit::usable()
 }
 
 /// The convolution of `batch` images through `weights` packed as taps.
@@ -54,6 +59,13 @@ pub(super) fn convolve(
     let total = batch * g.c_out * out_px;
     let mut out = Vec::new();
     let out_buf = SharedOut::spare(&mut out, total);
+    if g.out_w < GROUP_PIXELS {
+        convolve_flat(&copy, batch, weights, bias, g, &taps, out_buf);
+        // SAFETY: every output pixel lies in one flat group, whose task
+        // wrote it.
+        unsafe { out.set_len(total) };
+        return out;
+    }
 
     // Row groups: each output row's groups of 16 pixels (the last one
     // shifted left to end at the row's end).
@@ -106,6 +118,70 @@ pub(super) fn convolve(
     // some task, which wrote it above.
     unsafe { out.set_len(total) };
     out
+}
+
+/// Narrow stride-1 layers over the padded grid (see the module's doc).
+fn convolve_flat(
+    copy: &NhwcPairs,
+    batch: usize,
+    weights: &ConvTaps,
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    taps: &[usize],
+    out_buf: SharedOut<'_>,
+) {
+    let grid_w = copy.columns();
+    let groups_per_image = (g.out_h * grid_w).div_ceil(GROUP_PIXELS);
+    let threads = rayon::current_num_threads().max(1);
+    let groups_per_task = (TASK_PIXELS / GROUP_PIXELS)
+        .min((batch * groups_per_image).div_ceil(2 * threads))
+        .max(1);
+    let tasks_per_image = groups_per_image.div_ceil(groups_per_task);
+    let column_stride = copy.column_stride(1);
+    let out_px = g.out_h * g.out_w;
+    (0..batch * tasks_per_image)
+        .into_par_iter()
+        .for_each(|task| {
+            let (image, chunk) = (task / tasks_per_image, task % tasks_per_image);
+            let first = chunk * groups_per_task;
+            let groups: Vec<usize> =
+                (first..(first + groups_per_task).min(groups_per_image)).collect();
+            let products = TapProducts::start().expect("tap tiles: AMX was usable when chosen");
+            let mut block = [0f32; BLOCK_PIXELS * BLOCK_CHANNELS];
+            let origin = copy.pixel(image, 0, 0);
+            for panel in 0..weights.panels() {
+                let channels = panel * BLOCK_CHANNELS..((panel + 1) * BLOCK_CHANNELS).min(g.c_out);
+                for pair in groups.chunks(2) {
+                    let second = *pair.last().unwrap_or(&pair[0]);
+                    let start = |group: usize| origin + group * GROUP_PIXELS * column_stride;
+                    products.block(
+                        copy,
+                        weights,
+                        panel,
+                        [start(pair[0]), start(second)],
+                        (taps, column_stride),
+                        &mut block,
+                    );
+                    for (half, &group) in pair.iter().enumerate() {
+                        for r in 0..GROUP_PIXELS {
+                            let at = group * GROUP_PIXELS + r;
+                            let (y, x) = (at / grid_w, at % grid_w);
+                            if y >= g.out_h || x >= g.out_w {
+                                continue;
+                            }
+                            let values = &block[(half * GROUP_PIXELS + r) * BLOCK_CHANNELS..];
+                            for (j, c) in channels.clone().enumerate() {
+                                let offset = (image * g.c_out + c) * out_px + y * g.out_w + x;
+                                // SAFETY: grid pixel `at` of this image lies in
+                                // this task's groups alone.
+                                let dst = unsafe { out_buf.part(offset, 1) };
+                                dst[0].write(values[j] + bias.map_or(0.0, |bias| bias[c]));
+                            }
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// Which output channels of which image a block holds.
