@@ -146,6 +146,7 @@ def sdxl_section(x, title="SDXL UNet step vs diffusers (identical weights)"):
             f"config, random weights ({x['weights_mib']:.0f} MiB of float32 safetensors) loaded by both; batch 2 "
             f"(CFG) at {x['size']}² with random text states, pooled text and size conditioning. Median of "
             f"{x['repeats']} runs after a warm-up. Floor = FLOPs / {anchor_text(x)}. "
+            f"diffusers under {x.get('diffusers_mode', 'torch.no_grad, default memory format')}. "
             "bf16 as in the SD 1.5 table.", "",
             "| | ours (s) | diffusers (s) | ours / diffusers f32 | ours / diffusers bf16 | GFLOP | f32 floor (s) | "
             "ours / floor | peak RSS ours / diffusers (MiB) |",
@@ -169,7 +170,8 @@ def e2e_section(x, title="End to end: one SD-Turbo class job, prompt to PNG"):
            "1 Euler step, guidance 0. Ours: a job through the release server on loopback, timed from "
            "`POST /api/generate` until its event stream (`/api/events?job_id=`) ends with the job (queue, text "
            "encoding, step, VAE decode, PNG file and database row; results before 2026-11-28 polled the status "
-           "every 10 ms instead, which cost about 1 s per job on 2 cores). diffusers: `StableDiffusionPipeline(...)` plus saving the PNG. Warm: median of "
+           "every 10 ms instead, which cost about 1 s per job on 2 cores). diffusers: `StableDiffusionPipeline(...)` plus saving the PNG, "
+           f"under {x.get('diffusers_mode', 'torch.no_grad, default memory format')}. Warm: median of "
            f"{x['repeats']} jobs after the first. Cold: ours from starting the server on a new data folder "
            "(the first load hashes the weights, about 2.8 s here, on a second thread beside the read), "
            "diffusers from `from_pretrained`, to the first image. Restart: ours again on the same folder, "
