@@ -405,6 +405,19 @@ def amx_targets(x, flux=None, sdxl=None, e2e=None):
     return out
 
 
+def load_result(name):
+    """A results file, or None. A file other than its script's default
+    output (the AMX runs) gets `--out` in its command, so the command shown
+    writes the file it reports."""
+    path = RESULTS / name
+    if not path.exists():
+        return None
+    x = json.loads(path.read_text())
+    if "-amx" in name and "command" in x and "--out" not in x["command"]:
+        x["command"] += f" --out bench/results/{name}"
+    return x
+
+
 def main():
     engine = json.loads((RESULTS / "engine.json").read_text()) if (RESULTS / "engine.json").exists() else None
     load = json.loads((RESULTS / "load.json").read_text()) if (RESULTS / "load.json").exists() else None
@@ -413,9 +426,9 @@ def main():
     flux = json.loads((RESULTS / "flux.json").read_text()) if (RESULTS / "flux.json").exists() else None
     sdxl = json.loads((RESULTS / "sdxl.json").read_text()) if (RESULTS / "sdxl.json").exists() else None
     e2e = json.loads((RESULTS / "e2e.json").read_text()) if (RESULTS / "e2e.json").exists() else None
-    amx = json.loads((RESULTS / "engine-amx.json").read_text()) if (RESULTS / "engine-amx.json").exists() else None
-    sdxl_amx = json.loads((RESULTS / "sdxl-amx.json").read_text()) if (RESULTS / "sdxl-amx.json").exists() else None
-    e2e_amx = json.loads((RESULTS / "e2e-amx.json").read_text()) if (RESULTS / "e2e-amx.json").exists() else None
+    amx = load_result("engine-amx.json")
+    sdxl_amx = load_result("sdxl-amx.json")
+    e2e_amx = load_result("e2e-amx.json")
     out = ["# Benchmarks", "",
            "Measured on this project's CI-class machines (2 cores, 24 GiB; the CPU model has changed between "
            "sessions, so each section names the CPU and the commit it measured). Report written at commit "
@@ -489,7 +502,7 @@ def main():
         out += e2e_section(e2e_amx, "Intel AMX: end to end, one SD-Turbo class job, prompt to PNG")
     if flux and flux.get("blocks"):
         out += flux_section(flux)
-    flux_amx = json.loads((RESULTS / "flux-amx.json").read_text()) if (RESULTS / "flux-amx.json").exists() else None
+    flux_amx = load_result("flux-amx.json")
     if flux_amx and flux_amx.get("blocks"):
         out += flux_section(flux_amx, "Intel AMX: FLUX transformer blocks vs diffusers (identical weights)")
     if flux and flux.get("e2e"):
