@@ -181,6 +181,36 @@ pub(super) unsafe fn gemm(
     unreachable!("AMX kernel off x86-64");
 }
 
+/// One step of 16 k-pairs into the 32×32 block of C held in tmm0–3: the
+/// A tiles' 16 rows start at `a0` and `a1`, `a_bytes` apart; the two B
+/// tiles lie side by side at `b0`, rows of NR pairs. Shared by the
+/// products and the tap tiles.
+///
+/// # Safety
+/// The tiles are configured as [`TileConfig::full_tiles`]; 16 rows of 64
+/// bytes, `a_bytes` apart, are readable from `a0` and from `a1`, and 16
+/// rows of NR u32s from `b0`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step_2x2(a0: *const u32, a1: *const u32, b0: *const u32, a_bytes: usize) {
+    // SAFETY: every row read lies in the extents the caller guarantees.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+            sa = in(reg) a_bytes, sb = in(reg) NR * 4,
+            options(nostack, readonly),
+        );
+    }
+}
+
 /// One 32×32 block of C over `kc` k-pairs (a multiple of 16).
 ///
 /// # Safety
@@ -264,19 +294,7 @@ unsafe fn c_block(
                 );
                 continue;
             }
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
-                sa = in(reg) a_bytes, sb = in(reg) NR * 4,
-                options(nostack, readonly),
-            );
+            step_2x2(a0, a1, b0, a_bytes);
         }
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
@@ -371,26 +389,13 @@ impl Tiles {
                 "tilezero tmm3",
                 options(nostack, nomem)
             );
-            let (sa, sb) = (row_stride * 4, NR * 4);
+            let sa = row_stride * 4;
             for (t, &tap) in taps.iter().enumerate() {
                 let a0 = a.as_ptr().add(starts[0] + tap);
                 let a1 = a.as_ptr().add(starts[1] + tap);
                 let bt = b.as_ptr().add(t * pairs * NR);
                 for step in (0..pairs).step_by(PAIRS_PER_TILE) {
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(step), a1 = in(reg) a1.add(step),
-                        b0 = in(reg) bt.add(step * NR),
-                        sa = in(reg) sa, sb = in(reg) sb,
-                        options(nostack, readonly),
-                    );
+                    step_2x2(a0.add(step), a1.add(step), bt.add(step * NR), sa);
                 }
             }
             let c0 = out.as_mut_ptr();
