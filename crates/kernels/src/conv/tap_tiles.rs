@@ -35,6 +35,17 @@ pub(super) fn suits(g: &Geometry) -> bool {
     (g.out_w >= GROUP_PIXELS || flat) && implicit::usable()
 }
 
+/// A tile's 16 output pixels.
+#[derive(Clone, Copy)]
+enum Group {
+    /// Pixels `x..x + 16` of output row `y`.
+    Row { y: usize, x: usize },
+    /// Pixels `first..first + 16` of the padded grid (rows the padded
+    /// width apart; those in the padding columns or past the last row are
+    /// dropped).
+    Flat { first: usize },
+}
+
 /// The convolution of `batch` images through `weights` packed as taps.
 pub(super) fn convolve(
     input: &[f32],
@@ -53,154 +64,142 @@ pub(super) fn convolve(
         "tap tiles: weights do not fit the layer"
     );
     let copy = NhwcPairs::new(input, (batch, g.c_in, g.h, g.w), g.padding);
-    let taps = copy.tap_offsets(g.kh, g.kw);
-    let column_stride = copy.column_stride(g.stride);
-    let out_px = g.out_h * g.out_w;
-    let total = batch * g.c_out * out_px;
+    let total = batch * g.c_out * g.out_h * g.out_w;
     let mut out = Vec::new();
     let out_buf = SharedOut::spare(&mut out, total);
-    if g.out_w < GROUP_PIXELS {
-        convolve_flat(&copy, batch, weights, bias, g, &taps, out_buf);
-        // SAFETY: every output pixel lies in one flat group, whose task
-        // wrote it.
-        unsafe { out.set_len(total) };
-        return out;
-    }
-
-    // Row groups: each output row's groups of 16 pixels (the last one
-    // shifted left to end at the row's end).
-    let row_groups: Vec<usize> = (0..g.out_w.div_ceil(GROUP_PIXELS))
-        .map(|k| (k * GROUP_PIXELS).min(g.out_w - GROUP_PIXELS))
-        .collect();
     let threads = rayon::current_num_threads().max(1);
-    let rows_for_size = (TASK_PIXELS / g.out_w).max(1);
-    let rows_for_threads = (batch * g.out_h).div_ceil(2 * threads).max(1);
-    let rows_per_task = rows_for_size.min(rows_for_threads).min(g.out_h);
-    let tasks_per_image = g.out_h.div_ceil(rows_per_task);
-
-    (0..batch * tasks_per_image)
-        .into_par_iter()
-        .for_each(|task| {
+    if g.out_w >= GROUP_PIXELS {
+        // Each output row's groups of 16 pixels (the last one shifted left
+        // to end at the row's end); tasks of whole rows.
+        let row_groups: Vec<usize> = (0..g.out_w.div_ceil(GROUP_PIXELS))
+            .map(|k| (k * GROUP_PIXELS).min(g.out_w - GROUP_PIXELS))
+            .collect();
+        let rows_for_size = (TASK_PIXELS / g.out_w).max(1);
+        let rows_for_threads = (batch * g.out_h).div_ceil(2 * threads).max(1);
+        let rows_per_task = rows_for_size.min(rows_for_threads).min(g.out_h);
+        let tasks_per_image = g.out_h.div_ceil(rows_per_task);
+        let task_groups = |task: usize| {
             let (image, chunk) = (task / tasks_per_image, task % tasks_per_image);
             let rows = chunk * rows_per_task..((chunk + 1) * rows_per_task).min(g.out_h);
-            let groups: Vec<(usize, usize)> = rows
-                .flat_map(|y| row_groups.iter().map(move |&x| (y, x)))
+            let groups = rows
+                .flat_map(|y| row_groups.iter().map(move |&x| Group::Row { y, x }))
                 .collect();
-            let products = TapProducts::start().expect("tap tiles: AMX was usable when chosen");
-            let mut block = [0f32; BLOCK_PIXELS * BLOCK_CHANNELS];
-            let mut by_channel = [[0f32; GROUP_PIXELS]; GROUP_PIXELS];
-            let start = |(y, x): (usize, usize)| copy.pixel(image, y * g.stride, x * g.stride);
-            for panel in 0..weights.panels() {
-                let channels = panel * BLOCK_CHANNELS..((panel + 1) * BLOCK_CHANNELS).min(g.c_out);
-                for pair in groups.chunks(2) {
-                    // A lone last group is computed twice, written once.
-                    let second = *pair.last().unwrap_or(&pair[0]);
-                    let starts = [start(pair[0]), start(second)];
-                    products.block(
-                        &copy,
-                        weights,
-                        panel,
-                        starts,
-                        (&taps, column_stride),
-                        &mut block,
-                    );
-                    let at = Place {
-                        image,
-                        channels: channels.clone(),
-                    };
-                    // SAFETY: output rows `rows` of this image are this task's
-                    // alone; its blocks reach them one after another.
-                    unsafe { write_block(&block, pair, &at, g, bias, out_buf, &mut by_channel) };
-                }
-            }
-        });
+            (image, groups)
+        };
+        run_blocks(
+            &copy,
+            weights,
+            bias,
+            g,
+            batch * tasks_per_image,
+            task_groups,
+            out_buf,
+        );
+    } else {
+        // Narrow stride-1 layers: runs of the padded grid.
+        let grid = g.out_h * copy.columns();
+        let groups_per_image = grid.div_ceil(GROUP_PIXELS);
+        let groups_per_task = (TASK_PIXELS / GROUP_PIXELS)
+            .min((batch * groups_per_image).div_ceil(2 * threads))
+            .max(1);
+        let tasks_per_image = groups_per_image.div_ceil(groups_per_task);
+        let task_groups = |task: usize| {
+            let (image, chunk) = (task / tasks_per_image, task % tasks_per_image);
+            let first = chunk * groups_per_task;
+            let groups = (first..(first + groups_per_task).min(groups_per_image))
+                .map(|k| Group::Flat {
+                    first: k * GROUP_PIXELS,
+                })
+                .collect();
+            (image, groups)
+        };
+        run_blocks(
+            &copy,
+            weights,
+            bias,
+            g,
+            batch * tasks_per_image,
+            task_groups,
+            out_buf,
+        );
+    }
     // SAFETY: every output pixel of every channel lies in some group of
-    // some task, which wrote it above.
+    // some task, which wrote it.
     unsafe { out.set_len(total) };
     out
 }
 
-/// Narrow stride-1 layers over the padded grid (see the module's doc).
-fn convolve_flat(
+/// Runs `tasks` tasks over the rayon pool, task t computing and writing
+/// the groups `task_groups(t)` gives (with their image): for every panel of
+/// output channels, the groups two at a time as one block. The tasks'
+/// groups must reach disjoint output pixels.
+fn run_blocks(
     copy: &NhwcPairs,
-    batch: usize,
     weights: &ConvTaps,
     bias: Option<&[f32]>,
     g: &Geometry,
-    taps: &[usize],
+    tasks: usize,
+    task_groups: impl Fn(usize) -> (usize, Vec<Group>) + Sync,
     out_buf: SharedOut<'_>,
 ) {
-    let grid_w = copy.columns();
-    let groups_per_image = (g.out_h * grid_w).div_ceil(GROUP_PIXELS);
-    let threads = rayon::current_num_threads().max(1);
-    let groups_per_task = (TASK_PIXELS / GROUP_PIXELS)
-        .min((batch * groups_per_image).div_ceil(2 * threads))
-        .max(1);
-    let tasks_per_image = groups_per_image.div_ceil(groups_per_task);
-    let column_stride = copy.column_stride(1);
-    let out_px = g.out_h * g.out_w;
-    (0..batch * tasks_per_image)
-        .into_par_iter()
-        .for_each(|task| {
-            let (image, chunk) = (task / tasks_per_image, task % tasks_per_image);
-            let first = chunk * groups_per_task;
-            let groups: Vec<usize> =
-                (first..(first + groups_per_task).min(groups_per_image)).collect();
-            let products = TapProducts::start().expect("tap tiles: AMX was usable when chosen");
-            let mut block = [0f32; BLOCK_PIXELS * BLOCK_CHANNELS];
-            let origin = copy.pixel(image, 0, 0);
-            for panel in 0..weights.panels() {
-                let channels = panel * BLOCK_CHANNELS..((panel + 1) * BLOCK_CHANNELS).min(g.c_out);
-                for pair in groups.chunks(2) {
-                    let second = *pair.last().unwrap_or(&pair[0]);
-                    let start = |group: usize| origin + group * GROUP_PIXELS * column_stride;
-                    products.block(
-                        copy,
-                        weights,
-                        panel,
-                        [start(pair[0]), start(second)],
-                        (taps, column_stride),
-                        &mut block,
-                    );
-                    for (half, &group) in pair.iter().enumerate() {
-                        for r in 0..GROUP_PIXELS {
-                            let at = group * GROUP_PIXELS + r;
-                            let (y, x) = (at / grid_w, at % grid_w);
-                            if y >= g.out_h || x >= g.out_w {
-                                continue;
-                            }
-                            let values = &block[(half * GROUP_PIXELS + r) * BLOCK_CHANNELS..];
-                            for (j, c) in channels.clone().enumerate() {
-                                let offset = (image * g.c_out + c) * out_px + y * g.out_w + x;
-                                // SAFETY: grid pixel `at` of this image lies in
-                                // this task's groups alone.
-                                let dst = unsafe { out_buf.part(offset, 1) };
-                                dst[0].write(values[j] + bias.map_or(0.0, |bias| bias[c]));
-                            }
-                        }
-                    }
-                }
+    let taps = copy.tap_offsets(g.kh, g.kw);
+    let column_stride = copy.column_stride(g.stride);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (image, groups) = task_groups(task);
+        let products = TapProducts::start().expect("tap tiles: AMX was usable when chosen");
+        let mut block = [0f32; BLOCK_PIXELS * BLOCK_CHANNELS];
+        let mut by_channel = [[0f32; GROUP_PIXELS]; GROUP_PIXELS];
+        let start = |group: &Group| match *group {
+            Group::Row { y, x } => copy.pixel(image, y * g.stride, x * g.stride),
+            Group::Flat { first } => copy.pixel(image, 0, 0) + first * column_stride,
+        };
+        for panel in 0..weights.panels() {
+            let channels = panel * BLOCK_CHANNELS..((panel + 1) * BLOCK_CHANNELS).min(g.c_out);
+            for pair in groups.chunks(2) {
+                // A lone last group is computed twice, written once.
+                let second = pair.last().unwrap_or(&pair[0]);
+                products.block(
+                    copy,
+                    weights,
+                    panel,
+                    [start(&pair[0]), start(second)],
+                    (&taps, column_stride),
+                    &mut block,
+                );
+                let at = Place {
+                    image,
+                    channels: channels.clone(),
+                    grid_w: copy.columns(),
+                };
+                // SAFETY: this task's groups' pixels are its alone (the
+                // callers' split), and its blocks reach them one after
+                // another.
+                unsafe { write_block(&block, pair, &at, g, bias, out_buf, &mut by_channel) };
             }
-        });
+        }
+    });
 }
 
-/// Which output channels of which image a block holds.
+/// Which output channels of which image a block holds, and the padded
+/// grid's width (for flat groups).
 struct Place {
     image: usize,
     channels: std::ops::Range<usize>,
+    grid_w: usize,
 }
 
-/// Writes a block's pixels (`pair`: its one or two groups' (row, column))
-/// into the NCHW output, transposed, with the bias added. Not inlined:
-/// profiles then show it apart from the products.
+/// Writes a block's pixels (`pair`: its one or two groups) into the NCHW
+/// output with the bias added: a row group's 16 pixels per channel through
+/// a transpose, a flat group's pixel by pixel. Not inlined: profiles then
+/// show it apart from the products.
 ///
 /// # Safety
-/// The output rows of `pair`'s pixels in `at`'s channels and image are the
+/// The output pixels of `pair` in `at`'s channels and image are the
 /// caller's alone while it runs.
 #[inline(never)]
 unsafe fn write_block(
     block: &[f32; BLOCK_PIXELS * BLOCK_CHANNELS],
-    pair: &[(usize, usize)],
+    pair: &[Group],
     at: &Place,
     g: &Geometry,
     bias: Option<&[f32]>,
@@ -209,31 +208,49 @@ unsafe fn write_block(
 ) {
     let (image, channels) = (at.image, &at.channels);
     let out_px = g.out_h * g.out_w;
-    for (half, &(y, x)) in pair.iter().enumerate() {
+    let offset = |c: usize, y: usize, x: usize| (image * g.c_out + c) * out_px + y * g.out_w + x;
+    let add = |c: usize| bias.map_or(0.0, |bias| bias[c]);
+    for (half, group) in pair.iter().enumerate() {
         let pixels = &block[half * GROUP_PIXELS * BLOCK_CHANNELS..];
-        // Channel by channel, 16 at a time through a transpose
-        // (each channel's 16 pixels then one vector).
-        for j0 in (0..channels.len()).step_by(GROUP_PIXELS) {
-            let whole = j0 + GROUP_PIXELS <= channels.len();
-            if whole {
-                transpose_16x16(&pixels[j0..], BLOCK_CHANNELS, by_channel);
-            }
-            for j in j0..(j0 + GROUP_PIXELS).min(channels.len()) {
-                let c = channels.start + j;
-                let offset = (image * g.c_out + c) * out_px + y * g.out_w + x;
-                let add = bias.map_or(0.0, |bias| bias[c]);
-                // SAFETY: these pixels are the caller's alone (the
-                // function's contract).
-                let dst = unsafe { out_buf.part(offset, GROUP_PIXELS) };
-                if whole {
-                    for (d, &value) in dst.iter_mut().zip(&by_channel[j - j0]) {
-                        d.write(value + add);
+        match *group {
+            Group::Row { y, x } => {
+                // Channel by channel, 16 at a time through a transpose
+                // (each channel's 16 pixels then one vector).
+                for j0 in (0..channels.len()).step_by(GROUP_PIXELS) {
+                    let whole = j0 + GROUP_PIXELS <= channels.len();
+                    if whole {
+                        transpose_16x16(&pixels[j0..], BLOCK_CHANNELS, by_channel);
                     }
-                    continue;
+                    for j in j0..(j0 + GROUP_PIXELS).min(channels.len()) {
+                        let c = channels.start + j;
+                        // SAFETY: these pixels are the caller's alone (the
+                        // function's contract).
+                        let dst = unsafe { out_buf.part(offset(c, y, x), GROUP_PIXELS) };
+                        if whole {
+                            for (d, &value) in dst.iter_mut().zip(&by_channel[j - j0]) {
+                                d.write(value + add(c));
+                            }
+                            continue;
+                        }
+                        let column = pixels[j..].iter().step_by(BLOCK_CHANNELS);
+                        for (d, &value) in dst.iter_mut().zip(column) {
+                            d.write(value + add(c));
+                        }
+                    }
                 }
-                let column = pixels[j..].iter().step_by(BLOCK_CHANNELS);
-                for (d, &value) in dst.iter_mut().zip(column) {
-                    d.write(value + add);
+            }
+            Group::Flat { first } => {
+                for r in 0..GROUP_PIXELS {
+                    let (y, x) = ((first + r) / at.grid_w, (first + r) % at.grid_w);
+                    if y >= g.out_h || x >= g.out_w {
+                        continue;
+                    }
+                    let values = &pixels[r * BLOCK_CHANNELS..];
+                    for (j, c) in channels.clone().enumerate() {
+                        // SAFETY: as above.
+                        let dst = unsafe { out_buf.part(offset(c, y, x), 1) };
+                        dst[0].write(values[j] + add(c));
+                    }
                 }
             }
         }
