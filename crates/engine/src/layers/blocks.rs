@@ -178,17 +178,28 @@ pub fn multi_head_attention(
 ) -> candle_core::Result<Tensor> {
     let (b, n, dim) = q.dims3()?;
     let head_dim = dim / heads;
-    let split = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let tokens = t.dim(1)?;
-        contiguous(&t.reshape((b, tokens, heads, head_dim))?.transpose(1, 2)?)?.reshape((
-            b * heads,
-            tokens,
-            head_dim,
-        ))
-    };
     let scale = (head_dim as f64).powf(-0.5);
-    let attended = attention(&split(q)?, &split(k)?, &split(v)?, scale, mask)?;
-    merge_heads(&attended, (b, heads, n, head_dim))
+    let (q, k, v) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    merge_heads(
+        &attention(&q, &k, &v, scale, mask)?,
+        (b, heads, n, head_dim),
+    )
+}
+
+/// (batch, tokens, heads·head_dim) projections → (batch·heads, tokens,
+/// head_dim), copied on every thread.
+pub fn split_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, tokens, dim) = t.dims3()?;
+    let head_dim = dim / heads;
+    contiguous(&t.reshape((b, tokens, heads, head_dim))?.transpose(1, 2)?)?.reshape((
+        b * heads,
+        tokens,
+        head_dim,
+    ))
 }
 
 /// (batch·heads, tokens, head_dim) attention output → (batch, tokens,

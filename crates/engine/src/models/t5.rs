@@ -14,7 +14,7 @@ use cyberimage_kernels::linear::{linear_no_bias, Linear};
 use serde::Deserialize;
 
 use crate::error::EngineLoadError;
-use crate::layers::blocks::{attention, Mask};
+use crate::layers::blocks::{attention, merge_heads, split_heads, Mask};
 use crate::weights::{read_config, var_builder};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -99,21 +99,14 @@ struct SelfAttention {
 impl SelfAttention {
     fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, n, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((b * self.heads, n, self.head_dim))?
-                .contiguous()
-        };
+        let split = |t: Tensor| split_heads(&t, self.heads);
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
         // T5 folds the 1/sqrt(d) scale into its weights: scores are unscaled.
-        let out = attention(&q, &k, &v, 1.0, Mask::Additive(bias))?
-            .reshape((b, self.heads, n, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, n, self.heads * self.head_dim))?;
-        self.o.forward(&out)
+        let out = attention(&q, &k, &v, 1.0, Mask::Additive(bias))?;
+        self.o
+            .forward(&merge_heads(&out, (b, self.heads, n, self.head_dim))?)
     }
 }
 
