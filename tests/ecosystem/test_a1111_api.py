@@ -2,7 +2,8 @@
 Python client, against the real binary and engine (the built-in tiny SD
 1.5 model): the model list and option, txt2img (deterministic by seed,
 A1111's infotext in `info`), img2img from its result with a strength,
-inpainting with a mask, PNG info, progress, interrupt and samplers; the
+inpainting with a mask, the hires fix (equal to its stages chained by
+hand, and through the built-in upscaler network), PNG info, progress, interrupt and samplers; the
 Extras tab's upscaling with the built-in trained upscaler, which must
 restore a bicubic-shrunk picture about as well as Lanczos does.
 
@@ -53,6 +54,27 @@ def run(base):
     check("img2img from the picture", edited.image.size == (64, 64) and edited.info["denoising_strength"] == 0.5,
           edited.info)
     check("img2img records the strength in the infotext", "Denoising strength: 0.5" in edited.info["infotexts"][0])
+    # The hires fix on the real engine is its three stages chained: the
+    # first pass is `first`; enlarged by Lanczos and redrawn at the
+    # strength it must equal img2img from `first` at the larger size.
+    hires = api.txt2img(prompt="a lighthouse at dusk", negative_prompt="fog", seed=7, steps=4,
+                        width=64, height=64, cfg_scale=7.5, enable_hr=True, hr_scale=2,
+                        denoising_strength=0.5, hr_upscaler="Lanczos")
+    check("the hires fix doubles the size", hires.image.size == (128, 128), hires.image.size)
+    hires_text = hires.info["infotexts"][0]
+    check("the hires infotext is A1111's", "Size: 64x64," in hires_text
+          and "Hires resize: 128x128, Hires steps: 4, Hires upscaler: Lanczos" in hires_text
+          and "Denoising strength: 0.5" in hires_text, hires_text)
+    chained = api.img2img(images=[first.image], prompt="a lighthouse at dusk", negative_prompt="fog",
+                          denoising_strength=0.5, seed=7, steps=4, width=128, height=128, cfg_scale=7.5)
+    check("hires = the first pass, Lanczos x2, then img2img at the strength (bit for bit)",
+          chained.image.tobytes() == hires.image.tobytes())
+    by_network = api.txt2img(prompt="a lighthouse at dusk", negative_prompt="fog", seed=7, steps=4,
+                             width=64, height=64, cfg_scale=7.5, enable_hr=True, hr_scale=2,
+                             denoising_strength=0.5, hr_upscaler="upscalerjs-esrgan-medium-x4")
+    check("a hires pass through the built-in upscaler network", by_network.image.size == (128, 128)
+          and "Hires upscaler: upscalerjs-esrgan-medium-x4" in by_network.info["infotexts"][0]
+          and by_network.image.tobytes() != hires.image.tobytes(), by_network.info["infotexts"][0])
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))
     inpainted = api.img2img(images=[first.image], mask_image=mask, prompt="a storm on the right",

@@ -400,6 +400,23 @@ async function main() {
       JSON.stringify(loraJob.settings.loras));
     await page.click('#lora-list [data-lora="tiny-kohya"] button');
     check('a LoRA is removed from the form', (await page.locator('#lora-list li').count()) === 0);
+    // The hires fix: ticked, the job makes the picture, enlarges it and
+    // redraws it at twice the size.
+    await page.check('#hires');
+    await page.waitForSelector('#hires-options:not([hidden])');
+    await page.fill('#hires-scale', '2');
+    await page.fill('#prompt', 'a fox made larger');
+    await page.click('#generate-button');
+    const hiresCard = page.locator('.job', { hasText: 'a fox made larger' }).first();
+    await hiresCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    const hiresJob = await (await fetch(`${base}/api/status/${await hiresCard.getAttribute('data-job-id')}`)).json();
+    const hires = hiresJob.settings.hires || {};
+    check('the hires fix box puts a hires pass at twice the size in the job',
+      hiresJob.status === 'completed' && hires.width === 2 * hiresJob.settings.width
+        && hires.height === 2 * hiresJob.settings.height && hires.strength === 0.7 && !hires.upscaler
+        && hiresJob.images[0].metadata.settings.width === hires.width,
+      JSON.stringify([hiresJob.settings, hiresJob.images && hiresJob.images[0]]));
+    await page.uncheck('#hires');
     // Recent generations on the home page: remix and delete from there.
     const firstRecent = page.locator('.recent-item').first();
     await firstRecent.waitFor({ timeout: 30_000 });

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use cyberimage_core::{JobId, JobStatus, SpecRequest};
+use cyberimage_core::{HiresRequest, JobId, JobStatus, SpecRequest};
 use cyberimage_jobs::{ImageVariant, JobsError};
 use serde_json::{json, Map, Value};
 
@@ -182,7 +182,8 @@ async fn run(
         "steps": spec.steps,
         "cfg_scale": spec.guidance_scale,
         "sd_model_name": spec.model,
-        "denoising_strength": spec.init_image.as_ref().map(|i| i.strength),
+        "denoising_strength": spec.init_image.as_ref().map(|i| i.strength)
+            .or(spec.hires.as_ref().map(|h| h.strength)),
         "infotexts": infotexts,
         "job_id": job.id,
     });
@@ -198,8 +199,35 @@ async fn txt2img(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let obj = object(raw)?;
-    let request = spec_request(&state, &obj)?;
+    let mut request = spec_request(&state, &obj)?;
+    request.hires = hires(&obj)?;
     run(&state, request, obj).await
+}
+
+/// A1111's hires fix: `enable_hr` with `hr_scale` (2), `hr_resize_x/y`,
+/// `hr_second_pass_steps` (0: the first pass's), `denoising_strength`
+/// (0.7) and `hr_upscaler`. A1111's latent upscalers, "Nearest" and
+/// "None" have no network: those enlarge by Lanczos here (which the
+/// picture's metadata then names).
+fn hires(obj: &Map<String, Value>) -> Result<Option<HiresRequest>, ApiError> {
+    match present(obj, "enable_hr") {
+        None | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => {}
+        Some(_) => return Err(invalid("enable_hr must be true or false")),
+    }
+    let upscaler = text(obj, "hr_upscaler")?.filter(|name| {
+        let lower = name.to_ascii_lowercase();
+        !(lower.starts_with("latent")
+            || ["none", "nearest", "lanczos", ""].contains(&lower.as_str()))
+    });
+    Ok(Some(HiresRequest {
+        scale: number(obj, "hr_scale")?,
+        width: int(obj, "hr_resize_x")?,
+        height: int(obj, "hr_resize_y")?,
+        steps: int(obj, "hr_second_pass_steps")?,
+        strength: number(obj, "denoising_strength")?,
+        upscaler,
+    }))
 }
 
 async fn img2img(

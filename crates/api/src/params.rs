@@ -3,7 +3,7 @@
 //! exactly the same inputs: the seed's nested `settings` object, or the same
 //! fields at the top level.
 
-use cyberimage_core::{LoraRequest, SpecRequest};
+use cyberimage_core::{HiresRequest, LoraRequest, SpecRequest};
 use serde_json::{Map, Value};
 
 pub(crate) fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
@@ -76,6 +76,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "mask_blur",
     "keep_unmasked",
     "loras",
+    "hires",
 ];
 
 /// Refuses a field `spec_request` would not read, naming it: a misspelt
@@ -207,6 +208,71 @@ pub fn spec_request(params: &Value) -> Result<SpecRequest, String> {
             None => Vec::new(),
             Some((value, name)) => lora_list(value, &name)?,
         },
+        hires: match lookup(top, settings, &["hires"]) {
+            None => None,
+            Some((value, name)) => Some(hires(value, &name)?),
+        },
+    })
+}
+
+/// The JSON schema of the `hires` object, for the MCP tools and the
+/// OpenAPI document.
+pub(crate) fn hires_schema(limits: &cyberimage_core::Limits) -> Value {
+    serde_json::json!({"type": "object", "additionalProperties": false,
+           "properties": {
+               "scale": {"type": "number", "minimum": 1, "maximum": cyberimage_core::hires::MAX_HIRES_SCALE, "default": cyberimage_core::hires::DEFAULT_HIRES_SCALE,
+                         "description": "Final size over the first pass's."},
+               "width": {"type": "integer", "minimum": 0, "maximum": limits.max_dimension, "description": "Final width instead of scale (0: from scale); one side alone keeps the proportions."},
+               "height": {"type": "integer", "minimum": 0, "maximum": limits.max_dimension, "description": "Final height instead of scale."},
+               "steps": {"type": "integer", "minimum": 0, "maximum": limits.max_steps, "description": "The second pass's schedule (0 or omitted: the first pass's steps); strength × steps of it run."},
+               "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": cyberimage_core::hires::DEFAULT_HIRES_STRENGTH,
+                            "description": "How much the second pass may change the enlarged picture."},
+               "upscaler": {"type": "string", "default": cyberimage_core::hires::LANCZOS, "description": "An upscaler to enlarge with, named as upscale_image takes it (GET /api/upscalers lists them), or lanczos."}},
+           "description": "Hires fix: make the picture at the model's size, enlarge it, then denoise it again at the larger size so it keeps its composition and gains detail (AUTOMATIC1111's hires fix). Text-to-image only."})
+}
+
+/// The fields of a request's `hires` object.
+pub(crate) const HIRES_FIELDS: [&str; 6] =
+    ["scale", "width", "height", "steps", "strength", "upscaler"];
+
+/// `{"scale", "width", "height", "steps", "strength", "upscaler"}`, each
+/// optional (`true` alone: every default).
+fn hires(value: &Value, name: &str) -> Result<HiresRequest, String> {
+    let o = match value {
+        Value::Bool(true) => return Ok(HiresRequest::default()),
+        Value::Object(o) => o,
+        _ => {
+            return Err(format!(
+                "{name} must be an object {{{}}} (each optional) or true",
+                HIRES_FIELDS.join(", ")
+            ))
+        }
+    };
+    if let Some(other) = o.keys().find(|k| !HIRES_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field {name}.{other}; the fields are {}",
+            HIRES_FIELDS.join(", ")
+        ));
+    }
+    let field = |k: &str| o.get(k).filter(|v| !v.is_null());
+    let int = |k: &str| {
+        field(k)
+            .map(|v| integer(v, &format!("{name}.{k}")))
+            .transpose()
+    };
+    let num = |k: &str| {
+        field(k)
+            .map(|v| number(v, &format!("{name}.{k}")))
+            .transpose()
+    };
+    Ok(HiresRequest {
+        scale: num("scale")?,
+        width: int("width")?,
+        height: int("height")?,
+        steps: int("steps")?,
+        strength: num("strength")?,
+        upscaler: text(o, "upscaler")
+            .map_err(|_| format!("{name}.upscaler must be a string (an upscaler's name)"))?,
     })
 }
 

@@ -74,9 +74,13 @@ pub fn rest_job_status(job: &Job) -> Value {
             settings.insert("keep_unmasked".into(), json!(init.keep_unmasked));
         }
     }
-    if !spec.loras.is_empty() {
-        if let Some(settings) = obj.get_mut("settings").and_then(Value::as_object_mut) {
+    if let Some(settings) = obj.get_mut("settings").and_then(Value::as_object_mut) {
+        if !spec.loras.is_empty() {
             settings.insert("loras".into(), json!(spec.loras));
+        }
+        // The hires pass: its final size, steps, strength and upscaler.
+        if let Some(hires) = &spec.hires {
+            settings.insert("hires".into(), json!(hires));
         }
     }
     // An upscaling job: which upscaler, the factor, the input's size and

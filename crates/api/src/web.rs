@@ -86,6 +86,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/js/upscale.js"),
     ),
+    (
+        "js/hires.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/js/hires.js"),
+    ),
 ];
 
 /// Paths of the page itself, which stay reachable without an API key (the

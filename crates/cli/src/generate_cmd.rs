@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use cyberimage_core::{JobStatus, LoraRequest, SpecRequest, Stage};
+use cyberimage_core::{HiresRequest, JobStatus, LoraRequest, SpecRequest, Stage};
 use cyberimage_jobs::ImageVariant;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -42,6 +42,20 @@ pub struct GenerateArgs {
     /// (repeat for several).
     #[arg(long = "lora", value_name = "NAME[:WEIGHT]")]
     pub loras: Vec<String>,
+    /// Hires fix: make the picture, enlarge it by this factor (e.g. 2),
+    /// then denoise it again at the larger size.
+    #[arg(long, value_name = "FACTOR")]
+    pub hires_scale: Option<f64>,
+    /// Hires fix: how much the second pass may change (0–1, default 0.7).
+    #[arg(long, requires = "hires_scale")]
+    pub hires_strength: Option<f64>,
+    /// Hires fix: the second pass's steps (default: --steps).
+    #[arg(long, requires = "hires_scale")]
+    pub hires_steps: Option<i64>,
+    /// Hires fix: an upscaler from `upscalers/` to enlarge with (default:
+    /// Lanczos).
+    #[arg(long, requires = "hires_scale")]
+    pub hires_upscaler: Option<String>,
     /// Output file; with several images, `-1`, `-2`, … are added before `.png`.
     #[arg(long, default_value = "cyberimage.png")]
     pub out: PathBuf,
@@ -95,6 +109,13 @@ pub async fn run(config: Config, args: GenerateArgs) -> anyhow::Result<()> {
             mask_image: None,
             outpaint: None,
             loras,
+            hires: args.hires_scale.map(|scale| HiresRequest {
+                scale: Some(scale),
+                strength: args.hires_strength,
+                steps: args.hires_steps,
+                upscaler: args.hires_upscaler.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await?;

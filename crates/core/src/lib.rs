@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod hires;
 pub mod ids;
 pub mod job;
 pub mod lora;
@@ -20,6 +21,7 @@ pub use engine::{
     panic_message, CancelToken, EngineError, GeneratedImage, Generator, InputImage, PreviewImage,
     ProgressObserver, ProgressUpdate, UpscaleRequest, UpscalerInfo,
 };
+pub use hires::{HiresRequest, HiresSpec};
 pub use ids::{IdError, ImageId, JobId};
 pub use job::{ImageRecord, Job, JobStatus, Progress, Stage};
 pub use lora::LoraRequest;

@@ -2,6 +2,7 @@
 //! are applied (the model's, the server's) and every field is judged
 //! against the [`Limits`], into the [`GenerationSpec`] a worker runs.
 
+use crate::hires::resolve_hires;
 use crate::lora::{resolve_loras, take_prompt_loras};
 use crate::model::Catalogue;
 use crate::spec::{
@@ -247,6 +248,25 @@ impl SpecRequest {
             Some(s) => in_range("seed", s, 0, MAX_SEED as i64)? as u64,
         };
 
+        let hires = match self.hires {
+            None => None,
+            Some(_) if self.init_image.is_some() => {
+                return Err(ValidationError::new(
+                    "hires",
+                    "hires redraws a text-to-image picture larger: it does not apply to an \
+                     init_image (send the larger size and a strength instead)",
+                ))
+            }
+            Some(request) => Some(resolve_hires(
+                request,
+                (width, height),
+                steps,
+                num_images,
+                multiple,
+                limits,
+            )?),
+        };
+
         Ok(GenerationSpec {
             prompt,
             negative_prompt,
@@ -262,6 +282,7 @@ impl SpecRequest {
             // ... and these LoRAs' digests.
             loras,
             upscale: None,
+            hires,
         })
     }
 }

@@ -85,6 +85,8 @@ pub struct SpecRequest {
     /// black, blending across its grey edge, so what was not masked comes
     /// out exactly as it went in (AUTOMATIC1111 always does this).
     pub keep_unmasked: Option<bool>,
+    /// A second, larger pass over the picture (`crate::hires`).
+    pub hires: Option<crate::hires::HiresRequest>,
 }
 
 /// The widest mask blur a request may ask for, in pixels.
@@ -168,6 +170,10 @@ pub struct GenerationSpec {
     /// upscaler's name and `steps` its tiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upscale: Option<crate::upscale::UpscaleSpec>,
+    /// Set for text-to-image jobs with a hires pass: each picture made at
+    /// `width × height` is made larger and denoised again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<crate::hires::HiresSpec>,
 }
 
 /// The steps an image-to-image run takes of `steps` at `strength`:
@@ -178,12 +184,13 @@ pub fn img2img_steps(steps: u32, strength: f64) -> u32 {
 
 impl GenerationSpec {
     /// Denoising steps each image runs: all of them, or the share an
-    /// image-to-image strength keeps.
+    /// image-to-image strength keeps, plus a hires pass's.
     pub fn steps_run(&self) -> u32 {
-        match (&self.upscale, &self.init_image) {
+        let first = match (&self.upscale, &self.init_image) {
             (Some(_), _) | (None, None) => self.steps,
             (None, Some(init)) => img2img_steps(self.steps, init.strength),
-        }
+        };
+        first + self.hires.as_ref().map_or(0, |h| h.steps_run())
     }
 
     pub fn total_steps(&self) -> u32 {

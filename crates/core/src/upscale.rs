@@ -190,6 +190,7 @@ pub fn resolve_upscale(
             tile,
             source_image: None,
         }),
+        hires: None,
     })
 }
 

@@ -97,6 +97,7 @@ fn spec(prompt: &str, model: &str) -> GenerationSpec {
         init_image: None,
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     }
 }
 

@@ -80,6 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     };
     let seconds = (0..repeats)
         .map(|_| {

@@ -192,6 +192,7 @@ fn jobs_on_an_inpainting_model_are_conditioned_on_the_kept_part() {
         }),
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     };
     let input = |rgb: Vec<u8>| InputImage {
         width: w as u32,

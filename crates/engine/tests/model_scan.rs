@@ -182,6 +182,7 @@ fn comfyui_and_a1111_folders_become_models() {
             init_image: None,
             loras: Vec::new(),
             upscale: None,
+            hires: None,
         };
         let images = generator
             .generate(model, &spec, &NoProgress, &CancelToken::new())

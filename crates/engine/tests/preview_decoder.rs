@@ -45,6 +45,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         init_image: None,
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     }
 }
 

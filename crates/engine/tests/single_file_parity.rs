@@ -94,6 +94,7 @@ fn spec(model: &ModelEntry) -> GenerationSpec {
         init_image: None,
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     }
 }
 
@@ -416,6 +417,7 @@ fn an_inpainting_single_file_gets_its_nine_input_channels() {
         init_image: None,
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     };
     let image = generator
         .generate(&model, &spec, &NoProgress, &CancelToken::new())

@@ -22,6 +22,9 @@ pub enum EngineTask {
     Generate(ModelEntry),
     /// The job's input upscaled.
     Upscale(UpscaleRequest),
+    /// Text-to-image with a hires pass, by the upscaler network given
+    /// (`None`: Lanczos).
+    Hires(ModelEntry, Option<UpscaleRequest>),
 }
 
 struct Work {
@@ -64,6 +67,14 @@ impl EngineThread {
                                     "an upscaling job without its picture".into(),
                                 )),
                             },
+                            EngineTask::Hires(model, upscaler) => crate::hires::run(
+                                &*generator,
+                                model,
+                                &work.spec,
+                                upscaler.as_ref(),
+                                &*work.observer,
+                                &work.cancel,
+                            ),
                         }
                     }))
                     .unwrap_or_else(|panic| Err(EngineError::from_panic(&*panic)));

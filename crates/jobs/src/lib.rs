@@ -13,6 +13,7 @@ mod admin;
 mod engine_thread;
 mod error;
 mod events;
+mod hires;
 mod inputs;
 mod loras;
 mod metadata;

@@ -29,9 +29,14 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
     }
     let sampler = extra_value("sampler").unwrap_or("default");
     let weights = extra_value("weights_sha256").map(str::to_owned);
+    // A hires picture's size is its first pass's, as A1111 writes it; the
+    // final size follows under "Hires resize".
+    let size = extra_value("first_pass_size")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}x{}", record.width, record.height));
     parameters.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, ",
-        record.steps, sampler, record.guidance_scale, record.seed, record.width, record.height,
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {size}, ",
+        record.steps, sampler, record.guidance_scale, record.seed,
     ));
     // A1111 writes the first 10 hex digits of the checkpoint's SHA-256.
     if let Some(hash) = weights.as_deref().and_then(|w| w.get(..10)) {
@@ -42,6 +47,13 @@ pub fn png_text_chunks(record: &ImageRecord, image: &GeneratedImage) -> Vec<(Str
     // the JSON record (the engine's `init_image_sha256`).
     if let Some(strength) = extra_value("denoising_strength") {
         parameters.push_str(&format!(", Denoising strength: {strength}"));
+    }
+    if let Some(resize) = extra_value("hires_resize") {
+        parameters.push_str(&format!(
+            ", Hires resize: {resize}, Hires steps: {}, Hires upscaler: {}",
+            extra_value("hires_steps").unwrap_or("0"),
+            extra_value("hires_upscaler").unwrap_or("Lanczos"),
+        ));
     }
     // Inpainting, as A1111 writes it.
     if let Some(blur) = extra_value("mask_blur").filter(|b| *b != "0") {

@@ -372,6 +372,7 @@ impl JobService {
         let mut spec =
             request.resolve(&self.catalogue, &self.config.limits, rand::random::<u64>)?;
         self.check_loras(&mut spec).await?;
+        self.check_hires_upscaler(&mut spec).await?;
         if let Some(picture) = picture {
             spec.init_image = Some(
                 self.keep_init_picture(picture, spec.width, spec.height, strength, mask)

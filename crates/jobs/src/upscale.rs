@@ -192,23 +192,57 @@ impl JobService {
         width: u32,
         height: u32,
     ) -> Result<UpscaleRequest, String> {
-        let store = self.store.clone();
-        let name = upscale.upscaler.clone();
-        let file = file_work(move || store.upscalers().find(&name))
-            .await
-            .map_err(|e| format!("cannot read the upscaler: {e}"))?
-            .ok_or_else(|| format!("upscaler {:?} is no longer installed", upscale.upscaler))?;
-        if file.sha256 != upscale.sha256 {
-            return Err(format!(
-                "upscaler {:?} was replaced by another file since the job was queued",
-                upscale.upscaler
-            ));
-        }
         Ok(UpscaleRequest {
-            weights: file.path,
+            weights: self
+                .upscaler_weights(&upscale.upscaler, &upscale.sha256)
+                .await?,
             width,
             height,
             tile: upscale.tile,
         })
+    }
+
+    /// The file of upscaler `name`, when it is still the one whose digest
+    /// the job was queued with.
+    pub(crate) async fn upscaler_weights(
+        &self,
+        name: &str,
+        sha256: &str,
+    ) -> Result<std::path::PathBuf, String> {
+        let store = self.store.clone();
+        let wanted = name.to_owned();
+        let file = file_work(move || store.upscalers().find(&wanted))
+            .await
+            .map_err(|e| format!("cannot read the upscaler: {e}"))?
+            .ok_or_else(|| format!("upscaler {name:?} is no longer installed"))?;
+        if file.sha256 != sha256 {
+            return Err(format!(
+                "upscaler {name:?} was replaced by another file since the job was queued"
+            ));
+        }
+        Ok(file.path)
+    }
+
+    /// Fills in the digest of a hires pass's upscaler, refusing one that
+    /// is not installed or that the engine cannot read.
+    pub(crate) async fn check_hires_upscaler(
+        &self,
+        spec: &mut cyberimage_core::GenerationSpec,
+    ) -> Result<(), JobsError> {
+        let Some(hires) = spec.hires.as_mut() else {
+            return Ok(());
+        };
+        let Some(name) = hires.upscaler.clone() else {
+            return Ok(());
+        };
+        let choice = self
+            .choose_upscaler(Some(&name))
+            .await
+            .map_err(|e| match e {
+                JobsError::Invalid(v) => invalid("hires", format!("hires.upscaler: {}", v.message)),
+                other => other,
+            })?;
+        hires.upscaler_sha256 = choice.sha256;
+        Ok(())
     }
 }

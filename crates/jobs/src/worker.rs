@@ -8,7 +8,7 @@ use cyberimage_core::time::now;
 use cyberimage_core::{
     panic_message, CancelToken, EngineError, GeneratedImage, GenerationSpec, Generator, ImageId,
     ImageRecord, Job, JobId, JobStatus, PreviewImage, Progress, ProgressObserver, ProgressUpdate,
-    Stage,
+    Stage, UpscaleRequest,
 };
 use cyberimage_store::{encode_png, thumbnail_png, StoreError};
 use tokio::sync::mpsc;
@@ -343,6 +343,22 @@ impl JobService {
             ));
         };
         self.verify_loras(&job.spec).await?;
+        if let Some(hires) = &job.spec.hires {
+            let upscaler = match &hires.upscaler {
+                Some(name) => Some(
+                    self.upscaler_weights(name, &hires.upscaler_sha256)
+                        .await
+                        .map(|weights| UpscaleRequest {
+                            weights,
+                            width: hires.width,
+                            height: hires.height,
+                            tile: 0,
+                        })?,
+                ),
+                None => None,
+            };
+            return Ok(EngineTask::Hires(model, upscaler));
+        }
         Ok(EngineTask::Generate(model))
     }
 

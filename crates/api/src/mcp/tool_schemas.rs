@@ -30,6 +30,7 @@ fn generation_properties(server: &McpServer) -> Map<String, Value> {
                                            "weight": {"type": "number", "minimum": -cyberimage_core::lora::MAX_LORA_WEIGHT,
                                                       "maximum": cyberimage_core::lora::MAX_LORA_WEIGHT, "default": 1}}},
                   "description": "LoRAs from the server's loras/ folder (GET /api/loras lists them), for SD 1.x/2.x, SDXL, SD 3 and FLUX models. `<lora:NAME:WEIGHT>` in the prompt works too."},
+        "hires": crate::params::hires_schema(limits),
     });
     match props {
         Value::Object(m) => m,
@@ -109,6 +110,7 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
                "description": "Return the image inline (downscaled when large) as well as a link to it."}),
     );
     let mut edit_props = generate_props.clone();
+    edit_props.remove("hires");
     edit_props.insert(
         "image".into(),
         json!({"type": "string", "description": "The picture to start from: a cyberimage://image/… resource URI, a gallery image id (img_…), or a PNG/JPEG as base64."}),

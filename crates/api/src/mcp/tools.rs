@@ -13,7 +13,7 @@ use super::{CallContext, McpError, McpServer, Outcome};
 use crate::error_table::ApiError;
 use crate::params;
 
-const GENERATION_ARGS: [&str; 11] = [
+const GENERATION_ARGS: [&str; 12] = [
     "prompt",
     "negative_prompt",
     "model",
@@ -25,6 +25,7 @@ const GENERATION_ARGS: [&str; 11] = [
     "seed",
     "num_images",
     "loras",
+    "hires",
 ];
 
 pub fn image_uri(id: &ImageId) -> String {

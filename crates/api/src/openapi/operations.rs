@@ -365,7 +365,7 @@ pub(super) fn operations() -> Vec<(&'static str, &'static str, &'static str, Val
         (
             "post",
             "/sdapi/v1/txt2img",
-            "AUTOMATIC1111's txt2img (prompt, negative_prompt, steps 20, cfg_scale 7, width/height 512, seed -1, batch_size × n_iter, override_settings.sd_model_checkpoint; other A1111 fields accepted and ignored): waits for the job; images as base64 PNGs, info as a JSON string with the infotexts",
+            "AUTOMATIC1111's txt2img (prompt, negative_prompt, steps 20, cfg_scale 7, width/height 512, seed -1, batch_size × n_iter, override_settings.sd_model_checkpoint; the hires fix: enable_hr, hr_scale 2, hr_resize_x/y, hr_second_pass_steps, denoising_strength 0.7, hr_upscaler (latent ones enlarge by Lanczos); other A1111 fields accepted and ignored): waits for the job; images as base64 PNGs, info as a JSON string with the infotexts",
             json!({"requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
                    "responses": {"200": json_response("Images", json!({"type": "object", "properties": {
                        "images": {"type": "array", "items": {"type": "string"}}, "parameters": {"type": "object"}, "info": {"type": "string"}}})),

@@ -46,7 +46,8 @@ pub(super) fn schemas() -> Value {
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                                  "description": "With init_image: the share of the schedule that runs (diffusers' strength; default 0.8). `denoising_strength` is accepted too."},
                     "loras": {"type": "array", "maxItems": 8, "description": "LoRAs from the data dir's loras/ folder (GET /api/loras), merged into the model for this job (SD 1.x/2.x, SDXL, SD 3 and FLUX models; beside a GGUF FLUX transformer as a low-rank branch): [{\"name\", \"weight\" (default 1, -10..10)}], or names, or {name: weight}. `<lora:NAME:WEIGHT>` in the prompt adds one too (and is taken out of the prompt, as AUTOMATIC1111 does). A name that is not there, or a LoRA made for another model family, is a 400.",
-                              "items": {"type": "object", "properties": {"name": {"type": "string"}, "weight": {"type": "number"}}, "required": ["name"]}}}},
+                              "items": {"type": "object", "properties": {"name": {"type": "string"}, "weight": {"type": "number"}}, "required": ["name"]}},
+                    "hires": crate::params::hires_schema(&cyberimage_core::Limits::default())}},
             },
         },
         "JobSubmitted": {

@@ -7,6 +7,7 @@ import { currentInput, initInputPanel, useImage } from './input.js';
 import { initEnrich } from './enrich.js';
 import { initRecent, refreshRecent } from './recent.js';
 import { chosenLoras, initLoras } from './loras.js';
+import { hiresSettings, initHires } from './hires.js';
 
 let models = { models: {}, default: '' };
 let lastSeed = null;
@@ -31,6 +32,7 @@ export function init({ onJobEvent, onPreview }) {
   initEnrich({ currentModel: () => el('model').value });
   initRecent({ remix });
   initLoras();
+  initHires();
   loadModels();
 }
 
@@ -189,6 +191,12 @@ async function submit() {
   };
   const input = currentInput();
   if (input) Object.assign(body.settings, input);
+  const hires = hiresSettings();
+  if (hires && input) {
+    showError('The hires fix redraws a text-to-image picture larger: untick it, or remove the picture to start from.');
+    return;
+  }
+  if (hires) body.settings.hires = hires;
   const loras = chosenLoras();
   if (loras.length) body.loras = loras;
   const button = el('generate-button');

@@ -30,6 +30,7 @@ fn tiny_job() -> (ModelEntry, GenerationSpec) {
         init_image: None,
         loras: Vec::new(),
         upscale: None,
+        hires: None,
     };
     (model, spec)
 }
