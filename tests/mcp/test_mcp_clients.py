@@ -143,6 +143,17 @@ async def scenario(label, target, mode, http_base=None):
                                                             "loras": [{"name": "no-such-lora"}]})
         check(f"{label}: an unknown LoRA is a tool error naming it",
               no_lora.is_error and "no-such-lora" in no_lora.content[0].text, no_lora.content)
+        # The hires argument: the picture comes back at twice the size;
+        # a scale out of range is a tool error naming the field.
+        hires = await client.call_tool("generate_image", {"prompt": lora_prompt, "model": TINY, "seed": 42, "steps": 4,
+                                                          "hires": {"scale": 2, "strength": 0.5}})
+        hires_images = [b for b in hires.content if b.type == "image"]
+        check(f"{label}: generate_image with hires makes the picture twice as large",
+              not hires.is_error and len(hires_images) == 1
+              and png_size(base64.b64decode(hires_images[0].data)) == (128, 128), hires.content[:1])
+        bad_hires = await client.call_tool("generate_image", {"prompt": lora_prompt, "model": TINY, "hires": {"scale": 9}})
+        check(f"{label}: a bad hires scale is a tool error naming it",
+              bad_hires.is_error and "hires.scale" in bad_hires.content[0].text, bad_hires.content)
         ids = await client.complete(ResourceTemplateReference(type="ref/resource", uri="cyberimage://image/{id}"),
                                     {"name": "id", "value": image["id"][:10]})
         check(f"{label}: completion offers image ids", image["id"] in ids.completion.values, ids.completion)
