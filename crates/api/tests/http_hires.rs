@@ -20,7 +20,7 @@ use support::*;
 async fn start_with_upscaler() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path(), 20, Some(Duration::from_millis(1))).await;
-    service.set_upscaler_reader(Arc::new(ScriptedGenerator::default()));
+    service.set_file_reader(Arc::new(ScriptedGenerator::default()));
     std::fs::write(
         dir.path().join("upscalers").join("scripted-x4.pth"),
         b"scripted upscaler x4",

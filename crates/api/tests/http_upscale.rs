@@ -35,7 +35,7 @@ fn b64(bytes: &[u8]) -> String {
 async fn start_with_upscalers() -> (Server, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path(), 20, Some(Duration::from_millis(1))).await;
-    service.set_upscaler_reader(Arc::new(ScriptedGenerator::default()));
+    service.set_file_reader(Arc::new(ScriptedGenerator::default()));
     let folder = dir.path().join("upscalers");
     std::fs::write(folder.join("scripted-x4.pth"), b"scripted upscaler x4").unwrap();
     std::fs::write(

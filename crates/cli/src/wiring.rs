@@ -190,7 +190,7 @@ pub async fn build(config: &Config, with_workers: bool) -> anyhow::Result<System
     if let Some(engine) = &engine {
         // Upscaling requests are checked against the upscaler's weights
         // wherever they arrive, workers or not.
-        service.set_upscaler_reader(engine.clone());
+        service.set_file_reader(engine.clone());
     }
     let report = service.recover().await?;
     if report.requeued + report.failed > 0 {

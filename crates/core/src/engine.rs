@@ -206,6 +206,16 @@ pub trait Generator: Send + Sync {
         ))
     }
 
+    /// Whether the LoRAs of `spec` (their digests filled in) fit `model`:
+    /// every layer one the model has, of its shapes. Cheap (file headers,
+    /// nothing loaded), for refusing a job before it is queued; `Err`
+    /// names the layer. Engines that cannot tell, or that do not have the
+    /// model's weights here, answer `Ok` (the job then finds out).
+    fn check_loras(&self, model: &ModelEntry, spec: &GenerationSpec) -> Result<(), EngineError> {
+        let _ = (model, spec);
+        Ok(())
+    }
+
     /// Whether `model` can run here: its family has a pipeline and its
     /// weights are on this machine. Cheap (no loading); `Err` says what is
     /// missing. Engines that cannot tell answer `Ok`.

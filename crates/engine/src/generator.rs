@@ -294,6 +294,20 @@ impl Generator for CandleGenerator {
     fn inspect_upscaler(&self, weights: &Path) -> Result<UpscalerInfo, EngineError> {
         self.upscalers.inspect(weights, &self.device)
     }
+
+    fn check_loras(&self, model: &ModelEntry, spec: &GenerationSpec) -> Result<(), EngineError> {
+        if spec.loras.is_empty() {
+            return Ok(());
+        }
+        // Weights elsewhere (another worker's machine): the job finds out.
+        let Ok(dir) = self.resolve(model) else {
+            return Ok(());
+        };
+        let loras = self.loras.uses(spec)?;
+        family(model.family)
+            .check_loras(&dir, &loras)
+            .map_err(|e| EngineError::Unsupported(e.to_string()))
+    }
 }
 
 #[cfg(test)]

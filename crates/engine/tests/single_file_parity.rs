@@ -20,6 +20,7 @@ use cyberimage_core::{
     CancelToken, Catalogue, GenerationSpec, Generator, ModelEntry, ModelFamily, ProgressObserver,
     ProgressUpdate,
 };
+use cyberimage_engine::weights::shapes::component_shapes;
 use cyberimage_engine::weights::{component_tensors, read_tensors};
 use cyberimage_engine::{CandleGenerator, EngineOptions};
 use support::fixture_dir;
@@ -106,9 +107,23 @@ fn pixels(generator: &CandleGenerator, model: &ModelEntry) -> Vec<u8> {
         .rgb
 }
 
+/// The component's tensors; on the way, the names and shapes its headers
+/// alone give (what a LoRA is checked against before its job is queued,
+/// `lora_check.rs`) must be exactly theirs.
 fn tensors(folder: &Path) -> HashMap<String, Tensor> {
-    component_tensors(folder, &Device::Cpu, DType::F32)
-        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+    let tensors = component_tensors(folder, &Device::Cpu, DType::F32)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+    let loaded: HashMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.dims().to_vec()))
+        .collect();
+    let from_headers = component_shapes(folder).unwrap();
+    assert!(
+        from_headers == loaded,
+        "{}: the headers' shapes are not the loaded ones",
+        folder.display()
+    );
+    tensors
 }
 
 /// Transformers 5 saves CLIP without the `text_model.` prefix that the

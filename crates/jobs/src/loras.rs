@@ -168,7 +168,25 @@ impl JobService {
         for (lora, info) in spec.loras.iter_mut().zip(found) {
             lora.sha256 = info.sha256;
         }
-        Ok(())
+        self.check_loras_fit(spec).await
+    }
+
+    /// The engine's word on whether the LoRAs fit the model, layer by
+    /// layer, from the files' headers: a LoRA naming a layer the model
+    /// lacks, or of another model's sizes, is refused here rather than
+    /// failing its job. Without an engine in this process (a front end
+    /// with no [engine]), or without the model's weights on this machine,
+    /// the worker finds out when the job runs.
+    async fn check_loras_fit(&self, spec: &GenerationSpec) -> Result<(), JobsError> {
+        let reader = self.file_reader.read().expect("reader lock").clone();
+        let (Some(reader), Some(model)) = (reader, self.catalogue.get(&spec.model).cloned()) else {
+            return Ok(());
+        };
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || reader.check_loras(&model, &spec))
+            .await
+            .map_err(|e| ValidationError::new("loras", format!("checking the LoRAs failed: {e}")))?
+            .map_err(|e| JobsError::Invalid(ValidationError::new("loras", e.to_string())))
     }
 
     /// Before a job runs: its LoRAs are still the files it was queued with.

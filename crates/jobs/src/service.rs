@@ -102,8 +102,9 @@ pub struct JobService {
     /// The latest live preview (step, PNG) of each job running here.
     pub(crate) previews: Mutex<HashMap<JobId, PreviewSlot>>,
     model_probe: std::sync::RwLock<Option<Arc<dyn Generator>>>,
-    /// Reads upscaler files for requests (`upscale.rs`).
-    pub(crate) upscaler_reader: std::sync::RwLock<Option<Arc<dyn Generator>>>,
+    /// Reads upscaler and LoRA files for requests (`upscale.rs`,
+    /// `loras.rs`).
+    pub(crate) file_reader: std::sync::RwLock<Option<Arc<dyn Generator>>>,
 }
 
 impl JobService {
@@ -126,7 +127,7 @@ impl JobService {
             shutting_down: AtomicBool::new(false),
             metrics: Default::default(),
             model_probe: Default::default(),
-            upscaler_reader: Default::default(),
+            file_reader: Default::default(),
         })
     }
 

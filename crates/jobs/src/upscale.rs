@@ -46,14 +46,15 @@ fn invalid(field: &'static str, message: impl Into<String>) -> JobsError {
 }
 
 impl JobService {
-    /// The engine that reads upscaler files for requests (any process
-    /// with an engine, with or without workers).
-    pub fn set_upscaler_reader(&self, reader: Arc<dyn Generator>) {
-        *self.upscaler_reader.write().expect("reader lock") = Some(reader);
+    /// The engine that reads a request's files before its job is queued
+    /// (upscalers' architectures, whether LoRAs fit their model): any
+    /// process with an engine, with or without workers.
+    pub fn set_file_reader(&self, reader: Arc<dyn Generator>) {
+        *self.file_reader.write().expect("reader lock") = Some(reader);
     }
 
     fn reader(&self) -> Result<Arc<dyn Generator>, JobsError> {
-        self.upscaler_reader
+        self.file_reader
             .read()
             .expect("reader lock")
             .clone()
@@ -71,7 +72,7 @@ impl JobService {
     pub async fn upscalers(&self) -> Result<Vec<UpscalerListing>, JobsError> {
         let store = self.store.clone();
         let files = file_work(move || store.upscalers().list()).await?;
-        let reader = self.upscaler_reader.read().expect("reader lock").clone();
+        let reader = self.file_reader.read().expect("reader lock").clone();
         tokio::task::spawn_blocking(move || {
             files
                 .into_iter()

@@ -41,6 +41,10 @@ pub(super) trait Family: Sync {
         spec: &GenerationSpec,
         loras: &[LoraUse],
     ) -> Result<Encoded, EngineLoadError>;
+
+    /// Whether `loras` fit the model in `dir` (every layer one it has, of
+    /// its shapes), from the files' headers: nothing is loaded.
+    fn check_loras(&self, dir: &Path, loras: &[LoraUse]) -> Result<(), EngineLoadError>;
 }
 
 /// A loaded pipeline, as the generator drives it.
@@ -80,6 +84,10 @@ fn boxed<T: Send + 'static>(value: T) -> Encoded {
 struct StableDiffusionFamily;
 
 impl Family for StableDiffusionFamily {
+    fn check_loras(&self, dir: &Path, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        StableDiffusion::check_loras_in(dir, loras)
+    }
+
     fn load(
         &self,
         dir: &Path,
@@ -211,6 +219,10 @@ impl StableDiffusion {
 struct Sd3Family;
 
 impl Family for Sd3Family {
+    fn check_loras(&self, dir: &Path, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        Sd3::check_loras_in(dir, loras)
+    }
+
     fn load(
         &self,
         dir: &Path,
@@ -274,6 +286,10 @@ impl LoadedPipeline for Sd3 {
 struct FluxFamily;
 
 impl Family for FluxFamily {
+    fn check_loras(&self, dir: &Path, loras: &[LoraUse]) -> Result<(), EngineLoadError> {
+        Flux::check_loras_in(dir, loras)
+    }
+
     fn load(
         &self,
         dir: &Path,

@@ -11,30 +11,38 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 
 use crate::weights::lora::{LayerName, LowRank};
-use crate::weights::lora_merge::{LoraTarget, ParameterTable, Placement, TableTarget};
+use crate::weights::lora_merge::{
+    LoraPlaces, LoraTarget, ParameterTable, Placement, TableTarget, WeightTable,
+};
 use crate::weights::single_file::{stability_linears, StabilityPlace};
 
-pub struct MmditLoraTarget {
+pub struct MmditLoraTarget<T = ParameterTable> {
     /// diffusers' names, each a whole weight.
-    diffusers: TableTarget<ParameterTable>,
+    diffusers: TableTarget<T>,
     /// Stability module names, dotted, and where their rows go.
     stability: HashMap<String, Vec<StabilityPlace>>,
     /// The same names flattened.
     flattened: HashMap<String, String>,
 }
 
-impl MmditLoraTarget {
-    /// Over the MMDiT's weights (sharing storage with its layers).
-    pub fn new(table: ParameterTable) -> Self {
-        let last = table
-            .keys()
+impl<T: WeightTable> MmditLoraTarget<T> {
+    /// Over the MMDiT's weights (sharing storage with its layers), or
+    /// their shapes alone (to check LoRAs before loading).
+    pub fn new(table: T) -> Self {
+        let names = table.weight_names();
+        let last = names
+            .iter()
             .filter_map(|k| k.strip_prefix("transformer_blocks."))
             .filter_map(|k| k.split_once('.')?.0.parse::<usize>().ok())
             .max()
             .unwrap_or(0);
         let stability: HashMap<String, Vec<StabilityPlace>> = stability_linears(last)
             .into_iter()
-            .filter(|(_, places)| places.iter().all(|p| table.contains_key(&p.weight)))
+            .filter(|(_, places)| {
+                places
+                    .iter()
+                    .all(|p| table.weight_dims(&p.weight).is_some())
+            })
             .collect();
         let flattened = stability
             .keys()
@@ -47,12 +55,12 @@ impl MmditLoraTarget {
         }
     }
 
-    pub fn table(&self) -> &ParameterTable {
+    pub fn table(&self) -> &T {
         self.diffusers.table()
     }
 }
 
-impl LoraTarget for MmditLoraTarget {
+impl<T: WeightTable> LoraPlaces for MmditLoraTarget<T> {
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
         if let Some(whole) = self.diffusers.place(layer) {
             return Some(whole);
@@ -88,7 +96,9 @@ impl LoraTarget for MmditLoraTarget {
     fn dims(&self, weight: &str) -> Option<Vec<usize>> {
         self.diffusers.dims(weight)
     }
+}
 
+impl LoraTarget for MmditLoraTarget {
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
         self.diffusers.dense_rows(weight)
     }

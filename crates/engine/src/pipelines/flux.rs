@@ -8,12 +8,14 @@
 //! single file, or a GGUF file (quantized: the memory-efficient way to run
 //! FLUX on a CPU).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::EngineLoadError;
 use crate::models::clip::ClipTextEncoder;
+use crate::models::flux::lora::FluxLoraTarget;
 use crate::models::flux::weights::FluxWeights;
 use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::t5::T5Encoder;
@@ -26,8 +28,10 @@ use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
 use crate::weights::lora::Component;
 use crate::weights::lora_merge::{
-    check_components, merge_for_once, LoraTarget, LoraUse, MergedLoras, ParameterTable,
+    check_components, check_fit, merge_for_once, LoraPlaces, LoraTarget, LoraUse, MergedLoras,
+    ParameterTable, TableTarget,
 };
+use crate::weights::shapes::{component_shapes, stand_ins};
 use crate::weights::single_file::pointer;
 use crate::weights::{component_tensors, read_config};
 
@@ -162,6 +166,21 @@ impl Flux {
         let encoders = FluxEncoders::load(dir, device)?;
         merge_for_once(&encoders.tables(), loras)?;
         encoders.encode(prompt, device)
+    }
+
+    /// Whether `set` fits the model in `dir` (the transformer and CLIP, by
+    /// their files' headers) without loading it.
+    pub fn check_loras_in(dir: &Path, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        check_components(&REACHABLE, set)?;
+        let transformer = transformer_lora_shapes(&dir.join("transformer"))?;
+        let clip = TableTarget::new(component_shapes(&dir.join("text_encoder"))?);
+        check_fit(
+            &[
+                (Component::Denoiser, &transformer as &dyn LoraPlaces),
+                (Component::TextEncoder(0), &clip),
+            ],
+            set,
+        )
     }
 
     /// Merges `set` into the transformer (a branch beside each quantized
@@ -354,6 +373,33 @@ pub fn load_transformer(
     folder: &Path,
     device: &Device,
 ) -> Result<(FluxWeights, FluxConfig), EngineLoadError> {
+    transformer_from(
+        folder,
+        |gguf| FluxWeights::from_gguf(gguf, device),
+        |folder| component_tensors(folder, device, DType::F32),
+        device,
+    )
+}
+
+/// The transformer's linears as LoRAs reach them, from its files' headers
+/// alone (the same layouts `load_transformer` reads, over data-less
+/// stand-ins): what a LoRA is checked against before its job is queued.
+pub fn transformer_lora_shapes(folder: &Path) -> Result<FluxLoraTarget, EngineLoadError> {
+    let (weights, config) = transformer_from(
+        folder,
+        FluxWeights::gguf_shapes,
+        |folder| stand_ins(&component_shapes(folder)?),
+        &Device::Cpu,
+    )?;
+    Ok(FluxLoraTarget::of_shapes(&weights, &config))
+}
+
+fn transformer_from(
+    folder: &Path,
+    read_gguf: impl FnOnce(&Path) -> Result<FluxWeights, EngineLoadError>,
+    read_safetensors: impl FnOnce(&Path) -> Result<HashMap<String, Tensor>, EngineLoadError>,
+    device: &Device,
+) -> Result<(FluxWeights, FluxConfig), EngineLoadError> {
     let is_gguf = |p: &Path| p.extension().is_some_and(|e| e == "gguf");
     let gguf: Option<PathBuf> = match pointer(folder)? {
         Some(part) => is_gguf(&part.file).then_some(part.file),
@@ -367,9 +413,9 @@ pub fn load_transformer(
             .find(|p| is_gguf(p)),
     };
     let weights = match gguf {
-        Some(file) => FluxWeights::from_gguf(&file, device)?,
+        Some(file) => read_gguf(&file)?,
         None => {
-            let tensors = component_tensors(folder, device, DType::F32)?;
+            let tensors = read_safetensors(folder)?;
             if tensors.contains_key("x_embedder.weight") {
                 FluxWeights::from_diffusers(tensors, device)?
             } else {

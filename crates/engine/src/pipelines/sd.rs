@@ -23,6 +23,7 @@ use crate::schedulers::{Scheduler, SchedulerConfig};
 use crate::weights::lora::Component;
 use crate::weights::lora_merge::{self, merge_for_once, LoraUse, MergedLoras, ParameterTable};
 use crate::weights::read_config;
+use crate::weights::shapes::component_shapes;
 
 pub struct StableDiffusion {
     /// `tokenizer` + `text_encoder`, then SDXL's `tokenizer_2` +
@@ -326,6 +327,22 @@ impl StableDiffusion {
             negative,
             is_guided(guidance),
         )
+    }
+
+    /// Whether `set` fits the model in `dir` (its UNet and text encoders,
+    /// by their files' headers) without loading it: what merging it would
+    /// refuse, refused before a job is queued.
+    pub fn check_loras_in(dir: &Path, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        let mut tables = vec![(Component::Denoiser, component_shapes(&dir.join("unet"))?)];
+        for (_, encoder) in ENCODERS.iter().filter(|(_, e)| dir.join(e).is_dir()) {
+            let index = tables.len() - 1;
+            tables.push((
+                Component::TextEncoder(index),
+                component_shapes(&dir.join(encoder))?,
+            ));
+        }
+        check_components(tables.len() - 1, set)?;
+        lora_merge::check_tables(&tables, set)
     }
 
     /// A weight as the model runs it now (LoRAs merged), by component and

@@ -23,9 +23,11 @@ use crate::pipelines::StepCallback;
 use crate::schedulers::flow::{FlowMatchConfig, FlowSchedule};
 use crate::weights::lora::Component;
 use crate::weights::lora_merge::{
-    check_components, merge_for_once, LoraTarget, LoraUse, MergedLoras, ParameterTable,
+    check_components, check_fit, merge_for_once, LoraPlaces, LoraTarget, LoraUse, MergedLoras,
+    ParameterTable, TableTarget,
 };
 use crate::weights::read_config;
+use crate::weights::shapes::component_shapes;
 
 /// What SD 3 LoRAs may adapt: the MMDiT and both CLIP encoders.
 const REACHABLE: [Component; 3] = [
@@ -213,6 +215,23 @@ impl Sd3 {
         let encoders = Sd3Encoders::load(dir, device)?;
         merge_for_once(&encoders.tables(), loras)?;
         encoders.encode(config.joint_attention_dim, device, prompt, negative)
+    }
+
+    /// Whether `set` fits the model in `dir` (the MMDiT and both CLIP
+    /// encoders, by their files' headers) without loading it.
+    pub fn check_loras_in(dir: &Path, set: &[LoraUse]) -> Result<(), EngineLoadError> {
+        check_components(&REACHABLE, set)?;
+        let mmdit = MmditLoraTarget::new(component_shapes(&dir.join("transformer"))?);
+        let clip_l = TableTarget::new(component_shapes(&dir.join("text_encoder"))?);
+        let clip_g = TableTarget::new(component_shapes(&dir.join("text_encoder_2"))?);
+        check_fit(
+            &[
+                (Component::Denoiser, &mmdit as &dyn LoraPlaces),
+                (Component::TextEncoder(0), &clip_l),
+                (Component::TextEncoder(1), &clip_g),
+            ],
+            set,
+        )
     }
 
     /// Merges `set` into the MMDiT and both CLIP encoders, in place of the

@@ -98,27 +98,36 @@ impl LowRank {
         shape: &[usize],
         strength: f64,
     ) -> Result<(Tensor, Tensor), EngineLoadError> {
+        self.check_pair(up_rows.clone(), shape)?;
         let rank = self.rank();
         let up = self.up.flatten_from(1)?;
         let down = self.down.flatten_from(1)?;
-        if up.dim(1)? != rank || rank == 0 {
-            return Err(EngineLoadError::Lora(format!(
-                "{}: up is {:?}, down {:?}: their ranks differ",
-                self.layer,
-                self.up.dims(),
-                self.down.dims()
-            )));
-        }
-        let inputs: usize = shape.iter().skip(1).product();
-        if up_rows.end > up.dim(0)?
-            || shape.first() != Some(&up_rows.len())
-            || down.dim(1)? != inputs
-        {
-            return Err(self.wrong_shape(shape));
-        }
         let scale = strength * f64::from(self.alpha.unwrap_or(rank as f32)) / rank as f64;
         let up = (up.narrow(0, up_rows.start, up_rows.len())? * scale)?;
         Ok((down.contiguous()?, up.contiguous()?))
+    }
+
+    /// Whether `up[up_rows] @ down` can change rows shaped as `shape`: the
+    /// ranks agree, and the rows and inputs are the weight's.
+    pub fn check_pair(
+        &self,
+        up_rows: Range<usize>,
+        shape: &[usize],
+    ) -> Result<(), EngineLoadError> {
+        let rank = self.rank();
+        let (up, down) = (self.up.dims(), self.down.dims());
+        let flat = |dims: &[usize]| dims.iter().skip(1).product::<usize>();
+        if up.len() < 2 || down.is_empty() || flat(up) != rank || rank == 0 {
+            return Err(EngineLoadError::Lora(format!(
+                "{}: up is {up:?}, down {down:?}: their ranks differ",
+                self.layer
+            )));
+        }
+        if up_rows.end > up[0] || shape.first() != Some(&up_rows.len()) || flat(down) != flat(shape)
+        {
+            return Err(self.wrong_shape(shape));
+        }
+        Ok(())
     }
 
     fn wrong_shape(&self, weight_dims: &[usize]) -> EngineLoadError {

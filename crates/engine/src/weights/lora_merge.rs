@@ -49,15 +49,19 @@ pub struct Branch {
     pub up: Tensor,
 }
 
-/// One component's weights as LoRAs see them.
-pub trait LoraTarget {
+/// Where a component's LoRA layers go, and the shapes there: all a check
+/// needs (the weights' names and shapes, read from file headers, will do).
+pub trait LoraPlaces {
     /// Where `layer` goes; `None` when the model has no such layer. The
     /// placements' `up_rows` must cover the layer's up matrix exactly.
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>>;
 
     /// The weight's shape (rows, then the input dimensions).
     fn dims(&self, weight: &str) -> Option<Vec<usize>>;
+}
 
+/// One component's weights as LoRAs change them.
+pub trait LoraTarget: LoraPlaces {
     /// The weight's float row blocks (first row, a tensor sharing the
     /// layer's storage); empty when it is quantized.
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)>;
@@ -75,28 +79,83 @@ pub trait LoraTarget {
     }
 }
 
-/// A plain parameter table (borrowed or owned): every layer name resolves
-/// to one whole weight.
+/// A component's weights by name: the loaded tensors, or only their
+/// shapes (`weights::shapes`).
+pub trait WeightTable {
+    fn weight_names(&self) -> Vec<&String>;
+    fn weight_dims(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor itself; `None` for a table of shapes.
+    fn weight_tensor(&self, name: &str) -> Option<Tensor>;
+}
+
+impl WeightTable for ParameterTable {
+    fn weight_names(&self) -> Vec<&String> {
+        self.keys().collect()
+    }
+
+    fn weight_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).map(|t| t.dims().to_vec())
+    }
+
+    fn weight_tensor(&self, name: &str) -> Option<Tensor> {
+        self.get(name).cloned()
+    }
+}
+
+impl WeightTable for crate::weights::shapes::Shapes {
+    fn weight_names(&self) -> Vec<&String> {
+        self.keys().collect()
+    }
+
+    fn weight_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).cloned()
+    }
+
+    fn weight_tensor(&self, _: &str) -> Option<Tensor> {
+        None
+    }
+}
+
+impl<W: WeightTable> WeightTable for &W {
+    fn weight_names(&self) -> Vec<&String> {
+        (**self).weight_names()
+    }
+
+    fn weight_dims(&self, name: &str) -> Option<Vec<usize>> {
+        (**self).weight_dims(name)
+    }
+
+    fn weight_tensor(&self, name: &str) -> Option<Tensor> {
+        (**self).weight_tensor(name)
+    }
+}
+
+/// A plain table (borrowed or owned, of tensors or of shapes): every layer
+/// name resolves to one whole weight.
 pub struct TableTarget<T> {
     table: T,
     names: ParameterNames,
 }
 
-impl<T: Borrow<ParameterTable>> TableTarget<T> {
+impl<T: WeightTable> TableTarget<T> {
     pub fn new(table: T) -> Self {
-        let names = ParameterNames::new(table.borrow().keys());
+        let names = ParameterNames::new(table.weight_names());
         Self { table, names }
     }
 
-    pub fn table(&self) -> &ParameterTable {
-        self.table.borrow()
+    pub fn table(&self) -> &T {
+        &self.table
     }
 }
 
-impl<T: Borrow<ParameterTable>> LoraTarget for TableTarget<T> {
+impl<T: WeightTable> LoraPlaces for TableTarget<T> {
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
         let weight = resolve(&self.names, &layer.layer)?;
-        let rows = self.table()[weight].dims().first().copied().unwrap_or(0);
+        let rows = self
+            .table
+            .weight_dims(weight)
+            .and_then(|d| d.first().copied())
+            .unwrap_or(0);
         Some(vec![Placement {
             weight: weight.to_string(),
             up_rows: 0..rows,
@@ -105,11 +164,17 @@ impl<T: Borrow<ParameterTable>> LoraTarget for TableTarget<T> {
     }
 
     fn dims(&self, weight: &str) -> Option<Vec<usize>> {
-        self.table().get(weight).map(|t| t.dims().to_vec())
+        self.table.weight_dims(weight)
     }
+}
 
+impl<T: Borrow<ParameterTable>> LoraTarget for TableTarget<T>
+where
+    TableTarget<T>: LoraPlaces,
+{
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
-        self.table()
+        self.table
+            .borrow()
             .get(weight)
             .map(|t| vec![(0, t.clone())])
             .unwrap_or_default()
@@ -284,6 +349,92 @@ pub fn merge_for_once(
     merge_into(&as_dyn(&targets), set, None)
 }
 
+/// Whether `set` fits `targets` (each component's, by its own names):
+/// every layer placed, its rows covered, its shapes those of the weights.
+/// What merging would refuse, found without touching a weight.
+pub fn check_fit(
+    targets: &[(Component, &dyn LoraPlaces)],
+    set: &[LoraUse],
+) -> Result<(), EngineLoadError> {
+    for (component, target) in targets {
+        for lora in set {
+            for layer in lora
+                .file
+                .layers
+                .iter()
+                .filter(|l| l.component == *component)
+            {
+                for (placement, shape) in placements(*target, lora, layer)? {
+                    layer.check_pair(placement.up_rows.clone(), &shape)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_fit`] on plain tables (of tensors or of shapes), by component.
+pub fn check_tables<T: WeightTable>(
+    tables: &[(Component, T)],
+    set: &[LoraUse],
+) -> Result<(), EngineLoadError> {
+    let targets: Vec<(Component, TableTarget<&T>)> = tables
+        .iter()
+        .map(|(c, t)| (*c, TableTarget::new(t)))
+        .collect();
+    let places: Vec<(Component, &dyn LoraPlaces)> = targets
+        .iter()
+        .map(|(c, t)| (*c, t as &dyn LoraPlaces))
+        .collect();
+    check_fit(&places, set)
+}
+
+/// Where `layer` of `lora` goes, each part with the shape of the rows it
+/// changes; an error names what does not fit.
+fn placements(
+    target: &dyn LoraPlaces,
+    lora: &LoraUse,
+    layer: &LowRank,
+) -> Result<Vec<(Placement, Vec<usize>)>, EngineLoadError> {
+    let component = layer.component;
+    let placements = target.place(layer).ok_or_else(|| {
+        EngineLoadError::Lora(format!(
+            "{} adapts {component} layer {}, which this model does not have: is it for another model family?",
+            lora.id, layer.layer
+        ))
+    })?;
+    let covered: usize = placements.iter().map(|p| p.up_rows.len()).sum();
+    if covered != layer.up.dim(0)? {
+        return Err(EngineLoadError::Lora(format!(
+            "{}: {} changes {} rows where the model's layer has {covered}: is the LoRA for another model?",
+            lora.id,
+            layer.layer,
+            layer.up.dim(0)?
+        )));
+    }
+    placements
+        .into_iter()
+        .map(|placement| {
+            let dims = target
+                .dims(&placement.weight)
+                .ok_or_else(|| EngineLoadError::Lora(format!("{}: no weight", placement.weight)))?;
+            let rows = placement.up_rows.len();
+            if placement.first_row + rows > dims[0] {
+                return Err(EngineLoadError::Lora(format!(
+                    "{}: rows {}..{} of a {:?} weight",
+                    layer.layer,
+                    placement.first_row,
+                    placement.first_row + rows,
+                    dims
+                )));
+            }
+            let mut shape = dims;
+            shape[0] = rows;
+            Ok((placement, shape))
+        })
+        .collect()
+}
+
 fn merge_into(
     targets: &[(Component, &dyn LoraTarget)],
     set: &[LoraUse],
@@ -298,41 +449,11 @@ fn merge_into(
                 .iter()
                 .filter(|l| l.component == *component)
             {
-                let placements = target.place(layer).ok_or_else(|| {
-                    EngineLoadError::Lora(format!(
-                        "{} adapts {component} layer {}, which this model does not have: is it for another model family?",
-                        lora.id, layer.layer
-                    ))
-                })?;
-                let covered: usize = placements.iter().map(|p| p.up_rows.len()).sum();
-                if covered != layer.up.dim(0)? {
-                    return Err(EngineLoadError::Lora(format!(
-                        "{}: {} changes {} rows where the model's layer has {covered}: is the LoRA for another model?",
-                        lora.id,
-                        layer.layer,
-                        layer.up.dim(0)?
-                    )));
-                }
-                for placement in placements {
-                    let dims = target.dims(&placement.weight).ok_or_else(|| {
-                        EngineLoadError::Lora(format!("{}: no weight", placement.weight))
-                    })?;
-                    let rows = placement.up_rows.len();
-                    if placement.first_row + rows > dims[0] {
-                        return Err(EngineLoadError::Lora(format!(
-                            "{}: rows {}..{} of a {:?} weight",
-                            layer.layer,
-                            placement.first_row,
-                            placement.first_row + rows,
-                            dims
-                        )));
-                    }
-                    let mut shape = dims.clone();
-                    shape[0] = rows;
+                for (placement, shape) in placements(*target as &dyn LoraPlaces, lora, layer)? {
+                    let (down, up) =
+                        layer.scaled_pair(placement.up_rows.clone(), &shape, lora.strength)?;
                     let blocks = target.dense_rows(&placement.weight);
                     if blocks.is_empty() {
-                        let (down, up) =
-                            layer.scaled_pair(placement.up_rows.clone(), &shape, lora.strength)?;
                         branches.push(Branch {
                             weight: placement.weight.clone(),
                             first_row: placement.first_row,
@@ -341,8 +462,6 @@ fn merge_into(
                         });
                         continue;
                     }
-                    let (down, up) =
-                        layer.scaled_pair(placement.up_rows.clone(), &shape, lora.strength)?;
                     add_rows(&blocks, &up, &down, placement.first_row, |first, block| {
                         if let Some(saved) = saved.as_deref_mut() {
                             let key = (*component, placement.weight.clone(), first);

@@ -4,8 +4,9 @@
 //! format itself (`safetensors`), the weights' digests (`digest`), the
 //! models compiled into the binary (`builtin`), and the memory budget with
 //! the engine's options (`memory`), and LoRA files with their merging
-//! into loaded weights (`lora`, `lora_merge`), and an upscaler's one file
-//! (`upscaler_file`: safetensors or a PyTorch pickle).
+//! into loaded weights (`lora`, `lora_merge`), an upscaler's one file
+//! (`upscaler_file`: safetensors or a PyTorch pickle), and a component's
+//! weight names and shapes from headers alone (`shapes`).
 
 pub mod builtin;
 pub(crate) mod digest;
@@ -15,6 +16,7 @@ pub mod lora_merge;
 pub mod memory;
 pub mod safetensors;
 pub mod scan;
+pub mod shapes;
 pub mod single_file;
 pub mod upscaler_file;
 

@@ -20,7 +20,7 @@ use candle_core::{Tensor, D};
 use super::names::{diffusers_linears, RowsIn};
 use crate::error::EngineLoadError;
 use crate::weights::lora::{LayerName, LowRank};
-use crate::weights::lora_merge::{Branch, LoraTarget, Placement};
+use crate::weights::lora_merge::{Branch, LoraPlaces, LoraTarget, Placement};
 
 /// The low-rank change run beside one quantized layer: `x @ down_t @
 /// up_t`, with every LoRA's rank side by side (`down_t`: inputs × R,
@@ -93,6 +93,37 @@ impl FluxLoraTarget {
         }
     }
 
+    /// Over the linears of `weights` by their shapes alone (every 2-D
+    /// `….weight` of the BFL layout is a linear): where LoRAs would go,
+    /// for checking them before the model is loaded. Nothing can be
+    /// merged into it.
+    pub fn of_shapes(weights: &super::weights::FluxWeights, config: &super::FluxConfig) -> Self {
+        let slots = weights
+            .names()
+            .filter(|name| name.ends_with(".weight"))
+            .filter_map(|name| {
+                let dims = weights.get(name)?.dims();
+                (dims.len() == 2).then(|| {
+                    (
+                        name.clone(),
+                        LoraSlot {
+                            dims,
+                            dense: Vec::new(),
+                            adapter: None,
+                        },
+                    )
+                })
+            })
+            .collect();
+        Self::new(
+            slots,
+            config.hidden(),
+            config.num_layers,
+            config.num_single_layers,
+            config.guidance_embeds,
+        )
+    }
+
     /// Whether the weight `name` runs quantized.
     pub fn is_quantized(&self, name: &str) -> bool {
         self.slots.get(name).is_some_and(|s| s.adapter.is_some())
@@ -129,7 +160,7 @@ impl FluxLoraTarget {
     }
 }
 
-impl LoraTarget for FluxLoraTarget {
+impl LoraPlaces for FluxLoraTarget {
     fn place(&self, layer: &LowRank) -> Option<Vec<Placement>> {
         let module = match &layer.layer {
             LayerName::Dotted(name) => name.as_str(),
@@ -151,7 +182,9 @@ impl LoraTarget for FluxLoraTarget {
     fn dims(&self, weight: &str) -> Option<Vec<usize>> {
         self.slots.get(weight).map(|s| s.dims.clone())
     }
+}
 
+impl LoraTarget for FluxLoraTarget {
     fn dense_rows(&self, weight: &str) -> Vec<(usize, Tensor)> {
         self.slots
             .get(weight)

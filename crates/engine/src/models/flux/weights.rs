@@ -278,6 +278,32 @@ impl FluxWeights {
         Ok(Self::from_weights(tensors, device, "GGUF"))
     }
 
+    /// A GGUF file's tensor names and shapes (as [`Self::from_gguf`] gives
+    /// them) over data-less stand-ins (`weights::shapes::stand_ins`): its
+    /// header alone is read.
+    pub fn gguf_shapes(path: &Path) -> Result<Self, EngineLoadError> {
+        let io = |source| EngineLoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| EngineLoadError::Unsupported(format!("{}: {e}", path.display())))?;
+        let shapes = content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| {
+                let name = name.strip_prefix("model.diffusion_model.").unwrap_or(name);
+                (name.to_owned(), info.shape.dims().to_vec())
+            })
+            .collect();
+        let tensors = crate::weights::shapes::stand_ins(&shapes)?
+            .into_iter()
+            .map(|(k, v)| (k, Weight::Dense(v)))
+            .collect();
+        Ok(Self::from_weights(tensors, &Device::Cpu, "GGUF"))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

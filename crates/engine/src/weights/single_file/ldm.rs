@@ -6,8 +6,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
-
+use super::LayoutWeight;
 use crate::error::EngineLoadError;
 
 /// Sub-layer names inside an LDM ResNet block, and diffusers' for them.
@@ -193,13 +192,16 @@ pub(super) fn vae_name(name: &str, blocks: usize) -> Option<String> {
 
 /// The LDM attention's q/k/v/out are 1×1 convolutions; diffusers' are
 /// linear layers over the same matrix.
-pub(super) fn vae_attention_as_linear(
-    tensors: &mut HashMap<String, Tensor>,
+pub(super) fn vae_attention_as_linear<W: LayoutWeight>(
+    tensors: &mut HashMap<String, W>,
 ) -> Result<(), EngineLoadError> {
     for (name, tensor) in tensors.iter_mut() {
-        if name.contains(".attentions.0.to_") && name.ends_with(".weight") && tensor.rank() == 4 {
-            let (out, inp, _, _) = tensor.dims4()?;
-            *tensor = tensor.reshape((out, inp))?;
+        if name.contains(".attentions.0.to_")
+            && name.ends_with(".weight")
+            && tensor.dims().len() == 4
+        {
+            let (out, inp) = (tensor.dims()[0], tensor.dims()[1]);
+            *tensor = tensor.reshaped(&[out, inp])?;
         }
     }
     Ok(())
@@ -255,8 +257,8 @@ const TEXT_PROJECTION_LDM: &str = "text_projection.ldm";
 
 /// Splits the fused q/k/v rows into three projections and transposes the
 /// text projection into a linear weight.
-pub(super) fn split_open_clip(
-    tensors: &mut HashMap<String, Tensor>,
+pub(super) fn split_open_clip<W: LayoutWeight>(
+    tensors: &mut HashMap<String, W>,
 ) -> Result<(), EngineLoadError> {
     let fused: Vec<String> = tensors
         .keys()
@@ -266,22 +268,19 @@ pub(super) fn split_open_clip(
     for name in fused {
         let tensor = tensors.remove(&name).expect("listed");
         let (layer, kind) = name.rsplit_once(".in_proj.").expect("an in_proj name");
-        let rows = tensor.dim(0)?;
+        let rows = tensor.dims().first().copied().unwrap_or(0);
         if rows % 3 != 0 {
             return Err(EngineLoadError::Unsupported(format!(
                 "{name}: {rows} rows do not split into q, k and v"
             )));
         }
         for (i, part) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-            let rows_of = tensor.narrow(0, i * rows / 3, rows / 3)?.contiguous()?;
+            let rows_of = tensor.rows(i * rows / 3, rows / 3)?;
             tensors.insert(format!("{layer}.{part}.{kind}"), rows_of);
         }
     }
     if let Some(projection) = tensors.remove(TEXT_PROJECTION_LDM) {
-        tensors.insert(
-            "text_projection.weight".into(),
-            projection.t()?.contiguous()?,
-        );
+        tensors.insert("text_projection.weight".into(), projection.transposed()?);
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineLoadError;
 use crate::weights::files::{read_config, read_file};
 use crate::weights::safetensors::read_header;
+use crate::weights::shapes::Shapes;
 
 /// The name of the pointer file in a component folder.
 pub const POINTER_FILE: &str = "single-file.json";
@@ -84,16 +85,12 @@ struct BlockCounts {
 /// A layout's tensor name → diffusers' (`None`: not a tensor we load).
 type Rename = dyn Fn(&str) -> Option<String>;
 
-/// The component's tensors from its file, under diffusers' names.
-pub fn read_component(
-    folder: &Path,
-    part: &ComponentFile,
-    device: &Device,
-    dtype: DType,
-) -> Result<HashMap<String, Tensor>, EngineLoadError> {
+/// How `part`'s tensor names become diffusers' (the folder's config gives
+/// the block counts some layouts need).
+fn renamer(folder: &Path, part: &ComponentFile) -> Result<Box<Rename>, EngineLoadError> {
     let counts =
         || -> Result<BlockCounts, EngineLoadError> { read_config(&folder.join("config.json")) };
-    let rename: Box<Rename> = match part.layout {
+    Ok(match part.layout {
         Layout::AsIs | Layout::Sd3ClipL => Box::new(|name| Some(name.to_string())),
         Layout::Sd3Mmdit => Box::new(sd3::mmdit_name),
         Layout::LdmUnet => {
@@ -110,7 +107,17 @@ pub fn read_component(
             Box::new(move |name| ldm::vae_name(name, blocks))
         }
         Layout::OpenClip => Box::new(ldm::open_clip_name),
-    };
+    })
+}
+
+/// The component's tensors from its file, under diffusers' names.
+pub fn read_component(
+    folder: &Path,
+    part: &ComponentFile,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>, EngineLoadError> {
+    let rename = renamer(folder, part)?;
     let prefix = part.prefix.as_str();
     let mut tensors = HashMap::new();
     read_file(
@@ -120,10 +127,44 @@ pub fn read_component(
         &|name| name.strip_prefix(prefix).and_then(&rename),
         &mut tensors,
     )?;
+    finish(folder, part, tensors, device)
+}
+
+/// The names and shapes [`read_component`] gives, from the file's header
+/// alone.
+pub fn component_shapes(folder: &Path, part: &ComponentFile) -> Result<Shapes, EngineLoadError> {
+    let rename = renamer(folder, part)?;
+    let prefix = part.prefix.as_str();
+    let header = read_header(&part.file).map_err(|source| EngineLoadError::Io {
+        path: part.file.clone(),
+        source,
+    })?;
+    let shapes = header
+        .into_iter()
+        .filter_map(|(name, entry)| {
+            let name = name.strip_prefix(prefix).and_then(&rename)?;
+            Some((name, Shape(entry.shape)))
+        })
+        .collect();
+    Ok(finish(folder, part, shapes, &Device::Cpu)?
+        .into_iter()
+        .map(|(name, shape)| (name, shape.0))
+        .collect())
+}
+
+/// The layout's fixes after renaming (fused matrices split, modulations
+/// reordered, FP8 scales applied), on tensors or on their shapes alone.
+fn finish<W: LayoutWeight>(
+    folder: &Path,
+    part: &ComponentFile,
+    mut tensors: HashMap<String, W>,
+    device: &Device,
+) -> Result<HashMap<String, W>, EngineLoadError> {
     if tensors.is_empty() {
         return Err(EngineLoadError::Unsupported(format!(
-            "{} has no tensors under {prefix:?} for {}",
+            "{} has no tensors under {:?} for {}",
             part.file.display(),
+            part.prefix,
             folder.display()
         )));
     }
@@ -138,11 +179,121 @@ pub fn read_component(
     Ok(tensors)
 }
 
+/// A weight as the layout fixes handle it: the tensor when loading, or
+/// only its shape when a check needs names and shapes without the data
+/// (a LoRA checked at submit), so the same fixes give the same names.
+pub(crate) trait LayoutWeight: Sized {
+    fn dims(&self) -> &[usize];
+    /// Rows `start .. start + len`.
+    fn rows(&self, start: usize, len: usize) -> Result<Self, EngineLoadError>;
+    /// The second half of the rows, then the first.
+    fn swapped_halves(&self) -> Result<Self, EngineLoadError>;
+    /// A matrix transposed.
+    fn transposed(&self) -> Result<Self, EngineLoadError>;
+    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError>;
+    /// The `width × width` identity, of the float type `like` has.
+    fn identity(
+        width: usize,
+        like: Option<&Self>,
+        device: &Device,
+    ) -> Result<Self, EngineLoadError>;
+    fn is_float(&self) -> bool;
+    /// This weight times `scale` (broadcast).
+    fn scaled(&self, scale: &Self) -> Result<Self, EngineLoadError>;
+}
+
+impl LayoutWeight for Tensor {
+    fn dims(&self) -> &[usize] {
+        Tensor::dims(self)
+    }
+
+    fn rows(&self, start: usize, len: usize) -> Result<Self, EngineLoadError> {
+        Ok(self.narrow(0, start, len)?.contiguous()?)
+    }
+
+    fn swapped_halves(&self) -> Result<Self, EngineLoadError> {
+        let half = self.dim(0)? / 2;
+        Ok(Tensor::cat(
+            &[self.narrow(0, half, half)?, self.narrow(0, 0, half)?],
+            0,
+        )?)
+    }
+
+    fn transposed(&self) -> Result<Self, EngineLoadError> {
+        Ok(self.t()?.contiguous()?)
+    }
+
+    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError> {
+        Ok(self.reshape(dims)?)
+    }
+
+    fn identity(
+        width: usize,
+        like: Option<&Self>,
+        device: &Device,
+    ) -> Result<Self, EngineLoadError> {
+        let dtype = like.map(|t| t.dtype()).unwrap_or(DType::F32);
+        Ok(Tensor::eye(width, dtype, device)?)
+    }
+
+    fn is_float(&self) -> bool {
+        self.dtype().is_float()
+    }
+
+    fn scaled(&self, scale: &Self) -> Result<Self, EngineLoadError> {
+        Ok(self.broadcast_mul(&scale.to_dtype(self.dtype())?)?)
+    }
+}
+
+/// A weight's shape, standing in for it (`component_shapes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Shape(pub Vec<usize>);
+
+impl LayoutWeight for Shape {
+    fn dims(&self) -> &[usize] {
+        &self.0
+    }
+
+    fn rows(&self, _start: usize, len: usize) -> Result<Self, EngineLoadError> {
+        let mut dims = self.0.clone();
+        if let Some(rows) = dims.first_mut() {
+            *rows = len;
+        }
+        Ok(Self(dims))
+    }
+
+    fn swapped_halves(&self) -> Result<Self, EngineLoadError> {
+        Ok(self.clone())
+    }
+
+    fn transposed(&self) -> Result<Self, EngineLoadError> {
+        Ok(Self(self.0.iter().rev().copied().collect()))
+    }
+
+    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError> {
+        Ok(Self(dims.to_vec()))
+    }
+
+    fn identity(width: usize, _: Option<&Self>, _: &Device) -> Result<Self, EngineLoadError> {
+        Ok(Self(vec![width, width]))
+    }
+
+    fn is_float(&self) -> bool {
+        true
+    }
+
+    fn scaled(&self, _: &Self) -> Result<Self, EngineLoadError> {
+        Ok(self.clone())
+    }
+}
+
 /// ComfyUI's "scaled" FP8 checkpoints store `w / s` in FP8 and `s` as
 /// `<layer>.scale_weight`: the weight is the product. Their input scales
 /// and the `scaled_fp8` marker matter only to FP8 matmuls, not to a
 /// dequantized model.
-fn apply_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), EngineLoadError> {
+fn apply_fp8_scales<W: LayoutWeight>(
+    tensors: &mut HashMap<String, W>,
+) -> Result<(), EngineLoadError> {
     let scaled: Vec<String> = tensors
         .keys()
         .filter_map(|k| k.strip_suffix(".scale_weight").map(str::to_string))
@@ -153,7 +304,7 @@ fn apply_fp8_scales(tensors: &mut HashMap<String, Tensor>) -> Result<(), EngineL
             .expect("listed");
         let key = format!("{layer}.weight");
         if let Some(weight) = tensors.get(&key) {
-            let scaled = weight.broadcast_mul(&scale.to_dtype(weight.dtype())?)?;
+            let scaled = weight.scaled(&scale)?;
             tensors.insert(key, scaled);
         }
     }

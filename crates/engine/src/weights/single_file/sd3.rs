@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
+use super::LayoutWeight;
 use crate::error::EngineLoadError;
 
 /// Temporary names of the fused projections until `split_fused` splits
@@ -98,7 +99,9 @@ pub(super) fn mmdit_name(name: &str) -> Option<String> {
 
 /// Splits the fused projections and puts the shift-then-scale
 /// modulations in diffusers' order.
-pub(super) fn finish_mmdit(tensors: &mut HashMap<String, Tensor>) -> Result<(), EngineLoadError> {
+pub(super) fn finish_mmdit<W: LayoutWeight>(
+    tensors: &mut HashMap<String, W>,
+) -> Result<(), EngineLoadError> {
     let fused: Vec<String> = tensors
         .keys()
         .filter(|k| FUSED.iter().any(|(f, _)| k.contains(&format!(".{f}."))))
@@ -110,14 +113,14 @@ pub(super) fn finish_mmdit(tensors: &mut HashMap<String, Tensor>) -> Result<(), 
             .iter()
             .find(|(f, _)| name.contains(&format!(".{f}.")))
             .expect("matched above");
-        let rows = tensor.dim(0)?;
+        let rows = tensor.dims().first().copied().unwrap_or(0);
         if rows % 3 != 0 {
             return Err(EngineLoadError::Unsupported(format!(
                 "{name}: {rows} rows do not split into q, k and v"
             )));
         }
         for (i, part) in parts.iter().enumerate() {
-            let rows_of = tensor.narrow(0, i * rows / 3, rows / 3)?.contiguous()?;
+            let rows_of = tensor.rows(i * rows / 3, rows / 3)?;
             tensors.insert(name.replace(fused, part), rows_of);
         }
     }
@@ -139,12 +142,7 @@ pub(super) fn finish_mmdit(tensors: &mut HashMap<String, Tensor>) -> Result<(), 
     }
     for name in swapped {
         if let Some(tensor) = tensors.remove(&name) {
-            let half = tensor.dim(0)? / 2;
-            let swapped = Tensor::cat(
-                &[tensor.narrow(0, half, half)?, tensor.narrow(0, 0, half)?],
-                0,
-            )?;
-            tensors.insert(name, swapped);
+            tensors.insert(name, tensor.swapped_halves()?);
         }
     }
     Ok(())
@@ -230,8 +228,8 @@ pub fn stability_linears(last: usize) -> Vec<(String, Vec<StabilityPlace>)> {
 /// SD 3's CLIP-L: its pooled output is used as is, so its projection is
 /// the identity (what diffusers' single-file loader sets, whatever the
 /// file holds).
-pub(super) fn identity_projection(
-    tensors: &mut HashMap<String, Tensor>,
+pub(super) fn identity_projection<W: LayoutWeight>(
+    tensors: &mut HashMap<String, W>,
     device: &Device,
 ) -> Result<(), EngineLoadError> {
     let width = [
@@ -240,18 +238,11 @@ pub(super) fn identity_projection(
     ]
     .iter()
     .find_map(|k| tensors.get(*k))
-    .map(|t| t.dim(0))
-    .transpose()?
+    .and_then(|t| t.dims().first().copied())
     .ok_or_else(|| EngineLoadError::Unsupported("a CLIP-L without its final layer norm".into()))?;
-    let dtype = tensors
-        .values()
-        .find(|t| t.dtype().is_float())
-        .map(|t| t.dtype())
-        .unwrap_or(candle_core::DType::F32);
-    tensors.insert(
-        "text_projection.weight".into(),
-        Tensor::eye(width, dtype, device)?,
-    );
+    let like = tensors.values().find(|t| t.is_float());
+    let identity = W::identity(width, like, device)?;
+    tensors.insert("text_projection.weight".into(), identity);
     Ok(())
 }
 
