@@ -16,6 +16,7 @@ mod enrich;
 mod error_table;
 mod events;
 mod gallery_batch;
+mod generate_form;
 mod jsonrpc;
 pub mod mcp;
 mod metrics;

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{FromRequest, Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -80,11 +80,27 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Json<Value
     Json(body)
 }
 
+/// A JSON body, or a multipart form (`generate_form`) with the same fields
+/// and pictures as files.
 async fn generate(
     State(state): State<AppState>,
-    raw: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let value = body::json(raw)?;
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("multipart/form-data"));
+    let value = if multipart {
+        let form = axum::extract::Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!("not a multipart form: {}", e.body_text()))
+            })?;
+        crate::generate_form::form_to_json(form).await?
+    } else {
+        body::json(Bytes::from_request(request, &state).await)?
+    };
     params::check_known_fields(&value).map_err(ApiError::bad_request)?;
     let request = params::spec_request(&value).map_err(ApiError::bad_request)?;
     let job = state.service.submit(request).await?;

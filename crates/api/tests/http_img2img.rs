@@ -350,3 +350,128 @@ async fn outpainting_extends_the_canvas_and_redraws_the_border() {
     let message = assert_error(s.post("/api/generate", body).await, 400, "invalid_request").await;
     assert!(message.contains("unknown field outpaint.up"), "{message}");
 }
+
+/// A multipart form body: text parts, then file parts.
+fn form(boundary: &str, text: &[(&str, &str)], files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in text {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .bytes(),
+        );
+    }
+    for (name, bytes) in files {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n"
+            )
+            .bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").bytes());
+    body
+}
+
+/// The picture and mask uploaded as files in a multipart form, as a
+/// browser form or `curl -F init_image=@photo.png` sends them; the other
+/// fields as text parts (`settings` as JSON). Bad parts are 400s naming
+/// the field, as in a JSON body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_form_uploads_the_picture_and_mask_as_files() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let boundary = "cyberimage-test-boundary";
+    let post = |body: Vec<u8>| {
+        s.http
+            .post(format!("{}/api/generate", s.base))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+    };
+    let mut mask = image::GrayImage::new(64, 64);
+    for y in 0..64 {
+        for x in 32..64 {
+            mask.put_pixel(x, y, image::Luma([255]));
+        }
+    }
+    let mut mask_png = Vec::new();
+    image::DynamicImage::ImageLuma8(mask)
+        .write_to(
+            &mut std::io::Cursor::new(&mut mask_png),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let r = post(form(
+        boundary,
+        &[
+            ("model_id", "tiny"),
+            ("prompt", "1984"),
+            ("strength", "0.5"),
+            ("settings", r#"{"num_inference_steps": 4, "seed": 9}"#),
+        ],
+        &[("init_image", &png(64, 64, 100)), ("mask_image", &mask_png)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let r: Value = r.json().await.unwrap();
+    let done = s
+        .wait_status(r["job_id"].as_str().unwrap(), &["completed", "failed"])
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["prompt"], "1984", "a prompt part stays text");
+    assert_eq!(done["settings"]["strength"], 0.5);
+    assert_eq!(done["settings"]["seed"], 9);
+    assert!(done["settings"]["mask_image"].is_string(), "{done}");
+    let id = done["images"][0]["id"].as_str().unwrap().to_owned();
+    let out = decode(
+        &s.get(&format!("/api/get_image/{id}"))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    // The double keeps the input where the mask is dark, XORs it by the
+    // seed where it is light.
+    assert_eq!(out.get_pixel(5, 5).0[0], 100);
+    assert_eq!(out.get_pixel(50, 5).0[0], 100 ^ 9);
+
+    for (text, files, words) in [
+        (
+            vec![("prompt", "x"), ("strength", "lots")],
+            vec![("init_image", png(64, 64, 1))],
+            "strength must be a number",
+        ),
+        (
+            vec![("prompt", "x"), ("settings", "{not json")],
+            vec![],
+            "the settings part is not JSON",
+        ),
+        (
+            vec![("prompt", "x"), ("num_inference_step", "4")],
+            vec![],
+            "unknown field \"num_inference_step\"",
+        ),
+        (
+            vec![("prompt", "x")],
+            vec![("init_image", b"not a picture".to_vec())],
+            "init_image",
+        ),
+    ] {
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        let r = post(form(boundary, &text, &files)).await.unwrap();
+        assert_eq!(r.status(), 400, "{words}");
+        let v: Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{words}: {message}");
+    }
+    let queue: Value = s.get("/api/queue").await.json().await.unwrap();
+    assert_eq!(queue["pending"], 0, "nothing more was queued: {queue}");
+}

@@ -28,9 +28,14 @@ pub(super) fn operations() -> Vec<(&'static str, &'static str, &'static str, Val
         (
             "post",
             "/api/generate",
-            "Submit a generation job",
+            "Submit a generation job: a JSON body, or a multipart form with the same fields (init_image and mask_image as files, or text naming a gallery image or holding base64; settings, loras, outpaint and hires as JSON parts)",
             json!({
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}}},
+            "requestBody": {"required": true, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "prompt": {"type": "string"}, "negative_prompt": {"type": "string"}, "model_id": {"type": "string"},
+                    "init_image": {"type": "string", "format": "binary"}, "mask_image": {"type": "string", "format": "binary"},
+                    "settings": {"type": "string", "description": "The GenerateRequest's settings object, as JSON"}}}}}},
             "responses": {
                 "202": json_response("Queued", json!({"$ref": "#/components/schemas/JobSubmitted"})),
                 "400": error_response("Invalid parameters"), "413": error_response("Body too large"),
