@@ -243,6 +243,18 @@ async function main() {
     check('the mask panel sends its edge blur and keeps the rest exactly',
       maskJob.settings.mask_blur === 4 && maskJob.settings.keep_unmasked === true, JSON.stringify(maskJob.settings));
     await page.screenshot({ path: join(artifacts, '3c-inpainting.png'), fullPage: true });
+    // Outpainting: the canvas extended on the right; the model draws it.
+    await page.fill('#outpaint-right', '32');
+    await page.fill('#prompt', 'the pond goes on to the right');
+    await page.click('#generate-button');
+    const outCard = page.locator('.job', { hasText: 'the pond goes on to the right' }).first();
+    await outCard.locator('img.result-image').waitFor({ timeout: 120_000 });
+    const outJob = await (await fetch(`${base}/api/status/${await outCard.getAttribute('data-job-id')}`)).json();
+    check('extending the canvas makes an outpainting job on the wider canvas at strength 1',
+      outJob.status === 'completed' && outJob.settings.width === maskJob.settings.width + 32
+        && outJob.settings.height === maskJob.settings.height && outJob.settings.strength === 1
+        && outJob.settings.mask_image?.length === 64, JSON.stringify(outJob.settings));
+    await page.fill('#outpaint-right', '0');
     await page.click('#init-clear');
     check('remove clears the input', await page.isDisabled('#strength') && await page.locator('#init-stage').isHidden());
     await page.setInputFiles('#init-file', file);

@@ -191,6 +191,8 @@ async function submit() {
   };
   const input = currentInput();
   if (input) Object.assign(body.settings, input);
+  // An extended canvas is the job's size.
+  if (input && input.outpaint) { body.settings.width = null; body.settings.height = null; }
   const hires = hiresSettings();
   if (hires && input) {
     showError('The hires fix redraws a text-to-image picture larger: untick it, or remove the picture to start from.');

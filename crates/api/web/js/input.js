@@ -23,10 +23,20 @@ export function initInputPanel() {
   initMaskPanel();
 }
 
+const SIDES = ['left', 'right', 'top', 'bottom'];
+
 // What the request needs: { init_image, strength } (with a painted mask
-// also mask_image, mask_blur, keep_unmasked), or null.
+// also mask_image, mask_blur, keep_unmasked), or null. Extending the
+// canvas sends `outpaint` instead of the mask and leaves the strength and
+// size to the server (1, and the extended canvas).
 export function currentInput() {
   if (!current) return null;
+  const sides = {};
+  for (const side of SIDES) sides[side] = Math.max(0, Math.round(Number(el(`outpaint-${side}`).value) || 0));
+  if (SIDES.some((side) => sides[side] > 0)) {
+    return { init_image: current.ref, outpaint: sides,
+      mask_blur: Math.min(64, Math.max(0, Number(el('mask-blur').value) || 0)) };
+  }
   const input = { init_image: current.ref, strength: Number(el('strength').value) };
   const mask = maskDataUrl();
   if (mask) {
@@ -56,6 +66,7 @@ function show(ref, url) {
   setImage(img, url);
   el('init-stage').hidden = false;
   el('mask-tools').hidden = false;
+  el('outpaint-tools').hidden = false;
   el('init-clear').hidden = false;
   el('strength').disabled = false;
   el('init-panel').classList.add('active');
@@ -66,6 +77,8 @@ function clear() {
   el('init-file').value = '';
   el('init-stage').hidden = true;
   el('mask-tools').hidden = true;
+  el('outpaint-tools').hidden = true;
+  for (const side of SIDES) el(`outpaint-${side}`).value = '0';
   el('init-preview').removeAttribute('src');
   el('init-clear').hidden = true;
   el('strength').disabled = true;
