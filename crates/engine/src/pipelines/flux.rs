@@ -17,7 +17,7 @@ use crate::error::EngineLoadError;
 use crate::models::clip::ClipTextEncoder;
 use crate::models::flux::lora::FluxLoraTarget;
 use crate::models::flux::weights::FluxWeights;
-use crate::models::flux::{FluxConfig, FluxTransformer};
+use crate::models::flux::{lora_target_of_shapes, FluxConfig, FluxTransformer};
 use crate::models::t5::T5Encoder;
 use crate::models::tokenizer::PromptTokenizer;
 use crate::models::vae::VaeDecoder;
@@ -391,7 +391,7 @@ pub fn transformer_lora_shapes(folder: &Path) -> Result<FluxLoraTarget, EngineLo
         |folder| stand_ins(&component_shapes(folder)?),
         &Device::Cpu,
     )?;
-    Ok(FluxLoraTarget::of_shapes(&weights, &config))
+    Ok(lora_target_of_shapes(&weights, &config))
 }
 
 fn transformer_from(

@@ -10,8 +10,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::EngineLoadError;
+use crate::weights::files::safetensors_in;
 use crate::weights::safetensors::read_header;
-use crate::weights::{safetensors_in, single_file};
+use crate::weights::single_file;
 
 /// Weight names and their shapes.
 pub type Shapes = HashMap<String, Vec<usize>>;

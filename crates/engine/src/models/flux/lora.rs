@@ -93,37 +93,6 @@ impl FluxLoraTarget {
         }
     }
 
-    /// Over the linears of `weights` by their shapes alone (every 2-D
-    /// `….weight` of the BFL layout is a linear): where LoRAs would go,
-    /// for checking them before the model is loaded. Nothing can be
-    /// merged into it.
-    pub fn of_shapes(weights: &super::weights::FluxWeights, config: &super::FluxConfig) -> Self {
-        let slots = weights
-            .names()
-            .filter(|name| name.ends_with(".weight"))
-            .filter_map(|name| {
-                let dims = weights.get(name)?.dims();
-                (dims.len() == 2).then(|| {
-                    (
-                        name.clone(),
-                        LoraSlot {
-                            dims,
-                            dense: Vec::new(),
-                            adapter: None,
-                        },
-                    )
-                })
-            })
-            .collect();
-        Self::new(
-            slots,
-            config.hidden(),
-            config.num_layers,
-            config.num_single_layers,
-            config.guidance_embeds,
-        )
-    }
-
     /// Whether the weight `name` runs quantized.
     pub fn is_quantized(&self, name: &str) -> bool {
         self.slots.get(name).is_some_and(|s| s.adapter.is_some())

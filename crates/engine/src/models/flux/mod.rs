@@ -101,6 +101,36 @@ impl FluxConfig {
     }
 }
 
+/// The linears of `weights` as LoRAs reach them, by their shapes alone
+/// (every 2-D `….weight` of the BFL layout is a linear): for checking
+/// LoRAs before the model is loaded. Nothing can be merged into it.
+pub fn lora_target_of_shapes(weights: &FluxWeights, config: &FluxConfig) -> lora::FluxLoraTarget {
+    let slots = weights
+        .names()
+        .filter(|name| name.ends_with(".weight"))
+        .filter_map(|name| {
+            let dims = weights.get(name)?.dims();
+            (dims.len() == 2).then(|| {
+                (
+                    name.clone(),
+                    lora::LoraSlot {
+                        dims,
+                        dense: Vec::new(),
+                        adapter: None,
+                    },
+                )
+            })
+        })
+        .collect();
+    lora::FluxLoraTarget::new(
+        slots,
+        config.hidden(),
+        config.num_layers,
+        config.num_single_layers,
+        config.guidance_embeds,
+    )
+}
+
 struct Mlp {
     in_layer: QLinear,
     out_layer: QLinear,

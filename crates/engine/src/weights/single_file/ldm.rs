@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::LayoutWeight;
+use super::layout_weight::LayoutWeight;
 use crate::error::EngineLoadError;
 
 /// Sub-layer names inside an LDM ResNet block, and diffusers' for them.

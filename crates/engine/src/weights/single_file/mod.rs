@@ -16,6 +16,7 @@
 
 pub mod assemble;
 pub mod detect;
+mod layout_weight;
 pub(crate) mod ldm;
 mod sd3;
 pub use sd3::{stability_linears, StabilityPlace};
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineLoadError;
 use crate::weights::files::{read_config, read_file};
 use crate::weights::safetensors::read_header;
-use crate::weights::shapes::Shapes;
+use layout_weight::{LayoutWeight, Shape};
 
 /// The name of the pointer file in a component folder.
 pub const POINTER_FILE: &str = "single-file.json";
@@ -132,7 +133,10 @@ pub fn read_component(
 
 /// The names and shapes [`read_component`] gives, from the file's header
 /// alone.
-pub fn component_shapes(folder: &Path, part: &ComponentFile) -> Result<Shapes, EngineLoadError> {
+pub fn component_shapes(
+    folder: &Path,
+    part: &ComponentFile,
+) -> Result<HashMap<String, Vec<usize>>, EngineLoadError> {
     let rename = renamer(folder, part)?;
     let prefix = part.prefix.as_str();
     let header = read_header(&part.file).map_err(|source| EngineLoadError::Io {
@@ -177,114 +181,6 @@ fn finish<W: LayoutWeight>(
     }
     apply_fp8_scales(&mut tensors)?;
     Ok(tensors)
-}
-
-/// A weight as the layout fixes handle it: the tensor when loading, or
-/// only its shape when a check needs names and shapes without the data
-/// (a LoRA checked at submit), so the same fixes give the same names.
-pub(crate) trait LayoutWeight: Sized {
-    fn dims(&self) -> &[usize];
-    /// Rows `start .. start + len`.
-    fn rows(&self, start: usize, len: usize) -> Result<Self, EngineLoadError>;
-    /// The second half of the rows, then the first.
-    fn swapped_halves(&self) -> Result<Self, EngineLoadError>;
-    /// A matrix transposed.
-    fn transposed(&self) -> Result<Self, EngineLoadError>;
-    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError>;
-    /// The `width × width` identity, of the float type `like` has.
-    fn identity(
-        width: usize,
-        like: Option<&Self>,
-        device: &Device,
-    ) -> Result<Self, EngineLoadError>;
-    fn is_float(&self) -> bool;
-    /// This weight times `scale` (broadcast).
-    fn scaled(&self, scale: &Self) -> Result<Self, EngineLoadError>;
-}
-
-impl LayoutWeight for Tensor {
-    fn dims(&self) -> &[usize] {
-        Tensor::dims(self)
-    }
-
-    fn rows(&self, start: usize, len: usize) -> Result<Self, EngineLoadError> {
-        Ok(self.narrow(0, start, len)?.contiguous()?)
-    }
-
-    fn swapped_halves(&self) -> Result<Self, EngineLoadError> {
-        let half = self.dim(0)? / 2;
-        Ok(Tensor::cat(
-            &[self.narrow(0, half, half)?, self.narrow(0, 0, half)?],
-            0,
-        )?)
-    }
-
-    fn transposed(&self) -> Result<Self, EngineLoadError> {
-        Ok(self.t()?.contiguous()?)
-    }
-
-    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError> {
-        Ok(self.reshape(dims)?)
-    }
-
-    fn identity(
-        width: usize,
-        like: Option<&Self>,
-        device: &Device,
-    ) -> Result<Self, EngineLoadError> {
-        let dtype = like.map(|t| t.dtype()).unwrap_or(DType::F32);
-        Ok(Tensor::eye(width, dtype, device)?)
-    }
-
-    fn is_float(&self) -> bool {
-        self.dtype().is_float()
-    }
-
-    fn scaled(&self, scale: &Self) -> Result<Self, EngineLoadError> {
-        Ok(self.broadcast_mul(&scale.to_dtype(self.dtype())?)?)
-    }
-}
-
-/// A weight's shape, standing in for it (`component_shapes`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Shape(pub Vec<usize>);
-
-impl LayoutWeight for Shape {
-    fn dims(&self) -> &[usize] {
-        &self.0
-    }
-
-    fn rows(&self, _start: usize, len: usize) -> Result<Self, EngineLoadError> {
-        let mut dims = self.0.clone();
-        if let Some(rows) = dims.first_mut() {
-            *rows = len;
-        }
-        Ok(Self(dims))
-    }
-
-    fn swapped_halves(&self) -> Result<Self, EngineLoadError> {
-        Ok(self.clone())
-    }
-
-    fn transposed(&self) -> Result<Self, EngineLoadError> {
-        Ok(Self(self.0.iter().rev().copied().collect()))
-    }
-
-    fn reshaped(&self, dims: &[usize]) -> Result<Self, EngineLoadError> {
-        Ok(Self(dims.to_vec()))
-    }
-
-    fn identity(width: usize, _: Option<&Self>, _: &Device) -> Result<Self, EngineLoadError> {
-        Ok(Self(vec![width, width]))
-    }
-
-    fn is_float(&self) -> bool {
-        true
-    }
-
-    fn scaled(&self, _: &Self) -> Result<Self, EngineLoadError> {
-        Ok(self.clone())
-    }
 }
 
 /// ComfyUI's "scaled" FP8 checkpoints store `w / s` in FP8 and `s` as

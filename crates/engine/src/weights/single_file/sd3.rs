@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::Device;
 
-use super::LayoutWeight;
+use super::layout_weight::LayoutWeight;
 use crate::error::EngineLoadError;
 
 /// Temporary names of the fused projections until `split_fused` splits
