@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::protocol::{self, Era};
 use super::{
-    completion, resources, tool_schemas, tools, CallContext, McpError, McpServer, Outcome,
+    completion, resources, tasks, tool_schemas, tools, CallContext, McpError, McpServer, Outcome,
 };
 
 const INSTRUCTIONS: &str = "CyberImage turns text prompts into images on this machine. \
@@ -45,9 +45,11 @@ pub fn initialize_result(offered: Option<&str>, fixtures: bool) -> Value {
 fn discover_result() -> Value {
     // No resource subscriptions in 2026-07-28: they moved to
     // `subscriptions/listen`, which we do not serve.
+    let mut capabilities = capabilities(false);
+    capabilities["extensions"] = json!({tasks::TASKS_EXTENSION: {}});
     json!({
         "supportedVersions": protocol::all_versions(),
-        "capabilities": capabilities(false),
+        "capabilities": capabilities,
         "instructions": INSTRUCTIONS,
         "_meta": {protocol::SERVER_INFO_KEY: server_info()},
     })
@@ -101,6 +103,11 @@ impl McpServer {
             // Tracked nowhere: only the conformance fixtures declare them.
             "resources/subscribe" | "resources/unsubscribe" if fixtures => json!({}),
             "completion/complete" => completion::complete(self, params).await?,
+            // The tasks extension is 2026-07-28's (2025-11-25's experimental
+            // tasks are another API, not served).
+            "tasks/get" if ctx.era.is_modern() => tasks::get(self, ctx, params).await?,
+            "tasks/cancel" if ctx.era.is_modern() => tasks::cancel(self, ctx, params).await?,
+            "tasks/update" if ctx.era.is_modern() => tasks::update(self, ctx, params).await?,
             other => return Err(McpError::method_not_found(other).into()),
         };
         Ok(protocol::finish_result(&ctx.era, method, result))

@@ -127,6 +127,7 @@ fn check_routing_headers(
     let name_key = match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" => Some("uri"),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
     if let Some(body_name) = name_key.and_then(|k| params.get(k)).and_then(Value::as_str) {

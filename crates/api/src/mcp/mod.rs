@@ -12,12 +12,14 @@
 mod admin_tools;
 mod completion;
 mod conformance;
+mod conformance_tasks;
 mod dispatch;
 pub(crate) mod http;
 pub(crate) mod protocol;
 mod resources;
 mod sessions;
 pub mod stdio;
+mod tasks;
 mod tool_schemas;
 mod tools;
 mod upscale_tool;
@@ -118,10 +120,14 @@ pub struct CallContext {
     pub base_url: Option<String>,
     /// What the caller's API key may do (all of it on stdio or without keys).
     pub scopes: crate::auth::Scopes,
+    /// The client takes tasks (2026-07-28's tasks extension, declared in
+    /// this request's client capabilities): long tools answer with one.
+    pub tasks: bool,
 }
 
 impl CallContext {
     pub fn new(era: Era, params: &Value) -> Self {
+        let tasks = era.is_modern() && tasks::declared(params);
         Self {
             era,
             progress_token: params
@@ -133,6 +139,7 @@ impl CallContext {
             cancel: CancellationToken::new(),
             base_url: None,
             scopes: crate::auth::Scopes::ALL,
+            tasks,
         }
     }
 
@@ -158,6 +165,8 @@ pub struct McpServer {
     pub(crate) options: McpOptions,
     pub(crate) sessions: sessions::Sessions,
     pub(crate) enricher: Arc<Enricher>,
+    /// The conformance fixtures' tasks (`--conformance-fixtures` only).
+    pub(crate) fixture_tasks: conformance_tasks::FixtureTasks,
 }
 
 impl McpServer {
@@ -171,6 +180,7 @@ impl McpServer {
             options,
             sessions: sessions::Sessions::default(),
             enricher,
+            fixture_tasks: Default::default(),
         })
     }
 

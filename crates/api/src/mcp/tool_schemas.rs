@@ -281,12 +281,19 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
     .into_iter()
     // Queue administration (the admin scope when keys are set).
     .chain(super::admin_tools::definitions())
-    .chain(
-        server
-            .options
-            .conformance_fixtures
-            .then(super::conformance::tool_definitions)
-            .unwrap_or_default(),
-    )
+    .chain(if server.options.conformance_fixtures {
+        let mut fixtures = super::conformance::tool_definitions();
+        fixtures.extend(super::conformance_tasks::tool_definitions());
+        fixtures
+    } else {
+        Vec::new()
+    })
+    .map(|mut tool| {
+        // A client that takes tasks gets one from the long tools.
+        if super::tasks::TASK_TOOLS.contains(&tool["name"].as_str().unwrap_or_default()) {
+            tool["execution"] = json!({"taskSupport": "optional"});
+        }
+        tool
+    })
     .collect()
 }

@@ -37,6 +37,9 @@ pub(super) struct ToolResult {
     pub(super) content: Vec<Value>,
     pub(super) structured: Value,
     pub(super) is_error: bool,
+    /// Set when the call answers with a task instead (`tasks.rs`): the
+    /// `CreateTaskResult` the client gets.
+    pub(super) task: Option<Box<Value>>,
 }
 
 impl ToolResult {
@@ -46,6 +49,7 @@ impl ToolResult {
             content: vec![json!({"type": "text", "text": message})],
             structured: json!({"error": message}),
             is_error: true,
+            task: None,
         }
     }
 
@@ -54,10 +58,14 @@ impl ToolResult {
             content: vec![json!({"type": "text", "text": text})],
             structured,
             is_error: false,
+            task: None,
         }
     }
 
     fn into_value(self, ctx: &CallContext) -> Value {
+        if let Some(task) = self.task {
+            return *task;
+        }
         let mut content = self.content;
         let structured = ctx.era.supports_structured_content();
         if structured && !self.is_error {
@@ -92,6 +100,11 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
     if server.options.conformance_fixtures {
         if let Some(v) = super::conformance::call_tool(ctx, name).await {
             return Ok(v);
+        }
+        if let Some(answer) =
+            super::conformance_tasks::call_tool(&server.fixture_tasks, ctx, name, &args).await
+        {
+            return answer;
         }
     }
     let result = match name {
@@ -291,6 +304,7 @@ async fn generate(
                 job.id, job.spec.num_images, job.spec.model)})],
             structured: job_view(&job, ctx),
             is_error: false,
+            task: None,
         });
     }
     wait_for(server, ctx, job, inline_preview).await
@@ -298,13 +312,22 @@ async fn generate(
 
 /// Waits for a submitted job with progress notifications (steps, or an
 /// upscale's tiles) and answers with its images; a client that gives up
-/// on the call cancels the job.
+/// on the call cancels the job. A client that takes tasks gets the job's
+/// task at once instead (`tasks.rs`), and the images from `tasks/get`.
 pub(super) async fn wait_for(
     server: &McpServer,
     ctx: &CallContext,
     job: Job,
     inline_preview: bool,
 ) -> Result<ToolResult, Outcome> {
+    if ctx.tasks {
+        return Ok(ToolResult {
+            content: Vec::new(),
+            structured: Value::Null,
+            is_error: false,
+            task: Some(Box::new(super::tasks::created_for(&job))),
+        });
+    }
     let total = f64::from(job.progress.total_steps);
     let mut reported: Option<u32> = None;
     let report = |p: &Progress| {
@@ -335,6 +358,12 @@ pub(super) async fn wait_for(
         Ok(job) => finished_job(server, ctx, &job, inline_preview).await,
         Err(e) => e.into(),
     })
+}
+
+/// A finished job's tool result (the one `generate_image` answers), for a
+/// task's `tasks/get`.
+pub(super) async fn finished_result(server: &McpServer, ctx: &CallContext, job: &Job) -> Value {
+    finished_job(server, ctx, job, true).await.into_value(ctx)
 }
 
 async fn finished_job(
@@ -391,6 +420,7 @@ async fn finished_job(
         content,
         structured: job_view(job, ctx),
         is_error: false,
+        task: None,
     }
 }
 
@@ -428,6 +458,7 @@ async fn get_generation(server: &McpServer, ctx: &CallContext, args: &Value) -> 
         content,
         structured: job_view(&job, ctx),
         is_error: false,
+        task: None,
     }
 }
 
@@ -441,6 +472,7 @@ async fn cancel_generation(server: &McpServer, ctx: &CallContext, args: &Value) 
             content: vec![json!({"type": "text", "text": format!("Job {} is cancelled.", job.id)})],
             structured: job_view(&job, ctx),
             is_error: false,
+            task: None,
         },
         Err(e) => e.into(),
     }
@@ -469,6 +501,7 @@ async fn enhance_prompt(server: &McpServer, args: &Value) -> ToolResult {
             structured: json!({"prompt": out.prompt, "original": out.original,
                                "style": out.style, "enriched_by": out.model}),
             is_error: false,
+            task: None,
         },
         Err(e) => ToolResult::error(e.message),
     }
@@ -516,6 +549,7 @@ async fn list_models(server: &McpServer, args: &Value) -> ToolResult {
             "Models (default {default}):\n{}", lines.join("\n"))})],
         structured: json!({"default": default, "models": models}),
         is_error: false,
+        task: None,
     }
 }
 
@@ -583,5 +617,6 @@ async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> 
             "per_page": query.per_page,
         }),
         is_error: false,
+        task: None,
     }
 }
