@@ -9,6 +9,8 @@
 //! client reads it); a failed generation is `completed` with `isError`;
 //! `tasks/cancel` cancels the job; without the extension the call waits
 //! as before and the task methods are -32021; an unknown task is -32602.
+//! Input-required results: `generate_image` without a prompt asks a
+//! client that declared elicitation for one, and runs with the answer.
 
 mod support;
 
@@ -19,12 +21,16 @@ use support::*;
 
 const TASKS: &str = "io.modelcontextprotocol/tasks";
 
-async fn call(s: &Server, method: &str, name: &str, mut params: Value, tasks: bool) -> Value {
+async fn call(s: &Server, method: &str, name: &str, params: Value, tasks: bool) -> Value {
     let caps = if tasks {
         json!({"extensions": {TASKS: {}}})
     } else {
         json!({})
     };
+    call_with(s, method, name, params, caps).await
+}
+
+async fn call_with(s: &Server, method: &str, name: &str, mut params: Value, caps: Value) -> Value {
     params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                              "io.modelcontextprotocol/clientCapabilities": caps});
     let mut req = s
@@ -207,4 +213,53 @@ async fn a_failed_generation_completes_its_task_with_is_error() {
         .as_str()
         .unwrap()
         .contains("scripted engine failure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_without_a_prompt_asks_a_client_that_can_be_asked() {
+    let s = start(10, Some(Duration::from_millis(1))).await;
+    let no_prompt = json!({"name": "generate_image", "arguments": {"model": "tiny", "steps": 2}});
+    let elicit = json!({"elicitation": {}});
+    let asked = call_with(
+        &s,
+        "tools/call",
+        "generate_image",
+        no_prompt.clone(),
+        elicit.clone(),
+    )
+    .await;
+    let result = &asked["result"];
+    assert_eq!(result["resultType"], "input_required", "{asked}");
+    let request = &result["inputRequests"]["prompt"];
+    assert_eq!(request["method"], "elicitation/create");
+    assert_eq!(
+        request["params"]["requestedSchema"]["required"],
+        json!(["prompt"])
+    );
+    let queue: Value = s.get("/api/queue").await.json().await.unwrap();
+    assert_eq!(queue["total"], 0, "nothing queued while asking: {queue}");
+
+    // The answer: the same call with it in inputResponses.
+    let mut answered = no_prompt.clone();
+    answered["inputResponses"] = json!({"prompt": {"action": "accept",
+                                                   "content": {"prompt": "a fox, as asked"}}});
+    let done = call_with(&s, "tools/call", "generate_image", answered, elicit.clone()).await;
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    assert_eq!(
+        done["result"]["structuredContent"]["prompt"], "a fox, as asked",
+        "{done}"
+    );
+
+    // Declined: asked again. A client that cannot be asked gets the
+    // tool's error, as before.
+    let mut declined = no_prompt.clone();
+    declined["inputResponses"] = json!({"prompt": {"action": "decline"}});
+    let again = call_with(&s, "tools/call", "generate_image", declined, elicit).await;
+    assert_eq!(again["result"]["resultType"], "input_required", "{again}");
+    let plain = call_with(&s, "tools/call", "generate_image", no_prompt, json!({})).await;
+    assert_eq!(plain["result"]["isError"], true, "{plain}");
+    assert!(plain["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("prompt"));
 }

@@ -124,6 +124,11 @@ impl FixtureTasks {
         }
     }
 
+    /// A task whose result is `result` (it completes at once).
+    pub fn start_done(&self, result: Value) -> Value {
+        self.start(async move { Ok(result) })
+    }
+
     /// Starts `work` as a task: the `CreateTaskResult` at once, the outcome
     /// (`Ok` a tool result, `Err` a protocol error) when it ends, or
     /// `cancelled` when cancelled first.

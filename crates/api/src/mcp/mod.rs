@@ -12,9 +12,11 @@
 mod admin_tools;
 mod completion;
 mod conformance;
+mod conformance_input;
 mod conformance_tasks;
 mod dispatch;
 pub(crate) mod http;
+mod input_required;
 pub(crate) mod protocol;
 mod resources;
 mod sessions;
@@ -123,11 +125,22 @@ pub struct CallContext {
     /// The client takes tasks (2026-07-28's tasks extension, declared in
     /// this request's client capabilities): long tools answer with one.
     pub tasks: bool,
+    /// The client capabilities this (2026-07-28) request declares; null
+    /// in the handshake era.
+    pub client_capabilities: Value,
 }
 
 impl CallContext {
     pub fn new(era: Era, params: &Value) -> Self {
         let tasks = era.is_modern() && tasks::declared(params);
+        let client_capabilities = match era.is_modern() {
+            true => params
+                .get("_meta")
+                .and_then(|m| m.get(protocol::CLIENT_CAPABILITIES_KEY))
+                .cloned()
+                .unwrap_or(Value::Null),
+            false => Value::Null,
+        };
         Self {
             era,
             progress_token: params
@@ -140,6 +153,7 @@ impl CallContext {
             base_url: None,
             scopes: crate::auth::Scopes::ALL,
             tasks,
+            client_capabilities,
         }
     }
 

@@ -142,6 +142,7 @@ pub fn prompts(server: &McpServer) -> Value {
     if server.options.conformance_fixtures {
         let list = v["prompts"].as_array_mut().expect("a list");
         list.extend(conformance::prompts());
+        list.extend(super::conformance_input::prompts());
     }
     v
 }
@@ -150,6 +151,9 @@ pub fn get_prompt(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
     if server.options.conformance_fixtures {
         let name = params.get("name").and_then(Value::as_str).unwrap_or("");
         if let Some(found) = conformance::get_prompt(name, params.get("arguments")) {
+            return found;
+        }
+        if let Some(found) = super::conformance_input::get_prompt(name, params) {
             return found;
         }
     }

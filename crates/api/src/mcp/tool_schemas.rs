@@ -284,6 +284,7 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
     .chain(if server.options.conformance_fixtures {
         let mut fixtures = super::conformance::tool_definitions();
         fixtures.extend(super::conformance_tasks::tool_definitions());
+        fixtures.extend(super::conformance_input::tool_definitions());
         fixtures
     } else {
         Vec::new()

@@ -6,10 +6,10 @@
 use base64::Engine as _;
 use cyberimage_core::{ImageId, ImageRecord, Job, JobId, JobStatus, Progress, Stage};
 use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::tool_schemas::GALLERY_MAX_PER_PAGE;
-use super::{CallContext, McpError, McpServer, Outcome};
+use super::{input_required, CallContext, McpError, McpServer, Outcome};
 use crate::error_table::ApiError;
 use crate::params;
 
@@ -37,9 +37,9 @@ pub(super) struct ToolResult {
     pub(super) content: Vec<Value>,
     pub(super) structured: Value,
     pub(super) is_error: bool,
-    /// Set when the call answers with a task instead (`tasks.rs`): the
-    /// `CreateTaskResult` the client gets.
-    pub(super) task: Option<Box<Value>>,
+    /// Set when the call answers with something else than a tool result:
+    /// a task (`tasks.rs`) or input requests (`input_required.rs`).
+    pub(super) answer: Option<Box<Value>>,
 }
 
 impl ToolResult {
@@ -49,7 +49,7 @@ impl ToolResult {
             content: vec![json!({"type": "text", "text": message})],
             structured: json!({"error": message}),
             is_error: true,
-            task: None,
+            answer: None,
         }
     }
 
@@ -58,13 +58,13 @@ impl ToolResult {
             content: vec![json!({"type": "text", "text": text})],
             structured,
             is_error: false,
-            task: None,
+            answer: None,
         }
     }
 
     fn into_value(self, ctx: &CallContext) -> Value {
-        if let Some(task) = self.task {
-            return *task;
+        if let Some(answer) = self.answer {
+            return *answer;
         }
         let mut content = self.content;
         let structured = ctx.era.supports_structured_content();
@@ -106,6 +106,15 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         {
             return answer;
         }
+        if let Some(answer) = super::conformance_input::call_tool(server, ctx, name, params) {
+            return answer;
+        }
+    }
+    let mut args = args;
+    if matches!(name, "generate_image" | "edit_image") {
+        if let Some(ask) = ask_for_prompt(ctx, params, &mut args)? {
+            return Ok(ask);
+        }
     }
     let result = match name {
         "generate_image" => generate(server, ctx, &args, true).await?,
@@ -125,6 +134,42 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         },
     };
     Ok(result.into_value(ctx))
+}
+
+/// A generation without a prompt, from a client that can be asked
+/// (2026-07-28, elicitation declared): asks for it (an input-required
+/// result), or takes the answer of the round before into `args`.
+fn ask_for_prompt(
+    ctx: &CallContext,
+    params: &Value,
+    args: &mut Value,
+) -> Result<Option<Value>, Outcome> {
+    let has_prompt = args
+        .get("prompt")
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.trim().is_empty());
+    if has_prompt || !input_required::client_can(ctx, "elicitation") {
+        return Ok(None);
+    }
+    let answered = input_required::responses(params)?
+        .and_then(|r| r.get("prompt"))
+        .and_then(input_required::accepted)
+        .and_then(|c| c.get("prompt"))
+        .and_then(Value::as_str)
+        .filter(|p| !p.trim().is_empty());
+    match answered {
+        Some(prompt) => {
+            args["prompt"] = json!(prompt);
+            Ok(None)
+        }
+        None => Ok(Some(input_required::result(
+            Map::from_iter([(
+                "prompt".to_string(),
+                input_required::ask_text("What should the image show? (the prompt)", "prompt"),
+            )]),
+            None,
+        ))),
+    }
 }
 
 pub(super) fn check_known(args: &Value, known: &[&str]) -> Result<(), ToolResult> {
@@ -304,7 +349,7 @@ async fn generate(
                 job.id, job.spec.num_images, job.spec.model)})],
             structured: job_view(&job, ctx),
             is_error: false,
-            task: None,
+            answer: None,
         });
     }
     wait_for(server, ctx, job, inline_preview).await
@@ -325,7 +370,7 @@ pub(super) async fn wait_for(
             content: Vec::new(),
             structured: Value::Null,
             is_error: false,
-            task: Some(Box::new(super::tasks::created_for(&job))),
+            answer: Some(Box::new(super::tasks::created_for(&job))),
         });
     }
     let total = f64::from(job.progress.total_steps);
@@ -420,7 +465,7 @@ async fn finished_job(
         content,
         structured: job_view(job, ctx),
         is_error: false,
-        task: None,
+        answer: None,
     }
 }
 
@@ -458,7 +503,7 @@ async fn get_generation(server: &McpServer, ctx: &CallContext, args: &Value) -> 
         content,
         structured: job_view(&job, ctx),
         is_error: false,
-        task: None,
+        answer: None,
     }
 }
 
@@ -472,7 +517,7 @@ async fn cancel_generation(server: &McpServer, ctx: &CallContext, args: &Value) 
             content: vec![json!({"type": "text", "text": format!("Job {} is cancelled.", job.id)})],
             structured: job_view(&job, ctx),
             is_error: false,
-            task: None,
+            answer: None,
         },
         Err(e) => e.into(),
     }
@@ -501,7 +546,7 @@ async fn enhance_prompt(server: &McpServer, args: &Value) -> ToolResult {
             structured: json!({"prompt": out.prompt, "original": out.original,
                                "style": out.style, "enriched_by": out.model}),
             is_error: false,
-            task: None,
+            answer: None,
         },
         Err(e) => ToolResult::error(e.message),
     }
@@ -549,7 +594,7 @@ async fn list_models(server: &McpServer, args: &Value) -> ToolResult {
             "Models (default {default}):\n{}", lines.join("\n"))})],
         structured: json!({"default": default, "models": models}),
         is_error: false,
-        task: None,
+        answer: None,
     }
 }
 
@@ -617,6 +662,6 @@ async fn search_gallery(server: &McpServer, ctx: &CallContext, args: &Value) -> 
             "per_page": query.per_page,
         }),
         is_error: false,
-        task: None,
+        answer: None,
     }
 }
