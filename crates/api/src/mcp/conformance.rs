@@ -76,7 +76,36 @@ pub fn tool_definitions() -> Vec<Value> {
             "test_tool_with_logging",
             "Conformance fixture: three log messages.",
         ),
+        json!({"name": "test_custom_header",
+               "description": "Conformance fixture: its region travels in the Mcp-Param-Region header too.",
+               "inputSchema": {"type": "object", "required": ["region"],
+                               "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}}),
+        json!({"name": "json_schema_2020_12_tool",
+               "description": "Tool with JSON Schema 2020-12 features",
+               "inputSchema": json_schema_2020_12()}),
     ]
+}
+
+/// The suite's JSON Schema 2020-12 input schema, kept keyword for keyword.
+fn json_schema_2020_12() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+                              "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+        "properties": {
+            "name": {"type": "string"},
+            "address": {"$ref": "#/$defs/address"},
+            "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+            "phone": {"type": "string"},
+            "email": {"type": "string"}
+        },
+        "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+        "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+        "then": {"required": ["phone"]},
+        "else": {"required": ["email"]},
+        "additionalProperties": false
+    })
 }
 
 fn text(t: &str) -> Value {
@@ -101,6 +130,7 @@ pub async fn call_tool(ctx: &CallContext, name: &str) -> Option<Value> {
             json!({"type": "resource", "resource": {"uri": "test://mixed-content-resource",
                    "mimeType": "application/json", "text": "{\"test\":\"data\",\"value\":123}"}}),
         ],
+        "test_custom_header" => vec![text("The region header matched the argument.")],
         "test_error_handling" => {
             return Some(json!({"isError": true, "content": [
                 text("This tool intentionally returns an error for testing")]}))

@@ -81,10 +81,21 @@ pub fn tool_definitions() -> Vec<Value> {
                "description": "Conformance fixture: asks the client first (input required).",
                "inputSchema": {"type": "object", "properties": {}}})
     })
-    .chain(std::iter::once(json!({"name": "test_tool_with_task",
-        "description": "Conformance fixture: asks a name, then answers as a task.",
-        "inputSchema": {"type": "object", "properties": {}},
-        "execution": {"taskSupport": "required"}})))
+    .chain([
+        json!({"name": "test_tool_with_task",
+               "description": "Conformance fixture: asks a name, then answers as a task.",
+               "inputSchema": {"type": "object", "properties": {}},
+               "execution": {"taskSupport": "required"}}),
+        json!({"name": "test_missing_capability",
+               "description": "Conformance fixture: needs the client's sampling capability.",
+               "inputSchema": {"type": "object", "properties": {}}}),
+        json!({"name": "test_streaming_elicitation",
+               "description": "Conformance fixture: asks by an input-required result, never by a request of its own.",
+               "inputSchema": {"type": "object", "properties": {}}}),
+        json!({"name": "test_logging_tool",
+               "description": "Conformance fixture: logs only when the request sets a log level.",
+               "inputSchema": {"type": "object", "properties": {}}}),
+    ])
     .collect()
 }
 
@@ -108,7 +119,13 @@ fn answer(
     name: &str,
     params: &Value,
 ) -> Result<Option<Value>, McpError> {
-    if !name.starts_with("test_input_required_result_") && name != "test_tool_with_task" {
+    const OTHERS: [&str; 4] = [
+        "test_tool_with_task",
+        "test_missing_capability",
+        "test_streaming_elicitation",
+        "test_logging_tool",
+    ];
+    if !name.starts_with("test_input_required_result_") && !OTHERS.contains(&name) {
         return Ok(None);
     }
     let answers = responses(params)?;
@@ -210,6 +227,20 @@ fn answer(
                 result(requests(wanted), None)
             }
         }
+        "test_missing_capability" if !client_can(ctx, "sampling") => {
+            return Err(McpError {
+                code: super::tasks::MISSING_CLIENT_CAPABILITY,
+                message: "test_missing_capability needs the client's sampling capability".into(),
+                data: Some(Box::new(json!({"requiredCapabilities": {"sampling": {}}}))),
+            })
+        }
+        "test_missing_capability" => text("The client can sample"),
+        "test_streaming_elicitation" => match field(answers, "user_name", "name") {
+            Some(who) => text(&format!("Hello, {who}!")),
+            None => result(requests(vec![("user_name", ask_name())]), None),
+        },
+        // We log nothing unless asked: no level set, no messages.
+        "test_logging_tool" => text("Logged nothing (no log level was set)"),
         "test_tool_with_task" => match field(answers, "user_name", "name") {
             Some(who) if ctx.tasks => {
                 let greeting = text(&format!("Hello, {who}! (from a task)"));

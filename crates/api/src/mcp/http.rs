@@ -71,7 +71,8 @@ fn status_for(code: i64, modern: bool) -> StatusCode {
         | rpc::INVALID_REQUEST
         | rpc::INVALID_PARAMS
         | protocol::HEADER_MISMATCH
-        | protocol::UNSUPPORTED_PROTOCOL_VERSION => StatusCode::BAD_REQUEST,
+        | protocol::UNSUPPORTED_PROTOCOL_VERSION
+        | super::tasks::MISSING_CLIENT_CAPABILITY => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     }
 }
@@ -134,6 +135,42 @@ fn check_routing_headers(
         let header_name = header_str(headers, NAME_HEADER).and_then(decode_header_value);
         if header_name.as_deref() != Some(body_name) {
             return Err(mismatch("Mcp-Name"));
+        }
+    }
+    Ok(())
+}
+
+/// SEP-2243's custom headers: a tool argument whose schema names an
+/// `x-mcp-header` travels also as `Mcp-Param-{name}` (plain, or
+/// `=?base64?…?=`), and must equal the body's; a value in the body with no
+/// header, or a header that does not decode, is refused.
+fn check_param_headers(
+    headers: &HeaderMap,
+    mapped: &[(String, String)],
+    params: &Value,
+) -> Result<(), McpError> {
+    for (argument, suffix) in mapped {
+        let body = params
+            .get("arguments")
+            .and_then(|a| a.get(argument))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        let header = header_str(
+            headers,
+            &format!("mcp-param-{}", suffix.to_ascii_lowercase()),
+        );
+        let agrees = match (&body, header) {
+            (None, None) => true,
+            (Some(body), Some(raw)) => decode_header_value(raw.trim()).as_ref() == Some(body),
+            _ => false,
+        };
+        if !agrees {
+            return Err(McpError::new(
+                protocol::HEADER_MISMATCH,
+                format!("the Mcp-Param-{suffix} header does not match the argument {argument:?}"),
+            ));
         }
     }
     Ok(())
@@ -216,6 +253,14 @@ async fn request(
         // only then whether we serve the version.
         let checked = protocol::envelope_shape(&params).and_then(|v| {
             check_routing_headers(headers, &v, &method, &params)?;
+            if method == "tools/call" {
+                let tool = params
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let mapped = super::tool_schemas::header_params(&state.mcp, tool);
+                check_param_headers(headers, &mapped, &params)?;
+            }
             protocol::check_supported(&v)?;
             Ok(v)
         });
@@ -291,10 +336,29 @@ async fn request(
             };
             let _ = tx.send(message);
         });
-        let stream = UnboundedReceiverStream::new(rx).map(move |message| {
-            let _held_until_the_stream_ends = &cancel_on_drop;
-            Ok::<_, Infallible>(Event::default().event("message").data(message.to_string()))
-        });
+        let mut rx = rx;
+        // Stream only when there is something to stream: an answer that
+        // comes before any notification goes back as plain JSON, so an
+        // error gets its HTTP status (a capability the client lacks: 400).
+        let first = match rx.recv().await {
+            Some(message) => message,
+            None => return StatusCode::ACCEPTED.into_response(),
+        };
+        if first.get("method").is_none() {
+            drop(cancel_on_drop.map(|g| g.disarm()));
+            let status = first
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_i64)
+                .map_or(StatusCode::OK, |code| status_for(code, modern));
+            return (status, Json(first)).into_response();
+        }
+        let stream = futures::stream::once(async move { first })
+            .chain(UnboundedReceiverStream::new(rx))
+            .map(move |message| {
+                let _held_until_the_stream_ends = &cancel_on_drop;
+                Ok::<_, Infallible>(Event::default().event("message").data(message.to_string()))
+            });
         return Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();

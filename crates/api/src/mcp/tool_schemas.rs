@@ -298,3 +298,23 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
     })
     .collect()
 }
+
+/// The arguments of `tool` that travel in `Mcp-Param-*` headers too
+/// (SEP-2243's `x-mcp-header`), as (argument, header name).
+pub fn header_params(server: &McpServer, tool: &str) -> Vec<(String, String)> {
+    definitions(server)
+        .into_iter()
+        .find(|t| t["name"] == tool)
+        .and_then(|t| {
+            let properties = t["inputSchema"]["properties"].as_object()?.clone();
+            Some(
+                properties
+                    .into_iter()
+                    .filter_map(|(name, schema)| {
+                        Some((name, schema.get("x-mcp-header")?.as_str()?.to_owned()))
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
