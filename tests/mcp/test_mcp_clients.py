@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx2 as httpx  # the HTTP client the MCP SDK itself depends on
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp.types import PromptReference, ResourceTemplateReference
+from mcp.types import ElicitResult, PromptReference, ResourceTemplateReference
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -288,6 +288,24 @@ async def scenario(label, target, mode, http_base=None):
         check(f"{label}: prompt template", [p.name for p in prompts.prompts] == ["make_image"] and "a cat in the style of ukiyo-e" in got.messages[0].content.text)
 
 
+async def prompt_elicitation_check(label, target, mode):
+    """generate_image without a prompt asks the user for one: by
+    elicitation/create on the call's stream in the handshake era, by an
+    input-required result in 2026-07-28 (the SDK runs that loop)."""
+    asked = []
+
+    async def on_elicit(context, params):
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"prompt": "a fox the user typed"})
+
+    async with Client(target, mode=mode, elicitation_callback=on_elicit) as client:
+        result = await client.call_tool("generate_image", {"model": TINY, "steps": 2, "seed": 4})
+        structured = result.structured_content or {}
+        check(f"{label}: a generation without a prompt asks the user for one, and runs with it",
+              not result.is_error and len(asked) == 1 and "prompt" in asked[0]
+              and structured.get("prompt") == "a fox the user typed", (asked, result.content[:1]))
+
+
 def raw_http_checks(base):
     h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -425,6 +443,12 @@ async def main():
                     traceback.print_exc()
                     check(f"{label}: scenario ran to the end", False)
                 print(f"-- {label} took {time.time() - started:.1f} s")
+            for label, target, mode, _ in runs[:2] + runs[3:5]:
+                try:
+                    await prompt_elicitation_check(label, target, mode)
+                except Exception:
+                    traceback.print_exc()
+                    check(f"{label}: the prompt elicitation check ran to the end", False)
             raw_http_checks(base)
             untrusted_proxy_check(https_base, tls_dir)
             untrusted_chat_check(tls_chat_base, tls_dir)

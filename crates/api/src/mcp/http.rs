@@ -221,7 +221,10 @@ pub async fn handle_post(state: &AppState, headers: &HeaderMap, message: Value) 
     }
     match protocol::classify(message) {
         Err((id, err)) => json_error(StatusCode::BAD_REQUEST, &id, &err),
-        Ok(Incoming::Response) => StatusCode::ACCEPTED.into_response(),
+        Ok(Incoming::Response { id, message }) => {
+            state.mcp.client_requests.answer(&id, message);
+            StatusCode::ACCEPTED.into_response()
+        }
         Ok(Incoming::Notification { method, params }) => {
             if method == "notifications/cancelled" {
                 if let (Some(session), Some(request_id)) =
@@ -277,7 +280,8 @@ async fn request(
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let session = state.mcp.sessions.create(&version);
+        let capabilities = params.get("capabilities").cloned().unwrap_or(Value::Null);
+        let session = state.mcp.sessions.create(&version, capabilities);
         let era = Era::Handshake(version);
         let body = protocol::response(&id, protocol::finish_result(&era, &method, result));
         let mut resp = Json(body).into_response();
@@ -311,6 +315,9 @@ async fn request(
     };
 
     let mut ctx = CallContext::new(era, &params);
+    if let Some(s) = &session {
+        ctx.client_capabilities = state.mcp.sessions.capabilities(s);
+    }
     ctx.base_url = base_url(headers);
     ctx.scopes = state.keys.scopes_for(headers);
     let token = ctx.cancel.clone();

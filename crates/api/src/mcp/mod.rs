@@ -10,8 +10,10 @@
 //! `SpecRequest` and calls the `JobService`; it never touches the engine.
 
 mod admin_tools;
+mod client_requests;
 mod completion;
 mod conformance;
+mod conformance_ask;
 mod conformance_input;
 mod conformance_tasks;
 mod dispatch;
@@ -125,8 +127,8 @@ pub struct CallContext {
     /// The client takes tasks (2026-07-28's tasks extension, declared in
     /// this request's client capabilities): long tools answer with one.
     pub tasks: bool,
-    /// The client capabilities this (2026-07-28) request declares; null
-    /// in the handshake era.
+    /// The client capabilities: this request's (2026-07-28), or those its
+    /// session declared at `initialize` (the handshake era).
     pub client_capabilities: Value,
 }
 
@@ -181,6 +183,8 @@ pub struct McpServer {
     pub(crate) enricher: Arc<Enricher>,
     /// The conformance fixtures' tasks (`--conformance-fixtures` only).
     pub(crate) fixture_tasks: conformance_tasks::FixtureTasks,
+    /// Our requests to clients, waiting for their answers.
+    pub(crate) client_requests: client_requests::ClientRequests,
 }
 
 impl McpServer {
@@ -195,6 +199,7 @@ impl McpServer {
             sessions: sessions::Sessions::default(),
             enricher,
             fixture_tasks: Default::default(),
+            client_requests: Default::default(),
         })
     }
 

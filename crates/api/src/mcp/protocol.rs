@@ -221,8 +221,11 @@ pub enum Incoming {
         method: String,
         params: Value,
     },
-    /// A response to something we asked; we never ask, so it is dropped.
-    Response,
+    /// A response to something we asked the client (`client_requests`).
+    Response {
+        id: Value,
+        message: Value,
+    },
 }
 
 /// Sorts one message, or says why it is not a valid JSON-RPC message (the
@@ -252,7 +255,10 @@ pub fn classify(message: Value) -> Result<Incoming, (Value, McpError)> {
         ));
     }
     if obj.contains_key("result") || obj.contains_key("error") {
-        return Ok(Incoming::Response);
+        return Ok(Incoming::Response {
+            id: answer_to,
+            message: Value::Object(obj),
+        });
     }
     let Some(Value::String(method)) = obj.remove("method") else {
         return Err((
@@ -335,7 +341,7 @@ mod tests {
         ));
         assert!(matches!(
             classify(json!({"jsonrpc": "2.0", "id": 1, "result": {}})),
-            Ok(Incoming::Response)
+            Ok(Incoming::Response { .. })
         ));
         let (id, err) = classify(json!({"jsonrpc": "2.0", "id": 7, "method": 3})).unwrap_err();
         assert_eq!(id, json!(7));

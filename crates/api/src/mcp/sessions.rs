@@ -16,6 +16,8 @@ const MAX_SESSIONS: usize = 1024;
 
 struct Session {
     version: String,
+    /// The client's capabilities from its `initialize`.
+    capabilities: Value,
     in_flight: HashMap<String, CancellationToken>,
     last_used: Instant,
 }
@@ -31,7 +33,7 @@ fn key(request_id: &Value) -> String {
 }
 
 impl Sessions {
-    pub fn create(&self, version: &str) -> String {
+    pub fn create(&self, version: &str, capabilities: Value) -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut map = self.inner.lock().expect("sessions lock");
         if map.len() >= MAX_SESSIONS {
@@ -47,6 +49,7 @@ impl Sessions {
             id.clone(),
             Session {
                 version: version.to_owned(),
+                capabilities,
                 in_flight: HashMap::new(),
                 last_used: Instant::now(),
             },
@@ -60,6 +63,14 @@ impl Sessions {
         let s = map.get_mut(id)?;
         s.last_used = Instant::now();
         Some(s.version.clone())
+    }
+
+    /// The capabilities the session's client declared.
+    pub fn capabilities(&self, id: &str) -> Value {
+        let map = self.inner.lock().expect("sessions lock");
+        map.get(id)
+            .map(|s| s.capabilities.clone())
+            .unwrap_or(Value::Null)
     }
 
     /// Ends a session and cancels what it still has running.
@@ -110,7 +121,7 @@ mod tests {
     #[test]
     fn cancel_reaches_the_tracked_request_only() {
         let sessions = Sessions::default();
-        let s = sessions.create("2025-06-18");
+        let s = sessions.create("2025-06-18", Value::Null);
         assert_eq!(sessions.version(&s).as_deref(), Some("2025-06-18"));
         let (a, b) = (CancellationToken::new(), CancellationToken::new());
         sessions.track(&s, &json!(1), a.clone());
@@ -127,7 +138,7 @@ mod tests {
     #[test]
     fn removing_a_session_cancels_its_requests() {
         let sessions = Sessions::default();
-        let s = sessions.create("2025-03-26");
+        let s = sessions.create("2025-03-26", Value::Null);
         let t = CancellationToken::new();
         sessions.track(&s, &json!(9), t.clone());
         sessions.remove(&s);

@@ -22,6 +22,8 @@ const MAX_LINE: usize = 4 * 1024 * 1024;
 struct State {
     /// The version `initialize` negotiated, for handshake-era requests.
     version: Option<String>,
+    /// The client's capabilities from its `initialize`.
+    capabilities: Value,
     in_flight: HashMap<String, CancellationToken>,
 }
 
@@ -84,7 +86,9 @@ where
             Err((id, err)) => {
                 let _ = tx.send(protocol::error_response(&id, &err));
             }
-            Ok(Incoming::Response) => {}
+            Ok(Incoming::Response { id, message }) => {
+                server.client_requests.answer(&id, message);
+            }
             Ok(Incoming::Notification { method, params }) => {
                 if method == "notifications/cancelled" {
                     if let Some(id) = params.get("requestId") {
@@ -109,6 +113,16 @@ where
                 };
                 let mut ctx = CallContext::new(era, &params);
                 ctx.notify = Some(tx.clone());
+                {
+                    let mut st = state.lock().expect("stdio state");
+                    if method == "initialize" {
+                        st.capabilities =
+                            params.get("capabilities").cloned().unwrap_or(Value::Null);
+                    }
+                    if !ctx.era.is_modern() {
+                        ctx.client_capabilities = st.capabilities.clone();
+                    }
+                }
                 state
                     .lock()
                     .expect("stdio state")

@@ -285,6 +285,7 @@ pub fn definitions(server: &McpServer) -> Vec<Value> {
         let mut fixtures = super::conformance::tool_definitions();
         fixtures.extend(super::conformance_tasks::tool_definitions());
         fixtures.extend(super::conformance_input::tool_definitions());
+        fixtures.extend(super::conformance_ask::tool_definitions());
         fixtures
     } else {
         Vec::new()

@@ -109,10 +109,13 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
         if let Some(answer) = super::conformance_input::call_tool(server, ctx, name, params) {
             return answer;
         }
+        if let Some(answer) = super::conformance_ask::call_tool(server, ctx, name, &args).await {
+            return answer;
+        }
     }
     let mut args = args;
     if matches!(name, "generate_image" | "edit_image") {
-        if let Some(ask) = ask_for_prompt(ctx, params, &mut args)? {
+        if let Some(ask) = ask_for_prompt(server, ctx, params, &mut args).await? {
             return Ok(ask);
         }
     }
@@ -136,10 +139,13 @@ pub async fn call(server: &McpServer, ctx: &CallContext, params: &Value) -> Resu
     Ok(result.into_value(ctx))
 }
 
-/// A generation without a prompt, from a client that can be asked
-/// (2026-07-28, elicitation declared): asks for it (an input-required
-/// result), or takes the answer of the round before into `args`.
-fn ask_for_prompt(
+/// A generation without a prompt, from a client that can be asked (it
+/// declared elicitation): 2026-07-28 gets an input-required result and
+/// comes back with the answer; the handshake era is asked on the call's
+/// stream (`elicitation/create`) and the call goes on with the answer.
+/// `Some` is what to answer instead of running the tool.
+async fn ask_for_prompt(
+    server: &McpServer,
     ctx: &CallContext,
     params: &Value,
     args: &mut Value,
@@ -148,28 +154,41 @@ fn ask_for_prompt(
         .get("prompt")
         .and_then(Value::as_str)
         .is_some_and(|p| !p.trim().is_empty());
-    if has_prompt || !input_required::client_can(ctx, "elicitation") {
+    if has_prompt || ctx.client_capabilities.get("elicitation").is_none() {
         return Ok(None);
     }
-    let answered = input_required::responses(params)?
-        .and_then(|r| r.get("prompt"))
-        .and_then(input_required::accepted)
-        .and_then(|c| c.get("prompt"))
-        .and_then(Value::as_str)
-        .filter(|p| !p.trim().is_empty());
-    match answered {
-        Some(prompt) => {
-            args["prompt"] = json!(prompt);
-            Ok(None)
+    let question = input_required::ask_text("What should the image show? (the prompt)", "prompt");
+    let prompt_of = |answer: &Value| {
+        input_required::accepted(answer)
+            .and_then(|c| c.get("prompt"))
+            .and_then(Value::as_str)
+            .filter(|p| !p.trim().is_empty())
+            .map(str::to_owned)
+    };
+    let answered = if ctx.era.is_modern() {
+        let answered = input_required::responses(params)?
+            .and_then(|r| r.get("prompt"))
+            .and_then(prompt_of);
+        if answered.is_none() {
+            return Ok(Some(input_required::result(
+                Map::from_iter([("prompt".to_string(), question)]),
+                None,
+            )));
         }
-        None => Ok(Some(input_required::result(
-            Map::from_iter([(
-                "prompt".to_string(),
-                input_required::ask_text("What should the image show? (the prompt)", "prompt"),
-            )]),
-            None,
-        ))),
+        answered
+    } else if ctx.notify.is_some() {
+        let answer = server
+            .client_requests
+            .ask(ctx, "elicitation/create", question["params"].clone())
+            .await?;
+        prompt_of(&answer)
+    } else {
+        None
+    };
+    if let Some(prompt) = answered {
+        args["prompt"] = json!(prompt);
     }
+    Ok(None)
 }
 
 pub(super) fn check_known(args: &Value, known: &[&str]) -> Result<(), ToolResult> {
