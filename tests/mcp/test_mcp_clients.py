@@ -332,7 +332,11 @@ def raw_http_checks(base):
     r = httpx.post(f"{base}/mcp", json=tools, headers={**h, "Mcp-Session-Id": session})
     check("http: ended session is 404", r.status_code == 404)
     r = httpx.get(f"{base}/mcp", headers={"Accept": "text/event-stream"})
-    check("http: no GET stream (405)", r.status_code == 405)
+    check("http: the GET stream (subscriptions) needs a session (400)", r.status_code == 400)
+    r = httpx.get(f"{base}/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session})
+    check("http: an ended session has no GET stream (404)", r.status_code == 404)
+    r = httpx.get(f"{base}/mcp", headers={"Accept": "application/json"})
+    check("http: GET without text/event-stream is 405", r.status_code == 405)
 
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     modern = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}

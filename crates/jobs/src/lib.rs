@@ -28,7 +28,7 @@ pub use cyberimage_db::{ClearReport, RetryReport};
 pub use cyberimage_store::loras::LoraInfo;
 pub use engine_thread::{EngineTask, EngineThread};
 pub use error::JobsError;
-pub use events::JobEvent;
+pub use events::{ImageChange, ImageEvent, JobEvent};
 pub use loras::{family_of, LoraFamily};
 pub use metadata::png_text_chunks;
 pub use png_info::{parse_a1111, parse_png_info, png_info_from_bytes, PngInfo};

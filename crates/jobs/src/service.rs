@@ -16,7 +16,7 @@ use cyberimage_db::{
 use cyberimage_store::{ImageStore, StoreError, Variant};
 use tokio::sync::{broadcast, Notify};
 
-use crate::{JobEvent, JobsError};
+use crate::{ImageChange, ImageEvent, JobEvent, JobsError};
 
 #[derive(Clone, Debug)]
 pub struct JobsConfig {
@@ -94,6 +94,7 @@ pub struct JobService {
     pub(crate) catalogue: Arc<Catalogue>,
     pub(crate) config: JobsConfig,
     events: broadcast::Sender<JobEvent>,
+    image_events: broadcast::Sender<ImageEvent>,
     pub(crate) wake: Notify,
     /// Cancel tokens of jobs running in this process.
     pub(crate) running: Mutex<HashMap<JobId, CancelToken>>,
@@ -115,12 +116,14 @@ impl JobService {
         config: JobsConfig,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(1024);
+        let (image_events, _) = broadcast::channel(1024);
         Arc::new(Self {
             db,
             store,
             catalogue,
             config,
             events,
+            image_events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             previews: Mutex::new(HashMap::new()),
@@ -194,6 +197,16 @@ impl JobService {
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.events.subscribe()
+    }
+
+    /// Image changes made in this process, as they happen.
+    pub fn subscribe_images(&self) -> broadcast::Receiver<ImageEvent> {
+        self.image_events.subscribe()
+    }
+
+    pub(crate) fn publish_image(&self, image_id: ImageId, change: ImageChange) {
+        // No listeners is the normal case, not an error.
+        let _ = self.image_events.send(ImageEvent { image_id, change });
     }
 
     pub(crate) fn publish(
@@ -332,6 +345,7 @@ impl JobService {
             if self.db.delete_image(*id).await? {
                 to_delete.push(*id);
                 report.dangling_rows_removed += 1;
+                self.publish_image(*id, ImageChange::Deleted);
             }
         }
         self.delete_files(to_delete).await?;
@@ -560,6 +574,7 @@ impl JobService {
         if !self.db.set_favorite(id, favorite).await? {
             return Err(JobsError::ImageNotFound);
         }
+        self.publish_image(id, ImageChange::Favorite);
         self.image(id).await
     }
 
@@ -569,6 +584,7 @@ impl JobService {
         }
         let store = self.store.clone();
         file_work(move || store.delete(id)).await?;
+        self.publish_image(id, ImageChange::Deleted);
         Ok(())
     }
 

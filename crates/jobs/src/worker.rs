@@ -450,6 +450,9 @@ impl JobService {
                     step: job.spec.total_steps(),
                     total_steps: job.spec.total_steps(),
                 };
+                for record in &records {
+                    self.publish_image(record.id, crate::ImageChange::Created);
+                }
                 self.publish(job.id, JobStatus::Completed, done, None);
                 Ok(())
             }

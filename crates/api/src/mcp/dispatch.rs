@@ -22,21 +22,22 @@ pub fn server_info() -> Value {
     })
 }
 
-fn capabilities(fixtures: bool) -> Value {
+/// `handshake`: the handshake era's resource subscriptions and list
+/// changes (`subscriptions.rs`); 2026-07-28 has neither.
+fn capabilities(handshake: bool) -> Value {
     json!({
         "tools": {"listChanged": false},
-        // Subscriptions only for the conformance fixtures' resources.
-        "resources": {"listChanged": false, "subscribe": fixtures},
+        "resources": {"listChanged": handshake, "subscribe": handshake},
         "prompts": {"listChanged": false},
         "completions": {},
     })
 }
 
 /// The `initialize` result for a client offering `offered`.
-pub fn initialize_result(offered: Option<&str>, fixtures: bool) -> Value {
+pub fn initialize_result(offered: Option<&str>) -> Value {
     json!({
         "protocolVersion": protocol::negotiate(offered),
-        "capabilities": capabilities(fixtures),
+        "capabilities": capabilities(true),
         "serverInfo": server_info(),
         "instructions": INSTRUCTIONS,
     })
@@ -81,12 +82,10 @@ impl McpServer {
         if ctx.era.is_modern() && protocol::removed_in_modern(method) {
             return Err(McpError::method_not_found(method).into());
         }
-        let fixtures = self.options.conformance_fixtures;
         let result = match method {
-            "initialize" => initialize_result(
-                params.get("protocolVersion").and_then(Value::as_str),
-                fixtures,
-            ),
+            "initialize" => {
+                initialize_result(params.get("protocolVersion").and_then(Value::as_str))
+            }
             "server/discover" => discover_result(),
             "ping" => json!({}),
             // We send no log messages, so any level is already honoured.
@@ -100,8 +99,8 @@ impl McpServer {
                 .map_err(|outcome| modern_not_found(&ctx.era, outcome))?,
             "prompts/list" => resources::prompts(self),
             "prompts/get" => resources::get_prompt(self, params)?,
-            // Tracked nowhere: only the conformance fixtures declare them.
-            "resources/subscribe" | "resources/unsubscribe" if fixtures => json!({}),
+            "resources/subscribe" => resources::subscribe(self, ctx, params).await?,
+            "resources/unsubscribe" => resources::unsubscribe(self, ctx, params)?,
             "completion/complete" => completion::complete(self, params).await?,
             // The tasks extension is 2026-07-28's (2025-11-25's experimental
             // tasks are another API, not served).

@@ -272,10 +272,8 @@ async fn request(
             Err(e) => return json_error(status_for(e.code, true), &id, &e),
         }
     } else if method == "initialize" {
-        let result = dispatch::initialize_result(
-            params.get("protocolVersion").and_then(Value::as_str),
-            state.mcp.options.conformance_fixtures,
-        );
+        let result =
+            dispatch::initialize_result(params.get("protocolVersion").and_then(Value::as_str));
         let version = result["protocolVersion"]
             .as_str()
             .unwrap_or_default()
@@ -318,6 +316,7 @@ async fn request(
     if let Some(s) = &session {
         ctx.client_capabilities = state.mcp.sessions.capabilities(s);
     }
+    ctx.session = session.clone();
     ctx.base_url = base_url(headers);
     ctx.scopes = state.keys.scopes_for(headers);
     let token = ctx.cancel.clone();
@@ -383,12 +382,39 @@ async fn request(
     }
 }
 
-/// We push nothing outside of request streams, so there is no GET stream.
-pub async fn get_stream() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE")],
-    )
+/// The handshake era's session stream (`GET /mcp`): the notifications of
+/// the session's resource subscriptions (`subscriptions.rs`). A newer
+/// stream replaces an older one. 2026-07-28 has no such stream.
+pub async fn get_stream(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !accepts(&headers, "text/event-stream") {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST, DELETE")],
+        )
+            .into_response();
+    }
+    let Some(session) = header_str(&headers, SESSION_HEADER) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            &McpError::invalid_request("missing Mcp-Session-Id header: send initialize first"),
+        );
+    };
+    if state.mcp.sessions.version(session).is_none() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &Value::Null,
+            &McpError::invalid_request("unknown or expired session: send initialize again"),
+        );
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    state.mcp.subscriptions.set_stream(session, tx);
+    super::subscriptions::start_forwarding(&state.mcp);
+    let stream = UnboundedReceiverStream::new(rx).map(|message: Value| {
+        Ok::<_, Infallible>(Event::default().event("message").data(message.to_string()))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
@@ -399,7 +425,10 @@ pub async fn end_session(State(state): State<AppState>, headers: HeaderMap) -> R
             &Value::Null,
             &McpError::invalid_request("missing Mcp-Session-Id header"),
         ),
-        Some(s) if state.mcp.sessions.remove(s) => StatusCode::NO_CONTENT.into_response(),
+        Some(s) if state.mcp.sessions.remove(s) => {
+            state.mcp.subscriptions.remove(s);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Some(_) => json_error(
             StatusCode::NOT_FOUND,
             &Value::Null,

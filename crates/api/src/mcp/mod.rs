@@ -23,6 +23,7 @@ pub(crate) mod protocol;
 mod resources;
 mod sessions;
 pub mod stdio;
+mod subscriptions;
 mod tasks;
 mod tool_schemas;
 mod tools;
@@ -130,6 +131,9 @@ pub struct CallContext {
     /// The client capabilities: this request's (2026-07-28), or those its
     /// session declared at `initialize` (the handshake era).
     pub client_capabilities: Value,
+    /// The handshake-era session (HTTP's id, or one stdio connection's
+    /// key), for resource subscriptions.
+    pub session: Option<String>,
 }
 
 impl CallContext {
@@ -156,6 +160,7 @@ impl CallContext {
             scopes: crate::auth::Scopes::ALL,
             tasks,
             client_capabilities,
+            session: None,
         }
     }
 
@@ -185,6 +190,8 @@ pub struct McpServer {
     pub(crate) fixture_tasks: conformance_tasks::FixtureTasks,
     /// Our requests to clients, waiting for their answers.
     pub(crate) client_requests: client_requests::ClientRequests,
+    /// Resource subscriptions by session.
+    pub(crate) subscriptions: subscriptions::Subscriptions,
 }
 
 impl McpServer {
@@ -200,6 +207,7 @@ impl McpServer {
             enricher,
             fixture_tasks: Default::default(),
             client_requests: Default::default(),
+            subscriptions: Default::default(),
         })
     }
 

@@ -7,7 +7,7 @@ use cyberimage_jobs::{GalleryQuery, ImageVariant, JobsError};
 use serde_json::{json, Value};
 
 use super::tools::image_uri;
-use super::{conformance, McpError, McpServer, Outcome};
+use super::{conformance, CallContext, McpError, McpServer, Outcome};
 use crate::error_table::rpc;
 
 const PAGE_SIZE: u32 = 50;
@@ -187,4 +187,51 @@ pub fn get_prompt(server: &McpServer, params: &Value) -> Result<Value, Outcome> 
              Write a detailed prompt (subject, composition, lighting, style) and show me the result."
         )}}],
     }))
+}
+
+/// `resources/subscribe` (handshake era): an image that exists (or, with
+/// the conformance fixtures, one of theirs), watched for its session.
+pub async fn subscribe(
+    server: &McpServer,
+    ctx: &CallContext,
+    params: &Value,
+) -> Result<Value, Outcome> {
+    let uri = subscription_uri(params)?;
+    let fixture = server.options.conformance_fixtures && uri.starts_with("test://");
+    if !fixture {
+        let raw_id = uri
+            .strip_prefix(URI_PREFIX)
+            .map(|rest| rest.strip_suffix("/thumbnail").unwrap_or(rest))
+            .ok_or_else(|| not_found(uri))?;
+        let id = ImageId::parse(raw_id).map_err(|_| not_found(uri))?;
+        match server.service.image(id).await {
+            Ok(_) => {}
+            Err(JobsError::ImageNotFound) => return Err(not_found(uri)),
+            Err(e) => return Err(McpError::from(crate::ApiError::from(e)).into()),
+        }
+    }
+    let session = ctx.session.as_deref().ok_or_else(|| {
+        McpError::invalid_request("resources/subscribe needs a session: send initialize first")
+    })?;
+    server.subscriptions.subscribe(session, uri);
+    Ok(json!({}))
+}
+
+pub fn unsubscribe(
+    server: &McpServer,
+    ctx: &CallContext,
+    params: &Value,
+) -> Result<Value, Outcome> {
+    let uri = subscription_uri(params)?;
+    if let Some(session) = &ctx.session {
+        server.subscriptions.unsubscribe(session, uri);
+    }
+    Ok(json!({}))
+}
+
+fn subscription_uri(params: &Value) -> Result<&str, McpError> {
+    params
+        .get("uri")
+        .and_then(Value::as_str)
+        .ok_or_else(|| McpError::invalid_params("a subscription needs a uri"))
 }

@@ -45,6 +45,11 @@ where
         Ok::<_, std::io::Error>(())
     });
     let state = Arc::new(Mutex::new(State::default()));
+    // One connection is one session: its subscriptions' notifications go
+    // to stdout like everything else.
+    let session = format!("stdio-{}", uuid::Uuid::new_v4().simple());
+    server.subscriptions.set_stream(&session, tx.clone());
+    super::subscriptions::start_forwarding(&server);
     let mut tasks = tokio::task::JoinSet::new();
     let mut lines = BufReader::new(input);
     let mut buf = Vec::new();
@@ -113,6 +118,7 @@ where
                 };
                 let mut ctx = CallContext::new(era, &params);
                 ctx.notify = Some(tx.clone());
+                ctx.session = Some(session.clone());
                 {
                     let mut st = state.lock().expect("stdio state");
                     if method == "initialize" {
@@ -150,6 +156,7 @@ where
         // Reap finished tasks so the set does not grow with the session.
         while tasks.try_join_next().is_some() {}
     }
+    server.subscriptions.remove(&session);
     for token in state.lock().expect("stdio state").in_flight.values() {
         token.cancel();
     }
