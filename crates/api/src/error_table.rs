@@ -130,7 +130,7 @@ impl From<EnrichError> for ApiError {
                 rpc::UNAVAILABLE,
             ),
             EnrichError::Timeout(_) => (S::GATEWAY_TIMEOUT, "enrich_timeout", rpc::UPSTREAM_FAILED),
-            EnrichError::Upstream { .. } | EnrichError::BadReply(_) => (
+            EnrichError::Upstream { .. } | EnrichError::BadReply(_) | EnrichError::Local(_) => (
                 S::BAD_GATEWAY,
                 "enrich_upstream_error",
                 rpc::UPSTREAM_FAILED,

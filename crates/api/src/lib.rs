@@ -42,7 +42,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use auth::{digest_hex, ApiKeys, BadDigest, Scope, Scopes};
-pub use cyberimage_enrich::{EnrichConfig, Enricher};
+pub use cyberimage_enrich::{EnrichConfig, Enricher, LocalChat};
 pub use error_table::ApiError;
 pub use mcp::{McpOptions, McpServer};
 pub use origin::OriginPolicy;

@@ -5,6 +5,7 @@
 mod config;
 mod generate_cmd;
 mod hub;
+mod local_chat;
 mod mcp_proxy;
 mod models_cmd;
 mod wiring;
@@ -353,7 +354,11 @@ fn mcp_options(config: &Config) -> cyberimage_api::McpOptions {
 /// `OPENAI_ENDPOINT` / `OPENAI_MODEL`); a malformed section stops start-up.
 fn enricher(config: &Config) -> anyhow::Result<std::sync::Arc<cyberimage_api::Enricher>> {
     let settings = config.enrich.clone().with_app_environment();
-    let enricher = cyberimage_api::Enricher::new(&settings, config.limits.max_prompt_chars)?;
+    let mut enricher = cyberimage_api::Enricher::new(&settings, config.limits.max_prompt_chars)?;
+    if !settings.local_model.trim().is_empty() {
+        let local = local_chat::LocalQwen::new(std::path::Path::new(settings.local_model.trim()))?;
+        enricher = enricher.with_local(std::sync::Arc::new(local));
+    }
     let status = enricher.status();
     if status.configured {
         tracing::info!(

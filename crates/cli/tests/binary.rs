@@ -78,7 +78,15 @@ fn the_isolated_binary_reads_only_its_own_hugging_face_cache() {
 }
 
 fn serve(data_dir: &Path) -> Running {
-    let mut child = isolated(data_dir)
+    serve_with(data_dir, &[])
+}
+
+fn serve_with(data_dir: &Path, env: &[(&str, &str)]) -> Running {
+    let mut command = isolated(data_dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
@@ -423,4 +431,40 @@ fn api_keys_from_the_environment_protect_the_server() {
         (status, body["error"]["code"].clone()),
         (401, json!("unauthorized"))
     );
+}
+
+/// `[enrich] local_model`: the engine's Qwen3 answers in this process (the
+/// tiny random model of `fixtures/qwen3_references.py`, whose answer is
+/// words from its vocabulary, not a meaningful prompt); a folder that is
+/// not a model stops start-up with the reason.
+#[test]
+fn enrichment_runs_a_local_qwen3_model_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny/tiny-qwen3");
+    let model = model.to_str().unwrap();
+    let server = serve_with(dir.path(), &[("CYBERIMAGE_ENRICH__LOCAL_MODEL", model)]);
+    let client = reqwest::blocking_client();
+    let answer = client.post(
+        format!("{}/api/enrich", server.base),
+        json!({"prompt": "a red fox", "style": "cinematic"}),
+    );
+    assert_eq!(answer["enriched_by"], "tiny-qwen3", "{answer}");
+    assert_eq!(answer["original_prompt"], "a red fox");
+    assert!(
+        answer["prompt"]
+            .as_str()
+            .is_some_and(|p| !p.trim().is_empty()),
+        "{answer}"
+    );
+    drop(server);
+
+    let out = isolated(dir.path())
+        .env("CYBERIMAGE_ENRICH__LOCAL_MODEL", dir.path())
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no config.json"), "{err}");
 }

@@ -1,6 +1,8 @@
 //! Prompt enrichment: a short prompt rewritten, in a chosen style, by a
 //! chat model behind any OpenAI-compatible endpoint (Ollama, llama.cpp's
-//! server, LocalAI, vLLM, OpenAI itself).
+//! server, LocalAI, vLLM, OpenAI itself), or by a small one run in this
+//! process ([`LocalChat`], which the binary backs with the engine's Qwen3
+//! when `[enrich] local_model` names one).
 //!
 //! This is not a job: it is one chat request, answered while the caller
 //! waits, and it never touches the engine, the queue or the database. The
@@ -14,6 +16,7 @@ mod chat;
 mod reply;
 pub mod styles;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,10 @@ pub struct EnrichConfig {
     pub temperature: f32,
     /// Styles of your own, added to (or replacing, by name) the built-in ones.
     pub styles: Vec<Style>,
+    /// A chat model run in this process when no `endpoint` is set: a
+    /// folder in transformers' layout (`config.json`, safetensors,
+    /// `tokenizer.json`) of a Qwen3 model, e.g. Qwen3-0.6B or 1.7B.
+    pub local_model: String,
 }
 
 impl Default for EnrichConfig {
@@ -52,6 +59,7 @@ impl Default for EnrichConfig {
             max_tokens: 300,
             temperature: 0.7,
             styles: Vec::new(),
+            local_model: String::new(),
         }
     }
 }
@@ -76,9 +84,12 @@ pub enum EnrichError {
     #[error(
         "prompt enrichment is not configured: set `endpoint` (an OpenAI-compatible API, e.g. \
          http://127.0.0.1:11434/v1 for Ollama) and `model` under [enrich] in the config file, \
-         or the OPENAI_ENDPOINT and OPENAI_MODEL environment variables"
+         or the OPENAI_ENDPOINT and OPENAI_MODEL environment variables, or `local_model` (a \
+         Qwen3 model folder) to run one in this process"
     )]
     NotConfigured,
+    #[error("the local enrichment model failed: {0}")]
+    Local(String),
     #[error("[enrich] config: {0}")]
     BadConfig(String),
     #[error("{0}")]
@@ -119,11 +130,38 @@ pub struct EnrichStatus {
     pub reason: Option<String>,
 }
 
+/// A chat model run in this process. `complete` is heavy and blocking:
+/// the enricher calls it on a blocking thread.
+pub trait LocalChat: Send + Sync {
+    /// Its name, for answers and the status.
+    fn name(&self) -> String;
+    /// The answer to `user` under `system`: at most `max_tokens` tokens at
+    /// `temperature`.
+    fn complete(
+        &self,
+        system: &str,
+        user: &str,
+        max_tokens: u32,
+        temperature: f32,
+    ) -> Result<String, String>;
+}
+
+/// The in-process model with the settings it answers with.
+struct Local {
+    model: Arc<dyn LocalChat>,
+    max_tokens: u32,
+    temperature: f32,
+    timeout: Duration,
+}
+
 /// Longest prompt accepted for enrichment when the caller sets no limit.
 const DEFAULT_MAX_PROMPT_CHARS: usize = 4000;
 
 pub struct Enricher {
     chat: Option<chat::ChatClient>,
+    local: Option<Local>,
+    /// The config's answer settings, for a local model attached later.
+    answer_settings: (u32, f32, Duration),
     styles: Vec<Style>,
     max_prompt_chars: usize,
 }
@@ -156,8 +194,19 @@ impl Enricher {
         } else {
             Some(chat::ChatClient::new(config)?)
         };
+        if chat.is_some() && !config.local_model.trim().is_empty() {
+            return Err(EnrichError::BadConfig(
+                "set `endpoint` or `local_model`, not both".into(),
+            ));
+        }
         Ok(Self {
             chat,
+            local: None,
+            answer_settings: (
+                config.max_tokens.clamp(16, 4096),
+                config.temperature,
+                timeout(config),
+            ),
             styles,
             max_prompt_chars: if max_prompt_chars == 0 {
                 DEFAULT_MAX_PROMPT_CHARS
@@ -172,19 +221,38 @@ impl Enricher {
         Self::new(&EnrichConfig::default(), 0).expect("the default config is valid")
     }
 
+    /// Answers with `model`, run in this process (when no endpoint is
+    /// configured; an endpoint keeps precedence).
+    pub fn with_local(mut self, model: Arc<dyn LocalChat>) -> Self {
+        let (max_tokens, temperature, timeout) = self.answer_settings;
+        self.local = Some(Local {
+            model,
+            max_tokens,
+            temperature,
+            timeout,
+        });
+        self
+    }
+
     pub fn styles(&self) -> &[Style] {
         &self.styles
     }
 
     pub fn status(&self) -> EnrichStatus {
-        match &self.chat {
-            Some(chat) => EnrichStatus {
+        match (&self.chat, &self.local) {
+            (Some(chat), _) => EnrichStatus {
                 configured: true,
                 model: Some(chat.model().to_owned()),
                 endpoint: Some(chat.endpoint_for_display().to_owned()),
                 reason: None,
             },
-            None => EnrichStatus {
+            (None, Some(local)) => EnrichStatus {
+                configured: true,
+                model: Some(local.model.name()),
+                endpoint: Some("in-process".to_owned()),
+                reason: None,
+            },
+            (None, None) => EnrichStatus {
                 configured: false,
                 model: None,
                 endpoint: None,
@@ -214,10 +282,19 @@ impl Enricher {
             )));
         }
         let style = self.style(style.unwrap_or(DEFAULT_STYLE))?;
-        let chat = self.chat.as_ref().ok_or(EnrichError::NotConfigured)?;
         let system = styles::system_prompt(style, form);
         let user = format!("Rewrite this image prompt: {original}");
-        let answer = chat.complete(&system, &user).await?;
+        let (answer, model) = match (&self.chat, &self.local) {
+            (Some(chat), _) => (
+                chat.complete(&system, &user).await?,
+                chat.model().to_owned(),
+            ),
+            (None, Some(local)) => (
+                Self::ask_local(local, system, user).await?,
+                local.model.name(),
+            ),
+            (None, None) => return Err(EnrichError::NotConfigured),
+        };
         let prompt = reply::clean(&answer, self.max_prompt_chars).ok_or_else(|| {
             let reason = if answer.contains("<think>") {
                 "the model spent its whole answer reasoning (raise [enrich] max_tokens, or use a \
@@ -231,8 +308,23 @@ impl Enricher {
             prompt,
             original: original.to_owned(),
             style: style.name.clone(),
-            model: chat.model().to_owned(),
+            model,
         })
+    }
+
+    /// The local model's answer, computed on a blocking thread (never on
+    /// the async runtime's), within the timeout.
+    async fn ask_local(local: &Local, system: String, user: String) -> Result<String, EnrichError> {
+        let model = local.model.clone();
+        let (max_tokens, temperature) = (local.max_tokens, local.temperature);
+        let work = tokio::task::spawn_blocking(move || {
+            model.complete(&system, &user, max_tokens, temperature)
+        });
+        match tokio::time::timeout(local.timeout, work).await {
+            Err(_) => Err(EnrichError::Timeout(local.timeout.as_secs())),
+            Ok(Err(join)) => Err(EnrichError::Local(format!("it stopped: {join}"))),
+            Ok(Ok(answer)) => answer.map_err(EnrichError::Local),
+        }
     }
 
     fn style(&self, name: &str) -> Result<&Style, EnrichError> {

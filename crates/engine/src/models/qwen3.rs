@@ -80,7 +80,10 @@ impl Qwen3Config {
         if self.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return unsupported(format!("Qwen3 with {:?}", self.hidden_act));
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return unsupported(
                 "Qwen3 whose heads are not a multiple of its key/value heads".into(),
             );

@@ -3,8 +3,9 @@
 //! encoders each keeps or loads per use (`text_encoders`); each also runs
 //! image-to-image from clean latents of an input image (`img2img`). Beside
 //! them, a picture upscaled tile by tile by a super-resolution network
-//! (`upscale`).
+//! (`upscale`), and a small chat model answering in this process (`chat`).
 
+pub mod chat;
 pub mod flux;
 pub mod img2img;
 pub mod preview;
