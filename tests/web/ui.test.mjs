@@ -441,8 +441,14 @@ async function main() {
     await page.waitForFunction((id) => !document.querySelector(`.recent-item[data-image-id="${id}"]`), recentId, { timeout: 10_000 });
     const recentGone = await fetch(`${base}/api/image/${recentId}`);
     check('delete from recent generations removes the image', recentGone.status === 404, String(recentGone.status));
-    const queueTip = await page.getAttribute('nav a[data-page="queue"]', 'title');
-    check('the queue link tells the last 24 hours by model', /Last 24 h/.test(queueTip || '') && queueTip.includes(TINY), queueTip);
+    await page.hover('nav a[data-page="queue"]');
+    await page.waitForSelector('#queue-popup:not([hidden])');
+    await page.waitForFunction((tiny) => document.getElementById('queue-popup').textContent.includes(tiny), TINY, { timeout: 10_000 }).catch(() => {});
+    const queueTip = await page.textContent('#queue-popup');
+    check('the queue link opens a popup of the last 24 hours by model', /Last 24 h/.test(queueTip || '') && queueTip.includes(TINY), queueTip);
+    await page.mouse.move(5, 400);
+    await page.waitForSelector('#queue-popup[hidden]', { state: 'attached' });
+    check('the queue popup closes when the pointer leaves', await page.locator('#queue-popup').isHidden());
 
     // Prompt enrichment: the ✨ button with a style, then Restore original.
     await page.click('nav a[data-page="generate"]');

@@ -59,17 +59,44 @@ async function refreshBadge() {
     const n = q.pending + q.processing;
     badge.textContent = String(n);
     badge.hidden = n === 0;
-    // The queue link's tooltip: the last 24 hours by model.
+    // The queue link's popup: the last 24 hours by model.
     const lines = Object.entries(q.models || {}).map(([model, c]) => {
       const done = c.completed + c.failed;
       return `${model}: ${c.completed}/${done} succeeded` + (c.pending + c.processing ? `, ${c.pending + c.processing} waiting` : '');
     });
-    badge.parentElement.title = lines.length ? 'Last 24 h\n' + lines.join('\n') : 'No jobs in the last 24 h';
+    const popup = document.getElementById('queue-popup');
+    popup.replaceChildren();
+    const title = document.createElement('h3');
+    title.textContent = lines.length ? 'Last 24 h' : 'No jobs in the last 24 h';
+    popup.append(title);
+    if (lines.length) {
+      const list = document.createElement('ul');
+      for (const line of lines) {
+        const item = document.createElement('li');
+        item.textContent = line;
+        list.append(item);
+      }
+      popup.append(list);
+    }
   } catch (e) { /* the badge is a nicety */ }
+}
+
+// The popup opens on hover and on keyboard focus, and closes with Escape.
+function initQueuePopup() {
+  const holder = document.querySelector('.queue-nav');
+  const popup = document.getElementById('queue-popup');
+  const open = () => { refreshBadge(); popup.hidden = false; };
+  const close = () => { popup.hidden = true; };
+  holder.addEventListener('mouseenter', open);
+  holder.addEventListener('mouseleave', close);
+  holder.addEventListener('focusin', open);
+  holder.addEventListener('focusout', close);
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') close(); });
 }
 
 let badgeTimer = null;
 function start() {
+  initQueuePopup();
   generate.init({ navigate, onJobEvent, onPreview });
   gallery.init({ navigate });
   queue.init({ onJobEvent });
