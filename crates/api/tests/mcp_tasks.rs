@@ -158,6 +158,16 @@ async fn a_task_is_cancelled_with_its_job_and_a_failed_one_is_a_tool_error() {
     let id = created["result"]["taskId"].as_str().unwrap().to_owned();
     let ack = call(&s, "tasks/cancel", &id, json!({"taskId": id}), true).await;
     assert_eq!(ack["result"], json!({"resultType": "complete"}), "{ack}");
+    // Cancelled in the database by the time the ack comes (the race with
+    // the worker's claim of the job once lost a cancel: SQLite's deferred
+    // transactions; now immediate ones).
+    let right_after: Value = s
+        .get(&format!("/api/status/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(right_after["status"], "cancelled", "{right_after}");
     let done = until_terminal(&s, &id).await;
     assert_eq!(done["status"], "cancelled", "{done}");
     assert!(done.get("result").is_none());

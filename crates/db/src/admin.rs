@@ -185,9 +185,10 @@ fn count(n: i64) -> u64 {
 }
 
 /// The same body for both backends; `$q` turns shared SQL into the
-/// backend's placeholders and `$lock` serialises against submitters.
+/// backend's placeholders, `$begin` opens a transaction that reads then
+/// writes, and `$lock` serialises it against submitters.
 macro_rules! admin_impl {
-    ($db:ty, $q:expr, $lock:expr) => {
+    ($db:ty, $q:expr, $begin:expr, $lock:expr) => {
         #[async_trait]
         impl AdminRepo for $db {
             async fn retry_job(
@@ -197,7 +198,7 @@ macro_rules! admin_impl {
                 max_pending: u32,
                 force: bool,
             ) -> Result<RetryOutcome, DbError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $begin(&self.pool).await?;
                 $lock(&mut tx).await?;
                 let found: Option<(String, i64)> =
                     sqlx::query_as(&$q("SELECT status, attempts FROM jobs WHERE id = ?"))
@@ -232,7 +233,7 @@ macro_rules! admin_impl {
                 max_pending: u32,
                 force: bool,
             ) -> Result<RetryReport, DbError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $begin(&self.pool).await?;
                 $lock(&mut tx).await?;
                 let pending: i64 = sqlx::query_scalar(PENDING_COUNT)
                     .fetch_one(&mut *tx)
@@ -259,7 +260,7 @@ macro_rules! admin_impl {
             }
 
             async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome, DbError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $begin(&self.pool).await?;
                 let status: Option<String> =
                     sqlx::query_scalar(&$q("SELECT status FROM jobs WHERE id = ?"))
                         .bind(id.to_string())
@@ -292,7 +293,7 @@ macro_rules! admin_impl {
                 if list.is_empty() {
                     return Ok(ClearReport::default());
                 }
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $begin(&self.pool).await?;
                 let r = sqlx::query(&clear_sql(&list)).execute(&mut *tx).await?;
                 let kept: i64 = sqlx::query_scalar(&remaining_sql(&list))
                     .fetch_one(&mut *tx)
@@ -312,8 +313,14 @@ fn same(sql: &str) -> String {
 }
 
 async fn no_lock(_: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), DbError> {
-    // SQLite serialises writers; the transaction is enough.
+    // SQLite serialises writers; the immediate transaction is enough.
     Ok(())
+}
+
+async fn pg_begin(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
+    Ok(pool.begin().await?)
 }
 
 async fn queue_lock(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), DbError> {
@@ -324,8 +331,8 @@ async fn queue_lock(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()
     Ok(())
 }
 
-admin_impl!(SqliteDb, same, no_lock);
-admin_impl!(PgDb, numbered, queue_lock);
+admin_impl!(SqliteDb, same, crate::sqlite::begin_write, no_lock);
+admin_impl!(PgDb, numbered, pg_begin, queue_lock);
 
 #[cfg(test)]
 mod tests {

@@ -78,6 +78,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// A transaction that reads and then writes. SQLite's default (deferred)
+/// transaction takes the write lock only at its first write, and in WAL
+/// mode that upgrade fails at once with SQLITE_BUSY_SNAPSHOT ("database is
+/// locked", no busy wait) when another connection wrote since the read;
+/// an immediate one takes the lock first, waiting up to the busy timeout.
+pub(crate) async fn begin_write(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
 #[derive(Clone)]
 pub struct SqliteDb {
     pub(crate) pool: SqlitePool,
@@ -294,7 +305,7 @@ impl JobRepo for SqliteDb {
     async fn cancel_job(&self, id: JobId, reason: &str) -> Result<CancelOutcome, DbError> {
         // RETURNING reports the row after the update, so read the old status
         // in the same transaction first; the guarded UPDATE keeps it honest.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_write(&self.pool).await?;
         let before: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&mut *tx)

@@ -180,7 +180,11 @@ pub async fn cancel(
     }
     let job = job_of(server, id).await?.ok_or_else(|| unknown_task(id))?;
     if !job.status.is_terminal() {
-        let _ = server.service.cancel(job.id).await;
+        match server.service.cancel(job.id).await {
+            // It finished meanwhile: cancelling it is done all the same.
+            Ok(_) | Err(cyberimage_jobs::JobsError::AlreadyFinished(_)) => {}
+            Err(e) => return Err(McpError::from(crate::error_table::ApiError::from(e)).into()),
+        }
     }
     Ok(json!({}))
 }

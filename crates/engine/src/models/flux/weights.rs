@@ -116,6 +116,20 @@ pub struct FluxWeights {
     lora_slots: Mutex<HashMap<String, LoraSlot>>,
 }
 
+/// A GGUF file opened, its header (metadata and tensor table) read.
+fn open_gguf(
+    path: &Path,
+) -> Result<(std::io::BufReader<std::fs::File>, gguf_file::Content), EngineLoadError> {
+    let io = |source| EngineLoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| EngineLoadError::Unsupported(format!("{}: {e}", path.display())))?;
+    Ok((file, content))
+}
+
 impl FluxWeights {
     pub fn from_bfl(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
         Self::from_weights(
@@ -252,13 +266,7 @@ impl FluxWeights {
     /// Reads a GGUF file in the BFL layout (as the community's FLUX GGUF
     /// conversions are). Float tensors become f32; quantized ones stay so.
     pub fn from_gguf(path: &Path, device: &Device) -> Result<Self, EngineLoadError> {
-        let io = |source| EngineLoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| EngineLoadError::Unsupported(format!("{}: {e}", path.display())))?;
+        let (mut file, content) = open_gguf(path)?;
         let mut tensors = HashMap::new();
         for name in content.tensor_infos.keys() {
             let q = content.tensor(&mut file, name, device)?;
@@ -282,13 +290,7 @@ impl FluxWeights {
     /// them) over data-less stand-ins (`weights::shapes::stand_ins`): its
     /// header alone is read.
     pub fn gguf_shapes(path: &Path) -> Result<Self, EngineLoadError> {
-        let io = |source| EngineLoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| EngineLoadError::Unsupported(format!("{}: {e}", path.display())))?;
+        let (_, content) = open_gguf(path)?;
         let shapes = content
             .tensor_infos
             .iter()
