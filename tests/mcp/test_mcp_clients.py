@@ -306,6 +306,31 @@ async def prompt_elicitation_check(label, target, mode):
               and structured.get("prompt") == "a fox the user typed", (asked, result.content[:1]))
 
 
+async def subscription_check(label, target):
+    """A subscribed image's deletion reaches the SDK client as
+    notifications/resources/updated: over HTTP on the session's GET
+    stream, on stdio on the connection itself."""
+    heard = []
+
+    async def on_message(message):
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            heard.append(str(root.params.uri))
+
+    async with Client(target, mode="legacy", message_handler=on_message) as client:
+        made = await client.call_tool("generate_image", {"prompt": "a watched fox", "model": TINY, "steps": 2})
+        structured = made.structured_content or {}
+        image = structured["images"][0]
+        await client.subscribe_resource(image["uri"])
+        deleted = await client.call_tool("delete_generation", {"job_id": structured["job_id"], "delete_images": True})
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.1)
+        check(f"{label}: deleting a subscribed image is notified to the subscriber",
+              not deleted.is_error and heard == [image["uri"]], (heard, deleted.content[:1]))
+
+
 def raw_http_checks(base):
     h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -453,6 +478,12 @@ async def main():
                 except Exception:
                     traceback.print_exc()
                     check(f"{label}: the prompt elicitation check ran to the end", False)
+            for label, target, _, _ in [runs[0], runs[3]]:
+                try:
+                    await subscription_check(label, target)
+                except Exception:
+                    traceback.print_exc()
+                    check(f"{label}: the subscription check ran to the end", False)
             raw_http_checks(base)
             untrusted_proxy_check(https_base, tls_dir)
             untrusted_chat_check(tls_chat_base, tls_dir)

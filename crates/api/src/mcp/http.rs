@@ -37,6 +37,9 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
+/// How long a streamed call's answer may take and still go back as plain
+/// JSON (see `request`).
+const ANSWER_AT_ONCE: Duration = Duration::from_millis(500);
 
 pub fn routes() -> Router<AppState> {
     Router::new().route(
@@ -343,23 +346,26 @@ async fn request(
             let _ = tx.send(message);
         });
         let mut rx = rx;
-        // Stream only when there is something to stream: an answer that
-        // comes before any notification goes back as plain JSON, so an
-        // error gets its HTTP status (a capability the client lacks: 400).
-        let first = match rx.recv().await {
-            Some(message) => message,
-            None => return StatusCode::ACCEPTED.into_response(),
+        // An answer that comes at once (before any notification, within
+        // the first moments) goes back as plain JSON, so an error gets its
+        // HTTP status (a capability the client lacks: 400). Anything
+        // longer is streamed from the start, keep-alives included, so no
+        // proxy waits minutes for the response's headers.
+        let first = match tokio::time::timeout(ANSWER_AT_ONCE, rx.recv()).await {
+            Ok(Some(message)) => Some(message),
+            Ok(None) => return StatusCode::ACCEPTED.into_response(),
+            Err(_) => None,
         };
-        if first.get("method").is_none() {
+        if let Some(answer) = first.as_ref().filter(|m| m.get("method").is_none()) {
             drop(cancel_on_drop.map(|g| g.disarm()));
-            let status = first
+            let status = answer
                 .get("error")
                 .and_then(|e| e.get("code"))
                 .and_then(Value::as_i64)
                 .map_or(StatusCode::OK, |code| status_for(code, modern));
-            return (status, Json(first)).into_response();
+            return (status, Json(answer.clone())).into_response();
         }
-        let stream = futures::stream::once(async move { first })
+        let stream = futures::stream::iter(first)
             .chain(UnboundedReceiverStream::new(rx))
             .map(move |message| {
                 let _held_until_the_stream_ends = &cancel_on_drop;

@@ -214,6 +214,11 @@ pub async fn subscribe(
         McpError::invalid_request("resources/subscribe needs a session: send initialize first")
     })?;
     server.subscriptions.subscribe(session, uri);
+    // On stdio the request's own channel is the connection's stdout: the
+    // notifications go there. (Over HTTP the session's GET stream is.)
+    if let Some(stdout) = &ctx.notify {
+        server.subscriptions.set_stream(session, stdout.clone());
+    }
     Ok(json!({}))
 }
 

@@ -45,10 +45,9 @@ where
         Ok::<_, std::io::Error>(())
     });
     let state = Arc::new(Mutex::new(State::default()));
-    // One connection is one session: its subscriptions' notifications go
-    // to stdout like everything else.
+    // One connection is one session: once it subscribes, its
+    // notifications go to stdout like everything else (`resources.rs`).
     let session = format!("stdio-{}", uuid::Uuid::new_v4().simple());
-    server.subscriptions.set_stream(&session, tx.clone());
     super::subscriptions::start_forwarding(&server);
     let mut tasks = tokio::task::JoinSet::new();
     let mut lines = BufReader::new(input);
